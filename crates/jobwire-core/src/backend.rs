@@ -1,0 +1,307 @@
+//! The storage contract every backend honours.
+//!
+//! A backend keeps, per job, a **state** and an **event log** that change
+//! together, atomically: after any successful [`Backend::publish`] the state's
+//! `last_event_id` equals the id of the log's last event, and ids are the
+//! consecutive integers 1, 2, 3 … Besides, a backend carries the **live feed**
+//! (every event of every job, for the gateways' fan-out) and the **job queue**
+//! (at-least-once delivery to workers with leases, reclaim and dead-lettering).
+//!
+//! Implementations: `MemoryBackend` (this crate; one process) and
+//! `RedisBackend` (crate `jobwire-redis`). Both pass the one conformance suite
+//! in [`crate::testsuite`].
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::event::{Event, NewEvent};
+use crate::ids::{Epoch, EventId, JobId};
+use crate::job::{JobState, JobStatus, NewJob};
+use crate::publish::PlanError;
+use crate::reducer::ReduceError;
+
+/// Limits shared by every backend; all come from configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConfig {
+    /// Events kept per job log (`JOBWIRE_STREAM_MAXLEN`); older ones are trimmed.
+    pub stream_maxlen: usize,
+    /// How long a finished job and its events stay (`JOBWIRE_RETENTION`).
+    pub retention: Duration,
+    /// Entries kept in each live partition feed (a delivery path only).
+    pub live_maxlen: usize,
+    /// Number of partitions (Redis hash tags / live streams).
+    pub partitions: u16,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            stream_maxlen: 1000,
+            retention: Duration::from_secs(24 * 3600),
+            live_maxlen: 10_000,
+            partitions: 16,
+        }
+    }
+}
+
+/// A backend failure. Expected outcomes (duplicates, a trimmed resume point,
+/// an empty queue) are values, not errors.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// No such job (never existed, deleted, or expired).
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// A job with this id already exists.
+    #[error("job {0} already exists")]
+    AlreadyExists(JobId),
+    /// A publish carried an attempt that is no longer the job's.
+    #[error("job {job}: stale attempt {sent}, the job is on attempt {current}")]
+    Fenced { job: JobId, sent: u32, current: u32 },
+    /// An event is illegal in the job's status, out of order or malformed.
+    #[error("job {job}: {source}")]
+    Rejected {
+        job: JobId,
+        #[source]
+        source: ReduceError,
+    },
+    /// The store cannot be reached; retrying later may succeed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data was written by an incompatible layout or is corrupt.
+    #[error("backend data error: {0}")]
+    Data(String),
+}
+
+impl BackendError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BackendError::Unavailable(_))
+    }
+
+    /// Maps a planning error for `job` onto a backend error.
+    pub fn from_plan(job: &JobId, e: PlanError) -> BackendError {
+        match e {
+            PlanError::Fenced { sent, current } => BackendError::Fenced {
+                job: job.clone(),
+                sent,
+                current,
+            },
+            PlanError::Reduce(source) => BackendError::Rejected {
+                job: job.clone(),
+                source,
+            },
+        }
+    }
+}
+
+/// Shorthand for backend results.
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishOutcome {
+    /// The events appended, in order (fenced duplicates excluded).
+    pub events: Vec<Event>,
+    /// Fenced events skipped because their `n` had already been applied.
+    pub duplicates: usize,
+    /// Cancellation has been requested: the publisher should stop.
+    pub cancel_requested: bool,
+    /// The job's state after this publish.
+    pub last_event_id: EventId,
+}
+
+/// The answer to "which events follow `after`?".
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventsAfter {
+    /// Every retained event after the position, up to the limit, in order;
+    /// the first has id `after + 1` (empty when nothing newer exists).
+    Events(Vec<Event>),
+    /// The position cannot be resumed from; the client must resync from a
+    /// fresh snapshot.
+    Resync(ResyncReason),
+}
+
+/// Why a resume position is unusable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResyncReason {
+    /// Events after the position were trimmed; the oldest retained is given.
+    Trimmed { oldest: EventId },
+    /// The job's log was rebuilt since the position was taken.
+    EpochChanged { current: Epoch },
+    /// The position is beyond the log's end (it came from elsewhere).
+    Ahead { last: EventId },
+}
+
+/// What `cancel` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled,
+    /// The job is running; it stops at its next progress report.
+    Requested,
+    /// The job had already finished; nothing changed.
+    AlreadyFinished(JobStatus),
+}
+
+/// Which jobs to list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListQuery {
+    /// Only this user's jobs; `None` lists everyone's (admin).
+    pub owner: Option<String>,
+    pub status: Option<JobStatus>,
+    /// Page size (at least 1).
+    pub limit: usize,
+    /// Continue after this job (the previous page's `next_cursor`).
+    pub cursor: Option<JobId>,
+}
+
+/// One page of jobs, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobState>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<JobId>,
+}
+
+/// A queue entry handed to a worker; it stays leased to that worker until
+/// acked, or until it sits idle past the visibility timeout and is reclaimed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The queue entry's id (opaque).
+    pub entry: String,
+    pub job_id: JobId,
+    pub kind: String,
+}
+
+/// What reclaiming an idle (abandoned) queue entry led to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reclaimed {
+    /// `job_retrying` was published (attempt + 1); the claim is now the
+    /// reclaiming consumer's to run.
+    Retry { claim: Claim, attempt: u32 },
+    /// Past the maximum attempts: `job_failed` was published and the entry acked.
+    DeadLettered { job_id: JobId, attempts: u32 },
+    /// The job is gone or already finished; the entry was acked.
+    Dropped { job_id: JobId },
+}
+
+/// Queue gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Entries not yet delivered to any worker.
+    pub waiting: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+}
+
+/// An opaque position in the live feed, so a tail can continue where another
+/// left off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePosition(pub String);
+
+/// Where a live tail starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TailFrom {
+    /// Only events published after the tail is opened.
+    Now,
+    /// Events after a position taken from an earlier tail.
+    After(LivePosition),
+}
+
+/// What one read of the live feed returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiveBatch {
+    /// Events in publication order per job (possibly none, after a timeout).
+    Events(Vec<Event>),
+    /// Some events may have been missed (the feed was trimmed past this
+    /// tail's position, e.g. during an outage): readers must re-read the logs
+    /// of the jobs they serve after the last id they delivered.
+    Gap,
+}
+
+/// A reader of the live feed of every partition. It owns its connection
+/// (blocking reads never share one) and its position: after an error, calling
+/// [`LiveTail::next`] again reconnects and continues where it stopped.
+#[async_trait]
+pub trait LiveTail: Send + fmt::Debug {
+    /// Waits up to about a second for events.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the store cannot be reached; call
+    /// again (with a backoff) to reconnect.
+    async fn next(&mut self) -> Result<LiveBatch>;
+
+    /// The position after the last event returned.
+    fn position(&self) -> LivePosition;
+}
+
+/// The storage operations of jobwire. See the module docs for the contract.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Creates a job with its `job_queued` event (id 1) and, unless it is
+    /// external, enqueues it for workers.
+    async fn create_job(&self, new: NewJob) -> Result<JobState>;
+
+    /// Appends events to a job's log atomically with the state change, in
+    /// order, with consecutive ids. Fenced events with an already-applied `n`
+    /// are skipped; a stale attempt refuses the whole batch. An empty batch
+    /// only reports the cancel flag.
+    async fn publish(&self, job: &JobId, events: Vec<NewEvent>) -> Result<PublishOutcome>;
+
+    /// The job's state as of its last event.
+    async fn job(&self, job: &JobId) -> Result<JobState>;
+
+    /// Up to `limit` events after `after`. When `epoch` is given and differs
+    /// from the job's, or when events after `after` were trimmed, the answer is
+    /// [`EventsAfter::Resync`].
+    async fn events_after(
+        &self,
+        job: &JobId,
+        after: EventId,
+        epoch: Option<&Epoch>,
+        limit: usize,
+    ) -> Result<EventsAfter>;
+
+    /// Opens a reader of the live feed.
+    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>>;
+
+    /// Lists jobs, newest first.
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage>;
+
+    /// Cancels a queued job at once, or asks a running one to stop.
+    async fn cancel(&self, job: &JobId) -> Result<CancelOutcome>;
+
+    /// Removes a job, its log and its listing entry.
+    async fn delete(&self, job: &JobId) -> Result<()>;
+
+    /// Takes up to `max` queue entries for `consumer`, waiting up to `wait`
+    /// for the first.
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>>;
+
+    /// Extends `consumer`'s lease on an entry. `false` when the entry is no
+    /// longer this consumer's (it was reclaimed or acked): stop working on it.
+    async fn renew(&self, consumer: &str, entry: &str) -> Result<bool>;
+
+    /// Acknowledges (and removes) a queue entry.
+    async fn ack(&self, entry: &str) -> Result<()>;
+
+    /// Takes over entries idle for at least `min_idle` (their worker died):
+    /// each job gets `job_retrying` and a new attempt, or is dead-lettered
+    /// (`job_failed`, entry acked) once `max_attempts` attempts were made.
+    async fn reclaim_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max_attempts: u32,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>>;
+
+    /// Queue depth and pending (claimed, unacknowledged) entries.
+    async fn queue_stats(&self) -> Result<QueueStats>;
+
+    /// Checks that the store is reachable.
+    async fn ping(&self) -> Result<()>;
+}

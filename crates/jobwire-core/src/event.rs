@@ -1,0 +1,224 @@
+//! Events (SPEC §4): every change to a job is one event in its log.
+//!
+//! [`NewEvent`] is what a publisher sends (a type, a payload and optional
+//! fencing); [`Event`] is what the log holds and clients receive, with its id,
+//! timestamp and the payload enriched with the job's counters after applying it.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::ids::{EventId, JobId, Timestamp};
+
+/// The type of an event. Unknown types are carried through untouched
+/// (`Custom`), as SPEC §4 asks of clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    JobQueued,
+    JobStarted,
+    FileProcessing,
+    FileCompleted,
+    Error,
+    Progress,
+    JobCompleted,
+    JobFailed,
+    JobCancelled,
+    JobRetrying,
+    /// A type jobwire does not interpret; it changes nothing but the position.
+    Custom(String),
+}
+
+impl EventType {
+    /// The type as written on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventType::JobQueued => "job_queued",
+            EventType::JobStarted => "job_started",
+            EventType::FileProcessing => "file_processing",
+            EventType::FileCompleted => "file_completed",
+            EventType::Error => "error",
+            EventType::Progress => "progress",
+            EventType::JobCompleted => "job_completed",
+            EventType::JobFailed => "job_failed",
+            EventType::JobCancelled => "job_cancelled",
+            EventType::JobRetrying => "job_retrying",
+            EventType::Custom(s) => s,
+        }
+    }
+
+    /// Parses a wire name. Custom names must be 1–64 characters of
+    /// `[a-z0-9_.]` so they stay readable in logs and metrics labels.
+    pub fn parse(s: &str) -> Result<EventType, String> {
+        Ok(match s {
+            "job_queued" => EventType::JobQueued,
+            "job_started" => EventType::JobStarted,
+            "file_processing" => EventType::FileProcessing,
+            "file_completed" => EventType::FileCompleted,
+            "error" => EventType::Error,
+            "progress" => EventType::Progress,
+            "job_completed" => EventType::JobCompleted,
+            "job_failed" => EventType::JobFailed,
+            "job_cancelled" => EventType::JobCancelled,
+            "job_retrying" => EventType::JobRetrying,
+            other => {
+                let valid = !other.is_empty()
+                    && other.len() <= 64
+                    && other.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                    });
+                if !valid {
+                    return Err(format!(
+                        "invalid event type {other:?}: expected 1-64 characters of a-z, 0-9, '_' or '.'"
+                    ));
+                }
+                EventType::Custom(other.to_owned())
+            }
+        })
+    }
+
+    /// `job_completed`, `job_failed` and `job_cancelled` end a job.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventType::JobCompleted | EventType::JobFailed | EventType::JobCancelled
+        )
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EventType::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Exactly-once publication: `attempt` must be the job's current attempt (a
+/// stale one is a zombie worker), and `n` counts the publisher's events within
+/// that attempt (an `n` already applied is a retried publish and is skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub attempt: u32,
+    pub n: u64,
+}
+
+/// An event as a publisher sends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventType,
+    /// The payload; must be a JSON object.
+    pub data: Map<String, Value>,
+    pub fence: Option<Fence>,
+}
+
+impl NewEvent {
+    /// An unfenced event.
+    pub fn new(kind: EventType, data: Value) -> NewEvent {
+        let data = match data {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            other => {
+                let mut map = Map::new();
+                map.insert("value".to_owned(), other);
+                map
+            }
+        };
+        NewEvent {
+            kind,
+            data,
+            fence: None,
+        }
+    }
+
+    /// The same event, fenced with `(attempt, n)`.
+    pub fn fenced(mut self, attempt: u32, n: u64) -> NewEvent {
+        self.fence = Some(Fence { attempt, n });
+        self
+    }
+}
+
+/// An event in a job's log: the wire shape of SPEC §4.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    pub job_id: JobId,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub timestamp: Timestamp,
+    pub data: Map<String, Value>,
+}
+
+impl Event {
+    /// The wire JSON. Serializing our own types cannot fail; the fallback
+    /// exists only to avoid a panic path.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"id":{},"job_id":"{}","type":"error","data":{{"message":"unserializable event: {}"}}}}"#,
+                self.id,
+                self.job_id,
+                e.to_string().replace('"', "'")
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_and_custom_types_round_trip() {
+        for name in [
+            "job_queued",
+            "job_started",
+            "file_processing",
+            "file_completed",
+            "error",
+            "progress",
+            "job_completed",
+            "job_failed",
+            "job_cancelled",
+            "job_retrying",
+            "thumbnail.ready",
+        ] {
+            let t = EventType::parse(name).expect("valid type");
+            assert_eq!(t.as_str(), name);
+        }
+        assert!(EventType::parse("").is_err());
+        assert!(EventType::parse("Bad Type").is_err());
+    }
+
+    #[test]
+    fn wire_shape_matches_spec() {
+        let e = Event {
+            id: EventId(7),
+            job_id: "01JDX".parse().expect("valid id"),
+            kind: EventType::FileCompleted,
+            timestamp: Timestamp::from_unix_millis(0),
+            data: serde_json::json!({"processed_files": 3})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let v: Value = serde_json::from_str(&e.to_json()).expect("valid json");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["type"], "file_completed");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["data"]["processed_files"], 3);
+        let back: Event = serde_json::from_value(v).expect("parses back");
+        assert_eq!(back, e);
+    }
+}

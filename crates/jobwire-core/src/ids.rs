@@ -1,0 +1,295 @@
+//! Newtypes for the identifiers that cross the process boundary: job ids, event
+//! ids, epochs and timestamps. They are parsed once at the edge (HTTP paths,
+//! Redis replies, client frames); inner code trusts them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// Why an identifier was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IdError {
+    /// A job id must be 1–64 characters of `[A-Za-z0-9_-]`.
+    #[error("invalid job id {0:?}: expected 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    JobId(String),
+    /// An event id is a non-negative integer.
+    #[error("invalid event id {0:?}: expected a non-negative integer")]
+    EventId(String),
+    /// An epoch is 1–32 characters of `[0-9a-z]`.
+    #[error("invalid epoch {0:?}: expected 1-32 characters of 0-9 or a-z")]
+    Epoch(String),
+    /// Timestamps are RFC 3339.
+    #[error("invalid timestamp {0:?}: expected RFC 3339")]
+    Timestamp(String),
+}
+
+/// A job's id: opaque to clients; jobwire generates ULIDs, which sort by
+/// creation time (listing relies on that).
+///
+/// The character set is restricted so that ids are safe inside Redis key
+/// names, URL paths and `Last-Event-ID` headers without escaping.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A new, time-ordered id (a ULID).
+    pub fn generate() -> Self {
+        JobId(ulid::Ulid::new().to_string())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The partition this job's keys live in (`0..partitions`).
+    ///
+    /// FNV-1a: stable across versions, platforms and languages, so any process
+    /// (or a worker written in another language) computes the same partition.
+    pub fn partition(&self, partitions: u16) -> u16 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.0.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        (hash % u32::from(partitions.max(1))) as u16
+    }
+}
+
+impl FromStr for JobId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(JobId(s.to_owned()))
+        } else {
+            Err(IdError::JobId(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The sequence number of an event within its job: 1, 2, 3 … without holes.
+/// `EventId(0)` means "before the first event".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EventId(pub u64);
+
+impl EventId {
+    /// The position before any event.
+    pub const ZERO: EventId = EventId(0);
+
+    /// The id that follows this one.
+    pub fn next(self) -> EventId {
+        EventId(self.0 + 1)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<u64>()
+            .map(EventId)
+            .map_err(|_| IdError::EventId(s.to_owned()))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A random token written when a job's log is created. A different epoch for
+/// the same job id means the log was lost and rebuilt, so resume positions
+/// taken against the old log are meaningless.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Epoch(String);
+
+impl Epoch {
+    /// A fresh random epoch (64 random bits, lowercase hex).
+    pub fn generate() -> Self {
+        Epoch(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// The epoch as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Epoch {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+        if valid {
+            Ok(Epoch(s.to_owned()))
+        } else {
+            Err(IdError::Epoch(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Epoch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Epoch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A point in time with millisecond precision, written as RFC 3339 in UTC
+/// (`2026-11-28T12:00:00.123Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+const RFC3339_MILLIS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        Timestamp((nanos / 1_000_000) as i64)
+    }
+
+    /// From milliseconds since the Unix epoch.
+    pub fn from_unix_millis(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus a duration (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => match t.format(RFC3339_MILLIS) {
+                Ok(s) => f.write_str(&s),
+                Err(_) => write!(f, "{}", self.0),
+            },
+            Err(_) => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| IdError::Timestamp(s.to_owned()))?;
+        Ok(Timestamp((t.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_validated() {
+        assert!("01JDX3Z".parse::<JobId>().is_ok());
+        assert!("a_b-c".parse::<JobId>().is_ok());
+        for bad in ["", "a b", "a:b", "{x}", &"x".repeat(65)] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        let id: JobId = "01JDX000000000000000000000".parse().expect("valid id");
+        assert_eq!(id.partition(16), id.partition(16));
+        for _ in 0..100 {
+            assert!(JobId::generate().partition(16) < 16);
+        }
+        // FNV-1a of "a" is 0xe40c292c: pinned so that a change of the hash
+        // (which would misplace every stored job) cannot slip in unnoticed.
+        let a: JobId = "a".parse().expect("valid id");
+        assert_eq!(a.partition(16), (0xe40c_292c_u32 % 16) as u16);
+    }
+
+    #[test]
+    fn timestamps_round_trip_with_millis() {
+        let t = Timestamp::from_unix_millis(1_795_867_200_123);
+        let s = t.to_string();
+        assert!(s.ends_with(".123Z"), "{s}");
+        assert_eq!(s.parse::<Timestamp>(), Ok(t));
+    }
+
+    #[test]
+    fn epochs_are_validated() {
+        let e = Epoch::generate();
+        assert_eq!(e.as_str().parse::<Epoch>(), Ok(e.clone()));
+        assert!("AB".parse::<Epoch>().is_err());
+        assert!("a:b".parse::<Epoch>().is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! A job's state (SPEC §3) and the legal moves between its statuses.
+//!
+//! `JobState` is the snapshot clients receive in `current_state` and from
+//! `GET /api/jobs/{id}`. It only ever changes by applying an event
+//! ([`crate::reducer::apply`]), so "the state as of event N" is well defined.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{Epoch, EventId, JobId, Timestamp};
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a worker (or for another attempt).
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Finished with an error (or gave up after too many attempts).
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// Completed, failed and cancelled jobs never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// Whether a job may move from `self` to `to`.
+    ///
+    /// `running → queued` is a retry (a worker died and another attempt
+    /// waits); `queued → queued` is a retry of an attempt that died before it
+    /// started; `queued → failed` is a dead letter after too many attempts.
+    pub fn can_become(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Queued)
+                | (Queued, Failed)
+                | (Queued, Cancelled)
+                | (Running, Running)
+                | (Running, Queued)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Running, Cancelled)
+        )
+    }
+
+    /// The status as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown status {s:?}: expected queued, running, completed, failed or cancelled")
+            })
+    }
+}
+
+/// A job's state as of `last_event_id` (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    pub id: JobId,
+    pub kind: String,
+    pub params: Value,
+    /// The JWT `sub` of the user who created the job.
+    pub owner: String,
+    pub status: JobStatus,
+    pub total_files: u64,
+    pub processed_files: u64,
+    pub failed_files: u64,
+    pub current_file: Option<String>,
+    /// 0–100.
+    pub progress: f64,
+    pub message: Option<String>,
+    pub error: Option<String>,
+    /// 1 for the first run; each `job_retrying` adds one. Publishes carrying
+    /// an older attempt are refused (fencing of zombie workers).
+    pub attempt: u32,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// When a finished job and its events will be removed.
+    pub expires_at: Option<Timestamp>,
+    pub epoch: Epoch,
+    pub last_event_id: EventId,
+    /// The handler's result (e.g. the `scan` manifest summary).
+    pub result: Option<Value>,
+    /// Driven by an outside program through the publish API, not queued for
+    /// jobwire's own workers.
+    pub external: bool,
+    /// Cancellation was requested; a running job stops at its next report.
+    /// Not part of the event-sourced state: backends fill it in on read.
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
+
+impl JobState {
+    /// The state of a freshly created job, before its `job_queued` event.
+    pub fn new(new: &NewJob, epoch: Epoch, now: Timestamp) -> JobState {
+        JobState {
+            id: new.id.clone(),
+            kind: new.kind.clone(),
+            params: new.params.clone(),
+            owner: new.owner.clone(),
+            status: JobStatus::Queued,
+            total_files: 0,
+            processed_files: 0,
+            failed_files: 0,
+            current_file: None,
+            progress: 0.0,
+            message: None,
+            error: None,
+            attempt: 1,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            expires_at: None,
+            epoch,
+            last_event_id: EventId::ZERO,
+            result: None,
+            external: new.external,
+            cancel_requested: false,
+        }
+    }
+}
+
+/// What a caller supplies to create a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    pub id: JobId,
+    pub kind: String,
+    pub params: Value,
+    pub owner: String,
+    /// Not queued for jobwire's workers; driven through the publish API.
+    pub external: bool,
+}
+
+impl NewJob {
+    /// A job for jobwire's own workers, with a fresh id.
+    pub fn new(kind: impl Into<String>, params: Value, owner: impl Into<String>) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            kind: kind.into(),
+            params,
+            owner: owner.into(),
+            external: false,
+        }
+    }
+
+    /// Marks the job as driven by an outside program.
+    pub fn external(mut self) -> NewJob {
+        self.external = true;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_statuses_go_nowhere() {
+        for from in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobStatus::ALL {
+                assert!(!from.can_become(to), "{from} -> {to} allowed");
+            }
+        }
+    }
+
+    #[test]
+    fn status_text_round_trips() {
+        for s in JobStatus::ALL {
+            assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
+        }
+        assert!("done".parse::<JobStatus>().is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! The heart of jobwire: what a job and an event are, how events change a job
+//! (the reducer), and the storage contract that backends implement.
+//!
+//! # Layout
+//!
+//! - [`ids`]: parsed newtypes for job ids, event ids, epochs, timestamps.
+//! - [`job`]: the job state snapshot and its status transitions.
+//! - [`event`]: event types, published events and logged events (wire shape).
+//! - [`reducer`]: the pure `apply(state, event) -> state`.
+//! - [`publish`]: fencing, dedupe and enrichment of a publish, shared by backends.
+//! - [`backend`]: the `Backend` trait and its types.
+//! - [`settle`]: reclaim and cancel follow-ups built on the trait, shared by backends.
+//! - [`memory`]: `MemoryBackend`, the in-process backend.
+//! - `testsuite` (feature `testsuite`): the conformance suite every backend passes.
+
+pub mod backend;
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod memory;
+pub mod publish;
+pub mod reducer;
+pub mod settle;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use backend::{
+    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
+    LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed, ResyncReason,
+    TailFrom,
+};
+pub use event::{Event, EventType, Fence, NewEvent};
+pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
+pub use job::{JobState, JobStatus, NewJob};
+pub use memory::MemoryBackend;

@@ -1,0 +1,123 @@
+//! The in-memory live feed: a bounded ring of recent events with absolute
+//! positions, and the tail that reads it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::backend::{LiveBatch, LivePosition, LiveTail, Result};
+use crate::event::Event;
+
+use super::MemoryBackend;
+
+/// How many events one `next` returns at most.
+const BATCH: usize = 1024;
+/// How long `next` waits for events before returning an empty batch.
+const WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(super) struct LiveFeed {
+    /// Position of `ring[0]`.
+    first: u64,
+    ring: VecDeque<Arc<Event>>,
+    capacity: usize,
+}
+
+impl Default for LiveFeed {
+    fn default() -> Self {
+        LiveFeed::new(1)
+    }
+}
+
+impl LiveFeed {
+    pub(super) fn new(capacity: usize) -> LiveFeed {
+        LiveFeed {
+            first: 0,
+            ring: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Appends an event; returns the position after it.
+    pub(super) fn push(&mut self, event: Arc<Event>) -> u64 {
+        self.ring.push_back(event);
+        if self.ring.len() > self.capacity {
+            self.ring.pop_front();
+            self.first += 1;
+        }
+        self.next_position()
+    }
+
+    pub(super) fn next_position(&self) -> u64 {
+        self.first + self.ring.len() as u64
+    }
+
+    /// Events from `from` on; `None` when `from` was already dropped.
+    fn read(&self, from: u64, max: usize) -> Option<Vec<Event>> {
+        if from < self.first {
+            return None;
+        }
+        let skip = (from - self.first) as usize;
+        Some(
+            self.ring
+                .iter()
+                .skip(skip)
+                .take(max)
+                .map(|e| Event::clone(e))
+                .collect(),
+        )
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct MemoryTail {
+    backend: MemoryBackend,
+    next: u64,
+    changes: watch::Receiver<u64>,
+}
+
+impl MemoryTail {
+    pub(super) fn new(backend: MemoryBackend, next: u64, changes: watch::Receiver<u64>) -> Self {
+        MemoryTail {
+            backend,
+            next,
+            changes,
+        }
+    }
+}
+
+#[async_trait]
+impl LiveTail for MemoryTail {
+    async fn next(&mut self) -> Result<LiveBatch> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.changes.borrow_and_update();
+            {
+                let inner = self.backend.lock();
+                match inner.live.read(self.next, BATCH) {
+                    None => {
+                        self.next = inner.live.first;
+                        return Ok(LiveBatch::Gap);
+                    }
+                    Some(events) if !events.is_empty() => {
+                        self.next += events.len() as u64;
+                        return Ok(LiveBatch::Events(events));
+                    }
+                    Some(_) => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.changes.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the backend is gone: nothing more to read now.
+                Ok(Err(_)) | Err(_) => return Ok(LiveBatch::Events(Vec::new())),
+            }
+        }
+    }
+
+    fn position(&self) -> LivePosition {
+        LivePosition(self.next.to_string())
+    }
+}

@@ -1,0 +1,123 @@
+//! The in-memory job queue: waiting entries, and entries leased to a consumer
+//! until acked or reclaimed after sitting idle (the semantics of a Redis
+//! Streams consumer group, which the Redis backend uses).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::{Claim, QueueStats};
+use crate::ids::JobId;
+
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    next_id: u64,
+    waiting: VecDeque<Entry>,
+    pending: BTreeMap<u64, Lease>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    id: u64,
+    job_id: JobId,
+    kind: String,
+}
+
+#[derive(Debug)]
+struct Lease {
+    entry: Entry,
+    consumer: String,
+    /// Last delivery or renewal: idle time is measured from here.
+    touched: Instant,
+}
+
+impl Entry {
+    fn claim(&self) -> Claim {
+        Claim {
+            entry: self.id.to_string(),
+            job_id: self.job_id.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+impl Queue {
+    pub(super) fn enqueue(&mut self, job_id: JobId, kind: String) {
+        self.next_id += 1;
+        self.waiting.push_back(Entry {
+            id: self.next_id,
+            job_id,
+            kind,
+        });
+    }
+
+    pub(super) fn claim(&mut self, consumer: &str, max: usize) -> Vec<Claim> {
+        let now = Instant::now();
+        let n = max.min(self.waiting.len());
+        self.waiting
+            .drain(..n)
+            .map(|entry| {
+                let claim = entry.claim();
+                self.pending.insert(
+                    entry.id,
+                    Lease {
+                        entry,
+                        consumer: consumer.to_owned(),
+                        touched: now,
+                    },
+                );
+                claim
+            })
+            .collect()
+    }
+
+    pub(super) fn renew(&mut self, consumer: &str, entry: &str) -> bool {
+        let Ok(id) = entry.parse::<u64>() else {
+            return false;
+        };
+        match self.pending.get_mut(&id) {
+            Some(lease) if lease.consumer == consumer => {
+                lease.touched = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn ack(&mut self, entry: &str) {
+        if let Ok(id) = entry.parse::<u64>() {
+            self.pending.remove(&id);
+            self.waiting.retain(|e| e.id != id);
+        }
+    }
+
+    /// Moves up to `max` leases idle for `min_idle` to `consumer`.
+    pub(super) fn take_idle(
+        &mut self,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Vec<Claim> {
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        for lease in self.pending.values_mut() {
+            if taken.len() == max {
+                break;
+            }
+            if now.duration_since(lease.touched) >= min_idle {
+                lease.consumer = consumer.to_owned();
+                lease.touched = now;
+                taken.push(lease.entry.claim());
+            }
+        }
+        taken
+    }
+
+    pub(super) fn stats(&self) -> QueueStats {
+        QueueStats {
+            waiting: self.waiting.len() as u64,
+            pending: self.pending.len() as u64,
+        }
+    }
+}

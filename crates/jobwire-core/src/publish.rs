@@ -1,0 +1,185 @@
+//! Planning a publish: the part of "append events atomically with the state
+//! change" that is the same for every backend.
+//!
+//! A backend reads the job's [`LogHead`] (state, and the last fenced publish
+//! number), calls [`plan`], and then commits the plan atomically *only if the
+//! head is unchanged* (the Redis backend compares the sequence number inside
+//! its Lua script; the memory backend holds a lock). Keeping the logic here
+//! means the Lua script is a lean compare-and-set and both backends agree by
+//! construction.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::event::{Event, EventType, NewEvent};
+use crate::ids::Timestamp;
+use crate::job::JobState;
+use crate::reducer::{apply, enrich, ReduceError};
+
+/// What a backend stores besides the log itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogHead {
+    /// The state as of the last event (`state.last_event_id` is the sequence).
+    pub state: JobState,
+    /// The highest fenced publish number applied in the current attempt.
+    pub last_n: u64,
+}
+
+/// The outcome of planning: what to append and the state to store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Events to append, with consecutive ids after the head's.
+    pub events: Vec<Event>,
+    /// The state after the last of them.
+    pub state: JobState,
+    /// The last fenced publish number after this batch.
+    pub last_n: u64,
+    /// Fenced events skipped because their `n` was already applied.
+    pub duplicates: usize,
+}
+
+/// Why a batch cannot be published.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum PlanError {
+    /// The publisher's attempt is not the job's current attempt: it is a
+    /// zombie whose job was handed to another worker.
+    #[error("stale attempt {sent}: the job is on attempt {current}")]
+    Fenced { sent: u32, current: u32 },
+    /// An event is illegal, out of order or malformed.
+    #[error(transparent)]
+    Reduce(#[from] ReduceError),
+}
+
+/// Plans the publication of `batch` on top of `head`. All or nothing: one
+/// refused event refuses the batch.
+///
+/// # Errors
+/// [`PlanError::Fenced`] for a stale attempt, [`PlanError::Reduce`] for an
+/// event the reducer refuses.
+pub fn plan(
+    head: &LogHead,
+    batch: &[NewEvent],
+    now: Timestamp,
+    retention: Duration,
+) -> Result<Plan, PlanError> {
+    let mut state = head.state.clone();
+    let mut last_n = head.last_n;
+    let mut events = Vec::with_capacity(batch.len());
+    let mut duplicates = 0;
+    for new in batch {
+        if let Some(fence) = new.fence {
+            if fence.attempt != state.attempt {
+                return Err(PlanError::Fenced {
+                    sent: fence.attempt,
+                    current: state.attempt,
+                });
+            }
+            if fence.n <= last_n {
+                duplicates += 1;
+                continue;
+            }
+            last_n = fence.n;
+        }
+        let mut event = Event {
+            id: state.last_event_id.next(),
+            job_id: state.id.clone(),
+            kind: new.kind.clone(),
+            timestamp: now,
+            data: new.data.clone(),
+        };
+        state = apply(&state, &event)?;
+        if event.kind == EventType::JobRetrying {
+            // The next attempt's publisher counts from 1 again.
+            last_n = 0;
+        }
+        if state.status.is_terminal() && state.expires_at.is_none() {
+            state.expires_at = Some(now.plus(retention));
+        }
+        enrich(&state, &mut event.data);
+        events.push(event);
+    }
+    Ok(Plan {
+        events,
+        state,
+        last_n,
+        duplicates,
+    })
+}
+
+/// Plans a job's creation: its initial state and `job_queued` event (id 1).
+///
+/// # Errors
+/// Never in practice (a fresh state always accepts `job_queued`); the
+/// `Result` keeps the reducer's contract honest.
+pub fn plan_create(
+    new: &crate::job::NewJob,
+    epoch: crate::ids::Epoch,
+    now: Timestamp,
+) -> Result<(JobState, Event), ReduceError> {
+    let fresh = JobState::new(new, epoch, now);
+    let mut event = Event {
+        id: fresh.last_event_id.next(),
+        job_id: fresh.id.clone(),
+        kind: EventType::JobQueued,
+        timestamp: now,
+        data: serde_json::Map::new(),
+    };
+    event
+        .data
+        .insert("kind".into(), serde_json::Value::from(new.kind.as_str()));
+    let state = apply(&fresh, &event)?;
+    enrich(&state, &mut event.data);
+    Ok((state, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::ids::{Epoch, EventId};
+    use crate::job::NewJob;
+
+    fn head() -> LogHead {
+        let new = NewJob::new("demo", json!({}), "alice");
+        let (state, _) = plan_create(&new, Epoch::generate(), Timestamp::now()).expect("create");
+        LogHead { state, last_n: 0 }
+    }
+
+    #[test]
+    fn fenced_duplicates_are_skipped_and_stale_attempts_refused() {
+        let h = head();
+        let batch = vec![
+            NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1),
+            NewEvent::new(EventType::Progress, json!({"progress": 5})).fenced(1, 2),
+        ];
+        let p = plan(&h, &batch, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!(p.events.len(), 2);
+        assert_eq!(p.events[1].id, EventId(3));
+        let h2 = LogHead {
+            state: p.state,
+            last_n: p.last_n,
+        };
+        // The same batch again (a retried publish): nothing new.
+        let again = plan(&h2, &batch, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!((again.events.len(), again.duplicates), (0, 2));
+        let stale = [NewEvent::new(EventType::Progress, json!({})).fenced(0, 3)];
+        assert_eq!(
+            plan(&h2, &stale, Timestamp::now(), Duration::from_secs(1)),
+            Err(PlanError::Fenced {
+                sent: 0,
+                current: 1
+            })
+        );
+    }
+
+    #[test]
+    fn terminal_events_set_the_expiry() {
+        let h = head();
+        let now = Timestamp::from_unix_millis(1000);
+        let batch = [NewEvent::new(EventType::JobCancelled, json!({}))];
+        let p = plan(&h, &batch, now, Duration::from_secs(2)).expect("plans");
+        assert_eq!(p.state.expires_at, Some(Timestamp::from_unix_millis(3000)));
+    }
+}

@@ -1,0 +1,395 @@
+//! The pure reducer: `apply(state, event) -> state`.
+//!
+//! Both backends (and any client that wants to rebuild a job's state from its
+//! log) use this one function, so "the state as of event N" means the same
+//! thing everywhere. It enforces the legal status transitions and that events
+//! are applied in order with consecutive ids.
+//!
+//! [`enrich`] copies the resulting counters into the event's payload, so a UI
+//! can render any single event without replaying the log. Applying an enriched
+//! event gives the same state as applying the raw one (tested below).
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::event::{Event, EventType};
+use crate::ids::EventId;
+use crate::job::{JobState, JobStatus};
+
+/// Why an event cannot be applied to a state.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ReduceError {
+    /// The event is not legal in the job's current status.
+    #[error("event {event} is not allowed while the job is {from}")]
+    IllegalTransition { from: JobStatus, event: String },
+    /// Events must be applied in order, without holes.
+    #[error("event id {got} applied out of order (expected {expected})")]
+    OutOfOrder { expected: EventId, got: EventId },
+    /// The payload has a field of the wrong shape.
+    #[error("invalid event data: {0}")]
+    InvalidData(String),
+}
+
+/// Applies one event to a state, returning the new state.
+///
+/// # Errors
+/// [`ReduceError`] when the event is out of order, illegal in the current
+/// status or carries malformed fields. The input state is never modified.
+pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
+    let expected = state.last_event_id.next();
+    if event.id != expected {
+        return Err(ReduceError::OutOfOrder {
+            expected,
+            got: event.id,
+        });
+    }
+    let mut next = state.clone();
+    next.last_event_id = event.id;
+    let data = &event.data;
+    let illegal = || ReduceError::IllegalTransition {
+        from: state.status,
+        event: event.kind.to_string(),
+    };
+    let require = |ok: bool| if ok { Ok(()) } else { Err(illegal()) };
+
+    match &event.kind {
+        EventType::JobQueued => {
+            require(state.last_event_id == EventId::ZERO)?;
+            next.status = JobStatus::Queued;
+        }
+        EventType::JobStarted => {
+            require(state.status == JobStatus::Queued)?;
+            next.status = JobStatus::Running;
+            next.started_at = Some(event.timestamp);
+            next.error = None;
+            set_opt_u64(&mut next.total_files, data, "total_files")?;
+            set_opt_string(&mut next.message, data, "message")?;
+        }
+        EventType::FileProcessing => {
+            require(state.status == JobStatus::Running)?;
+            next.current_file = Some(required_string(data, "file")?);
+            set_opt_u64(&mut next.total_files, data, "total_files")?;
+        }
+        EventType::FileCompleted => {
+            require(state.status == JobStatus::Running)?;
+            if let Some(file) = opt_string(data, "file")? {
+                next.current_file = Some(file);
+            }
+            set_opt_u64(&mut next.total_files, data, "total_files")?;
+            next.processed_files += 1;
+            next.progress = file_progress(&next);
+        }
+        EventType::Error => {
+            require(state.status == JobStatus::Running)?;
+            if let Some(file) = opt_string(data, "file")? {
+                next.current_file = Some(file);
+                next.failed_files += 1;
+            }
+            set_opt_u64(&mut next.total_files, data, "total_files")?;
+            set_opt_string(&mut next.message, data, "message")?;
+            next.progress = file_progress(&next);
+        }
+        EventType::Progress => {
+            require(state.status == JobStatus::Running)?;
+            let current = opt_f64(data, "current")?;
+            let total = opt_f64(data, "total")?;
+            if let (Some(current), Some(total)) = (current, total) {
+                if total > 0.0 {
+                    next.progress = clamp_percent(current / total * 100.0);
+                }
+            } else if let Some(pct) = opt_f64(data, "progress")? {
+                next.progress = clamp_percent(pct);
+            }
+            set_opt_string(&mut next.message, data, "message")?;
+        }
+        EventType::JobCompleted => {
+            require(state.status.can_become(JobStatus::Completed))?;
+            next.status = JobStatus::Completed;
+            next.progress = 100.0;
+            next.current_file = None;
+            next.finished_at = Some(event.timestamp);
+            if let Some(result) = data.get("result") {
+                next.result = Some(result.clone());
+            }
+            set_opt_string(&mut next.message, data, "message")?;
+        }
+        EventType::JobFailed => {
+            require(state.status.can_become(JobStatus::Failed))?;
+            next.status = JobStatus::Failed;
+            next.current_file = None;
+            next.finished_at = Some(event.timestamp);
+            next.error = Some(
+                opt_string(data, "error")?
+                    .or(opt_string(data, "message")?)
+                    .unwrap_or_else(|| "job failed".to_owned()),
+            );
+        }
+        EventType::JobCancelled => {
+            require(state.status.can_become(JobStatus::Cancelled))?;
+            next.status = JobStatus::Cancelled;
+            next.current_file = None;
+            next.finished_at = Some(event.timestamp);
+            set_opt_string(&mut next.message, data, "reason")?;
+        }
+        EventType::JobRetrying => {
+            require(state.status.can_become(JobStatus::Queued))?;
+            // A new attempt starts from scratch: counters of the dead attempt
+            // would otherwise be counted twice.
+            next.status = JobStatus::Queued;
+            next.attempt = state.attempt + 1;
+            next.total_files = 0;
+            next.processed_files = 0;
+            next.failed_files = 0;
+            next.current_file = None;
+            next.progress = 0.0;
+            next.started_at = None;
+            set_opt_string(&mut next.message, data, "reason")?;
+        }
+        EventType::Custom(_) => require(!state.status.is_terminal())?,
+    }
+    Ok(next)
+}
+
+/// Writes the job's counters after an event into that event's payload.
+pub fn enrich(state: &JobState, data: &mut Map<String, Value>) {
+    data.insert("status".into(), Value::from(state.status.as_str()));
+    data.insert("attempt".into(), Value::from(state.attempt));
+    data.insert("total_files".into(), Value::from(state.total_files));
+    data.insert("processed_files".into(), Value::from(state.processed_files));
+    data.insert("failed_files".into(), Value::from(state.failed_files));
+    data.insert(
+        "current_file".into(),
+        state
+            .current_file
+            .as_deref()
+            .map_or(Value::Null, Value::from),
+    );
+    data.insert("progress".into(), Value::from(state.progress));
+}
+
+fn file_progress(state: &JobState) -> f64 {
+    if state.total_files == 0 {
+        return state.progress;
+    }
+    let done = (state.processed_files + state.failed_files) as f64;
+    clamp_percent(done / state.total_files as f64 * 100.0)
+}
+
+fn clamp_percent(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 100.0)
+    }
+}
+
+fn opt_string(data: &Map<String, Value>, key: &str) -> Result<Option<String>, ReduceError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ReduceError::InvalidData(format!("{key} must be a string"))),
+    }
+}
+
+fn required_string(data: &Map<String, Value>, key: &str) -> Result<String, ReduceError> {
+    opt_string(data, key)?.ok_or_else(|| ReduceError::InvalidData(format!("{key} is required")))
+}
+
+fn set_opt_string(
+    field: &mut Option<String>,
+    data: &Map<String, Value>,
+    key: &str,
+) -> Result<(), ReduceError> {
+    if let Some(s) = opt_string(data, key)? {
+        *field = Some(s);
+    }
+    Ok(())
+}
+
+fn set_opt_u64(field: &mut u64, data: &Map<String, Value>, key: &str) -> Result<(), ReduceError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => {
+            *field = v.as_u64().ok_or_else(|| {
+                ReduceError::InvalidData(format!("{key} must be a non-negative integer"))
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn opt_f64(data: &Map<String, Value>, key: &str) -> Result<Option<f64>, ReduceError> {
+    match data.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| ReduceError::InvalidData(format!("{key} must be a number"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::ids::{Epoch, Timestamp};
+    use crate::job::NewJob;
+
+    fn queued() -> JobState {
+        let new = NewJob::new("demo", json!({}), "alice");
+        let mut s = JobState::new(&new, Epoch::generate(), Timestamp::from_unix_millis(0));
+        let ev = event(&s, EventType::JobQueued, json!({}));
+        s = apply(&s, &ev).expect("queued applies");
+        s
+    }
+
+    fn event(state: &JobState, kind: EventType, data: Value) -> Event {
+        Event {
+            id: state.last_event_id.next(),
+            job_id: state.id.clone(),
+            kind,
+            timestamp: Timestamp::from_unix_millis(1),
+            data: data.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn a_scan_runs_to_completion() {
+        let mut s = queued();
+        for (kind, data) in [
+            (EventType::JobStarted, json!({"total_files": 2})),
+            (EventType::FileProcessing, json!({"file": "a"})),
+            (EventType::FileCompleted, json!({"file": "a"})),
+            (EventType::Error, json!({"file": "b", "message": "denied"})),
+            (EventType::JobCompleted, json!({"result": {"files": 2}})),
+        ] {
+            s = apply(&s, &event(&s, kind, data)).expect("legal");
+        }
+        assert_eq!(s.status, JobStatus::Completed);
+        assert_eq!((s.processed_files, s.failed_files), (1, 1));
+        assert_eq!(s.progress, 100.0);
+        assert_eq!(s.last_event_id, EventId(6));
+        assert_eq!(s.result, Some(json!({"files": 2})));
+    }
+
+    #[test]
+    fn illegal_and_out_of_order_events_are_refused() {
+        let s = queued();
+        let e = event(&s, EventType::FileCompleted, json!({}));
+        assert!(matches!(
+            apply(&s, &e),
+            Err(ReduceError::IllegalTransition { .. })
+        ));
+        let mut e = event(&s, EventType::JobStarted, json!({}));
+        e.id = EventId(5);
+        assert!(matches!(apply(&s, &e), Err(ReduceError::OutOfOrder { .. })));
+        let e = event(&s, EventType::JobStarted, json!({"total_files": -1}));
+        assert!(matches!(apply(&s, &e), Err(ReduceError::InvalidData(_))));
+    }
+
+    #[test]
+    fn retrying_starts_a_new_attempt_from_scratch() {
+        let mut s = queued();
+        s = apply(
+            &s,
+            &event(&s, EventType::JobStarted, json!({"total_files": 3})),
+        )
+        .expect("ok");
+        s = apply(
+            &s,
+            &event(&s, EventType::FileCompleted, json!({"file": "x"})),
+        )
+        .expect("ok");
+        s = apply(
+            &s,
+            &event(&s, EventType::JobRetrying, json!({"reason": "worker died"})),
+        )
+        .expect("ok");
+        assert_eq!(s.status, JobStatus::Queued);
+        assert_eq!(s.attempt, 2);
+        assert_eq!((s.processed_files, s.total_files, s.progress), (0, 0, 0.0));
+    }
+
+    fn any_event_type() -> impl Strategy<Value = EventType> {
+        prop_oneof![
+            Just(EventType::JobStarted),
+            Just(EventType::FileProcessing),
+            Just(EventType::FileCompleted),
+            Just(EventType::Error),
+            Just(EventType::Progress),
+            Just(EventType::JobCompleted),
+            Just(EventType::JobFailed),
+            Just(EventType::JobCancelled),
+            Just(EventType::JobRetrying),
+            Just(EventType::Custom("note".into())),
+        ]
+    }
+
+    fn any_data() -> impl Strategy<Value = Value> {
+        (
+            proptest::option::of(0u64..20),
+            proptest::option::of("[a-z]{1,3}"),
+            proptest::option::of(0.0f64..200.0),
+        )
+            .prop_map(|(total, file, pct)| {
+                let mut m = Map::new();
+                if let Some(t) = total {
+                    m.insert("total_files".into(), t.into());
+                }
+                if let Some(f) = file {
+                    m.insert("file".into(), f.into());
+                }
+                if let Some(p) = pct {
+                    m.insert("progress".into(), p.into());
+                }
+                Value::Object(m)
+            })
+    }
+
+    proptest! {
+        /// Over any sequence of events: ids stay consecutive, progress stays in
+        /// 0..=100, nothing changes after a terminal status, every status move is
+        /// a legal one, and enriching an event never changes what it does.
+        #[test]
+        fn reducer_invariants(steps in proptest::collection::vec((any_event_type(), any_data()), 0..60)) {
+            let mut s = queued();
+            for (kind, data) in steps {
+                let ev = event(&s, kind, data);
+                match apply(&s, &ev) {
+                    Ok(next) => {
+                        prop_assert!(s.status.can_become(next.status) || s.status == next.status);
+                        prop_assert!(!s.status.is_terminal());
+                        prop_assert_eq!(next.last_event_id, s.last_event_id.next());
+                        prop_assert!((0.0..=100.0).contains(&next.progress));
+                        let mut enriched = ev.clone();
+                        enrich(&next, &mut enriched.data);
+                        prop_assert_eq!(apply(&s, &enriched), Ok(next.clone()));
+                        s = next;
+                    }
+                    Err(_) => {
+                        // A refused event leaves the state as it was (apply is pure);
+                        // terminal states refuse everything.
+                    }
+                }
+            }
+            if s.status.is_terminal() {
+                for kind in [EventType::JobStarted, EventType::Progress, EventType::JobCompleted, EventType::Custom("x".into())] {
+                    let ev = event(&s, kind, json!({}));
+                    prop_assert!(apply(&s, &ev).is_err());
+                }
+            }
+        }
+
+        /// Event ids order exactly as their numbers do, in text and in JSON.
+        #[test]
+        fn event_id_order_matches_numbers(a in any::<u64>(), b in any::<u64>()) {
+            let (x, y) = (EventId(a), EventId(b));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x.to_string().parse::<EventId>(), Ok(x));
+            prop_assert_eq!(serde_json::to_string(&x).ok(), Some(a.to_string()));
+        }
+    }
+}
