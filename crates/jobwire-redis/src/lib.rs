@@ -1,1 +1,295 @@
-//! placeholder
+//! `RedisBackend`: the jobwire [`Backend`] on Redis (standalone), with the key
+//! layout of [`keys`] and the Lua scripts in `lua/`.
+//!
+//! # Layout
+//!
+//! - `keys.rs`: every key name, in one place.
+//! - `scripts.rs`: the Lua scripts (`lua/*.lua`), run with EVALSHA.
+//! - `connection.rs`: the shared command connections and the dedicated ones
+//!   that blocking reads need, and the mapping of Redis errors.
+//! - `jobs.rs`: create, publish (compare-and-set on the sequence), read,
+//!   history, listing, cancel, delete.
+//! - `queue.rs`: the job queue on a Streams consumer group.
+//! - `tail.rs`: the live tail over all partition streams.
+//!
+//! # Why publish is planned in Rust
+//!
+//! The reducer, fencing and enrichment live in `jobwire_core` and run in the
+//! publishing process; the Lua script only checks that the job's sequence
+//! number is still the one the plan was made from and writes. A per-process
+//! cache of job heads means a steady publisher needs one round trip per batch;
+//! a stale cache costs one retry. See `docs/design.md`.
+
+mod connection;
+mod jobs;
+mod keys;
+mod queue;
+mod scripts;
+mod tail;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobwire_core::publish::LogHead;
+use jobwire_core::{
+    Backend, BackendConfig, CancelOutcome, Claim, Epoch, EventId, EventsAfter, JobId, JobPage,
+    JobState, ListQuery, LiveTail, NewEvent, NewJob, PublishOutcome, QueueStats, Reclaimed,
+    TailFrom,
+};
+use thiserror::Error;
+
+use connection::Connections;
+use keys::Keys;
+
+type Result<T, E = jobwire_core::BackendError> = std::result::Result<T, E>;
+
+/// How to reach Redis and the limits to apply.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Shared multiplexed connections for ordinary commands
+    /// (`JOBWIRE_REDIS_POOL_SIZE`); blocking reads get their own.
+    pub pool_size: usize,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long to wait for a reply before treating Redis as unreachable.
+    pub command_timeout: Duration,
+    /// Log and retention limits.
+    pub backend: BackendConfig,
+}
+
+impl RedisConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            pool_size: 4,
+            key_prefix: "jobwire".to_owned(),
+            command_timeout: Duration::from_secs(5),
+            backend: BackendConfig::default(),
+        }
+    }
+}
+
+/// Why the backend could not start.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// The URL is not a valid Redis URL.
+    #[error("invalid REDIS_URL {url:?}: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis did not answer.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The data in Redis was written with another layout or partition count.
+    #[error("{0}")]
+    Layout(String),
+}
+
+/// The Redis backend. Cheap to clone; clones share connections and cache.
+#[derive(Clone, Debug)]
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: RedisConfig,
+    keys: Keys,
+    conns: Connections,
+    /// Last known head of jobs this process publishes to, so a publish is one
+    /// round trip. Only a hint: the script's compare-and-set decides.
+    heads: Mutex<HashMap<JobId, LogHead>>,
+}
+
+/// Heads cached at most; past it the cache starts over (it is only a hint).
+const HEAD_CACHE_CAPACITY: usize = 100_000;
+
+impl RedisBackend {
+    /// Connects, checks the stored layout against this build and the
+    /// configured partition count, and makes sure the queue's consumer group
+    /// exists.
+    ///
+    /// # Errors
+    /// [`ConnectError`] for a bad URL, an unreachable Redis or a layout mismatch.
+    pub async fn connect(config: RedisConfig) -> Result<RedisBackend, ConnectError> {
+        let keys = Keys::new(&config.key_prefix, config.backend.partitions);
+        let conns = Connections::open(&config).await?;
+        let backend = RedisBackend {
+            shared: Arc::new(Shared {
+                config,
+                keys,
+                conns,
+                heads: Mutex::new(HashMap::new()),
+            }),
+        };
+        backend.check_layout().await?;
+        backend
+            .ensure_group()
+            .await
+            .map_err(|source| ConnectError::Unreachable {
+                url: backend.shared.config.url.clone(),
+                source,
+            })?;
+        Ok(backend)
+    }
+
+    /// The configuration this backend runs with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.shared.config
+    }
+
+    async fn check_layout(&self) -> Result<(), ConnectError> {
+        let url = &self.shared.config.url;
+        let unreachable = |source| ConnectError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conns.command();
+        let layout = LAYOUT_FIELDS;
+        // HSETNX both fields, then read back: the first instance to start
+        // writes the layout, every later one must agree with it.
+        let (_, _, stored): ((), (), (Option<u32>, Option<u16>)) = redis::pipe()
+            .cmd("HSETNX")
+            .arg(keys.meta())
+            .arg(layout.0)
+            .arg(keys::LAYOUT_VERSION)
+            .cmd("HSETNX")
+            .arg(keys.meta())
+            .arg(layout.1)
+            .arg(keys.partitions())
+            .cmd("HMGET")
+            .arg(keys.meta())
+            .arg(layout.0)
+            .arg(layout.1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unreachable)?;
+        match stored {
+            (Some(v), Some(p)) if v == keys::LAYOUT_VERSION && p == keys.partitions() => Ok(()),
+            (v, p) => Err(ConnectError::Layout(format!(
+                "Redis at {url} holds jobwire data with layout {v:?} and {p:?} partitions \
+                 (key {}); this build uses layout {} with {} partitions. Use another \
+                 key prefix or the matching configuration.",
+                keys.meta(),
+                keys::LAYOUT_VERSION,
+                keys.partitions()
+            ))),
+        }
+    }
+
+    fn cached_head(&self, job: &JobId) -> Option<LogHead> {
+        self.heads().get(job).cloned()
+    }
+
+    fn cache_head(&self, job: &JobId, head: Option<LogHead>) {
+        let mut heads = self.heads();
+        match head {
+            Some(head) if !head.state.status.is_terminal() => {
+                if heads.len() >= HEAD_CACHE_CAPACITY && !heads.contains_key(job) {
+                    heads.clear();
+                }
+                heads.insert(job.clone(), head);
+            }
+            _ => {
+                heads.remove(job);
+            }
+        }
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, LogHead>> {
+        // The map is only a cache; a poisoned one is still usable.
+        self.shared
+            .heads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+const LAYOUT_FIELDS: (&str, &str) = ("layout", "partitions");
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn create_job(&self, new: NewJob) -> Result<JobState> {
+        self.create(new).await
+    }
+
+    async fn publish(&self, job: &JobId, events: Vec<NewEvent>) -> Result<PublishOutcome> {
+        self.publish_batch(job, events).await
+    }
+
+    async fn job(&self, job: &JobId) -> Result<JobState> {
+        self.snapshot(job).await
+    }
+
+    async fn events_after(
+        &self,
+        job: &JobId,
+        after: EventId,
+        epoch: Option<&Epoch>,
+        limit: usize,
+    ) -> Result<EventsAfter> {
+        self.read_after(job, after, epoch, limit).await
+    }
+
+    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>> {
+        Ok(Box::new(self.open_tail(from).await?))
+    }
+
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
+        self.list(query).await
+    }
+
+    async fn cancel(&self, job: &JobId) -> Result<CancelOutcome> {
+        self.request_cancel(job).await
+    }
+
+    async fn delete(&self, job: &JobId) -> Result<()> {
+        self.remove(job).await
+    }
+
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>> {
+        self.claim_entries(consumer, max, wait).await
+    }
+
+    async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
+        self.renew_lease(consumer, entry).await
+    }
+
+    async fn ack(&self, entry: &str) -> Result<()> {
+        self.ack_entry(entry).await
+    }
+
+    async fn reclaim_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max_attempts: u32,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>> {
+        self.reclaim(consumer, min_idle, max_attempts, max).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        self.stats().await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.shared.conns.command();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(connection::backend_error)
+    }
+}

@@ -1,1 +1,235 @@
-//! placeholder
+//! Test harness for jobwire: real `redis-server` processes on free ports.
+//!
+//! Tests never mock Redis. [`RedisServer::start`] launches a private
+//! `redis-server` in a temporary directory on a free port, waits until it
+//! answers, and kills it on drop; tests can also [`RedisServer::kill`] and
+//! [`RedisServer::restart`] it (same port, same data directory, so with AOF on
+//! the data survives) to exercise outages. A missing `redis-server` binary is a
+//! loud failure, never a skip: `scripts/test` installs it.
+//!
+//! `JOBWIRE_TEST_REDIS_URL` points tests at an existing server instead; then
+//! kill/restart are refused (the harness does not own that process).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How the server keeps data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk: a restart loses everything.
+    None,
+    /// Append-only file with fsync every write: a restart keeps everything.
+    Aof,
+}
+
+/// A `redis-server` owned by a test.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    persistence: Persistence,
+    dir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    external_url: Option<String>,
+}
+
+impl RedisServer {
+    /// Starts a private server without persistence, or uses
+    /// `JOBWIRE_TEST_REDIS_URL` when set.
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up.
+    pub fn start() -> Result<RedisServer> {
+        if let Ok(url) = std::env::var("JOBWIRE_TEST_REDIS_URL") {
+            return Ok(RedisServer {
+                port: 0,
+                persistence: Persistence::None,
+                dir: None,
+                child: None,
+                external_url: Some(url),
+            });
+        }
+        RedisServer::start_private(Persistence::None)
+    }
+
+    /// Starts a private server (never an external one) with the given
+    /// persistence, for tests that kill and restart it.
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up.
+    pub fn start_private(persistence: Persistence) -> Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobwire-redis-")
+            .tempdir()
+            .context("creating a data directory for redis-server")?;
+        let mut server = RedisServer {
+            port: 0,
+            persistence,
+            dir: Some(dir),
+            child: None,
+            external_url: None,
+        };
+        // A free port can be taken between our probe and redis binding it;
+        // try a few times before giving up.
+        let mut last_err = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// The `redis://` URL of this server.
+    pub fn url(&self) -> String {
+        match &self.external_url {
+            Some(url) => url.clone(),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The port it listens on (0 for an external server).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server abruptly (SIGKILL), as a crash would.
+    ///
+    /// # Errors
+    /// For an external server, which the harness does not own.
+    pub fn kill(&mut self) -> Result<()> {
+        if self.external_url.is_some() {
+            bail!("cannot kill an external redis (JOBWIRE_TEST_REDIS_URL)");
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data directory.
+    ///
+    /// # Errors
+    /// When it does not come back up.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    fn data_dir(&self) -> Result<&Path> {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .context("external redis has no data directory")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let dir: PathBuf = self.data_dir()?.to_path_buf();
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        match self.persistence {
+            Persistence::None => cmd.args(["--appendonly", "no"]),
+            Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run redis-server ({e}); install it (scripts/test does: apt-get install redis-server)"
+            )
+        })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            if ping(addr) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+                    self.child = None;
+                    bail!(
+                        "redis-server exited with {status} on port {}:\n{log}",
+                        self.port
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "redis-server on port {} did not answer within 10 s",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+///
+/// # Errors
+/// When no local port can be bound.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn ping(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_kills_and_restarts_with_aof() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::Aof)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        assert!(ping(addr));
+        redis.kill()?;
+        assert!(!ping(addr), "killed server still answers");
+        redis.restart()?;
+        assert!(ping(addr));
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Connections to Redis.
+//!
+//! Ordinary commands share a small pool of `ConnectionManager`s (multiplexed,
+//! pipelining concurrent requests, reconnecting by themselves). Blocking reads
+//! (`XREAD BLOCK`, `XREADGROUP BLOCK`) stall every other command on their
+//! connection, so each gets a dedicated connection whose response timeout
+//! exceeds its block time (DEPENDENCIES.md measured both effects).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jobwire_core::BackendError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+
+use crate::{ConnectError, RedisConfig};
+
+/// How long connecting may take before Redis counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub(crate) struct Connections {
+    client: Client,
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    /// Idle dedicated connections for blocking queue reads, reused between
+    /// calls (opening one per claim would cost a handshake each time).
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl Connections {
+    pub(crate) async fn open(config: &RedisConfig) -> Result<Connections, ConnectError> {
+        let client = Client::open(config.url.as_str()).map_err(|source| ConnectError::Url {
+            url: config.url.clone(),
+            source,
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_max_delay(Duration::from_secs(2));
+        let mut pool = Vec::with_capacity(config.pool_size.max(1));
+        for _ in 0..config.pool_size.max(1) {
+            let manager = client
+                .get_connection_manager_with_config(manager_config.clone())
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    url: config.url.clone(),
+                    source,
+                })?;
+            pool.push(manager);
+        }
+        Ok(Connections {
+            client,
+            pool,
+            next: AtomicUsize::new(0),
+            blocking: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A shared connection for ordinary (non-blocking) commands.
+    pub(crate) fn command(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        self.pool[i].clone()
+    }
+
+    /// A new dedicated connection for blocking reads of up to `block`.
+    pub(crate) async fn dedicated(
+        &self,
+        block: Duration,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// A dedicated connection from the idle set, or a new one. Its response
+    /// timeout is set for blocks up to [`MAX_QUEUE_BLOCK`].
+    pub(crate) async fn take_blocking(&self) -> Result<MultiplexedConnection, RedisError> {
+        let idle = self.blocking_set().pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.dedicated(MAX_QUEUE_BLOCK).await,
+        }
+    }
+
+    /// Returns a healthy blocking connection to the idle set.
+    pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
+        let mut idle = self.blocking_set();
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+    }
+
+    fn blocking_set(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
+        self.blocking
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The longest block a queue read may ask for.
+pub(crate) const MAX_QUEUE_BLOCK: Duration = Duration::from_secs(30);
+
+/// Maps a Redis error to a backend error: connection trouble is retryable,
+/// anything else means data or a script misbehaved.
+pub(crate) fn backend_error(e: RedisError) -> BackendError {
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+    {
+        BackendError::Unavailable(e.to_string())
+    } else if matches!(
+        e.code(),
+        Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN")
+    ) {
+        BackendError::Unavailable(e.to_string())
+    } else {
+        BackendError::Data(e.to_string())
+    }
+}

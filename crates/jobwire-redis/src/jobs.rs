@@ -1,0 +1,458 @@
+//! Jobs on Redis: create, publish, snapshot, history, listing, cancel, delete.
+
+use jobwire_core::publish::{plan, plan_create, LogHead};
+use jobwire_core::settle::finish_cancel;
+use jobwire_core::{
+    BackendError, CancelOutcome, Epoch, Event, EventId, EventsAfter, JobId, JobPage, JobState,
+    ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, Timestamp,
+};
+use redis::Value;
+
+use crate::connection::backend_error;
+use crate::{scripts, RedisBackend, Result};
+
+/// A publish retries its compare-and-set this often under contention.
+const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// What the publish script answered.
+enum PublishReply {
+    Missing,
+    Applied { cancel: bool },
+    Moved { head: LogHead },
+}
+
+impl RedisBackend {
+    pub(crate) async fn create(&self, new: NewJob) -> Result<JobState> {
+        let keys = &self.shared.keys;
+        let limits = &self.shared.config.backend;
+        let (state, event) =
+            plan_create(&new, Epoch::generate(), Timestamp::now()).map_err(|source| {
+                BackendError::Rejected {
+                    job: new.id.clone(),
+                    source,
+                }
+            })?;
+        let mut conn = self.shared.conns.command();
+        let created: i64 = scripts::CREATE
+            .key(keys.job(&new.id))
+            .key(keys.events(&new.id))
+            .key(keys.live_of(&new.id))
+            .arg(to_json(&state)?)
+            .arg(event.to_json())
+            .arg(state.epoch.as_str())
+            .arg(state.status.as_str())
+            .arg(limits.stream_maxlen)
+            .arg(limits.live_maxlen)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        if created == 0 {
+            return Err(BackendError::AlreadyExists(new.id));
+        }
+        // The listing indexes and the queue live outside the job's slot, so
+        // they cannot join the script; they follow it. A crash in between
+        // leaves a job that is not listed or not queued, never the reverse
+        // (a queue entry without its job).
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(keys.all_jobs())
+            .arg(0)
+            .arg(new.id.as_str())
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.user_jobs(&new.owner))
+            .arg(0)
+            .arg(new.id.as_str())
+            .ignore();
+        if !new.external {
+            pipe.cmd("XADD")
+                .arg(keys.queue())
+                .arg("*")
+                .arg("job")
+                .arg(new.id.as_str())
+                .arg("kind")
+                .arg(&new.kind)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        self.cache_head(
+            &new.id,
+            Some(LogHead {
+                state: state.clone(),
+                last_n: 0,
+            }),
+        );
+        Ok(state)
+    }
+
+    pub(crate) async fn publish_batch(
+        &self,
+        job: &JobId,
+        events: Vec<NewEvent>,
+    ) -> Result<PublishOutcome> {
+        let limits = &self.shared.config.backend;
+        // A cached head may be stale; only a plan made from a head Redis just
+        // returned is trusted to refuse a batch.
+        let mut head = self.cached_head(job);
+        let mut fresh = false;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(current) = head.take() else {
+                match self.cas(job, None).await? {
+                    PublishReply::Missing => return Err(self.missing(job)),
+                    PublishReply::Moved { head: h } => {
+                        head = Some(h);
+                        fresh = true;
+                        continue;
+                    }
+                    // Sequence 0 never matches a job; unreachable in practice.
+                    PublishReply::Applied { .. } => continue,
+                }
+            };
+            let plan = match plan(&current, &events, Timestamp::now(), limits.retention) {
+                Ok(plan) => plan,
+                Err(e) if fresh => return Err(BackendError::from_plan(job, e)),
+                Err(_) => {
+                    head = None;
+                    continue;
+                }
+            };
+            let expected = current.state.last_event_id;
+            match self.cas(job, Some((expected, &plan))).await? {
+                PublishReply::Applied { cancel } => {
+                    let last_event_id = plan.state.last_event_id;
+                    self.cache_head(
+                        job,
+                        Some(LogHead {
+                            state: plan.state,
+                            last_n: plan.last_n,
+                        }),
+                    );
+                    return Ok(PublishOutcome {
+                        events: plan.events,
+                        duplicates: plan.duplicates,
+                        cancel_requested: cancel,
+                        last_event_id,
+                    });
+                }
+                PublishReply::Moved { head: h } => {
+                    head = Some(h);
+                    fresh = true;
+                }
+                PublishReply::Missing => return Err(self.missing(job)),
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "job {job}: gave up after {MAX_CAS_ATTEMPTS} concurrent-publish retries"
+        )))
+    }
+
+    fn missing(&self, job: &JobId) -> BackendError {
+        self.cache_head(job, None);
+        BackendError::NotFound(job.clone())
+    }
+
+    /// Runs the publish script: writes `plan` if the job's sequence is still
+    /// `expected`; without a plan it only fetches the head.
+    async fn cas(
+        &self,
+        job: &JobId,
+        planned: Option<(EventId, &jobwire_core::publish::Plan)>,
+    ) -> Result<PublishReply> {
+        let keys = &self.shared.keys;
+        let limits = &self.shared.config.backend;
+        let mut invocation = scripts::PUBLISH.prepare_invoke();
+        invocation
+            .key(keys.job(job))
+            .key(keys.events(job))
+            .key(keys.live_of(job));
+        match planned {
+            None => {
+                invocation
+                    .arg(0)
+                    .arg("")
+                    .arg(0)
+                    .arg("")
+                    .arg(0)
+                    .arg(0)
+                    .arg(0);
+            }
+            Some((expected, plan)) => {
+                let retention_ms = if plan.state.status.is_terminal() {
+                    limits.retention.as_millis().max(1)
+                } else {
+                    0
+                };
+                invocation
+                    .arg(expected.0)
+                    .arg(to_json(&plan.state)?)
+                    .arg(plan.last_n)
+                    .arg(plan.state.status.as_str())
+                    .arg(limits.stream_maxlen)
+                    .arg(limits.live_maxlen)
+                    .arg(retention_ms.to_string());
+                for event in &plan.events {
+                    invocation.arg(event.to_json());
+                }
+            }
+        }
+        let mut conn = self.shared.conns.command();
+        let reply: Vec<Value> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        match reply.as_slice() {
+            [Value::Int(0)] => Ok(PublishReply::Missing),
+            [Value::Int(1), cancel] => Ok(PublishReply::Applied {
+                cancel: is_set(cancel),
+            }),
+            [Value::Int(2), seq, state, last_n, _cancel] => {
+                let state: JobState = from_json(state)?;
+                let seq = parse_u64(seq)?;
+                if state.last_event_id.0 != seq {
+                    return Err(BackendError::Data(format!(
+                        "job {job}: state is at event {} but the sequence at {seq}",
+                        state.last_event_id
+                    )));
+                }
+                Ok(PublishReply::Moved {
+                    head: LogHead {
+                        state,
+                        last_n: parse_u64(last_n)?,
+                    },
+                })
+            }
+            other => Err(unexpected("publish", other)),
+        }
+    }
+
+    pub(crate) async fn snapshot(&self, job: &JobId) -> Result<JobState> {
+        let mut conn = self.shared.conns.command();
+        let (state, cancel): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.shared.keys.job(job))
+            .arg("state")
+            .arg("cancel")
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        let state = state.ok_or_else(|| BackendError::NotFound(job.clone()))?;
+        let mut state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
+        state.cancel_requested = cancel.as_deref() == Some("1") && !state.status.is_terminal();
+        Ok(state)
+    }
+
+    pub(crate) async fn read_after(
+        &self,
+        job: &JobId,
+        after: EventId,
+        epoch: Option<&Epoch>,
+        limit: usize,
+    ) -> Result<EventsAfter> {
+        let keys = &self.shared.keys;
+        let mut conn = self.shared.conns.command();
+        let limit = limit.clamp(1, i64::MAX as usize);
+        let reply: Vec<Value> = scripts::EVENTS_AFTER
+            .key(keys.job(job))
+            .key(keys.events(job))
+            .arg(after.0)
+            .arg(limit)
+            .arg(epoch.map_or("", |e| e.as_str()))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        match reply.split_first() {
+            Some((Value::Int(0), [])) => Err(BackendError::NotFound(job.clone())),
+            Some((Value::Int(1), events)) => Ok(EventsAfter::Events(
+                events
+                    .iter()
+                    .map(from_json)
+                    .collect::<Result<Vec<Event>>>()?,
+            )),
+            Some((Value::Int(2), [epoch])) => {
+                let current: Epoch = parse_text(epoch)?.parse().map_err(corrupt)?;
+                Ok(EventsAfter::Resync(ResyncReason::EpochChanged { current }))
+            }
+            Some((Value::Int(3), [seq])) => Ok(EventsAfter::Resync(ResyncReason::Ahead {
+                last: EventId(parse_u64(seq)?),
+            })),
+            Some((Value::Int(4), [oldest])) => Ok(EventsAfter::Resync(ResyncReason::Trimmed {
+                oldest: EventId(parse_u64(oldest)?),
+            })),
+            _ => Err(unexpected("events_after", &reply)),
+        }
+    }
+
+    pub(crate) async fn list(&self, query: &ListQuery) -> Result<JobPage> {
+        let keys = &self.shared.keys;
+        let index = match &query.owner {
+            Some(owner) => keys.user_jobs(owner),
+            None => keys.all_jobs(),
+        };
+        let limit = query.limit.max(1);
+        // Read ids in chunks (newest first) until the page is full: a status
+        // filter may skip many.
+        let chunk = (limit + 1).max(32);
+        let mut from = match &query.cursor {
+            Some(cursor) => format!("({cursor}"),
+            None => "+".to_owned(),
+        };
+        let mut jobs = Vec::with_capacity(limit);
+        let mut conn = self.shared.conns.command();
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&index)
+                .arg(&from)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend_error)?;
+            let Some(last) = ids.last() else {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: None,
+                });
+            };
+            from = format!("({last}");
+            let ids: Vec<JobId> = ids
+                .iter()
+                .map(|id| id.parse().map_err(corrupt))
+                .collect::<Result<_>>()?;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HMGET")
+                    .arg(keys.job(id))
+                    .arg("state")
+                    .arg("cancel");
+            }
+            let rows: Vec<(Option<Vec<u8>>, Option<String>)> =
+                pipe.query_async(&mut conn).await.map_err(backend_error)?;
+            let mut expired = Vec::new();
+            for (id, (state, cancel)) in ids.iter().zip(rows) {
+                let Some(state) = state else {
+                    expired.push(id.clone());
+                    continue;
+                };
+                let mut state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
+                if query.status.is_some_and(|s| s != state.status) {
+                    continue;
+                }
+                if jobs.len() == limit {
+                    let next_cursor = jobs.last().map(|j: &JobState| j.id.clone());
+                    self.forget(&expired, &index).await;
+                    return Ok(JobPage { jobs, next_cursor });
+                }
+                state.cancel_requested =
+                    cancel.as_deref() == Some("1") && !state.status.is_terminal();
+                jobs.push(state);
+            }
+            self.forget(&expired, &index).await;
+        }
+    }
+
+    /// Drops expired jobs from the listing indexes (lazily, as listing finds
+    /// them: Redis expires the job's keys but not its index entries).
+    async fn forget(&self, expired: &[JobId], index: &str) {
+        if expired.is_empty() {
+            return;
+        }
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        for id in expired {
+            pipe.cmd("ZREM").arg(index).arg(id.as_str()).ignore();
+            pipe.cmd("ZREM")
+                .arg(keys.all_jobs())
+                .arg(id.as_str())
+                .ignore();
+        }
+        let mut conn = self.shared.conns.command();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "could not prune expired jobs from the listing");
+        }
+    }
+
+    pub(crate) async fn request_cancel(&self, job: &JobId) -> Result<CancelOutcome> {
+        let mut conn = self.shared.conns.command();
+        let state: Option<Vec<u8>> = scripts::CANCEL
+            .key(self.shared.keys.job(job))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        let state = state.ok_or_else(|| BackendError::NotFound(job.clone()))?;
+        let mut state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
+        state.cancel_requested = !state.status.is_terminal();
+        finish_cancel(self, state).await
+    }
+
+    pub(crate) async fn remove(&self, job: &JobId) -> Result<()> {
+        let keys = &self.shared.keys;
+        let state = self.snapshot(job).await?;
+        let mut conn = self.shared.conns.command();
+        let (deleted,): (i64,) = redis::pipe()
+            .cmd("DEL")
+            .arg(keys.job(job))
+            .arg(keys.events(job))
+            .cmd("ZREM")
+            .arg(keys.user_jobs(&state.owner))
+            .arg(job.as_str())
+            .ignore()
+            .cmd("ZREM")
+            .arg(keys.all_jobs())
+            .arg(job.as_str())
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        self.cache_head(job, None);
+        if deleted == 0 {
+            return Err(BackendError::NotFound(job.clone()));
+        }
+        Ok(())
+    }
+}
+
+fn to_json(state: &JobState) -> Result<String> {
+    serde_json::to_string(state).map_err(|e| BackendError::Data(format!("serializing state: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
+    match v {
+        Value::BulkString(bytes) => serde_json::from_slice(bytes).map_err(corrupt),
+        other => Err(unexpected("json", std::slice::from_ref(other))),
+    }
+}
+
+fn parse_text(v: &Value) -> Result<String> {
+    match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(corrupt),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(unexpected("text", std::slice::from_ref(other))),
+    }
+}
+
+fn parse_u64(v: &Value) -> Result<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).map_err(corrupt),
+        _ => parse_text(v)?.parse().map_err(corrupt),
+    }
+}
+
+fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Int(i) => *i != 0,
+        Value::BulkString(b) => b.as_slice() == b"1",
+        _ => false,
+    }
+}
+
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Data(format!("unreadable data in Redis: {e}"))
+}
+
+fn unexpected(what: &str, reply: &[Value]) -> BackendError {
+    BackendError::Data(format!("unexpected {what} reply from Redis: {reply:?}"))
+}

@@ -1,0 +1,37 @@
+-- Appends planned events to a job's log atomically with its new state: a
+-- compare-and-set on the job's sequence number. The events (with their ids)
+-- and the state were computed by the caller from the head it last saw
+-- (jobwire_core::publish::plan); if the head moved since, nothing is written
+-- and the current head is returned so the caller can plan again.
+--
+-- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream
+-- ARGV[1] expected seq, ARGV[2] new state JSON, ARGV[3] new last_n,
+-- ARGV[4] new status, ARGV[5] log MAXLEN, ARGV[6] live MAXLEN,
+-- ARGV[7] retention in ms (0: the job is not finished), ARGV[8..] event JSONs
+-- Returns {0} no such job; {1, cancel} applied;
+-- {2, seq, state, last_n, cancel} the head moved.
+local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel')
+if not head[1] then
+  return {0}
+end
+if head[1] ~= ARGV[1] then
+  local rest = redis.call('HMGET', KEYS[1], 'state', 'last_n')
+  return {2, head[1], rest[1], rest[2], head[2]}
+end
+local n = #ARGV - 7
+if n > 0 then
+  local seq = tonumber(ARGV[1])
+  for i = 1, n do
+    seq = seq + 1
+    local event = ARGV[7 + i]
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], string.format('%d-0', seq), 'e', event)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', event)
+  end
+  redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[2],
+    'last_n', ARGV[3], 'status', ARGV[4])
+  if ARGV[7] ~= '0' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  end
+end
+return {1, head[2]}

@@ -1,0 +1,206 @@
+//! The job queue on a Redis Streams consumer group (`workers`): entries are
+//! delivered to one consumer each, stay pending until acked, and are taken
+//! over with XAUTOCLAIM once idle past the visibility timeout.
+
+use std::time::Duration;
+
+use jobwire_core::settle::settle_reclaimed;
+use jobwire_core::{BackendError, Claim, JobId, QueueStats, Reclaimed};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{RedisError, Value};
+
+use crate::connection::{backend_error, MAX_QUEUE_BLOCK};
+use crate::keys::WORKERS_GROUP;
+use crate::{scripts, RedisBackend, Result};
+
+impl RedisBackend {
+    /// Creates the consumer group (and the stream) unless it exists. Reading
+    /// from id 0 means entries added before the group existed are delivered.
+    pub(crate) async fn ensure_group(&self) -> Result<(), RedisError> {
+        let mut conn = self.shared.conns.command();
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) async fn claim_entries(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Claim>> {
+        let wait = wait.min(MAX_QUEUE_BLOCK);
+        let mut conn = self
+            .shared
+            .conns
+            .take_blocking()
+            .await
+            .map_err(backend_error)?;
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max.max(1));
+        // BLOCK 0 would block forever; no BLOCK at all is a plain poll.
+        if !wait.is_zero() {
+            read.arg("BLOCK").arg(wait.as_millis().max(1) as u64);
+        }
+        read.arg("STREAMS").arg(self.shared.keys.queue()).arg(">");
+        let reply: Option<StreamReadReply> = match read.query_async(&mut conn).await {
+            Ok(reply) => reply,
+            // The group vanished (Redis restarted without persistence): make
+            // it again; the next claim finds it.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.shared.conns.give_back(conn);
+                self.ensure_group().await.map_err(backend_error)?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(backend_error(e)),
+        };
+        self.shared.conns.give_back(conn);
+        let entries = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        self.to_claims(entries).await
+    }
+
+    /// Turns stream entries into claims; entries that are not jobwire's
+    /// shape are acked and dropped with a warning rather than handed out.
+    async fn to_claims(&self, entries: Vec<StreamId>) -> Result<Vec<Claim>> {
+        let mut claims = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let job = field(&entry, "job").and_then(|s| s.parse::<JobId>().ok());
+            match (job, field(&entry, "kind")) {
+                (Some(job_id), Some(kind)) => claims.push(Claim {
+                    entry: entry.id,
+                    job_id,
+                    kind,
+                }),
+                _ => {
+                    tracing::warn!(entry = %entry.id, "dropping a malformed queue entry");
+                    self.ack_entry(&entry.id).await?;
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    pub(crate) async fn renew_lease(&self, consumer: &str, entry: &str) -> Result<bool> {
+        let mut conn = self.shared.conns.command();
+        let renewed: i64 = scripts::RENEW
+            .key(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(entry)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        Ok(renewed == 1)
+    }
+
+    pub(crate) async fn ack_entry(&self, entry: &str) -> Result<()> {
+        let queue = self.shared.keys.queue();
+        let mut conn = self.shared.conns.command();
+        // XDEL too: the queue stream only holds work not yet done.
+        redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(&queue)
+            .arg(WORKERS_GROUP)
+            .arg(entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&queue)
+            .arg(entry)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_error)
+    }
+
+    pub(crate) async fn reclaim(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max_attempts: u32,
+        max: usize,
+    ) -> Result<Vec<Reclaimed>> {
+        let max = max.max(1);
+        let mut conn = self.shared.conns.command();
+        let mut cursor = "0-0".to_owned();
+        let mut taken = Vec::new();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(self.shared.keys.queue())
+                .arg(WORKERS_GROUP)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max - taken.len())
+                .query_async(&mut conn)
+                .await
+                .map_err(backend_error)?;
+            taken.extend(reply.claimed);
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" || taken.len() >= max {
+                break;
+            }
+        }
+        let claims = self.to_claims(taken).await?;
+        let mut settled = Vec::with_capacity(claims.len());
+        for claim in claims {
+            settled.push(settle_reclaimed(self, claim, max_attempts).await?);
+        }
+        Ok(settled)
+    }
+
+    pub(crate) async fn stats(&self) -> Result<QueueStats> {
+        let queue = self.shared.keys.queue();
+        let mut conn = self.shared.conns.command();
+        let (len, pending): (u64, Value) = redis::pipe()
+            .cmd("XLEN")
+            .arg(&queue)
+            .cmd("XPENDING")
+            .arg(&queue)
+            .arg(WORKERS_GROUP)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        let pending = match pending {
+            Value::Array(summary) => match summary.first() {
+                Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                _ => 0,
+            },
+            _ => {
+                return Err(BackendError::Data(format!(
+                    "unexpected XPENDING reply: {pending:?}"
+                )))
+            }
+        };
+        Ok(QueueStats {
+            waiting: len.saturating_sub(pending),
+            pending,
+        })
+    }
+}
+
+fn field(entry: &StreamId, name: &str) -> Option<String> {
+    match entry.map.get(name)? {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}

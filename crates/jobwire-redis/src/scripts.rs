@@ -1,0 +1,19 @@
+//! The Lua scripts, compiled into the binary from `lua/*.lua` and run with
+//! EVALSHA (redis-rs falls back to loading the script on NOSCRIPT, e.g. after
+//! a Redis restart).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Immutable compiled-in code, not configuration or clients: a static is fine.
+pub(crate) static CREATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/create.lua")));
+pub(crate) static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
+pub(crate) static EVENTS_AFTER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/events_after.lua")));
+pub(crate) static CANCEL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/cancel.lua")));
+pub(crate) static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));

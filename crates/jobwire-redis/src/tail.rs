@@ -1,0 +1,211 @@
+//! The live tail: one dedicated connection reading every partition's live
+//! stream with a single `XREAD BLOCK` (standalone Redis; the partition streams
+//! sit in different slots, so a Cluster deployment needs one read per
+//! partition: not supported yet).
+//!
+//! Positions are the last stream id read per partition. After a connection
+//! error the next call reconnects and continues from them, so a Redis blip
+//! loses nothing; if entries after a position may have been trimmed meanwhile
+//! (the stream's first entry is past it), the tail reports a `Gap` so readers
+//! re-read the affected jobs' logs.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobwire_core::{BackendError, Event, LiveBatch, LivePosition, LiveTail, TailFrom};
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamReadReply;
+use redis::Value;
+
+use crate::connection::backend_error;
+use crate::jobs::corrupt;
+use crate::{RedisBackend, Result};
+
+/// How long one read blocks in Redis.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Entries read per partition per call.
+const COUNT: usize = 1024;
+
+/// A live tail over all partitions.
+#[derive(Debug)]
+pub(crate) struct RedisTail {
+    backend: RedisBackend,
+    conn: Option<MultiplexedConnection>,
+    streams: Vec<String>,
+    /// Last id read, per partition (same order as `streams`).
+    ids: Vec<String>,
+    /// Check for trimmed entries before the next read.
+    check_gap: bool,
+}
+
+impl RedisBackend {
+    pub(crate) async fn open_tail(&self, from: TailFrom) -> Result<RedisTail> {
+        let keys = &self.shared.keys;
+        let streams: Vec<String> = (0..keys.partitions()).map(|p| keys.live(p)).collect();
+        let (ids, check_gap) = match from {
+            TailFrom::Now => (self.last_ids(&streams).await?, false),
+            TailFrom::After(LivePosition(position)) => {
+                let ids: Vec<String> = position.split(',').map(str::to_owned).collect();
+                if ids.len() != streams.len() || ids.iter().any(|id| parse_id(id).is_none()) {
+                    return Err(BackendError::Data(format!(
+                        "live position {position:?} does not fit {} partitions",
+                        streams.len()
+                    )));
+                }
+                (ids, true)
+            }
+        };
+        Ok(RedisTail {
+            backend: self.clone(),
+            conn: None,
+            streams,
+            ids,
+            check_gap,
+        })
+    }
+
+    /// The id of each stream's newest entry ("0-0" for an empty stream).
+    async fn last_ids(&self, streams: &[String]) -> Result<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for stream in streams {
+            pipe.cmd("XREVRANGE")
+                .arg(stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, Value)>> = pipe
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .next()
+                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+            })
+            .collect())
+    }
+
+    /// The id of each stream's oldest entry, if any.
+    async fn first_ids(&self, streams: &[String]) -> Result<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        for stream in streams {
+            pipe.cmd("XRANGE")
+                .arg(stream)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, Value)>> = pipe
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.into_iter().next().map(|(id, _)| id))
+            .collect())
+    }
+}
+
+impl RedisTail {
+    /// Whether entries after some partition's position may have been trimmed.
+    async fn gap(&self) -> Result<bool> {
+        let firsts = self.backend.first_ids(&self.streams).await?;
+        Ok(self.ids.iter().zip(firsts).any(|(ours, first)| {
+            first.is_some_and(|first| compare_ids(&first, ours) == Ordering::Greater)
+        }))
+    }
+
+    async fn read(&mut self) -> Result<LiveBatch> {
+        if self.conn.is_none() {
+            let conn = self
+                .backend
+                .shared
+                .conns
+                .dedicated(BLOCK)
+                .await
+                .map_err(backend_error)?;
+            self.conn = Some(conn);
+        }
+        if self.check_gap {
+            let gap = self.gap().await?;
+            self.check_gap = false;
+            if gap {
+                return Ok(LiveBatch::Gap);
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(LiveBatch::Events(Vec::new()));
+        };
+        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.streams)
+            .arg(&self.ids)
+            .query_async(conn)
+            .await
+            .map_err(backend_error)?;
+        let mut events = Vec::new();
+        for key in reply.into_iter().flat_map(|r| r.keys) {
+            let Some(slot) = self.streams.iter().position(|s| *s == key.key) else {
+                continue;
+            };
+            if key.ids.len() >= COUNT {
+                // A full batch: this tail may be falling behind the trimming.
+                self.check_gap = true;
+            }
+            for entry in key.ids {
+                match entry.map.get("e") {
+                    Some(Value::BulkString(bytes)) => {
+                        match serde_json::from_slice::<Event>(bytes) {
+                            Ok(event) => events.push(event),
+                            Err(e) => {
+                                tracing::error!(entry = %entry.id, error = %corrupt(e), "skipping unreadable live entry")
+                            }
+                        }
+                    }
+                    _ => tracing::error!(entry = %entry.id, "skipping live entry without an event"),
+                }
+                self.ids[slot] = entry.id;
+            }
+        }
+        Ok(LiveBatch::Events(events))
+    }
+}
+
+#[async_trait]
+impl LiveTail for RedisTail {
+    async fn next(&mut self) -> Result<LiveBatch> {
+        match self.read().await {
+            Ok(batch) => Ok(batch),
+            Err(e) => {
+                // Start over on a new connection next time, and check then
+                // whether the outage cost us entries.
+                self.conn = None;
+                self.check_gap = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn position(&self) -> LivePosition {
+        LivePosition(self.ids.join(","))
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn compare_ids(a: &str, b: &str) -> Ordering {
+    parse_id(a).cmp(&parse_id(b))
+}
