@@ -97,7 +97,14 @@ impl RedisBackend {
         // returned is trusted to refuse a batch.
         let mut head = self.cached_head(job);
         let mut fresh = false;
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            if attempt >= 2 {
+                // Lost the race repeatedly: step aside for a random moment so
+                // that a tight loop of another publisher cannot starve us.
+                let ceiling = 1 + attempt.min(20) as u64 * 250;
+                let pause = rand::random::<u64>() % ceiling;
+                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+            }
             let Some(current) = head.take() else {
                 match self.cas(job, None).await? {
                     PublishReply::Missing => return Err(self.missing(job)),

@@ -1,0 +1,268 @@
+//! Behaviours only the Redis backend has: key expiry, the stored layout check,
+//! several processes sharing jobs, and Redis going away under load.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use jobwire_core::{
+    Backend, BackendConfig, BackendError, EventId, EventType, EventsAfter, LiveBatch, NewEvent,
+    NewJob, TailFrom,
+};
+use jobwire_redis::{ConnectError, RedisBackend, RedisConfig};
+use jobwire_testkit::{Persistence, RedisServer};
+use serde_json::json;
+
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        command_timeout: Duration::from_secs(2),
+        backend: BackendConfig {
+            partitions: 4,
+            ..BackendConfig::default()
+        },
+        ..RedisConfig::new(server.url())
+    }
+}
+
+async fn redis_cmd<T: redis::FromRedisValue>(server: &RedisServer, cmd: &redis::Cmd) -> Result<T> {
+    let client = redis::Client::open(server.url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    Ok(cmd.query_async(&mut conn).await?)
+}
+
+fn progress(i: u64) -> NewEvent {
+    NewEvent::new(EventType::Progress, json!({"current": i, "total": 1000}))
+}
+
+#[tokio::test]
+async fn finished_jobs_get_a_ttl_on_state_and_log() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let mut cfg = config(&server);
+    cfg.backend.retention = Duration::from_secs(3600);
+    let b = RedisBackend::connect(cfg).await?;
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    let partition = job.id.partition(4);
+    let state_key = format!("jobwire:{{{partition}}}:job:{}", job.id);
+    let log_key = format!("jobwire:{{{partition}}}:events:{}", job.id);
+    let ttl = |key: String| redis::cmd("PTTL").arg(key).clone();
+    ensure!(
+        redis_cmd::<i64>(&server, &ttl(state_key.clone())).await? == -1,
+        "a queued job expires"
+    );
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobCompleted, json!({}))],
+    )
+    .await?;
+    for key in [state_key, log_key] {
+        let pttl: i64 = redis_cmd(&server, &ttl(key.clone())).await?;
+        ensure!(
+            pttl > 3_500_000 && pttl <= 3_600_000,
+            "{key} has PTTL {pttl}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_different_partition_count_is_refused_at_start() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    RedisBackend::connect(config(&server)).await?;
+    let mut other = config(&server);
+    other.backend.partitions = 8;
+    match RedisBackend::connect(other).await {
+        Err(ConnectError::Layout(msg)) => ensure!(msg.contains("8 partitions"), "{msg}"),
+        other => bail!("mismatched layout accepted: {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_url_and_unreachable_redis_are_clear_errors() -> Result<()> {
+    match RedisBackend::connect(RedisConfig::new("http://nope")).await {
+        Err(ConnectError::Url { .. }) => {}
+        other => bail!("bad URL accepted: {other:?}"),
+    }
+    let port = jobwire_testkit::free_port()?;
+    match RedisBackend::connect(RedisConfig::new(format!("redis://127.0.0.1:{port}"))).await {
+        Err(e @ ConnectError::Unreachable { .. }) => {
+            ensure!(e.to_string().contains(&port.to_string()))
+        }
+        other => bail!("unreachable Redis accepted: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Two processes publishing to the same jobs: each one's cached head goes
+/// stale whenever the other publishes. Nothing may be lost, duplicated or
+/// wrongly refused because of a stale cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_jobs_through_stale_caches() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let a = RedisBackend::connect(config(&server)).await?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let job = a
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    // b learns the job while it is queued ...
+    b.publish(&job.id, vec![]).await?;
+    // ... then a starts it: b's cached head says "queued", where progress
+    // would be illegal. b must notice and succeed.
+    a.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    b.publish(&job.id, vec![progress(1)]).await?;
+    let (ta, tb) = (a.clone(), b.clone());
+    let id = job.id.clone();
+    let id2 = job.id.clone();
+    let wa = tokio::spawn(async move {
+        for i in 0..300 {
+            ta.publish(&id, vec![progress(i)]).await?;
+        }
+        Ok::<_, BackendError>(())
+    });
+    let wb = tokio::spawn(async move {
+        for i in 0..300 {
+            tb.publish(&id2, vec![progress(i), progress(i)]).await?;
+        }
+        Ok::<_, BackendError>(())
+    });
+    wa.await??;
+    wb.await??;
+    let events = match a.events_after(&job.id, EventId::ZERO, None, 10_000).await? {
+        EventsAfter::Events(events) => events,
+        other => bail!("{other:?}"),
+    };
+    ensure!(events.len() == 3 + 300 + 600, "{} events", events.len());
+    for (i, e) in events.iter().enumerate() {
+        ensure!(
+            e.id == EventId(i as u64 + 1),
+            "hole or reorder at {i}: {}",
+            e.id
+        );
+    }
+    ensure!(b.job(&job.id).await?.last_event_id == EventId(903));
+    Ok(())
+}
+
+/// Redis restarts (AOF on) while a tail is open and a publisher keeps going:
+/// the publisher sees retryable errors during the outage, then continues; the
+/// tail reconnects by itself; the log and the tail both end up with every
+/// event exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing() -> Result<()> {
+    let mut server = RedisServer::start_private(Persistence::Aof)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    let mut tail = b.tail(TailFrom::Now).await?;
+
+    let publish_until_ok = |i: u64| {
+        let b = b.clone();
+        let id = job.id.clone();
+        async move {
+            // An outage may fail a publish after Redis applied it, so the
+            // retry is fenced: a repeated n is applied once.
+            let event = progress(i).fenced(1, i);
+            for _ in 0..200 {
+                match b.publish(&id, vec![event.clone()]).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+            }
+            bail!("publish {i} never succeeded")
+        }
+    };
+    for i in 1..=50 {
+        publish_until_ok(i).await?;
+    }
+    server.kill()?;
+    let failed = b.publish(&job.id, vec![progress(0)]).await;
+    ensure!(
+        matches!(&failed, Err(e) if e.is_retryable()),
+        "publish with Redis down: {failed:?}"
+    );
+    ensure!(tail.next().await.is_err(), "tail did not notice the outage");
+    server.restart()?;
+    for i in 51..=100 {
+        publish_until_ok(i).await?;
+    }
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 100 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tail saw {} of 100",
+            seen.len()
+        );
+        match tail.next().await {
+            Ok(LiveBatch::Events(events)) => seen.extend(events.into_iter().map(|e| e.id.0)),
+            Ok(LiveBatch::Gap) => bail!("AOF kept everything, yet the tail reported a gap"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    ensure!(seen == (3..=102).collect::<Vec<_>>(), "tail saw {seen:?}");
+    let events = match b.events_after(&job.id, EventId::ZERO, None, 1000).await? {
+        EventsAfter::Events(events) => events,
+        other => bail!("{other:?}"),
+    };
+    let ids: Vec<u64> = events.iter().map(|e| e.id.0).collect();
+    ensure!(ids == (1..=102).collect::<Vec<_>>(), "log ids {ids:?}");
+    let order: Vec<u64> = events[2..]
+        .iter()
+        .map(|e| e.data["current"].as_u64().context("current"))
+        .collect::<Result<_>>()?;
+    ensure!(
+        order == (1..=100).collect::<Vec<_>>(),
+        "payload order {order:?}"
+    );
+    Ok(())
+}
+
+/// A tail resumed after its partition stream was trimmed past its position
+/// reports a gap instead of silently skipping.
+#[tokio::test]
+async fn a_trimmed_live_position_is_reported_as_a_gap() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let mut cfg = config(&server);
+    cfg.backend.live_maxlen = 10;
+    cfg.backend.partitions = 1;
+    let b = RedisBackend::connect(cfg).await?;
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    let position = b.tail(TailFrom::Now).await?.position();
+    for chunk in 0..10 {
+        b.publish(&job.id, (0..50).map(|i| progress(chunk * 50 + i)).collect())
+            .await?;
+    }
+    let mut resumed = b.tail(TailFrom::After(position)).await?;
+    ensure!(
+        resumed.next().await? == LiveBatch::Gap,
+        "trimmed position not reported"
+    );
+    Ok(())
+}
