@@ -1,1 +1,29 @@
-fn main() {}
+//! `jobwire-bench`: jobwire's benchmark scenarios. Each scenario is one
+//! subcommand, bounded in time, and prints a results table that can be pasted
+//! into `docs/benchmarks.md`.
+
+mod publish;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "jobwire-bench", about = "jobwire benchmark scenarios", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Publish throughput: RedisBackend and MemoryBackend against raw
+    /// pipelined XADD on the same Redis, at several job concurrencies.
+    Publish(publish::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Publish(args) => publish::run(args).await,
+    }
+}

@@ -103,8 +103,8 @@ pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 /// What a publish did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PublishOutcome {
-    /// The events appended, in order (fenced duplicates excluded).
-    pub events: Vec<Event>,
+    /// Ids of the events appended, in order (fenced duplicates excluded).
+    pub ids: Vec<EventId>,
     /// Fenced events skipped because their `n` had already been applied.
     pub duplicates: usize,
     /// Cancellation has been requested: the publisher should stop.

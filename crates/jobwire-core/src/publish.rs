@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::event::{Event, EventType, NewEvent};
 use crate::ids::Timestamp;
 use crate::job::JobState;
-use crate::reducer::{apply, enrich, ReduceError};
+use crate::reducer::{apply, apply_in_place, enrich, ReduceError};
 
 /// What a backend stores besides the log itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,7 +88,7 @@ pub fn plan(
             timestamp: now,
             data: new.data.clone(),
         };
-        state = apply(&state, &event)?;
+        apply_in_place(&mut state, &event)?;
         if event.kind == EventType::JobRetrying {
             // The next attempt's publisher counts from 1 again.
             last_n = 0;

@@ -36,29 +36,41 @@ pub enum ReduceError {
 /// [`ReduceError`] when the event is out of order, illegal in the current
 /// status or carries malformed fields. The input state is never modified.
 pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
-    let expected = state.last_event_id.next();
+    let mut next = state.clone();
+    apply_in_place(&mut next, event)?;
+    Ok(next)
+}
+
+/// [`apply`] without the copy, for callers that apply many events to a state
+/// they own (the publish planner). On error the state may be half-updated:
+/// callers must discard it.
+///
+/// # Errors
+/// As [`apply`].
+pub fn apply_in_place(next: &mut JobState, event: &Event) -> Result<(), ReduceError> {
+    let expected = next.last_event_id.next();
     if event.id != expected {
         return Err(ReduceError::OutOfOrder {
             expected,
             got: event.id,
         });
     }
-    let mut next = state.clone();
+    let (from, first_event) = (next.status, next.last_event_id == EventId::ZERO);
     next.last_event_id = event.id;
     let data = &event.data;
     let illegal = || ReduceError::IllegalTransition {
-        from: state.status,
+        from,
         event: event.kind.to_string(),
     };
     let require = |ok: bool| if ok { Ok(()) } else { Err(illegal()) };
 
     match &event.kind {
         EventType::JobQueued => {
-            require(state.last_event_id == EventId::ZERO)?;
+            require(first_event)?;
             next.status = JobStatus::Queued;
         }
         EventType::JobStarted => {
-            require(state.status == JobStatus::Queued)?;
+            require(from == JobStatus::Queued)?;
             next.status = JobStatus::Running;
             next.started_at = Some(event.timestamp);
             next.error = None;
@@ -66,31 +78,31 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
             set_opt_string(&mut next.message, data, "message")?;
         }
         EventType::FileProcessing => {
-            require(state.status == JobStatus::Running)?;
+            require(from == JobStatus::Running)?;
             next.current_file = Some(required_string(data, "file")?);
             set_opt_u64(&mut next.total_files, data, "total_files")?;
         }
         EventType::FileCompleted => {
-            require(state.status == JobStatus::Running)?;
+            require(from == JobStatus::Running)?;
             if let Some(file) = opt_string(data, "file")? {
                 next.current_file = Some(file);
             }
             set_opt_u64(&mut next.total_files, data, "total_files")?;
             next.processed_files += 1;
-            next.progress = file_progress(&next);
+            next.progress = file_progress(next);
         }
         EventType::Error => {
-            require(state.status == JobStatus::Running)?;
+            require(from == JobStatus::Running)?;
             if let Some(file) = opt_string(data, "file")? {
                 next.current_file = Some(file);
                 next.failed_files += 1;
             }
             set_opt_u64(&mut next.total_files, data, "total_files")?;
             set_opt_string(&mut next.message, data, "message")?;
-            next.progress = file_progress(&next);
+            next.progress = file_progress(next);
         }
         EventType::Progress => {
-            require(state.status == JobStatus::Running)?;
+            require(from == JobStatus::Running)?;
             let current = opt_f64(data, "current")?;
             let total = opt_f64(data, "total")?;
             if let (Some(current), Some(total)) = (current, total) {
@@ -103,7 +115,7 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
             set_opt_string(&mut next.message, data, "message")?;
         }
         EventType::JobCompleted => {
-            require(state.status.can_become(JobStatus::Completed))?;
+            require(from.can_become(JobStatus::Completed))?;
             next.status = JobStatus::Completed;
             next.progress = 100.0;
             next.current_file = None;
@@ -114,7 +126,7 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
             set_opt_string(&mut next.message, data, "message")?;
         }
         EventType::JobFailed => {
-            require(state.status.can_become(JobStatus::Failed))?;
+            require(from.can_become(JobStatus::Failed))?;
             next.status = JobStatus::Failed;
             next.current_file = None;
             next.finished_at = Some(event.timestamp);
@@ -125,18 +137,18 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
             );
         }
         EventType::JobCancelled => {
-            require(state.status.can_become(JobStatus::Cancelled))?;
+            require(from.can_become(JobStatus::Cancelled))?;
             next.status = JobStatus::Cancelled;
             next.current_file = None;
             next.finished_at = Some(event.timestamp);
             set_opt_string(&mut next.message, data, "reason")?;
         }
         EventType::JobRetrying => {
-            require(state.status.can_become(JobStatus::Queued))?;
+            require(from.can_become(JobStatus::Queued))?;
             // A new attempt starts from scratch: counters of the dead attempt
             // would otherwise be counted twice.
             next.status = JobStatus::Queued;
-            next.attempt = state.attempt + 1;
+            next.attempt += 1;
             next.total_files = 0;
             next.processed_files = 0;
             next.failed_files = 0;
@@ -145,9 +157,9 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
             next.started_at = None;
             set_opt_string(&mut next.message, data, "reason")?;
         }
-        EventType::Custom(_) => require(!state.status.is_terminal())?,
+        EventType::Custom(_) => require(!from.is_terminal())?,
     }
-    Ok(next)
+    Ok(())
 }
 
 /// Writes the job's counters after an event into that event's payload.

@@ -93,6 +93,10 @@ impl RedisBackend {
         events: Vec<NewEvent>,
     ) -> Result<PublishOutcome> {
         let limits = &self.shared.config.backend;
+        // Publishes to one job from this process take turns (in arrival
+        // order), so they never race each other's compare-and-set; only
+        // other processes can make it fail.
+        let _turn = self.shared.publish_turns[self.turn_of(job)].lock().await;
         // A cached head may be stale; only a plan made from a head Redis just
         // returned is trusted to refuse a batch.
         let mut head = self.cached_head(job);
@@ -137,7 +141,7 @@ impl RedisBackend {
                         }),
                     );
                     return Ok(PublishOutcome {
-                        events: plan.events,
+                        ids: plan.events.iter().map(|e| e.id).collect(),
                         duplicates: plan.duplicates,
                         cancel_requested: cancel,
                         last_event_id,

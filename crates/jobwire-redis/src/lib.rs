@@ -110,7 +110,13 @@ struct Shared {
     /// Last known head of jobs this process publishes to, so a publish is one
     /// round trip. Only a hint: the script's compare-and-set decides.
     heads: Mutex<HashMap<JobId, LogHead>>,
+    /// Striped per-job turns for publishing (see `publish_batch`). Unrelated
+    /// jobs sharing a stripe just take turns, which is harmless.
+    publish_turns: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of `publish_turns`.
+const PUBLISH_TURNS: usize = 1024;
 
 /// Heads cached at most; past it the cache starts over (it is only a hint).
 const HEAD_CACHE_CAPACITY: usize = 100_000;
@@ -131,6 +137,9 @@ impl RedisBackend {
                 keys,
                 conns,
                 heads: Mutex::new(HashMap::new()),
+                publish_turns: (0..PUBLISH_TURNS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         };
         backend.check_layout().await?;
@@ -187,6 +196,11 @@ impl RedisBackend {
                 keys.partitions()
             ))),
         }
+    }
+
+    fn turn_of(&self, job: &JobId) -> usize {
+        // The partition hash spreads ids well; any stable hash would do.
+        usize::from(job.partition(u16::MAX)) % PUBLISH_TURNS
     }
 
     fn cached_head(&self, job: &JobId) -> Option<LogHead> {

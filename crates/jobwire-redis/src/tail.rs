@@ -24,7 +24,7 @@ use crate::{RedisBackend, Result};
 
 /// How long one read blocks in Redis.
 const BLOCK: Duration = Duration::from_secs(1);
-/// Entries read per partition per call.
+/// Entries (publish batches) read per partition per call.
 const COUNT: usize = 1024;
 
 /// A live tail over all partitions.
@@ -163,10 +163,10 @@ impl RedisTail {
                 self.check_gap = true;
             }
             for entry in key.ids {
-                match entry.map.get("e") {
+                match entry.map.get("b") {
                     Some(Value::BulkString(bytes)) => {
-                        match serde_json::from_slice::<Event>(bytes) {
-                            Ok(event) => events.push(event),
+                        match serde_json::from_slice::<Vec<Event>>(bytes) {
+                            Ok(batch) => events.extend(batch),
                             Err(e) => {
                                 tracing::error!(entry = %entry.id, error = %corrupt(e), "skipping unreadable live entry")
                             }

@@ -199,7 +199,7 @@ impl Backend for MemoryBackend {
                 last_n: plan.last_n,
             };
             let outcome = PublishOutcome {
-                events: appended.iter().map(|e| Event::clone(e)).collect(),
+                ids: appended.iter().map(|e| e.id).collect(),
                 duplicates: plan.duplicates,
                 cancel_requested: stored.cancel,
                 last_event_id: stored.head.state.last_event_id,
