@@ -7,6 +7,11 @@ mod publish;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// jobwire's hot paths allocate many small JSON maps; mimalloc makes those
+/// allocations markedly cheaper than glibc's malloc (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "jobwire-bench", about = "jobwire benchmark scenarios", version)]
 struct Cli {

@@ -38,6 +38,17 @@ pub(crate) struct Args {
     /// Shared Redis connections (JOBWIRE_REDIS_POOL_SIZE).
     #[arg(long, default_value_t = 4)]
     pool: usize,
+    /// Measure only these paths (for profiling one at a time).
+    #[arg(long, value_delimiter = ',', default_value = "raw,redis,memory")]
+    only: Vec<Path>,
+}
+
+/// A measured publish path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Path {
+    Raw,
+    Redis,
+    Memory,
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -59,21 +70,21 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     println!("| jobs | raw XADD ev/s | RedisBackend ev/s | Redis/raw | MemoryBackend ev/s |");
     println!("|---:|---:|---:|---:|---:|");
     for &jobs in &args.jobs {
-        let raw = raw_xadd(&url, jobs, args.batch, args.pool, duration).await?;
-        let redis = backend_rate(
-            &redis_backend(&url, args.pool).await?,
-            jobs,
-            args.batch,
-            duration,
-        )
-        .await?;
-        let memory = backend_rate(
-            &Arc::new(MemoryBackend::new(config())),
-            jobs,
-            args.batch,
-            duration,
-        )
-        .await?;
+        let wanted = |p| args.only.contains(&p);
+        let mut raw = f64::NAN;
+        let mut redis = f64::NAN;
+        let mut memory = f64::NAN;
+        if wanted(Path::Raw) {
+            raw = raw_xadd(&url, jobs, args.batch, args.pool, duration).await?;
+        }
+        if wanted(Path::Redis) {
+            let backend = redis_backend(&url, args.pool).await?;
+            redis = backend_rate(&backend, jobs, args.batch, duration).await?;
+        }
+        if wanted(Path::Memory) {
+            let backend = Arc::new(MemoryBackend::new(config()));
+            memory = backend_rate(&backend, jobs, args.batch, duration).await?;
+        }
         println!(
             "| {jobs} | {raw:.0} | {redis:.0} | {:.0}% | {memory:.0} |",
             redis / raw * 100.0

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::event::{Event, NewEvent};
+use crate::event::{EventRecord, NewEvent};
 use crate::ids::{Epoch, EventId, JobId};
 use crate::job::{JobState, JobStatus, NewJob};
 use crate::publish::PlanError;
@@ -30,7 +30,9 @@ pub struct BackendConfig {
     pub stream_maxlen: usize,
     /// How long a finished job and its events stay (`JOBWIRE_RETENTION`).
     pub retention: Duration,
-    /// Entries kept in each live partition feed (a delivery path only).
+    /// Entries kept in each live partition feed. It is a delivery path only
+    /// (gateways read it within milliseconds; a reader that falls further
+    /// behind re-reads job logs), and one entry holds a whole publish batch.
     pub live_maxlen: usize,
     /// Number of partitions (Redis hash tags / live streams).
     pub partitions: u16,
@@ -41,7 +43,7 @@ impl Default for BackendConfig {
         BackendConfig {
             stream_maxlen: 1000,
             retention: Duration::from_secs(24 * 3600),
-            live_maxlen: 10_000,
+            live_maxlen: 1000,
             partitions: 16,
         }
     }
@@ -118,7 +120,7 @@ pub struct PublishOutcome {
 pub enum EventsAfter {
     /// Every retained event after the position, up to the limit, in order;
     /// the first has id `after + 1` (empty when nothing newer exists).
-    Events(Vec<Event>),
+    Events(Vec<EventRecord>),
     /// The position cannot be resumed from; the client must resync from a
     /// fresh snapshot.
     Resync(ResyncReason),
@@ -215,7 +217,7 @@ pub enum TailFrom {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LiveBatch {
     /// Events in publication order per job (possibly none, after a timeout).
-    Events(Vec<Event>),
+    Events(Vec<EventRecord>),
     /// Some events may have been missed (the feed was trimmed past this
     /// tail's position, e.g. during an outage): readers must re-read the logs
     /// of the jobs they serve after the last id they delivered.

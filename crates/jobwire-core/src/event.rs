@@ -1,15 +1,22 @@
 //! Events (SPEC §4): every change to a job is one event in its log.
 //!
 //! [`NewEvent`] is what a publisher sends (a type, a payload and optional
-//! fencing); [`Event`] is what the log holds and clients receive, with its id,
-//! timestamp and the payload enriched with the job's counters after applying it.
+//! fencing); [`Event`] is what clients receive, with its id, timestamp and the
+//! payload enriched with the job's counters after applying it.
+//!
+//! Backends and the gateway move events as [`EventRecord`]s: the wire JSON,
+//! serialized once when the event is published, plus the two fields needed to
+//! route it. Nothing on the delivery path serializes an event again.
 
 use std::fmt;
+use std::sync::Arc;
 
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::ids::{EventId, JobId, Timestamp};
+use crate::reducer::Counters;
 
 /// The type of an event. Unknown types are carried through untouched
 /// (`Custom`), as SPEC §4 asks of clients.
@@ -172,6 +179,121 @@ impl Event {
                 e.to_string().replace('"', "'")
             )
         })
+    }
+}
+
+/// An event as stored and delivered: its wire JSON and the fields needed to
+/// route it. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: EventId,
+    pub job_id: JobId,
+    /// The event in its wire shape (SPEC §4).
+    pub json: Arc<str>,
+}
+
+impl EventRecord {
+    /// Reads a record from wire JSON, checking only the routing fields.
+    ///
+    /// # Errors
+    /// When the JSON has no valid `id` and `job_id`.
+    pub fn from_json(json: &str) -> Result<EventRecord, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Head {
+            id: EventId,
+            job_id: JobId,
+        }
+        let head: Head = serde_json::from_str(json)?;
+        Ok(EventRecord {
+            id: head.id,
+            job_id: head.job_id,
+            json: json.into(),
+        })
+    }
+
+    /// The record of a typed event.
+    pub fn of(event: &Event) -> EventRecord {
+        EventRecord {
+            id: event.id,
+            job_id: event.job_id.clone(),
+            json: event.to_json().into(),
+        }
+    }
+
+    /// The typed event.
+    ///
+    /// # Errors
+    /// When the JSON is not an event (it was not written by jobwire).
+    pub fn parse(&self) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+}
+
+/// Serializes a freshly applied event in its wire shape, with the job's
+/// counters written into `data` on the fly: the payload is borrowed, never
+/// copied or modified.
+pub(crate) struct WireEvent<'a> {
+    pub(crate) id: EventId,
+    pub(crate) job_id: &'a JobId,
+    pub(crate) kind: &'a EventType,
+    /// Pre-formatted (one publish shares one timestamp).
+    pub(crate) timestamp: &'a str,
+    pub(crate) data: &'a Map<String, Value>,
+    pub(crate) counters: Counters<'a>,
+}
+
+impl WireEvent<'_> {
+    pub(crate) fn to_record(&self) -> EventRecord {
+        // Serializing plain maps, numbers and strings cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"id":{},"job_id":"{}","type":"error","data":{{"message":"{e}"}}}}"#,
+                self.id, self.job_id
+            )
+        });
+        EventRecord {
+            id: self.id,
+            job_id: self.job_id.clone(),
+            json: json.into(),
+        }
+    }
+}
+
+impl Serialize for WireEvent<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Data<'a> {
+            #[serde(flatten)]
+            payload: Payload<'a>,
+            #[serde(flatten)]
+            counters: &'a Counters<'a>,
+        }
+        let mut event = s.serialize_struct("Event", 5)?;
+        event.serialize_field("id", &self.id)?;
+        event.serialize_field("job_id", self.job_id)?;
+        event.serialize_field("type", self.kind)?;
+        event.serialize_field("timestamp", self.timestamp)?;
+        event.serialize_field(
+            "data",
+            &Data {
+                payload: Payload(self.data),
+                counters: &self.counters,
+            },
+        )?;
+        event.end()
+    }
+}
+
+/// The publisher's payload without the keys the counters own.
+struct Payload<'a>(&'a Map<String, Value>);
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .iter()
+                .filter(|(k, _)| !Counters::KEYS.contains(&k.as_str())),
+        )
     }
 }
 

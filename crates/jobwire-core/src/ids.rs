@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
@@ -31,12 +32,12 @@ pub enum IdError {
 /// The character set is restricted so that ids are safe inside Redis key
 /// names, URL paths and `Last-Event-ID` headers without escaping.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 impl JobId {
     /// A new, time-ordered id (a ULID).
     pub fn generate() -> Self {
-        JobId(ulid::Ulid::new().to_string())
+        JobId(ulid::Ulid::new().to_string().into())
     }
 
     /// The id as text.
@@ -67,7 +68,7 @@ impl FromStr for JobId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
-            Ok(JobId(s.to_owned()))
+            Ok(JobId(s.into()))
         } else {
             Err(IdError::JobId(s.to_owned()))
         }
@@ -88,7 +89,7 @@ impl Serialize for JobId {
 
 impl<'de> Deserialize<'de> for JobId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
 }

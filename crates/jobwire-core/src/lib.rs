@@ -29,7 +29,7 @@ pub use backend::{
     LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed, ResyncReason,
     TailFrom,
 };
-pub use event::{Event, EventType, Fence, NewEvent};
+pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
 pub use job::{JobState, JobStatus, NewJob};
 pub use memory::MemoryBackend;

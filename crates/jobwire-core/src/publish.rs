@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::event::{Event, EventType, NewEvent};
-use crate::ids::Timestamp;
-use crate::job::JobState;
-use crate::reducer::{apply, apply_in_place, enrich, ReduceError};
+use crate::event::{EventRecord, EventType, NewEvent, WireEvent};
+use crate::ids::{Epoch, EventId, Timestamp};
+use crate::job::{JobState, NewJob};
+use crate::reducer::{apply_in_place, Counters, EventView, ReduceError};
 
 /// What a backend stores besides the log itself.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,8 +29,8 @@ pub struct LogHead {
 /// The outcome of planning: what to append and the state to store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Events to append, with consecutive ids after the head's.
-    pub events: Vec<Event>,
+    /// Events to append, with consecutive ids after the head's, serialized.
+    pub events: Vec<EventRecord>,
     /// The state after the last of them.
     pub state: JobState,
     /// The last fenced publish number after this batch.
@@ -67,6 +67,7 @@ pub fn plan(
     let mut last_n = head.last_n;
     let mut events = Vec::with_capacity(batch.len());
     let mut duplicates = 0;
+    let timestamp = now.to_string();
     for new in batch {
         if let Some(fence) = new.fence {
             if fence.attempt != state.attempt {
@@ -81,23 +82,34 @@ pub fn plan(
             }
             last_n = fence.n;
         }
-        let mut event = Event {
-            id: state.last_event_id.next(),
-            job_id: state.id.clone(),
-            kind: new.kind.clone(),
-            timestamp: now,
-            data: new.data.clone(),
-        };
-        apply_in_place(&mut state, &event)?;
-        if event.kind == EventType::JobRetrying {
+        let id = state.last_event_id.next();
+        apply_in_place(
+            &mut state,
+            EventView {
+                id,
+                kind: &new.kind,
+                timestamp: now,
+                data: &new.data,
+            },
+        )?;
+        if new.kind == EventType::JobRetrying {
             // The next attempt's publisher counts from 1 again.
             last_n = 0;
         }
         if state.status.is_terminal() && state.expires_at.is_none() {
             state.expires_at = Some(now.plus(retention));
         }
-        enrich(&state, &mut event.data);
-        events.push(event);
+        events.push(
+            WireEvent {
+                id,
+                job_id: &state.id,
+                kind: &new.kind,
+                timestamp: &timestamp,
+                data: &new.data,
+                counters: Counters::of(&state),
+            }
+            .to_record(),
+        );
     }
     Ok(Plan {
         events,
@@ -113,24 +125,33 @@ pub fn plan(
 /// Never in practice (a fresh state always accepts `job_queued`); the
 /// `Result` keeps the reducer's contract honest.
 pub fn plan_create(
-    new: &crate::job::NewJob,
-    epoch: crate::ids::Epoch,
+    new: &NewJob,
+    epoch: Epoch,
     now: Timestamp,
-) -> Result<(JobState, Event), ReduceError> {
-    let fresh = JobState::new(new, epoch, now);
-    let mut event = Event {
-        id: fresh.last_event_id.next(),
-        job_id: fresh.id.clone(),
-        kind: EventType::JobQueued,
-        timestamp: now,
-        data: serde_json::Map::new(),
-    };
-    event
-        .data
-        .insert("kind".into(), serde_json::Value::from(new.kind.as_str()));
-    let state = apply(&fresh, &event)?;
-    enrich(&state, &mut event.data);
-    Ok((state, event))
+) -> Result<(JobState, EventRecord), ReduceError> {
+    let mut state = JobState::new(new, epoch, now);
+    let mut data = serde_json::Map::new();
+    data.insert("kind".into(), serde_json::Value::from(new.kind.as_str()));
+    let id = EventId::ZERO.next();
+    apply_in_place(
+        &mut state,
+        EventView {
+            id,
+            kind: &EventType::JobQueued,
+            timestamp: now,
+            data: &data,
+        },
+    )?;
+    let record = WireEvent {
+        id,
+        job_id: &state.id,
+        kind: &EventType::JobQueued,
+        timestamp: &now.to_string(),
+        data: &data,
+        counters: Counters::of(&state),
+    }
+    .to_record();
+    Ok((state, record))
 }
 
 #[cfg(test)]
@@ -138,8 +159,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ids::{Epoch, EventId};
-    use crate::job::NewJob;
+    use crate::ids::Epoch;
 
     fn head() -> LogHead {
         let new = NewJob::new("demo", json!({}), "alice");
@@ -157,6 +177,9 @@ mod tests {
         let p = plan(&h, &batch, Timestamp::now(), Duration::from_secs(1)).expect("plans");
         assert_eq!(p.events.len(), 2);
         assert_eq!(p.events[1].id, EventId(3));
+        let wire = p.events[1].parse().expect("wire JSON parses");
+        assert_eq!(wire.data["progress"], 5.0);
+        assert_eq!(wire.data["status"], "running");
         let h2 = LogHead {
             state: p.state,
             last_n: p.last_n,

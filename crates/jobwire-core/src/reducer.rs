@@ -9,11 +9,12 @@
 //! can render any single event without replaying the log. Applying an enriched
 //! event gives the same state as applying the raw one (tested below).
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::event::{Event, EventType};
-use crate::ids::EventId;
+use crate::ids::{EventId, Timestamp};
 use crate::job::{JobState, JobStatus};
 
 /// Why an event cannot be applied to a state.
@@ -37,8 +38,68 @@ pub enum ReduceError {
 /// status or carries malformed fields. The input state is never modified.
 pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
     let mut next = state.clone();
-    apply_in_place(&mut next, event)?;
+    apply_in_place(&mut next, event.view())?;
     Ok(next)
+}
+
+/// The parts of an event the reducer reads, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct EventView<'a> {
+    pub id: EventId,
+    pub kind: &'a EventType,
+    pub timestamp: Timestamp,
+    pub data: &'a Map<String, Value>,
+}
+
+impl Event {
+    /// A borrowed view for the reducer.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            id: self.id,
+            kind: &self.kind,
+            timestamp: self.timestamp,
+            data: &self.data,
+        }
+    }
+}
+
+/// A job's counters after an event: what [`enrich`] writes into the event's
+/// payload on the wire.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Counters<'a> {
+    pub status: JobStatus,
+    pub attempt: u32,
+    pub total_files: u64,
+    pub processed_files: u64,
+    pub failed_files: u64,
+    pub current_file: Option<&'a str>,
+    pub progress: f64,
+}
+
+impl<'a> Counters<'a> {
+    /// The payload keys the counters own (a publisher's value is replaced).
+    pub const KEYS: [&'static str; 7] = [
+        "status",
+        "attempt",
+        "total_files",
+        "processed_files",
+        "failed_files",
+        "current_file",
+        "progress",
+    ];
+
+    /// The counters of a state.
+    pub fn of(state: &'a JobState) -> Counters<'a> {
+        Counters {
+            status: state.status,
+            attempt: state.attempt,
+            total_files: state.total_files,
+            processed_files: state.processed_files,
+            failed_files: state.failed_files,
+            current_file: state.current_file.as_deref(),
+            progress: state.progress,
+        }
+    }
 }
 
 /// [`apply`] without the copy, for callers that apply many events to a state
@@ -47,7 +108,7 @@ pub fn apply(state: &JobState, event: &Event) -> Result<JobState, ReduceError> {
 ///
 /// # Errors
 /// As [`apply`].
-pub fn apply_in_place(next: &mut JobState, event: &Event) -> Result<(), ReduceError> {
+pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), ReduceError> {
     let expected = next.last_event_id.next();
     if event.id != expected {
         return Err(ReduceError::OutOfOrder {
@@ -57,14 +118,14 @@ pub fn apply_in_place(next: &mut JobState, event: &Event) -> Result<(), ReduceEr
     }
     let (from, first_event) = (next.status, next.last_event_id == EventId::ZERO);
     next.last_event_id = event.id;
-    let data = &event.data;
+    let data = event.data;
     let illegal = || ReduceError::IllegalTransition {
         from,
         event: event.kind.to_string(),
     };
     let require = |ok: bool| if ok { Ok(()) } else { Err(illegal()) };
 
-    match &event.kind {
+    match event.kind {
         EventType::JobQueued => {
             require(first_event)?;
             next.status = JobStatus::Queued;
@@ -162,21 +223,12 @@ pub fn apply_in_place(next: &mut JobState, event: &Event) -> Result<(), ReduceEr
     Ok(())
 }
 
-/// Writes the job's counters after an event into that event's payload.
+/// Writes the job's counters after an event into that event's payload, as
+/// they appear on the wire.
 pub fn enrich(state: &JobState, data: &mut Map<String, Value>) {
-    data.insert("status".into(), Value::from(state.status.as_str()));
-    data.insert("attempt".into(), Value::from(state.attempt));
-    data.insert("total_files".into(), Value::from(state.total_files));
-    data.insert("processed_files".into(), Value::from(state.processed_files));
-    data.insert("failed_files".into(), Value::from(state.failed_files));
-    data.insert(
-        "current_file".into(),
-        state
-            .current_file
-            .as_deref()
-            .map_or(Value::Null, Value::from),
-    );
-    data.insert("progress".into(), Value::from(state.progress));
+    if let Ok(Value::Object(counters)) = serde_json::to_value(Counters::of(state)) {
+        data.extend(counters);
+    }
 }
 
 fn file_progress(state: &JobState) -> f64 {
@@ -247,7 +299,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ids::{Epoch, Timestamp};
+    use crate::ids::Epoch;
     use crate::job::NewJob;
 
     fn queued() -> JobState {

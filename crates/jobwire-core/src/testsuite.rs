@@ -25,7 +25,7 @@ use crate::backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, ListQuery, LiveBatch,
     Reclaimed, ResyncReason, TailFrom,
 };
-use crate::event::{Event, EventType, NewEvent};
+use crate::event::{Event, EventRecord, EventType, NewEvent};
 use crate::ids::{Epoch, EventId, JobId};
 use crate::job::{JobState, JobStatus, NewJob};
 
@@ -105,19 +105,51 @@ fn progress(i: u64) -> NewEvent {
 
 async fn all_events(b: &dyn Backend, job: &JobId) -> Result<Vec<Event>> {
     match b.events_after(job, EventId::ZERO, None, usize::MAX).await? {
-        EventsAfter::Events(events) => Ok(events),
+        EventsAfter::Events(records) => parse(&records),
         EventsAfter::Resync(r) => bail!("expected events, got resync {r:?}"),
     }
 }
 
-fn assert_consecutive(events: &[Event], first: u64) -> Result<()> {
+/// Parses records, checking that their routing fields match their JSON.
+fn parse(records: &[EventRecord]) -> Result<Vec<Event>> {
+    records
+        .iter()
+        .map(|r| {
+            let e = r.parse().context("record is not an event")?;
+            ensure!(
+                e.id == r.id && e.job_id == r.job_id,
+                "record {r:?} disagrees with its JSON"
+            );
+            Ok(e)
+        })
+        .collect()
+}
+
+/// Anything with an event id.
+trait HasId {
+    fn event_id(&self) -> EventId;
+}
+
+impl HasId for Event {
+    fn event_id(&self) -> EventId {
+        self.id
+    }
+}
+
+impl HasId for EventRecord {
+    fn event_id(&self) -> EventId {
+        self.id
+    }
+}
+
+fn assert_consecutive<E: HasId>(events: &[E], first: u64) -> Result<()> {
     for (i, e) in events.iter().enumerate() {
         ensure!(
-            e.id == EventId(first + i as u64),
+            e.event_id() == EventId(first + i as u64),
             "event #{i} has id {}, expected {} (ids: {:?})",
-            e.id,
+            e.event_id(),
             first + i as u64,
-            events.iter().map(|e| e.id.0).collect::<Vec<_>>()
+            events.iter().map(|e| e.event_id().0).collect::<Vec<_>>()
         );
     }
     Ok(())
@@ -757,7 +789,38 @@ pub async fn concurrent_publishers_lose_nothing(f: &dyn BackendFactory) -> Resul
     for _ in 0..8 {
         jobs.push(started(b.as_ref(), "alice").await?.id);
     }
+    // The tail is drained while the publishers run, as a gateway would.
     let mut tail = b.tail(TailFrom::Now).await?;
+    let expected = (PUBLISHERS * EVENTS) as usize;
+    let tailer = tokio::spawn(async move {
+        let mut tailed = 0;
+        let mut last_seen: BTreeMap<JobId, EventId> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tailed < expected {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "tail saw {tailed} of {expected}"
+            );
+            match tail.next().await? {
+                LiveBatch::Events(events) => {
+                    for e in events {
+                        let prev = last_seen
+                            .insert(e.job_id.clone(), e.id)
+                            .unwrap_or(EventId(2));
+                        ensure!(
+                            e.id == prev.next(),
+                            "tail: job {} went {prev} -> {}",
+                            e.job_id,
+                            e.id
+                        );
+                        tailed += 1;
+                    }
+                }
+                LiveBatch::Gap => bail!("the tail fell behind the live feed after {tailed} events"),
+            }
+        }
+        Ok(())
+    });
     let jobs = Arc::new(jobs);
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
@@ -800,31 +863,7 @@ pub async fn concurrent_publishers_lose_nothing(f: &dyn BackendFactory) -> Resul
         "{} distinct events",
         seen.len()
     );
-    let expected = (PUBLISHERS * EVENTS) as usize;
-    let mut tailed = 0;
-    let mut last_seen: BTreeMap<JobId, EventId> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tailed < expected {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "tail saw {tailed} of {expected}"
-        );
-        if let LiveBatch::Events(events) = tail.next().await? {
-            for e in events {
-                let prev = last_seen
-                    .insert(e.job_id.clone(), e.id)
-                    .unwrap_or(EventId(2));
-                ensure!(
-                    e.id == prev.next(),
-                    "tail: job {} went {prev} -> {}",
-                    e.job_id,
-                    e.id
-                );
-                tailed += 1;
-            }
-        }
-    }
-    Ok(())
+    tailer.await?
 }
 
 /// Delete removes the state, the log and the listing entry.

@@ -3,8 +3,8 @@
 use jobwire_core::publish::{plan, plan_create, LogHead};
 use jobwire_core::settle::finish_cancel;
 use jobwire_core::{
-    BackendError, CancelOutcome, Epoch, Event, EventId, EventsAfter, JobId, JobPage, JobState,
-    ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, Timestamp,
+    BackendError, CancelOutcome, Epoch, EventId, EventRecord, EventsAfter, JobId, JobPage,
+    JobState, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, Timestamp,
 };
 use redis::Value;
 
@@ -38,7 +38,7 @@ impl RedisBackend {
             .key(keys.events(&new.id))
             .key(keys.live_of(&new.id))
             .arg(to_json(&state)?)
-            .arg(event.to_json())
+            .arg(&*event.json)
             .arg(state.epoch.as_str())
             .arg(state.status.as_str())
             .arg(limits.stream_maxlen)
@@ -204,7 +204,7 @@ impl RedisBackend {
                     .arg(limits.live_maxlen)
                     .arg(retention_ms.to_string());
                 for event in &plan.events {
-                    invocation.arg(event.to_json());
+                    invocation.arg(&*event.json);
                 }
             }
         }
@@ -275,10 +275,7 @@ impl RedisBackend {
         match reply.split_first() {
             Some((Value::Int(0), [])) => Err(BackendError::NotFound(job.clone())),
             Some((Value::Int(1), events)) => Ok(EventsAfter::Events(
-                events
-                    .iter()
-                    .map(from_json)
-                    .collect::<Result<Vec<Event>>>()?,
+                events.iter().map(record).collect::<Result<Vec<_>>>()?,
             )),
             Some((Value::Int(2), [epoch])) => {
                 let current: Epoch = parse_text(epoch)?.parse().map_err(corrupt)?;
@@ -434,6 +431,15 @@ fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
         Value::BulkString(bytes) => serde_json::from_slice(bytes).map_err(corrupt),
         other => Err(unexpected("json", std::slice::from_ref(other))),
     }
+}
+
+fn record(v: &Value) -> Result<EventRecord> {
+    let text = std::str::from_utf8(match v {
+        Value::BulkString(bytes) => bytes,
+        other => return Err(unexpected("event", std::slice::from_ref(other))),
+    })
+    .map_err(corrupt)?;
+    EventRecord::from_json(text).map_err(corrupt)
 }
 
 fn parse_text(v: &Value) -> Result<String> {

@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jobwire_core::{BackendError, Event, LiveBatch, LivePosition, LiveTail, TailFrom};
+use jobwire_core::{BackendError, EventRecord, LiveBatch, LivePosition, LiveTail, TailFrom};
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use redis::Value;
@@ -164,14 +164,12 @@ impl RedisTail {
             }
             for entry in key.ids {
                 match entry.map.get("b") {
-                    Some(Value::BulkString(bytes)) => {
-                        match serde_json::from_slice::<Vec<Event>>(bytes) {
-                            Ok(batch) => events.extend(batch),
-                            Err(e) => {
-                                tracing::error!(entry = %entry.id, error = %corrupt(e), "skipping unreadable live entry")
-                            }
+                    Some(Value::BulkString(bytes)) => match parse_batch(bytes) {
+                        Ok(batch) => events.extend(batch),
+                        Err(e) => {
+                            tracing::error!(entry = %entry.id, error = %corrupt(e), "skipping unreadable live entry")
                         }
-                    }
+                    },
                     _ => tracing::error!(entry = %entry.id, "skipping live entry without an event"),
                 }
                 self.ids[slot] = entry.id;
@@ -199,6 +197,15 @@ impl LiveTail for RedisTail {
     fn position(&self) -> LivePosition {
         LivePosition(self.ids.join(","))
     }
+}
+
+/// Splits a live entry (a JSON array of events) into records without
+/// building the events: each record keeps its slice of the JSON.
+fn parse_batch(bytes: &[u8]) -> Result<Vec<EventRecord>, serde_json::Error> {
+    let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
+    raw.into_iter()
+        .map(|event| EventRecord::from_json(event.get()))
+        .collect()
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {

@@ -228,7 +228,7 @@ async fn redis_restart_loses_nothing() -> Result<()> {
     ensure!(ids == (1..=102).collect::<Vec<_>>(), "log ids {ids:?}");
     let order: Vec<u64> = events[2..]
         .iter()
-        .map(|e| e.data["current"].as_u64().context("current"))
+        .map(|e| e.parse()?.data["current"].as_u64().context("current"))
         .collect::<Result<_>>()?;
     ensure!(
         order == (1..=100).collect::<Vec<_>>(),

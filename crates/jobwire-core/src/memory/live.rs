@@ -2,14 +2,13 @@
 //! positions, and the tail that reads it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::backend::{LiveBatch, LivePosition, LiveTail, Result};
-use crate::event::Event;
+use crate::event::EventRecord;
 
 use super::MemoryBackend;
 
@@ -22,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(1);
 pub(super) struct LiveFeed {
     /// Position of `ring[0]`.
     first: u64,
-    ring: VecDeque<Arc<Event>>,
+    ring: VecDeque<EventRecord>,
     capacity: usize,
 }
 
@@ -42,7 +41,7 @@ impl LiveFeed {
     }
 
     /// Appends an event; returns the position after it.
-    pub(super) fn push(&mut self, event: Arc<Event>) -> u64 {
+    pub(super) fn push(&mut self, event: EventRecord) -> u64 {
         self.ring.push_back(event);
         if self.ring.len() > self.capacity {
             self.ring.pop_front();
@@ -56,19 +55,12 @@ impl LiveFeed {
     }
 
     /// Events from `from` on; `None` when `from` was already dropped.
-    fn read(&self, from: u64, max: usize) -> Option<Vec<Event>> {
+    fn read(&self, from: u64, max: usize) -> Option<Vec<EventRecord>> {
         if from < self.first {
             return None;
         }
         let skip = (from - self.first) as usize;
-        Some(
-            self.ring
-                .iter()
-                .skip(skip)
-                .take(max)
-                .map(|e| Event::clone(e))
-                .collect(),
-        )
+        Some(self.ring.iter().skip(skip).take(max).cloned().collect())
     }
 }
 

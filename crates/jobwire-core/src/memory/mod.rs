@@ -20,7 +20,7 @@ use crate::backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
     LiveTail, PublishOutcome, QueueStats, Reclaimed, Result, ResyncReason, TailFrom,
 };
-use crate::event::{Event, NewEvent};
+use crate::event::{EventRecord, NewEvent};
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, NewJob};
 use crate::publish::{plan, plan_create, LogHead};
@@ -58,7 +58,7 @@ struct Inner {
 #[derive(Debug)]
 struct StoredJob {
     head: LogHead,
-    log: VecDeque<Arc<Event>>,
+    log: VecDeque<EventRecord>,
     cancel: bool,
 }
 
@@ -149,8 +149,7 @@ impl Backend for MemoryBackend {
             if inner.jobs.contains_key(&new.id) {
                 return Err(BackendError::AlreadyExists(new.id));
             }
-            let event = Arc::new(event);
-            let position = inner.live.push(Arc::clone(&event));
+            let position = inner.live.push(event.clone());
             inner.jobs.insert(
                 new.id.clone(),
                 StoredJob {
@@ -187,10 +186,8 @@ impl Backend for MemoryBackend {
             let stored = inner.live_job(job)?;
             let plan = plan(&stored.head, &events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
-            let appended: Vec<Arc<Event>> = plan.events.into_iter().map(Arc::new).collect();
-            for event in &appended {
-                stored.log.push_back(Arc::clone(event));
-            }
+            let appended = plan.events;
+            stored.log.extend(appended.iter().cloned());
             while stored.log.len() > config.stream_maxlen.max(1) {
                 stored.log.pop_front();
             }
@@ -248,13 +245,7 @@ impl Backend for MemoryBackend {
         // Ids are consecutive, so the event after `after` sits at a known index.
         let skip = (after.next().0 - oldest.0) as usize;
         Ok(EventsAfter::Events(
-            stored
-                .log
-                .iter()
-                .skip(skip)
-                .take(limit)
-                .map(|e| Event::clone(e))
-                .collect(),
+            stored.log.iter().skip(skip).take(limit).cloned().collect(),
         ))
     }
 
