@@ -25,12 +25,6 @@ pub(super) struct LiveFeed {
     capacity: usize,
 }
 
-impl Default for LiveFeed {
-    fn default() -> Self {
-        LiveFeed::new(1)
-    }
-}
-
 impl LiveFeed {
     pub(super) fn new(capacity: usize) -> LiveFeed {
         LiveFeed {
@@ -88,10 +82,10 @@ impl LiveTail for MemoryTail {
         loop {
             self.changes.borrow_and_update();
             {
-                let inner = self.backend.lock();
-                match inner.live.read(self.next, BATCH) {
+                let live = self.backend.live();
+                match live.read(self.next, BATCH) {
                     None => {
-                        self.next = inner.live.first;
+                        self.next = live.first;
                         return Ok(LiveBatch::Gap);
                     }
                     Some(events) if !events.is_empty() => {

@@ -1,10 +1,15 @@
 //! `MemoryBackend`: the whole backend contract inside one process, for
 //! `jobwire dev` and single-node `jobwire serve --memory`.
 //!
-//! One `std::sync::Mutex` guards all state: every operation is a few map
-//! lookups and never awaits while holding it, so a blocking mutex is cheaper
-//! than an async one (the reasoning of mini-redis `db.rs`). Waiting (live tail,
-//! queue claim) happens outside the lock on a `watch` channel and a `Notify`.
+//! # Locking
+//!
+//! Three kinds of `std::sync::Mutex`, always taken in this order: the index
+//! (job map, listings, queue), then one job, then the live feed. Each job has
+//! its own lock so publishes to different jobs plan and serialize in
+//! parallel; the index and live-feed locks cover only map operations. No lock
+//! is held across an `.await`, so blocking mutexes are cheaper than async ones
+//! (the reasoning of mini-redis `db.rs`). Waiting (live tail, queue claim)
+//! happens outside the locks on a `watch` channel and a `Notify`.
 
 mod live;
 mod queue;
@@ -38,7 +43,8 @@ pub struct MemoryBackend {
 #[derive(Debug)]
 struct Shared {
     config: BackendConfig,
-    inner: Mutex<Inner>,
+    index: Mutex<Index>,
+    live: Mutex<LiveFeed>,
     /// The live feed's next position, for tails to wait on.
     live_tx: watch::Sender<u64>,
     /// Wakes workers blocked in `claim` when an entry is enqueued.
@@ -46,12 +52,11 @@ struct Shared {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    jobs: HashMap<JobId, StoredJob>,
+struct Index {
+    jobs: HashMap<JobId, Arc<Mutex<StoredJob>>>,
     /// Listing indexes: job ids sort by creation time (ULIDs).
     all_jobs: BTreeSet<JobId>,
     by_owner: HashMap<String, BTreeSet<JobId>>,
-    live: LiveFeed,
     queue: Queue,
 }
 
@@ -74,63 +79,75 @@ impl StoredJob {
     }
 }
 
-impl Inner {
-    /// The job, unless it has expired (in which case it is removed now).
-    fn live_job(&mut self, id: &JobId) -> Result<&mut StoredJob> {
-        let expired = match self.jobs.get(id) {
-            None => return Err(BackendError::NotFound(id.clone())),
-            Some(job) => job.expired(Timestamp::now()),
-        };
-        if expired {
-            self.remove(id);
-            return Err(BackendError::NotFound(id.clone()));
+impl Index {
+    fn remove(&mut self, id: &JobId, owner: &str) -> bool {
+        if self.jobs.remove(id).is_none() {
+            return false;
         }
-        self.jobs
-            .get_mut(id)
-            .ok_or_else(|| BackendError::NotFound(id.clone()))
-    }
-
-    fn remove(&mut self, id: &JobId) -> Option<StoredJob> {
-        let job = self.jobs.remove(id)?;
         self.all_jobs.remove(id);
-        if let Some(set) = self.by_owner.get_mut(&job.head.state.owner) {
+        if let Some(set) = self.by_owner.get_mut(owner) {
             set.remove(id);
             if set.is_empty() {
-                self.by_owner.remove(&job.head.state.owner);
+                self.by_owner.remove(owner);
             }
         }
-        Some(job)
+        true
     }
+}
+
+/// A poisoned lock is recovered: every operation validates before it
+/// mutates, so a panic elsewhere cannot leave half-updated data behind.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryBackend {
     /// An empty backend with the given limits.
     pub fn new(config: BackendConfig) -> MemoryBackend {
+        // One feed for all partitions, counted in events.
         let capacity = config
             .live_maxlen
             .saturating_mul(usize::from(config.partitions.max(1)));
-        let inner = Inner {
-            live: LiveFeed::new(capacity.max(1)),
-            ..Inner::default()
-        };
         MemoryBackend {
             shared: Arc::new(Shared {
                 config,
-                inner: Mutex::new(inner),
+                index: Mutex::new(Index::default()),
+                live: Mutex::new(LiveFeed::new(capacity.max(1))),
                 live_tx: watch::channel(0).0,
                 queue_ready: Notify::new(),
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way later calls would trip over (each operation validates
-        // before it mutates), so recovering the guard is sound.
-        self.shared
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.shared.index)
+    }
+
+    fn live(&self) -> MutexGuard<'_, LiveFeed> {
+        lock(&self.shared.live)
+    }
+
+    /// Runs `f` on a job under its lock, unless the job is missing or has
+    /// expired (an expired job is removed on the way).
+    fn with_job<T>(&self, id: &JobId, f: impl FnOnce(&mut StoredJob) -> Result<T>) -> Result<T> {
+        let job = self
+            .index()
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(id.clone()))?;
+        let mut stored = lock(&job);
+        if stored.expired(Timestamp::now()) {
+            let owner = stored.head.state.owner.clone();
+            drop(stored);
+            self.index().remove(id, &owner);
+            return Err(BackendError::NotFound(id.clone()));
+        }
+        f(&mut stored)
+    }
+
+    fn announce(&self, position: u64) {
+        self.shared.live_tx.send_replace(position);
     }
 }
 
@@ -144,35 +161,36 @@ impl Backend for MemoryBackend {
                     source,
                 }
             })?;
-        let position = {
-            let mut inner = self.lock();
-            if inner.jobs.contains_key(&new.id) {
+        let job = Arc::new(Mutex::new(StoredJob {
+            head: LogHead {
+                state: state.clone(),
+                last_n: 0,
+            },
+            log: VecDeque::from([event.clone()]),
+            cancel: false,
+        }));
+        // Hold the new job's lock until its first event is on the live feed,
+        // so no later event of it can overtake `job_queued` there.
+        let guard = lock(&job);
+        {
+            let mut index = self.index();
+            if index.jobs.contains_key(&new.id) {
                 return Err(BackendError::AlreadyExists(new.id));
             }
-            let position = inner.live.push(event.clone());
-            inner.jobs.insert(
-                new.id.clone(),
-                StoredJob {
-                    head: LogHead {
-                        state: state.clone(),
-                        last_n: 0,
-                    },
-                    log: VecDeque::from([event]),
-                    cancel: false,
-                },
-            );
-            inner.all_jobs.insert(new.id.clone());
-            inner
+            index.jobs.insert(new.id.clone(), Arc::clone(&job));
+            index.all_jobs.insert(new.id.clone());
+            index
                 .by_owner
                 .entry(new.owner.clone())
                 .or_default()
                 .insert(new.id.clone());
             if !new.external {
-                inner.queue.enqueue(new.id.clone(), new.kind.clone());
+                index.queue.enqueue(new.id.clone(), new.kind.clone());
             }
-            position
-        };
-        self.shared.live_tx.send_replace(position);
+        }
+        let position = self.live().push(event);
+        drop(guard);
+        self.announce(position);
         if !new.external {
             self.shared.queue_ready.notify_waiters();
         }
@@ -181,40 +199,41 @@ impl Backend for MemoryBackend {
 
     async fn publish(&self, job: &JobId, events: Vec<NewEvent>) -> Result<PublishOutcome> {
         let config = &self.shared.config;
-        let (outcome, position) = {
-            let mut inner = self.lock();
-            let stored = inner.live_job(job)?;
+        let (outcome, position) = self.with_job(job, |stored| {
             let plan = plan(&stored.head, &events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
-            let appended = plan.events;
-            stored.log.extend(appended.iter().cloned());
-            while stored.log.len() > config.stream_maxlen.max(1) {
-                stored.log.pop_front();
-            }
+            let ids = plan.events.iter().map(|e| e.id).collect();
+            stored.log.extend(plan.events.iter().cloned());
+            let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
+            stored.log.drain(..excess);
             stored.head = LogHead {
                 state: plan.state,
                 last_n: plan.last_n,
             };
+            // Still under the job's lock: the job's events reach the live
+            // feed in id order.
+            let position = if plan.events.is_empty() {
+                None
+            } else {
+                let mut live = self.live();
+                plan.events.into_iter().map(|e| live.push(e)).last()
+            };
             let outcome = PublishOutcome {
-                ids: appended.iter().map(|e| e.id).collect(),
+                ids,
                 duplicates: plan.duplicates,
                 cancel_requested: stored.cancel,
                 last_event_id: stored.head.state.last_event_id,
             };
-            let mut position = None;
-            for event in appended {
-                position = Some(inner.live.push(event));
-            }
-            (outcome, position)
-        };
+            Ok((outcome, position))
+        })?;
         if let Some(position) = position {
-            self.shared.live_tx.send_replace(position);
+            self.announce(position);
         }
         Ok(outcome)
     }
 
     async fn job(&self, job: &JobId) -> Result<JobState> {
-        Ok(self.lock().live_job(job)?.snapshot())
+        self.with_job(job, |stored| Ok(stored.snapshot()))
     }
 
     async fn events_after(
@@ -224,40 +243,37 @@ impl Backend for MemoryBackend {
         epoch: Option<&Epoch>,
         limit: usize,
     ) -> Result<EventsAfter> {
-        let mut inner = self.lock();
-        let stored = inner.live_job(job)?;
-        let state = &stored.head.state;
-        if let Some(epoch) = epoch {
-            if *epoch != state.epoch {
-                return Ok(EventsAfter::Resync(ResyncReason::EpochChanged {
-                    current: state.epoch.clone(),
-                }));
+        self.with_job(job, |stored| {
+            let state = &stored.head.state;
+            if let Some(epoch) = epoch {
+                if *epoch != state.epoch {
+                    return Ok(EventsAfter::Resync(ResyncReason::EpochChanged {
+                        current: state.epoch.clone(),
+                    }));
+                }
             }
-        }
-        let last = state.last_event_id;
-        if after > last {
-            return Ok(EventsAfter::Resync(ResyncReason::Ahead { last }));
-        }
-        let oldest = stored.log.front().map_or(last.next(), |e| e.id);
-        if after.next() < oldest {
-            return Ok(EventsAfter::Resync(ResyncReason::Trimmed { oldest }));
-        }
-        // Ids are consecutive, so the event after `after` sits at a known index.
-        let skip = (after.next().0 - oldest.0) as usize;
-        Ok(EventsAfter::Events(
-            stored.log.iter().skip(skip).take(limit).cloned().collect(),
-        ))
+            let last = state.last_event_id;
+            if after > last {
+                return Ok(EventsAfter::Resync(ResyncReason::Ahead { last }));
+            }
+            let oldest = stored.log.front().map_or(last.next(), |e| e.id);
+            if after.next() < oldest {
+                return Ok(EventsAfter::Resync(ResyncReason::Trimmed { oldest }));
+            }
+            // Ids are consecutive, so the event after `after` sits at a known index.
+            let skip = (after.next().0 - oldest.0) as usize;
+            Ok(EventsAfter::Events(
+                stored.log.iter().skip(skip).take(limit).cloned().collect(),
+            ))
+        })
     }
 
     async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>> {
-        let start = {
-            let inner = self.lock();
-            match from {
-                TailFrom::Now => inner.live.next_position(),
-                TailFrom::After(pos) => pos.0.parse::<u64>().map_err(|_| {
-                    BackendError::Data(format!("not a memory live position: {:?}", pos.0))
-                })?,
-            }
+        let start = match from {
+            TailFrom::Now => self.live().next_position(),
+            TailFrom::After(pos) => pos.0.parse::<u64>().map_err(|_| {
+                BackendError::Data(format!("not a memory live position: {:?}", pos.0))
+            })?,
         };
         Ok(Box::new(MemoryTail::new(
             self.clone(),
@@ -267,12 +283,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
-        let mut inner = self.lock();
         let now = Timestamp::now();
         let limit = query.limit.max(1);
+        let mut index = self.index();
         let ids: Vec<JobId> = {
             let set = match &query.owner {
-                Some(owner) => match inner.by_owner.get(owner) {
+                Some(owner) => match index.by_owner.get(owner) {
                     Some(set) => set,
                     None => {
                         return Ok(JobPage {
@@ -281,7 +297,7 @@ impl Backend for MemoryBackend {
                         })
                     }
                 },
-                None => &inner.all_jobs,
+                None => &index.all_jobs,
             };
             let newest_first: Box<dyn Iterator<Item = &JobId>> = match &query.cursor {
                 Some(cursor) => Box::new(set.range(..cursor).rev()),
@@ -291,12 +307,14 @@ impl Backend for MemoryBackend {
         };
         let mut jobs = Vec::with_capacity(limit);
         let mut more = false;
+        let mut expired = Vec::new();
         for id in ids {
-            let Some(stored) = inner.jobs.get(&id) else {
+            let Some(job) = index.jobs.get(&id) else {
                 continue;
             };
+            let stored = lock(job);
             if stored.expired(now) {
-                inner.remove(&id);
+                expired.push((id, stored.head.state.owner.clone()));
                 continue;
             }
             if query.status.is_some_and(|s| s != stored.head.state.status) {
@@ -308,6 +326,9 @@ impl Backend for MemoryBackend {
             }
             jobs.push(stored.snapshot());
         }
+        for (id, owner) in expired {
+            index.remove(&id, &owner);
+        }
         let next_cursor = if more {
             jobs.last().map(|j| j.id.clone())
         } else {
@@ -317,21 +338,21 @@ impl Backend for MemoryBackend {
     }
 
     async fn cancel(&self, job: &JobId) -> Result<CancelOutcome> {
-        let state = {
-            let mut inner = self.lock();
-            let stored = inner.live_job(job)?;
+        let state = self.with_job(job, |stored| {
             if !stored.head.state.status.is_terminal() {
                 stored.cancel = true;
             }
-            stored.snapshot()
-        };
+            Ok(stored.snapshot())
+        })?;
         finish_cancel(self, state).await
     }
 
     async fn delete(&self, job: &JobId) -> Result<()> {
-        match self.lock().remove(job) {
-            Some(_) => Ok(()),
-            None => Err(BackendError::NotFound(job.clone())),
+        let owner = self.with_job(job, |stored| Ok(stored.head.state.owner.clone()))?;
+        if self.index().remove(job, &owner) {
+            Ok(())
+        } else {
+            Err(BackendError::NotFound(job.clone()))
         }
     }
 
@@ -343,7 +364,7 @@ impl Backend for MemoryBackend {
             let ready = self.shared.queue_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let claims = self.lock().queue.claim(consumer, max.max(1));
+            let claims = self.index().queue.claim(consumer, max.max(1));
             if !claims.is_empty() {
                 return Ok(claims);
             }
@@ -354,11 +375,11 @@ impl Backend for MemoryBackend {
     }
 
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
-        Ok(self.lock().queue.renew(consumer, entry))
+        Ok(self.index().queue.renew(consumer, entry))
     }
 
     async fn ack(&self, entry: &str) -> Result<()> {
-        self.lock().queue.ack(entry);
+        self.index().queue.ack(entry);
         Ok(())
     }
 
@@ -369,7 +390,7 @@ impl Backend for MemoryBackend {
         max_attempts: u32,
         max: usize,
     ) -> Result<Vec<Reclaimed>> {
-        let taken = self.lock().queue.take_idle(consumer, min_idle, max.max(1));
+        let taken = self.index().queue.take_idle(consumer, min_idle, max.max(1));
         let mut settled = Vec::with_capacity(taken.len());
         for claim in taken {
             settled.push(settle_reclaimed(self, claim, max_attempts).await?);
@@ -378,7 +399,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
-        Ok(self.lock().queue.stats())
+        Ok(self.index().queue.stats())
     }
 
     async fn ping(&self) -> Result<()> {
