@@ -38,6 +38,10 @@ pub(crate) struct Args {
     /// Shared Redis connections (JOBWIRE_REDIS_POOL_SIZE).
     #[arg(long, default_value_t = 4)]
     pool: usize,
+    /// Rounds per cell: the paths alternate, round after round, and the
+    /// median of each is reported (this machine is noisy).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Measure only these paths (for profiling one at a time).
     #[arg(long, value_delimiter = ',', default_value = "raw,redis,memory")]
     only: Vec<Path>,
@@ -64,27 +68,29 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     };
     let duration = Duration::from_secs_f64(args.seconds);
     println!(
-        "publish throughput, batch {} events, {:.0} s per cell, pool {} connections, redis {url}",
-        args.batch, args.seconds, args.pool
+        "publish throughput: batch {} events, median of {} alternating rounds of {:.0} s, pool {} connections, redis {url}",
+        args.batch, args.rounds, args.seconds, args.pool
     );
     println!("| jobs | raw XADD ev/s | RedisBackend ev/s | Redis/raw | MemoryBackend ev/s |");
     println!("|---:|---:|---:|---:|---:|");
     for &jobs in &args.jobs {
         let wanted = |p| args.only.contains(&p);
-        let mut raw = f64::NAN;
-        let mut redis = f64::NAN;
-        let mut memory = f64::NAN;
-        if wanted(Path::Raw) {
-            raw = raw_xadd(&url, jobs, args.batch, args.pool, duration).await?;
+        let (mut raw, mut redis, mut memory) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            if wanted(Path::Raw) {
+                raw.push(raw_xadd(&url, jobs, args.batch, args.pool, duration).await?);
+            }
+            if wanted(Path::Redis) {
+                let backend = redis_backend(&url, args.pool).await?;
+                redis.push(backend_rate(&backend, jobs, args.batch, duration).await?);
+                flush(&url).await?;
+            }
+            if wanted(Path::Memory) {
+                let backend = Arc::new(MemoryBackend::new(config()));
+                memory.push(backend_rate(&backend, jobs, args.batch, duration).await?);
+            }
         }
-        if wanted(Path::Redis) {
-            let backend = redis_backend(&url, args.pool).await?;
-            redis = backend_rate(&backend, jobs, args.batch, duration).await?;
-        }
-        if wanted(Path::Memory) {
-            let backend = Arc::new(MemoryBackend::new(config()));
-            memory = backend_rate(&backend, jobs, args.batch, duration).await?;
-        }
+        let (raw, redis, memory) = (median(raw), median(redis), median(memory));
         println!(
             "| {jobs} | {raw:.0} | {redis:.0} | {:.0}% | {memory:.0} |",
             redis / raw * 100.0
@@ -202,9 +208,24 @@ async fn raw_xadd(
         }
     })
     .await?;
+    flush(url).await?;
+    Ok(rate)
+}
+
+/// Empties the benchmark's Redis between measurements, so each starts alike.
+async fn flush(url: &str) -> Result<()> {
+    let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    Ok(rate)
+    Ok(())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 async fn backend_rate<B: Backend>(

@@ -43,7 +43,7 @@ impl Default for BackendConfig {
         BackendConfig {
             stream_maxlen: 1000,
             retention: Duration::from_secs(24 * 3600),
-            live_maxlen: 1000,
+            live_maxlen: 500,
             partitions: 16,
         }
     }

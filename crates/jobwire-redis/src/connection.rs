@@ -38,7 +38,11 @@ impl Connections {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(config.command_timeout))
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(Duration::from_secs(2))
+            // Each reconnect tries a few times; a command issued after that
+            // triggers the next round. Start-up fails fast instead of
+            // sitting through a long backoff: callers retry and log.
+            .set_number_of_retries(2);
         let mut pool = Vec::with_capacity(config.pool_size.max(1));
         for _ in 0..config.pool_size.max(1) {
             let manager = client
@@ -108,17 +112,16 @@ pub(crate) const MAX_QUEUE_BLOCK: Duration = Duration::from_secs(30);
 /// Maps a Redis error to a backend error: connection trouble is retryable,
 /// anything else means data or a script misbehaved.
 pub(crate) fn backend_error(e: RedisError) -> BackendError {
-    if e.is_io_error()
+    let transient = e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_unrecoverable_error()
-    {
-        BackendError::Unavailable(e.to_string())
-    } else if matches!(
-        e.code(),
-        Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN")
-    ) {
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN")
+        );
+    if transient {
         BackendError::Unavailable(e.to_string())
     } else {
         BackendError::Data(e.to_string())

@@ -17,8 +17,13 @@ const MAX_CAS_ATTEMPTS: usize = 64;
 /// What the publish script answered.
 enum PublishReply {
     Missing,
-    Applied { cancel: bool },
-    Moved { head: LogHead },
+    Applied {
+        cancel: bool,
+    },
+    /// Boxed: a head is large and this reply is the rare path.
+    Moved {
+        head: Box<LogHead>,
+    },
 }
 
 impl RedisBackend {
@@ -113,7 +118,7 @@ impl RedisBackend {
                 match self.cas(job, None).await? {
                     PublishReply::Missing => return Err(self.missing(job)),
                     PublishReply::Moved { head: h } => {
-                        head = Some(h);
+                        head = Some(*h);
                         fresh = true;
                         continue;
                     }
@@ -148,7 +153,7 @@ impl RedisBackend {
                     });
                 }
                 PublishReply::Moved { head: h } => {
-                    head = Some(h);
+                    head = Some(*h);
                     fresh = true;
                 }
                 PublishReply::Missing => return Err(self.missing(job)),
@@ -228,10 +233,10 @@ impl RedisBackend {
                     )));
                 }
                 Ok(PublishReply::Moved {
-                    head: LogHead {
+                    head: Box::new(LogHead {
                         state,
                         last_n: parse_u64(last_n)?,
-                    },
+                    }),
                 })
             }
             other => Err(unexpected("publish", other)),

@@ -15,7 +15,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jobwire_core::{BackendError, EventRecord, LiveBatch, LivePosition, LiveTail, TailFrom};
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamReadReply;
 use redis::Value;
 
 use crate::connection::backend_error;
@@ -142,7 +141,9 @@ impl RedisTail {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(LiveBatch::Events(Vec::new()));
         };
-        let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        // Parsed by hand: an entry repeats the field `e` once per event, which
+        // redis-rs's map-based stream reply would collapse.
+        let reply: Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(COUNT)
             .arg("BLOCK")
@@ -154,25 +155,27 @@ impl RedisTail {
             .await
             .map_err(backend_error)?;
         let mut events = Vec::new();
-        for key in reply.into_iter().flat_map(|r| r.keys) {
-            let Some(slot) = self.streams.iter().position(|s| *s == key.key) else {
+        for (key, entries) in streams_of(reply)? {
+            let Some(slot) = self.streams.iter().position(|s| *s == key) else {
                 continue;
             };
-            if key.ids.len() >= COUNT {
+            if entries.len() >= COUNT {
                 // A full batch: this tail may be falling behind the trimming.
                 self.check_gap = true;
             }
-            for entry in key.ids {
-                match entry.map.get("b") {
-                    Some(Value::BulkString(bytes)) => match parse_batch(bytes) {
-                        Ok(batch) => events.extend(batch),
+            for (id, fields) in entries {
+                for value in fields {
+                    match std::str::from_utf8(&value)
+                        .map_err(corrupt)
+                        .and_then(|json| EventRecord::from_json(json).map_err(corrupt))
+                    {
+                        Ok(record) => events.push(record),
                         Err(e) => {
-                            tracing::error!(entry = %entry.id, error = %corrupt(e), "skipping unreadable live entry")
+                            tracing::error!(entry = %id, error = %e, "skipping unreadable live event")
                         }
-                    },
-                    _ => tracing::error!(entry = %entry.id, "skipping live entry without an event"),
+                    }
                 }
-                self.ids[slot] = entry.id;
+                self.ids[slot] = id;
             }
         }
         Ok(LiveBatch::Events(events))
@@ -199,13 +202,72 @@ impl LiveTail for RedisTail {
     }
 }
 
-/// Splits a live entry (a JSON array of events) into records without
-/// building the events: each record keeps its slice of the JSON.
-fn parse_batch(bytes: &[u8]) -> Result<Vec<EventRecord>, serde_json::Error> {
-    let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
-    raw.into_iter()
-        .map(|event| EventRecord::from_json(event.get()))
+/// A stream's entries as read: (entry id, the values of its `e` fields).
+type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// Takes apart an XREAD reply: `nil`, or per stream `[key, [[id, [field,
+/// value, ...]], ...]]` (a map of key to entries under RESP3).
+fn streams_of(reply: Value) -> Result<Vec<(String, Entries)>> {
+    let bad = |what: &str| BackendError::Data(format!("unexpected XREAD reply: {what}"));
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(map) => map,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut it = pair.into_iter();
+                    match (it.next(), it.next()) {
+                        (Some(k), Some(v)) => Ok((k, v)),
+                        _ => Err(bad("stream")),
+                    }
+                }
+                _ => Err(bad("stream")),
+            })
+            .collect::<Result<_>>()?,
+        _ => return Err(bad("top level")),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, entries)| {
+            let key = text(key).ok_or_else(|| bad("key"))?;
+            let Value::Array(entries) = entries else {
+                return Err(bad("entries"));
+            };
+            let entries = entries
+                .into_iter()
+                .map(|entry| {
+                    let Value::Array(parts) = entry else {
+                        return Err(bad("entry"));
+                    };
+                    let mut parts = parts.into_iter();
+                    let id = parts.next().and_then(text).ok_or_else(|| bad("entry id"))?;
+                    let Some(Value::Array(fields)) = parts.next() else {
+                        return Err(bad("entry fields"));
+                    };
+                    let values = fields
+                        .into_iter()
+                        .skip(1)
+                        .step_by(2)
+                        .filter_map(|v| match v {
+                            Value::BulkString(bytes) => Some(bytes),
+                            _ => None,
+                        })
+                        .collect();
+                    Ok((id, values))
+                })
+                .collect::<Result<Entries>>()?;
+            Ok((key, entries))
+        })
         .collect()
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {

@@ -34,6 +34,9 @@ use crate::settle::{finish_cancel, settle_reclaimed};
 use live::{LiveFeed, MemoryTail};
 use queue::Queue;
 
+/// The smallest live feed, in events.
+const MIN_LIVE_EVENTS: usize = 65_536;
+
 /// The in-process backend. Cheap to clone; clones share the same data.
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
@@ -104,10 +107,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl MemoryBackend {
     /// An empty backend with the given limits.
     pub fn new(config: BackendConfig) -> MemoryBackend {
-        // One feed for all partitions, counted in events.
+        // One feed for all partitions, counted in events (Redis counts
+        // publish batches); records are shared pointers, so be generous.
         let capacity = config
             .live_maxlen
-            .saturating_mul(usize::from(config.partitions.max(1)));
+            .saturating_mul(usize::from(config.partitions.max(1)))
+            .max(MIN_LIVE_EVENTS);
         MemoryBackend {
             shared: Arc::new(Shared {
                 config,

@@ -13,5 +13,5 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'seq', 1, 'last_n', 0, 'cancel', 0,
   'epoch', ARGV[3], 'status', ARGV[4])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '1-0', 'e', ARGV[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'b', '[' .. ARGV[2] .. ']')
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'e', ARGV[2])
 return 1
