@@ -1,0 +1,110 @@
+//! The API's error type: every failure becomes `{"error":{"code","message"}}`
+//! with a fitting status, and server-side causes are logged, not leaked.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jobwire_core::BackendError;
+use serde_json::json;
+
+use crate::auth::AuthError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        let code = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid",
+        };
+        // Malformed JSON (400 in axum) is reported as 422 like every other
+        // unusable body, so clients have one status to handle.
+        let status = match e.status() {
+            StatusCode::BAD_REQUEST => StatusCode::UNPROCESSABLE_ENTITY,
+            other => other,
+        };
+        ApiError::new(status, code, e.body_text())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> ApiError {
+        match &e {
+            BackendError::NotFound(job) => ApiError::not_found(format!("no job {job}")),
+            BackendError::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
+            BackendError::Fenced { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string())
+            }
+            BackendError::Rejected { source, .. } => match source {
+                jobwire_core::reducer::ReduceError::InvalidData(_) => {
+                    ApiError::unprocessable(e.to_string())
+                }
+                _ => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            },
+            BackendError::Unavailable(_) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the job store is unreachable; retry shortly",
+                )
+            }
+            BackendError::Data(_) => {
+                tracing::error!(error = %e, "backend data error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}

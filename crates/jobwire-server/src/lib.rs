@@ -1,0 +1,124 @@
+//! jobwire's API server (`jobwire serve`): the REST jobs API, WebSocket and
+//! SSE live delivery with exact resume, JWT auth, limits and metrics. Any
+//! number of instances run side by side against one Redis.
+//!
+//! # Layout
+//!
+//! - [`auth`]: JWT verification, scopes, token minting.
+//! - [`routes`]: the REST endpoints, health checks.
+//! - [`ws`], [`sse`]: the two live transports.
+//! - [`session`]: one connection's subscriptions and the subscribe algorithm
+//!   (the part that makes delivery exact).
+//! - [`hub`]: which connections watch which job; fan-out of live events.
+//! - [`tailer`]: reads the backend's live feed into the Hub.
+//! - [`state`]: configuration, shared state, connection limits.
+//! - [`metrics`]: renders the Prometheus endpoint.
+//! - [`error`]: the JSON error shape.
+//!
+//! [`serve`] takes a bound listener and a state holding the shutdown token,
+//! so tests run real servers on port 0.
+
+pub mod auth;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod routes;
+pub mod session;
+pub mod sse;
+pub mod state;
+pub mod tailer;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use jobwire_core::Backend;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{mint_token, Auth, AuthConfig, Scope};
+pub use state::{AppState, ServerConfig};
+
+/// How long shutdown waits for sockets to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl AppState {
+    /// State for a server on `backend`. Cancel `shutdown` to stop it.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        auth: Auth,
+        config: ServerConfig,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        AppState {
+            backend,
+            hub: Arc::default(),
+            auth: Arc::new(auth),
+            config: Arc::new(config),
+            connections: Arc::default(),
+            tailer: Arc::default(),
+            stats: Arc::default(),
+            shutdown,
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/api/jobs", post(routes::create_job).get(routes::list_jobs))
+        .route(
+            "/api/jobs/{id}",
+            get(routes::get_job).delete(routes::delete_job),
+        )
+        .route("/api/jobs/{id}/cancel", post(routes::cancel_job))
+        .route(
+            "/api/jobs/{id}/events",
+            get(routes::history).post(routes::publish),
+        )
+        .route("/api/jobs/{id}/stream", get(sse::stream))
+        .route("/ws/jobs", get(ws::many_jobs))
+        .route("/ws/jobs/{id}", get(ws::one_job))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves until `state.shutdown` is cancelled: then stops accepting, closes
+/// sockets with 1001, finishes in-flight requests and returns.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let tailer = tokio::spawn(tailer::run(
+        state.backend.clone(),
+        state.hub.clone(),
+        state.tailer.clone(),
+        state.shutdown.clone(),
+    ));
+    let shutdown = state.shutdown.clone();
+    let tasks = state.tasks.clone();
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    // axum does not wait for upgraded sockets (tokio-rs/axum#3003): they
+    // watch the same token and close with 1001; wait for them here.
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
+    }
+    let _ = tailer.await;
+    served
+}

@@ -1,0 +1,387 @@
+//! The REST API (SPEC §5): jobs, their history, and publishing events for
+//! workers in any language, plus health endpoints.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jobwire_core::{
+    CancelOutcome, EventId, EventType, EventsAfter, JobId, JobState, JobStatus, ListQuery,
+    NewEvent, NewJob, ResyncReason,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::auth::{Principal, Scope};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::ws::bearer;
+
+/// Authenticates a request and checks it holds `scope`.
+fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Principal, ApiError> {
+    let principal = state.auth.verify(bearer(headers).as_deref())?;
+    if !principal.has(scope) {
+        return Err(ApiError::forbidden(format!(
+            "the token lacks the {scope} scope"
+        )));
+    }
+    Ok(principal)
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("no job {raw}")))
+}
+
+/// Reads a job the caller may see; another user's job is "not found".
+async fn visible_job(
+    state: &AppState,
+    principal: &Principal,
+    id: &JobId,
+) -> Result<JobState, ApiError> {
+    let job = state.backend.job(id).await?;
+    if principal.may_see(&job.owner) {
+        Ok(job)
+    } else {
+        Err(ApiError::not_found(format!("no job {id}")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    kind: String,
+    #[serde(default)]
+    params: Value,
+    #[serde(default)]
+    external: bool,
+}
+
+/// `POST /api/jobs`.
+pub async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let Json(req) = body?;
+    let params = match req.params {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(map) => Value::Object(map),
+        _ => return Err(ApiError::unprocessable("params must be a JSON object")),
+    };
+    if req.external {
+        if !principal.has(Scope::Worker) {
+            return Err(ApiError::forbidden("external jobs need the worker scope"));
+        }
+        if EventType::parse(&req.kind).is_err() || req.kind.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "invalid kind {:?}",
+                req.kind
+            )));
+        }
+    } else {
+        if !state.config.kinds.contains(&req.kind) {
+            return Err(ApiError::unprocessable(format!(
+                "unknown kind {:?}; known kinds: {}",
+                req.kind,
+                state.config.kinds.join(", ")
+            )));
+        }
+        check_params(&req.kind, &params)?;
+    }
+    let mut new = NewJob::new(req.kind, params, principal.user);
+    new.external = req.external;
+    let job = state.backend.create_job(new).await?;
+    Ok((StatusCode::CREATED, Json(job)).into_response())
+}
+
+/// Validates the parameters of the built-in kinds (SPEC §3).
+fn check_params(kind: &str, params: &Value) -> Result<(), ApiError> {
+    let bad = |m: &str| Err(ApiError::unprocessable(format!("{kind}: {m}")));
+    let int = |key: &str| params.get(key).filter(|v| !v.is_null());
+    match kind {
+        "scan" => {
+            match params.get("path") {
+                Some(Value::String(p)) if !p.is_empty() => {}
+                _ => return bad("params.path (a directory) is required"),
+            }
+            if let Some(glob) = params.get("glob").filter(|v| !v.is_null()) {
+                if !glob.is_string() {
+                    return bad("params.glob must be a string");
+                }
+            }
+        }
+        "demo" => {
+            match int("steps").map(Value::as_u64) {
+                None => {}
+                Some(Some(1..=1_000_000)) => {}
+                Some(_) => return bad("params.steps must be an integer from 1 to 1000000"),
+            }
+            match int("delay_ms").map(Value::as_u64) {
+                None | Some(Some(0..=60_000)) => {}
+                Some(_) => return bad("params.delay_ms must be an integer from 0 to 60000"),
+            }
+            if let Some(v) = int("fail_at") {
+                if v.as_u64().is_none() {
+                    return bad("params.fail_at must be a non-negative integer");
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/jobs`.
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    let status = params
+        .status
+        .map(|s| s.parse::<JobStatus>())
+        .transpose()
+        .map_err(ApiError::unprocessable)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::unprocessable("limit must be from 1 to 500"));
+    }
+    let cursor = params
+        .cursor
+        .map(|c| c.parse::<JobId>())
+        .transpose()
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let owner = (!principal.scopes.contains(&Scope::Admin)).then(|| principal.user.clone());
+    let page = state
+        .backend
+        .list_jobs(&ListQuery {
+            owner,
+            status,
+            limit,
+            cursor,
+        })
+        .await?;
+    Ok(Json(
+        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
+    ))
+}
+
+/// `GET /api/jobs/{id}`.
+pub async fn get_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobState>, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    Ok(Json(visible_job(&state, &principal, &job_id(&id)?).await?))
+}
+
+/// `POST /api/jobs/{id}/cancel`.
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let id = job_id(&id)?;
+    visible_job(&state, &principal, &id).await?;
+    let outcome = match state.backend.cancel(&id).await? {
+        CancelOutcome::Cancelled => "cancelled",
+        CancelOutcome::Requested => "cancel_requested",
+        CancelOutcome::AlreadyFinished(_) => "already_finished",
+    };
+    let job = state.backend.job(&id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"outcome": outcome, "job": job})),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/jobs/{id}`.
+pub async fn delete_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let id = job_id(&id)?;
+    visible_job(&state, &principal, &id).await?;
+    state.backend.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    since: Option<u64>,
+    limit: Option<usize>,
+    epoch: Option<String>,
+}
+
+/// `GET /api/jobs/{id}/events?since=&limit=`: a page of the log. The events
+/// are written out as stored, without being decoded.
+pub async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Response, ApiError> {
+    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    let id = job_id(&id)?;
+    let job = visible_job(&state, &principal, &id).await?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::unprocessable("limit must be from 1 to 1000"));
+    }
+    let epoch = params
+        .epoch
+        .map(|e| e.parse())
+        .transpose()
+        .map_err(|e: jobwire_core::IdError| ApiError::unprocessable(e.to_string()))?;
+    let since = EventId(params.since.unwrap_or(0));
+    match state
+        .backend
+        .events_after(&id, since, epoch.as_ref(), limit)
+        .await?
+    {
+        EventsAfter::Events(records) => {
+            let mut body =
+                String::with_capacity(64 + records.iter().map(|r| r.json.len() + 1).sum::<usize>());
+            body.push_str(r#"{"job_id":""#);
+            body.push_str(id.as_str());
+            body.push_str(r#"","epoch":""#);
+            body.push_str(job.epoch.as_str());
+            body.push_str(r#"","events":["#);
+            for (i, record) in records.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&record.json);
+            }
+            body.push_str("]}");
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        EventsAfter::Resync(reason) => {
+            let message = match reason {
+                ResyncReason::Trimmed { oldest } => {
+                    format!("events after {since} were trimmed; the oldest kept is {oldest}")
+                }
+                ResyncReason::EpochChanged { current } => {
+                    format!("the job's log was rebuilt (epoch is now {current})")
+                }
+                ResyncReason::Ahead { last } => {
+                    format!("since {since} is beyond the last event {last}")
+                }
+            };
+            Err(ApiError::new(StatusCode::GONE, "resync_required", message))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishItem {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+    attempt: Option<u32>,
+    n: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PublishBody {
+    One(PublishItem),
+    Many(Vec<PublishItem>),
+}
+
+/// Most events in one `POST /api/jobs/{id}/events`.
+const MAX_PUBLISH_BATCH: usize = 1000;
+
+/// `POST /api/jobs/{id}/events` (scope `worker`): the same atomic publish
+/// path as jobwire's own workers.
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Scope::Worker)?;
+    let id = job_id(&id)?;
+    let Json(body) = body?;
+    let (items, single) = match body {
+        PublishBody::One(item) => (vec![item], true),
+        PublishBody::Many(items) => (items, false),
+    };
+    if items.is_empty() || items.len() > MAX_PUBLISH_BATCH {
+        return Err(ApiError::unprocessable(format!(
+            "send 1 to {MAX_PUBLISH_BATCH} events"
+        )));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        let kind = EventType::parse(&item.kind).map_err(ApiError::unprocessable)?;
+        if kind == EventType::JobQueued {
+            return Err(ApiError::unprocessable(
+                "job_queued is written by jobwire itself",
+            ));
+        }
+        if !matches!(item.data, Value::Object(_) | Value::Null) {
+            return Err(ApiError::unprocessable("data must be a JSON object"));
+        }
+        let mut event = NewEvent::new(kind, item.data);
+        match (item.attempt, item.n) {
+            (Some(attempt), Some(n)) => event = event.fenced(attempt, n),
+            (None, None) => {}
+            _ => return Err(ApiError::unprocessable("attempt and n go together")),
+        }
+        events.push(event);
+    }
+    let outcome = state.backend.publish(&id, events).await?;
+    let status = if outcome.ids.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let body = if single {
+        json!({"id": outcome.ids.first(), "duplicate": outcome.ids.is_empty(),
+               "cancel_requested": outcome.cancel_requested})
+    } else {
+        json!({"ids": outcome.ids, "duplicates": outcome.duplicates,
+               "cancel_requested": outcome.cancel_requested})
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the backend answers and the live feed is being read.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let backend = state.backend.ping().await;
+    let tailing = state.tailer.is_up();
+    match (backend, tailing) {
+        (Ok(()), true) => (StatusCode::OK, "ready").into_response(),
+        (Err(e), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("backend unreachable: {e}"),
+        )
+            .into_response(),
+        (Ok(()), false) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "live feed not connected").into_response()
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! One connection's subscriptions, and the subscribe algorithm that makes
+//! delivery exact (SPEC §6). Transport-agnostic: WebSocket and SSE both drive
+//! a `Session` and write out what it produces.
+//!
+//! Subscribing to a job:
+//! 1. read the job (404 / 403 checks);
+//! 2. register the connection's outbox with the Hub, so live events of the
+//!    job are queued from now on;
+//! 3. send exactly one first message: `current_state` (the snapshot, as of
+//!    event N), or `resumed` followed by the log after `since`, or
+//!    `current_state` with `resync: true` when `since` cannot be resumed;
+//! 4. from then on pass on only events with id = last sent + 1. Queued live
+//!    events at or below the last id sent are duplicates and dropped; an id
+//!    further ahead means events were missed, and the log is re-read from the
+//!    last id sent.
+//!
+//! Because the log and the snapshot move together (one atomic publish), and
+//! registration happens before the first read, every event after the first
+//! message's position reaches the client exactly once, in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jobwire_core::{Backend, BackendError, Epoch, EventId, EventsAfter, JobId, JobState};
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::hub::{Delivery, Frame, Hub, Outbox};
+
+/// Events read from the log per round when catching up.
+const CATCH_UP_PAGE: usize = 500;
+
+/// A position to resume from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub id: EventId,
+    pub epoch: Option<Epoch>,
+}
+
+/// Something to send to the client, in order.
+#[derive(Clone, Debug)]
+pub enum Out {
+    /// A message of the protocol (`current_state`, `resumed`, `pong`, an
+    /// error …), with the resume position it stands for, if any.
+    Control {
+        json: String,
+        position: Option<(Epoch, EventId)>,
+    },
+    /// An event of a job's log.
+    Event { frame: Frame, epoch: Epoch },
+}
+
+impl Out {
+    /// A message that moves no resume position.
+    pub fn notice(json: String) -> Out {
+        Out::Control {
+            json,
+            position: None,
+        }
+    }
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("no job {0}")]
+    NotFound(JobId),
+    #[error("job {0} belongs to another user")]
+    Forbidden(JobId),
+    #[error("too many subscriptions on this connection (at most {0})")]
+    TooMany(usize),
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
+impl From<BackendError> for SubscribeError {
+    fn from(e: BackendError) -> SubscribeError {
+        match e {
+            BackendError::NotFound(job) => SubscribeError::NotFound(job),
+            other => SubscribeError::Backend(other),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Sub {
+    last: EventId,
+    epoch: Epoch,
+}
+
+/// A connection's subscriptions.
+#[derive(Debug)]
+pub struct Session {
+    backend: Arc<dyn Backend>,
+    hub: Arc<Hub>,
+    outbox: Arc<Outbox>,
+    pub principal: Principal,
+    subs: HashMap<JobId, Sub>,
+    max_subscriptions: usize,
+}
+
+impl Session {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        hub: Arc<Hub>,
+        outbox: Arc<Outbox>,
+        principal: Principal,
+        max_subscriptions: usize,
+    ) -> Session {
+        Session {
+            backend,
+            hub,
+            outbox,
+            principal,
+            subs: HashMap::new(),
+            max_subscriptions,
+        }
+    }
+
+    /// Subscribes to a job (again, if already subscribed: a fresh start).
+    ///
+    /// # Errors
+    /// [`SubscribeError`]: unknown job, another user's job, too many
+    /// subscriptions, or the backend failing.
+    pub async fn subscribe(
+        &mut self,
+        job: &JobId,
+        since: Option<Resume>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), SubscribeError> {
+        if !self.subs.contains_key(job) && self.subs.len() >= self.max_subscriptions {
+            return Err(SubscribeError::TooMany(self.max_subscriptions));
+        }
+        let state = self.backend.job(job).await?;
+        if !self.principal.may_see(&state.owner) {
+            return Err(SubscribeError::Forbidden(job.clone()));
+        }
+        self.hub.watch(job, &self.outbox);
+        let started = match since {
+            Some(resume) => self.resume(job, resume, out).await,
+            None => self.fresh(job, false, out).await,
+        };
+        if started.is_err() {
+            self.unsubscribe(job);
+        }
+        started
+    }
+
+    /// Stops a subscription; later events of the job are not sent.
+    pub fn unsubscribe(&mut self, job: &JobId) {
+        self.subs.remove(job);
+        self.hub.unwatch(job, self.outbox.id);
+    }
+
+    /// Number of jobs subscribed.
+    pub fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Whether nothing is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    /// Handles one delivery from the Hub.
+    ///
+    /// # Errors
+    /// Backend errors while re-reading a log.
+    pub async fn deliver(
+        &mut self,
+        delivery: Delivery,
+        out: &mut Vec<Out>,
+    ) -> Result<(), BackendError> {
+        match delivery {
+            Delivery::Event(frame) => {
+                let Some(sub) = self.subs.get_mut(&frame.job_id) else {
+                    return Ok(());
+                };
+                if frame.id <= sub.last {
+                    return Ok(());
+                }
+                if frame.id == sub.last.next() {
+                    sub.last = frame.id;
+                    let epoch = sub.epoch.clone();
+                    out.push(Out::Event { frame, epoch });
+                    return Ok(());
+                }
+                let job = frame.job_id.clone();
+                self.catch_up(&job, out).await
+            }
+            Delivery::Recheck => {
+                let jobs: Vec<JobId> = self.subs.keys().cloned().collect();
+                for job in jobs {
+                    self.catch_up(&job, out).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn fresh(
+        &mut self,
+        job: &JobId,
+        resync: bool,
+        out: &mut Vec<Out>,
+    ) -> Result<(), SubscribeError> {
+        let state = self.backend.job(job).await?;
+        out.push(current_state(&state, resync));
+        self.subs.insert(
+            job.clone(),
+            Sub {
+                last: state.last_event_id,
+                epoch: state.epoch,
+            },
+        );
+        Ok(())
+    }
+
+    async fn resume(
+        &mut self,
+        job: &JobId,
+        resume: Resume,
+        out: &mut Vec<Out>,
+    ) -> Result<(), SubscribeError> {
+        let first = self
+            .backend
+            .events_after(job, resume.id, resume.epoch.as_ref(), CATCH_UP_PAGE)
+            .await?;
+        let EventsAfter::Events(records) = first else {
+            return self.fresh(job, true, out).await;
+        };
+        // The epoch the client holds is the job's (checked above when given).
+        let epoch = match resume.epoch {
+            Some(epoch) => epoch,
+            None => self.backend.job(job).await?.epoch,
+        };
+        out.push(Out::Control {
+            json: json!({"type": "resumed", "job_id": job, "id": resume.id, "epoch": epoch})
+                .to_string(),
+            position: Some((epoch.clone(), resume.id)),
+        });
+        self.subs.insert(
+            job.clone(),
+            Sub {
+                last: resume.id,
+                epoch,
+            },
+        );
+        let full = records.len() == CATCH_UP_PAGE;
+        self.push_records(job, records, out);
+        if full {
+            self.catch_up(job, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads a job's log after the last id sent and sends what follows.
+    async fn catch_up(&mut self, job: &JobId, out: &mut Vec<Out>) -> Result<(), BackendError> {
+        loop {
+            let Some(sub) = self.subs.get(job) else {
+                return Ok(());
+            };
+            let page = self
+                .backend
+                .events_after(job, sub.last, Some(&sub.epoch), CATCH_UP_PAGE)
+                .await;
+            match page {
+                Ok(EventsAfter::Events(records)) => {
+                    let full = records.len() == CATCH_UP_PAGE;
+                    self.push_records(job, records, out);
+                    if !full {
+                        return Ok(());
+                    }
+                }
+                Ok(EventsAfter::Resync(reason)) => {
+                    tracing::info!(job = %job, ?reason, "resume point lost; resyncing the client");
+                    return match self.fresh(job, true, out).await {
+                        Err(SubscribeError::Backend(e)) => Err(e),
+                        Err(SubscribeError::NotFound(_)) => {
+                            self.gone(job, out);
+                            Ok(())
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                Err(BackendError::NotFound(_)) => {
+                    self.gone(job, out);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn push_records(
+        &mut self,
+        job: &JobId,
+        records: Vec<jobwire_core::EventRecord>,
+        out: &mut Vec<Out>,
+    ) {
+        let Some(sub) = self.subs.get_mut(job) else {
+            return;
+        };
+        for record in records {
+            if record.id == sub.last.next() {
+                sub.last = record.id;
+                out.push(Out::Event {
+                    frame: Frame::of(&record),
+                    epoch: sub.epoch.clone(),
+                });
+            }
+        }
+    }
+
+    /// The job disappeared (deleted or expired): tell the client and stop.
+    fn gone(&mut self, job: &JobId, out: &mut Vec<Out>) {
+        if self.subs.contains_key(job) {
+            out.push(Out::notice(
+                json!({"type": "error", "job_id": job, "code": "not_found",
+                       "message": "the job was deleted or has expired"})
+                .to_string(),
+            ));
+        }
+        self.unsubscribe(job);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for job in self.subs.keys() {
+            self.hub.unwatch(job, self.outbox.id);
+        }
+    }
+}
+
+fn current_state(state: &JobState, resync: bool) -> Out {
+    let mut msg = json!({
+        "type": "current_state",
+        "job_id": state.id,
+        "id": state.last_event_id,
+        "epoch": state.epoch,
+        "data": state,
+    });
+    if resync {
+        msg["resync"] = serde_json::Value::Bool(true);
+    }
+    Out::Control {
+        json: msg.to_string(),
+        position: Some((state.epoch.clone(), state.last_event_id)),
+    }
+}
+
+/// Parses an SSE `Last-Event-ID` (`EPOCH:ID`, or a bare `ID`).
+pub fn parse_last_event_id(value: &str) -> Option<Resume> {
+    match value.split_once(':') {
+        Some((epoch, id)) => Some(Resume {
+            id: id.trim().parse().ok()?,
+            epoch: Some(epoch.trim().parse().ok()?),
+        }),
+        None => Some(Resume {
+            id: value.trim().parse().ok()?,
+            epoch: None,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_id_forms() {
+        assert_eq!(
+            parse_last_event_id("abc123:42"),
+            Some(Resume {
+                id: EventId(42),
+                epoch: Some("abc123".parse().expect("epoch"))
+            })
+        );
+        assert_eq!(
+            parse_last_event_id("7"),
+            Some(Resume {
+                id: EventId(7),
+                epoch: None
+            })
+        );
+        assert_eq!(parse_last_event_id("x:y"), None);
+        assert_eq!(parse_last_event_id(""), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Server-Sent Events: `GET /api/jobs/{id}/stream` (SPEC §6).
+//!
+//! Each message's `id:` is `EPOCH:ID`, so a browser's `EventSource` resumes
+//! exactly by itself: on reconnect it sends that back as `Last-Event-ID`. The
+//! same `Session` as WebSockets decides what to send; a task feeds the
+//! response stream and ends on shutdown or overflow (the client reconnects).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use jobwire_core::{Epoch, EventId, JobId};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::Scope;
+use crate::error::ApiError;
+use crate::hub::Outbox;
+use crate::session::{parse_last_event_id, Out, Resume, Session, SubscribeError};
+use crate::state::{AppState, Gauge, Stats};
+use crate::ws::bearer;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /api/jobs/{id}/stream`.
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(job): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).or(query.token);
+    let principal = state.auth.verify(token.as_deref())?;
+    if !principal.has(Scope::JobsRead) {
+        return Err(ApiError::forbidden("the token lacks the jobs:read scope"));
+    }
+    let job: JobId = job
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no job {job}")))?;
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(value) => Some(parse_last_event_id(value).ok_or_else(|| {
+            ApiError::bad_request(format!("bad Last-Event-ID {value:?}: expected EPOCH:ID"))
+        })?),
+        None => match query.since {
+            Some(id) => Some(Resume {
+                id: EventId(id),
+                epoch: query
+                    .epoch
+                    .map(|e| e.parse::<Epoch>())
+                    .transpose()
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
+            }),
+            None => None,
+        },
+    };
+    let slot = state
+        .connections
+        .acquire(&principal.user, &state.config)
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                e.to_string(),
+            )
+        })?;
+    let (outbox, mut inbox) = Outbox::new(state.config.client_queue);
+    let mut session = Session::new(
+        state.backend.clone(),
+        state.hub.clone(),
+        outbox.clone(),
+        principal,
+        1,
+    );
+    let mut first = Vec::new();
+    session
+        .subscribe(&job, resume, &mut first)
+        .await
+        .map_err(|e| match e {
+            SubscribeError::NotFound(_) => ApiError::not_found(e.to_string()),
+            SubscribeError::Forbidden(_) => ApiError::not_found(format!("no job {job}")),
+            SubscribeError::TooMany(_) => ApiError::bad_request(e.to_string()),
+            SubscribeError::Backend(e) => ApiError::from(e),
+        })?;
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(state.config.client_queue.max(1));
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let state = task_state;
+        let _slot = slot;
+        let _gauge = Gauge::new(&state.stats.sse_connections);
+        let mut out = first;
+        loop {
+            for item in out.drain(..) {
+                if tx.send(Ok(to_sse(item))).await.is_err() {
+                    return;
+                }
+                Stats::add(&state.stats.messages_sent, 1);
+            }
+            tokio::select! {
+                biased;
+                () = state.shutdown.cancelled() => return,
+                () = outbox.slow.cancelled() => {
+                    Stats::add(&state.stats.slow_disconnects, 1);
+                    return;
+                }
+                () = tx.closed() => return,
+                delivery = inbox.recv() => {
+                    let Some(delivery) = delivery else { return };
+                    if let Err(e) = session.deliver(delivery, &mut out).await {
+                        tracing::warn!(error = %e, "cannot read a job log for an SSE client");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn to_sse(item: Out) -> Event {
+    match item {
+        Out::Event { frame, epoch } => Event::default()
+            .id(format!("{epoch}:{}", frame.id))
+            .data(frame.text.as_str()),
+        Out::Control { json, position } => {
+            let event = Event::default().data(json);
+            match position {
+                Some((epoch, id)) => event.id(format!("{epoch}:{id}")),
+                None => event,
+            }
+        }
+    }
+}

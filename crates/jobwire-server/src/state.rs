@@ -1,0 +1,178 @@
+//! The server's configuration and the state shared by every request
+//! (passed with `with_state`, never global).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobwire_core::Backend;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::hub::Hub;
+use crate::tailer::TailerHealth;
+
+/// Limits and policies of one API server instance.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Origins allowed to open browser sockets. Empty: same-origin only
+    /// (plus clients that send no `Origin`, i.e. not browsers).
+    pub allowed_origins: Vec<String>,
+    /// Open WebSocket + SSE connections per instance (`JOBWIRE_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Per user (`JOBWIRE_MAX_CONNECTIONS_PER_USER`).
+    pub max_connections_per_user: usize,
+    /// Outbound messages queued per connection before it is a slow consumer
+    /// (`JOBWIRE_CLIENT_QUEUE`).
+    pub client_queue: usize,
+    /// Largest client frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Client frames per second per connection (bursts of twice that).
+    pub max_frames_per_second: u32,
+    /// Jobs one connection may watch.
+    pub max_subscriptions: usize,
+    /// Interval of server pings; a client silent for three is dropped.
+    pub heartbeat: Duration,
+    /// Job kinds accepted by `POST /api/jobs` (besides external jobs).
+    pub kinds: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_user: 100,
+            client_queue: 1024,
+            max_frame_bytes: 64 * 1024,
+            max_frames_per_second: 50,
+            max_subscriptions: 1000,
+            heartbeat: Duration::from_secs(25),
+            kinds: vec!["scan".to_owned(), "demo".to_owned()],
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub backend: Arc<dyn Backend>,
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Auth>,
+    pub config: Arc<ServerConfig>,
+    pub connections: Arc<Connections>,
+    pub tailer: Arc<TailerHealth>,
+    pub stats: Arc<Stats>,
+    /// Cancelled on SIGTERM/SIGINT: sockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_sent: AtomicU64,
+    pub ws_connections: AtomicU64,
+    pub sse_connections: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Counts one open connection in a gauge while it lives.
+#[derive(Debug)]
+pub struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub fn new(gauge: &'a AtomicU64) -> Gauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection was refused by the limits.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("this server is at its connection limit ({0})")]
+    Instance(usize),
+    #[error("too many connections for this user (at most {0})")]
+    User(usize),
+}
+
+/// Counts open connections, per instance and per user.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: Mutex<(usize, HashMap<String, usize>)>,
+}
+
+/// Holds one connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    connections: Arc<Connections>,
+    user: String,
+}
+
+impl Connections {
+    /// Takes a slot for `user`, within the limits.
+    ///
+    /// # Errors
+    /// [`LimitError`] when the instance or the user is at the limit.
+    pub fn acquire(
+        self: &Arc<Self>,
+        user: &str,
+        config: &ServerConfig,
+    ) -> Result<ConnectionSlot, LimitError> {
+        let mut open = self.lock();
+        if open.0 >= config.max_connections {
+            return Err(LimitError::Instance(config.max_connections));
+        }
+        let mine = open.1.get(user).copied().unwrap_or(0);
+        if mine >= config.max_connections_per_user {
+            return Err(LimitError::User(config.max_connections_per_user));
+        }
+        open.0 += 1;
+        open.1.insert(user.to_owned(), mine + 1);
+        Ok(ConnectionSlot {
+            connections: Arc::clone(self),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Open connections on this instance.
+    pub fn total(&self) -> usize {
+        self.lock().0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<String, usize>)> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.connections.lock();
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.user);
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The live tailer: reads the backend's live feed and hands each batch to the
+//! Hub. It keeps going through outages: on errors it backs off and retries
+//! (the tail keeps its position), and whenever live events may have been
+//! missed (a reported gap, or a tail opened anew) it asks every connection to
+//! re-read its jobs' logs, so nothing is lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobwire_core::{Backend, LiveBatch, TailFrom};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+/// Whether the tailer is currently reading (for `/readyz`).
+#[derive(Debug, Default)]
+pub struct TailerHealth(AtomicBool);
+
+impl TailerHealth {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    backend: Arc<dyn Backend>,
+    hub: Arc<Hub>,
+    health: Arc<TailerHealth>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return,
+            opened = backend.tail(TailFrom::Now) => opened,
+        };
+        let mut tail = match opened {
+            Ok(tail) => tail,
+            Err(e) => {
+                health.set(false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
+                if sleep_or_stop(backoff, &shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        // Anything published before this tail opened was not seen by it.
+        hub.recheck_all();
+        health.set(true);
+        backoff = MIN_BACKOFF;
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = tail.next() => next,
+            };
+            match next {
+                Ok(LiveBatch::Events(records)) => {
+                    if !health.is_up() {
+                        health.set(true);
+                        backoff = MIN_BACKOFF;
+                    }
+                    hub.dispatch(&records);
+                }
+                Ok(LiveBatch::Gap) => {
+                    tracing::warn!("live feed gap: connections re-read their jobs");
+                    hub.recheck_all();
+                }
+                Err(e) => {
+                    health.set(false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "live feed read failed");
+                    if sleep_or_stop(backoff, &shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps; `true` when shutdown came first.
+async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}

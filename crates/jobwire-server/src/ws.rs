@@ -1,0 +1,480 @@
+//! WebSocket endpoints (SPEC §6): `/ws/jobs/{id}` watches one job,
+//! `/ws/jobs` any number through `subscribe` / `unsubscribe` frames.
+//!
+//! A connection is one task running one `select!` over: server shutdown
+//! (close 1001), slow-consumer overflow (1013), token expiry (4401), the
+//! outbox the Hub fills, client frames, and the heartbeat. Outgoing messages
+//! are fed in a batch and flushed once.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use jobwire_core::{Epoch, EventId, JobId};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, Principal, Scope};
+use crate::hub::Outbox;
+use crate::session::{Out, Resume, Session, SubscribeError};
+use crate::state::{AppState, Gauge, Stats};
+
+/// Close codes of SPEC §6.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN: u16 = 1013;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const NOT_FOUND: u16 = 4404;
+}
+
+/// The subprotocol prefix that carries a token from browsers.
+const TOKEN_PROTOCOL: &str = "access_token.";
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    since: Option<String>,
+    epoch: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /ws/jobs/{id}`.
+pub async fn one_job(
+    State(state): State<AppState>,
+    Path(job): Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let first = match job.parse::<JobId>() {
+        Ok(job) => resume_of(query.since.as_deref(), query.epoch.as_deref())
+            .map(|resume| (job, resume))
+            .map_err(|e| (close::POLICY, e)),
+        Err(e) => Err((close::NOT_FOUND, e.to_string())),
+    };
+    accept(state, query.token, headers, upgrade, Some(first))
+}
+
+/// `GET /ws/jobs`.
+pub async fn many_jobs(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    accept(state, query.token, headers, upgrade, None)
+}
+
+type FirstJob = Option<Result<(JobId, Option<Resume>), (u16, String)>>;
+
+fn accept(
+    state: AppState,
+    query_token: Option<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+    first: FirstJob,
+) -> Response {
+    let protocol = token_protocol(&headers);
+    let token = protocol
+        .as_deref()
+        .and_then(|p| p.strip_prefix(TOKEN_PROTOCOL))
+        .map(str::to_owned)
+        .or_else(|| bearer(&headers))
+        .or(query_token);
+    let principal = state.auth.verify(token.as_deref());
+    let origin_ok = origin_allowed(&headers, &state.config.allowed_origins);
+    let limit = state.config.max_frame_bytes;
+    let mut upgrade = upgrade
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(limit)
+        .max_frame_size(limit);
+    if let Some(protocol) = protocol {
+        // Echo the token subprotocol: browsers fail the handshake otherwise.
+        upgrade = upgrade.protocols([protocol]);
+    }
+    upgrade.on_upgrade(move |socket| async move {
+        let tasks = state.tasks.clone();
+        tasks
+            .spawn(connection(socket, state, principal, origin_ok, first))
+            .await
+            .ok();
+    })
+}
+
+async fn connection(
+    mut socket: WebSocket,
+    state: AppState,
+    principal: Result<Principal, AuthError>,
+    origin_ok: bool,
+    first: FirstJob,
+) {
+    if !origin_ok {
+        return close_with(&mut socket, close::POLICY, "origin not allowed").await;
+    }
+    let principal = match principal {
+        Ok(p) if p.has(Scope::JobsRead) => p,
+        Ok(_) => {
+            return close_with(
+                &mut socket,
+                close::FORBIDDEN,
+                "the token lacks the jobs:read scope",
+            )
+            .await
+        }
+        Err(e) => return close_with(&mut socket, close::UNAUTHORIZED, &e.to_string()).await,
+    };
+    let _slot = match state.connections.acquire(&principal.user, &state.config) {
+        Ok(slot) => slot,
+        Err(e) => return close_with(&mut socket, close::POLICY, &e.to_string()).await,
+    };
+    let (outbox, mut inbox) = Outbox::new(state.config.client_queue);
+    let mut session = Session::new(
+        state.backend.clone(),
+        state.hub.clone(),
+        outbox.clone(),
+        principal,
+        state.config.max_subscriptions,
+    );
+    let single = first.is_some();
+    let mut out = Vec::new();
+    if let Some(first) = first {
+        let (job, resume) = match first {
+            Ok(first) => first,
+            Err((code, reason)) => return close_with(&mut socket, code, &reason).await,
+        };
+        if let Err(e) = session.subscribe(&job, resume, &mut out).await {
+            let (code, reason) = subscribe_close(&e);
+            return close_with(&mut socket, code, &reason).await;
+        }
+    }
+    let _gauge = Gauge::new(&state.stats.ws_connections);
+    let (mut sink, mut stream) = socket.split();
+    let mut heartbeat = tokio::time::interval(state.config.heartbeat);
+    heartbeat.reset();
+    let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep_until(deadline(&session.principal));
+    tokio::pin!(expiry);
+    let mut bucket = TokenBucket::new(state.config.max_frames_per_second);
+    let closing: Option<(u16, String)> = loop {
+        if !out.is_empty() {
+            let sent = out.len() as u64;
+            // A client that stops reading blocks this write; the Hub then
+            // overflows its outbox, and the connection must give up on it.
+            let written = tokio::select! {
+                written = write_all(&mut sink, out.drain(..)) => written.is_ok(),
+                () = outbox.slow.cancelled() => {
+                    Stats::add(&state.stats.slow_disconnects, 1);
+                    // Its socket is full: try to say why, briefly, then drop it.
+                    let bye = Message::Close(Some(CloseFrame {
+                        code: close::TRY_AGAIN,
+                        reason: "slow consumer: reconnect and resume with since".into(),
+                    }));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(bye)).await;
+                    return;
+                }
+                () = state.shutdown.cancelled() => return,
+            };
+            if !written {
+                break None;
+            }
+            Stats::add(&state.stats.messages_sent, sent);
+        }
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into())),
+            () = outbox.slow.cancelled() => {
+                Stats::add(&state.stats.slow_disconnects, 1);
+                break Some((close::TRY_AGAIN, "slow consumer: reconnect and resume with since".into()));
+            }
+            () = &mut expiry => break Some((close::UNAUTHORIZED, "token expired".into())),
+            delivery = inbox.recv() => {
+                let Some(delivery) = delivery else { break None };
+                if let Err(e) = session.deliver(delivery, &mut out).await {
+                    tracing::warn!(error = %e, "cannot read a job log for a client");
+                    break Some((close::TRY_AGAIN, "temporarily unable to read events: resume with since".into()));
+                }
+                // Batch whatever else is already queued.
+                while out.len() < 256 {
+                    let Ok(more) = inbox.try_recv() else { break };
+                    if let Err(e) = session.deliver(more, &mut out).await {
+                        tracing::warn!(error = %e, "cannot read a job log for a client");
+                        break;
+                    }
+                }
+            }
+            frame = stream.next() => {
+                last_heard = Instant::now();
+                let message = match frame {
+                    None => break None,
+                    Some(Err(e)) => break too_big(e).then(|| (close::TOO_BIG, "frame too large".to_owned())),
+                    Some(Ok(message)) => message,
+                };
+                if !bucket.take() {
+                    break Some((close::POLICY, "too many messages".into()));
+                }
+                match message {
+                    Message::Text(text) => {
+                        let reply = client_frame(&text, single, &mut session, &mut out, &state, expiry.as_mut()).await;
+                        if let Some(reply) = reply {
+                            out.push(Out::notice(reply));
+                        }
+                    }
+                    Message::Binary(_) => break Some((close::UNSUPPORTED, "binary frames are not supported".into())),
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > state.config.heartbeat * 3 {
+                    break Some((close::GOING_AWAY, "no answer to pings".into()));
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = closing {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+/// Handles one client frame; returns a reply to send, if any.
+async fn client_frame(
+    text: &str,
+    single: bool,
+    session: &mut Session,
+    out: &mut Vec<Out>,
+    state: &AppState,
+    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Frame {
+        #[serde(rename = "type")]
+        kind: String,
+        job_id: Option<String>,
+        since: Option<serde_json::Value>,
+        epoch: Option<String>,
+        token: Option<String>,
+    }
+    let error = |code: &str, message: String| {
+        Some(json!({"type": "error", "code": code, "message": message}).to_string())
+    };
+    let frame: Frame = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(e) => return error("bad_frame", format!("not a valid frame: {e}")),
+    };
+    match frame.kind.as_str() {
+        "ping" => Some(json!({"type": "pong"}).to_string()),
+        "subscribe" | "unsubscribe" if single => error(
+            "unsupported",
+            "this socket watches one job; use /ws/jobs to subscribe to several".into(),
+        ),
+        "subscribe" => {
+            let Some(job) = frame
+                .job_id
+                .as_deref()
+                .and_then(|j| j.parse::<JobId>().ok())
+            else {
+                return error("bad_frame", "subscribe needs a valid job_id".into());
+            };
+            let since = frame.since.map(|s| match s {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+            let resume = match resume_of(since.as_deref(), frame.epoch.as_deref()) {
+                Ok(resume) => resume,
+                Err(e) => return error("bad_frame", e),
+            };
+            match session.subscribe(&job, resume, out).await {
+                Ok(()) => None,
+                Err(e) => {
+                    let code = match &e {
+                        SubscribeError::NotFound(_) => "not_found",
+                        SubscribeError::Forbidden(_) => "forbidden",
+                        SubscribeError::TooMany(_) => "too_many_subscriptions",
+                        SubscribeError::Backend(_) => "unavailable",
+                    };
+                    Some(json!({"type": "error", "code": code, "job_id": job, "message": e.to_string()}).to_string())
+                }
+            }
+        }
+        "unsubscribe" => match frame
+            .job_id
+            .as_deref()
+            .and_then(|j| j.parse::<JobId>().ok())
+        {
+            Some(job) => {
+                session.unsubscribe(&job);
+                Some(json!({"type": "unsubscribed", "job_id": job}).to_string())
+            }
+            None => error("bad_frame", "unsubscribe needs a valid job_id".into()),
+        },
+        "refresh" => match state.auth.verify(frame.token.as_deref()) {
+            Ok(p) if p.user == session.principal.user => {
+                expiry.reset(deadline(&p));
+                let expires_at = p.expires_at;
+                session.principal = p;
+                Some(json!({"type": "refreshed", "expires_at": expires_at}).to_string())
+            }
+            Ok(_) => error(
+                "forbidden",
+                "a refreshed token must be for the same user".into(),
+            ),
+            Err(e) => error("unauthorized", e.to_string()),
+        },
+        other => error("unknown_type", format!("unknown frame type {other:?}")),
+    }
+}
+
+async fn write_all<S>(sink: &mut S, items: impl Iterator<Item = Out>) -> Result<(), axum::Error>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    for item in items {
+        let text = match item {
+            Out::Event { frame, .. } => frame.text,
+            Out::Control { json, .. } => Utf8Bytes::from(json),
+        };
+        sink.feed(Message::Text(text)).await?;
+    }
+    sink.flush().await
+}
+
+/// Whether a read failed because the client's frame exceeded the limit.
+fn too_big(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+fn subscribe_close(e: &SubscribeError) -> (u16, String) {
+    match e {
+        SubscribeError::NotFound(_) => (close::NOT_FOUND, e.to_string()),
+        SubscribeError::Forbidden(_) => (close::FORBIDDEN, e.to_string()),
+        SubscribeError::TooMany(_) => (close::POLICY, e.to_string()),
+        SubscribeError::Backend(_) => (
+            close::TRY_AGAIN,
+            "the job store is unreachable; retry".into(),
+        ),
+    }
+}
+
+async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
+    // Close reasons are limited to 123 bytes by the protocol.
+    let mut reason = reason.to_owned();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Parses `since` / `epoch` from a query or a subscribe frame.
+fn resume_of(since: Option<&str>, epoch: Option<&str>) -> Result<Option<Resume>, String> {
+    let Some(since) = since else {
+        return Ok(None);
+    };
+    let id: EventId = since
+        .parse()
+        .map_err(|e: jobwire_core::IdError| e.to_string())?;
+    let epoch = epoch
+        .map(|e| e.parse::<Epoch>())
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Resume { id, epoch }))
+}
+
+fn deadline(principal: &Principal) -> Instant {
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    Instant::now() + principal.time_left().unwrap_or(far)
+}
+
+fn token_protocol(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| p.starts_with(TOKEN_PROTOCOL))
+        .map(str::to_owned)
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Browsers send `Origin`; it must be allowed, or match the host when no
+/// list is configured. Non-browser clients send none.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get("host").and_then(|h| h.to_str().ok());
+    allowed.is_empty()
+        && host.is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+        })
+}
+
+/// Client frames allowed per second, with bursts of twice that.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> TokenBucket {
+        let rate = f64::from(per_second.max(1));
+        TokenBucket {
+            rate,
+            tokens: rate * 2.0,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

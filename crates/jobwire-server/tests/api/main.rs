@@ -1,0 +1,7 @@
+//! Black-box tests of `jobwire serve`: real servers on free ports, real
+//! WebSocket / SSE / HTTP clients, real redis-server processes where several
+//! instances must share a Redis.
+
+mod helpers;
+mod live;
+mod rest;
