@@ -86,6 +86,27 @@ impl RedisServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
+    /// Starts a private server on a given port (e.g. one a process under test
+    /// was already told to use before Redis was up).
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up.
+    pub fn start_on(port: u16, persistence: Persistence) -> Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobwire-redis-")
+            .tempdir()
+            .context("creating a data directory for redis-server")?;
+        let mut server = RedisServer {
+            port,
+            persistence,
+            dir: Some(dir),
+            child: None,
+            external_url: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
     /// The `redis://` URL of this server.
     pub fn url(&self) -> String {
         match &self.external_url {

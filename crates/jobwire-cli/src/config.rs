@@ -1,0 +1,180 @@
+//! Command-line flags and their environment twins (SPEC §2). Invalid values
+//! fail at start-up with a message naming the setting (clap exits with 2).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, ValueEnum};
+use jobwire_core::BackendConfig;
+use jobwire_server::{mint_token, AuthConfig, Scope, ServerConfig};
+
+use crate::Failure;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuthMode {
+    Enabled,
+    /// Every request acts as an admin. For local use only.
+    Disabled,
+}
+
+/// Settings shared by `serve` and `dev`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerFlags {
+    /// Address to listen on.
+    #[arg(long, env = "JOBWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub(crate) bind: SocketAddr,
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, env = "REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+    /// HS256 secret for JWTs (at least 16 bytes).
+    #[arg(long, env = "JOBWIRE_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+    /// Path to an RS256 or ES256 public key (PEM) for JWTs.
+    #[arg(long, env = "JOBWIRE_JWT_PUBLIC_KEY")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// `disabled` accepts every request as an admin (local use only).
+    #[arg(long, env = "JOBWIRE_AUTH", value_enum, default_value = "enabled")]
+    pub(crate) auth: AuthMode,
+    /// Origins allowed to open browser sockets (comma-separated; `*` for any).
+    /// Default: same origin only.
+    #[arg(long, env = "JOBWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub(crate) allowed_origins: Vec<String>,
+    /// Events kept per job.
+    #[arg(long, env = "JOBWIRE_STREAM_MAXLEN", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub(crate) stream_maxlen: u64,
+    /// How long a finished job and its events stay (e.g. 24h, 30m, 7d).
+    #[arg(long, env = "JOBWIRE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub(crate) retention: Duration,
+    /// Shared Redis connections for ordinary commands.
+    #[arg(long, env = "JOBWIRE_REDIS_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) redis_pool_size: u16,
+    /// Partitions of the Redis layout (fixed per deployment).
+    #[arg(long, env = "JOBWIRE_PARTITIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) partitions: u16,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "JOBWIRE_KEY_PREFIX", default_value = "jobwire")]
+    pub(crate) key_prefix: String,
+    /// Open WebSocket and SSE connections per instance.
+    #[arg(long, env = "JOBWIRE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+    /// Open connections per user.
+    #[arg(long, env = "JOBWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections_per_user: u32,
+    /// Outbound messages queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "JOBWIRE_CLIENT_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
+    pub(crate) client_queue: u32,
+    /// Log format.
+    #[arg(long, env = "JOBWIRE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+}
+
+impl ServerFlags {
+    pub(crate) fn backend_config(&self) -> BackendConfig {
+        BackendConfig {
+            stream_maxlen: self.stream_maxlen as usize,
+            retention: self.retention,
+            partitions: self.partitions,
+            ..BackendConfig::default()
+        }
+    }
+
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            allowed_origins: self.allowed_origins.clone(),
+            max_connections: self.max_connections as usize,
+            max_connections_per_user: self.max_connections_per_user as usize,
+            client_queue: self.client_queue as usize,
+            ..ServerConfig::default()
+        }
+    }
+
+    pub(crate) fn auth_config(&self) -> Result<AuthConfig, Failure> {
+        let public_key_pem = match &self.jwt_public_key {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                Failure::Usage(anyhow!(
+                    "JOBWIRE_JWT_PUBLIC_KEY: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        Ok(AuthConfig {
+            secret: self.jwt_secret.clone(),
+            public_key_pem,
+            disabled: self.auth == AuthMode::Disabled,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) flags: ServerFlags,
+    /// Single-node server with the in-memory backend instead of Redis.
+    #[arg(long, env = "JOBWIRE_MEMORY")]
+    pub(crate) memory: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    #[command(flatten)]
+    pub(crate) flags: ServerFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The user (JWT `sub`).
+    #[arg(long)]
+    sub: String,
+    /// A scope to grant (repeat for several): jobs:read, jobs:write, worker, admin.
+    #[arg(long = "scope", default_values = ["jobs:read", "jobs:write"])]
+    scopes: Vec<String>,
+    /// How long the token is valid (e.g. 1h, 30m, 7d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// HS256 secret to sign with.
+    #[arg(long, env = "JOBWIRE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+/// `jobwire token`: prints a signed token.
+pub(crate) fn token(args: TokenArgs) -> Result<(), Failure> {
+    let secret = args.jwt_secret.ok_or_else(|| {
+        Failure::Usage(anyhow!(
+            "JOBWIRE_JWT_SECRET (or --jwt-secret) is required to sign a token"
+        ))
+    })?;
+    if secret.len() < 16 {
+        return Err(Failure::Usage(anyhow!(
+            "JOBWIRE_JWT_SECRET must be at least 16 bytes"
+        )));
+    }
+    let scopes = args
+        .scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s).ok_or_else(|| {
+                Failure::Usage(anyhow!(
+                    "unknown scope {s:?}: use jobs:read, jobs:write, worker or admin"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let token = mint_token(&secret, &args.sub, &scopes, args.ttl).context("signing the token")?;
+    println!("{token}");
+    Ok(())
+}
