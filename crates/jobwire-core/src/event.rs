@@ -188,6 +188,8 @@ impl Event {
 pub struct EventRecord {
     pub id: EventId,
     pub job_id: JobId,
+    /// When it was published (for delivery-latency metrics).
+    pub timestamp: Timestamp,
     /// The event in its wire shape (SPEC §4).
     pub json: Arc<str>,
 }
@@ -202,11 +204,13 @@ impl EventRecord {
         struct Head {
             id: EventId,
             job_id: JobId,
+            timestamp: Timestamp,
         }
         let head: Head = serde_json::from_str(json)?;
         Ok(EventRecord {
             id: head.id,
             job_id: head.job_id,
+            timestamp: head.timestamp,
             json: json.into(),
         })
     }
@@ -216,6 +220,7 @@ impl EventRecord {
         EventRecord {
             id: event.id,
             job_id: event.job_id.clone(),
+            timestamp: event.timestamp,
             json: event.to_json().into(),
         }
     }
@@ -236,8 +241,9 @@ pub(crate) struct WireEvent<'a> {
     pub(crate) id: EventId,
     pub(crate) job_id: &'a JobId,
     pub(crate) kind: &'a EventType,
-    /// Pre-formatted (one publish shares one timestamp).
-    pub(crate) timestamp: &'a str,
+    pub(crate) timestamp: Timestamp,
+    /// `timestamp`, pre-formatted (one publish shares one timestamp).
+    pub(crate) timestamp_text: &'a str,
     pub(crate) data: &'a Map<String, Value>,
     pub(crate) counters: Counters<'a>,
 }
@@ -254,6 +260,7 @@ impl WireEvent<'_> {
         EventRecord {
             id: self.id,
             job_id: self.job_id.clone(),
+            timestamp: self.timestamp,
             json: json.into(),
         }
     }
@@ -272,7 +279,7 @@ impl Serialize for WireEvent<'_> {
         event.serialize_field("id", &self.id)?;
         event.serialize_field("job_id", self.job_id)?;
         event.serialize_field("type", self.kind)?;
-        event.serialize_field("timestamp", self.timestamp)?;
+        event.serialize_field("timestamp", self.timestamp_text)?;
         event.serialize_field(
             "data",
             &Data {

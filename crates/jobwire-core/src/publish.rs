@@ -104,7 +104,8 @@ pub fn plan(
                 id,
                 job_id: &state.id,
                 kind: &new.kind,
-                timestamp: &timestamp,
+                timestamp: now,
+                timestamp_text: &timestamp,
                 data: &new.data,
                 counters: Counters::of(&state),
             }
@@ -146,7 +147,8 @@ pub fn plan_create(
         id,
         job_id: &state.id,
         kind: &EventType::JobQueued,
-        timestamp: &now.to_string(),
+        timestamp: now,
+        timestamp_text: &now.to_string(),
         data: &data,
         counters: Counters::of(&state),
     }

@@ -143,6 +143,7 @@ impl RedisBackend {
             }),
         };
         backend.check_layout().await?;
+        backend.spawn_keepalive();
         backend
             .ensure_group()
             .await
@@ -151,6 +152,23 @@ impl RedisBackend {
                 source,
             })?;
         Ok(backend)
+    }
+
+    /// Pings the shared connections every second while the backend lives
+    /// (see `Connections::keepalive`).
+    fn spawn_keepalive(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.conns.keepalive().await;
+            }
+        });
     }
 
     /// The configuration this backend runs with.

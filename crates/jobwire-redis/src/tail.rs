@@ -88,11 +88,18 @@ impl RedisBackend {
             })
             .collect())
     }
+}
 
-    /// The id of each stream's oldest entry, if any.
-    async fn first_ids(&self, streams: &[String]) -> Result<Vec<Option<String>>> {
+impl RedisTail {
+    /// Whether entries after some partition's position may have been
+    /// trimmed. Asked on the tail's own connection: the shared ones may not
+    /// have noticed an outage yet.
+    async fn gap(&mut self) -> Result<bool> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
         let mut pipe = redis::pipe();
-        for stream in streams {
+        for stream in &self.streams {
             pipe.cmd("XRANGE")
                 .arg(stream)
                 .arg("-")
@@ -100,21 +107,11 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(1);
         }
-        let replies: Vec<Vec<(String, Value)>> = pipe
-            .query_async(&mut self.shared.conns.command())
-            .await
-            .map_err(backend_error)?;
-        Ok(replies
+        let replies: Vec<Vec<(String, Value)>> =
+            pipe.query_async(conn).await.map_err(backend_error)?;
+        let firsts = replies
             .into_iter()
-            .map(|r| r.into_iter().next().map(|(id, _)| id))
-            .collect())
-    }
-}
-
-impl RedisTail {
-    /// Whether entries after some partition's position may have been trimmed.
-    async fn gap(&self) -> Result<bool> {
-        let firsts = self.backend.first_ids(&self.streams).await?;
+            .map(|r| r.into_iter().next().map(|(id, _)| id));
         Ok(self.ids.iter().zip(firsts).any(|(ours, first)| {
             first.is_some_and(|first| compare_ids(&first, ours) == Ordering::Greater)
         }))

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Frame {
     pub job_id: JobId,
     pub id: EventId,
+    /// When it was published, for the delivery-latency histogram.
+    pub published: jobwire_core::Timestamp,
     /// The wire JSON; cloning shares the bytes.
     pub text: Utf8Bytes,
 }
@@ -30,6 +32,7 @@ impl Frame {
         Frame {
             job_id: record.job_id.clone(),
             id: record.id,
+            published: record.timestamp,
             text: Utf8Bytes::from(record.json.to_string()),
         }
     }

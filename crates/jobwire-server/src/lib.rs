@@ -89,6 +89,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 

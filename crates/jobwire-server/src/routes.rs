@@ -348,7 +348,18 @@ pub async fn publish(
         }
         events.push(event);
     }
+    let types: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
     let outcome = state.backend.publish(&id, events).await?;
+    {
+        let mut published = state
+            .stats
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for kind in types {
+            *published.entry(kind).or_default() += 1;
+        }
+    }
     let status = if outcome.ids.is_empty() {
         StatusCode::OK
     } else {

@@ -140,8 +140,12 @@ impl Session {
             Some(resume) => self.resume(job, resume, out).await,
             None => self.fresh(job, false, out).await,
         };
-        if started.is_err() {
-            self.unsubscribe(job);
+        match &started {
+            Ok(()) => tracing::debug!(job = %job, "subscribed"),
+            Err(e) => {
+                tracing::debug!(job = %job, error = %e, "subscribe failed");
+                self.unsubscribe(job);
+            }
         }
         started
     }
@@ -186,6 +190,7 @@ impl Session {
                     return Ok(());
                 }
                 let job = frame.job_id.clone();
+                tracing::debug!(job = %job, after = %frame.id, "hole in live events; re-reading the log");
                 self.catch_up(&job, out).await
             }
             Delivery::Recheck => {

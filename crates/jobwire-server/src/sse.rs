@@ -16,6 +16,7 @@ use jobwire_core::{Epoch, EventId, JobId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use crate::auth::Scope;
 use crate::error::ApiError;
@@ -92,36 +93,48 @@ pub async fn stream(
         })?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(state.config.client_queue.max(1));
     let task_state = state.clone();
-    state.tasks.spawn(async move {
-        let state = task_state;
-        let _slot = slot;
-        let _gauge = Gauge::new(&state.stats.sse_connections);
-        let mut out = first;
-        loop {
-            for item in out.drain(..) {
-                if tx.send(Ok(to_sse(item))).await.is_err() {
-                    return;
-                }
-                Stats::add(&state.stats.messages_sent, 1);
-            }
-            tokio::select! {
-                biased;
-                () = state.shutdown.cancelled() => return,
-                () = outbox.slow.cancelled() => {
-                    Stats::add(&state.stats.slow_disconnects, 1);
-                    return;
-                }
-                () = tx.closed() => return,
-                delivery = inbox.recv() => {
-                    let Some(delivery) = delivery else { return };
-                    if let Err(e) = session.deliver(delivery, &mut out).await {
-                        tracing::warn!(error = %e, "cannot read a job log for an SSE client");
+    let span =
+        tracing::info_span!("sse", conn = outbox.id, user = %session.principal.user, job = %job);
+    state.tasks.spawn(
+        async move {
+            let state = task_state;
+            let _slot = slot;
+            let _gauge = Gauge::new(&state.stats.sse_connections);
+            let mut out = first;
+            loop {
+                for item in out.drain(..) {
+                    let published = match &item {
+                        Out::Event { frame, .. } => Some(frame.published),
+                        Out::Control { .. } => None,
+                    };
+                    if tx.send(Ok(to_sse(item))).await.is_err() {
                         return;
+                    }
+                    Stats::add(&state.stats.messages_sent, 1);
+                    if let Some(at) = published {
+                        state.stats.delivered(at);
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = state.shutdown.cancelled() => return,
+                    () = outbox.slow.cancelled() => {
+                        Stats::add(&state.stats.slow_disconnects, 1);
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    delivery = inbox.recv() => {
+                        let Some(delivery) = delivery else { return };
+                        if let Err(e) = session.deliver(delivery, &mut out).await {
+                            tracing::warn!(error = %e, "cannot read a job log for an SSE client");
+                            return;
+                        }
                     }
                 }
             }
         }
-    });
+        .instrument(span),
+    );
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

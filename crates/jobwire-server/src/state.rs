@@ -74,16 +74,30 @@ pub struct AppState {
     pub tasks: TaskTracker,
 }
 
-/// Counters for `/metrics`.
+/// Counters for `/metrics`, per instance (see `metrics.rs` for why they
+/// are not a global recorder).
 #[derive(Debug, Default)]
 pub struct Stats {
     pub messages_sent: AtomicU64,
     pub ws_connections: AtomicU64,
     pub sse_connections: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// Publish → written to a socket.
+    pub delivery_latency: crate::metrics::Histogram,
+    /// Requests by (route, status).
+    pub http_requests: Mutex<HashMap<(String, u16), u64>>,
+    /// Events published through the HTTP API, by type.
+    pub published: Mutex<HashMap<String, u64>>,
 }
 
 impl Stats {
+    /// Records that an event published at `published` reached a socket now.
+    pub fn delivered(&self, published: jobwire_core::Timestamp) {
+        let now = jobwire_core::Timestamp::now().unix_millis();
+        let ms = (now - published.unix_millis()).max(0) as f64;
+        self.delivery_latency.observe(ms / 1000.0);
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

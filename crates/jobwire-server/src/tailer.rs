@@ -4,7 +4,7 @@
 //! missed (a reported gap, or a tail opened anew) it asks every connection to
 //! re-read its jobs' logs, so nothing is lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +13,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
 
-/// Whether the tailer is currently reading (for `/readyz`).
+/// Whether the tailer is currently reading (for `/readyz`), and how often
+/// reading failed.
 #[derive(Debug, Default)]
-pub struct TailerHealth(AtomicBool);
+pub struct TailerHealth {
+    up: AtomicBool,
+    errors: AtomicU64,
+}
 
 impl TailerHealth {
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        self.set(false);
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -46,7 +59,7 @@ pub async fn run(
         let mut tail = match opened {
             Ok(tail) => tail,
             Err(e) => {
-                health.set(false);
+                health.failed();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
                 if sleep_or_stop(backoff, &shutdown).await {
                     return;
@@ -77,7 +90,7 @@ pub async fn run(
                     hub.recheck_all();
                 }
                 Err(e) => {
-                    health.set(false);
+                    health.failed();
                     tracing::warn!(error = %e, retry_in = ?backoff, "live feed read failed");
                     if sleep_or_stop(backoff, &shutdown).await {
                         return;

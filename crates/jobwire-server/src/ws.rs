@@ -17,6 +17,7 @@ use jobwire_core::{Epoch, EventId, JobId};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::hub::Outbox;
@@ -135,7 +136,7 @@ async fn connection(
         Ok(slot) => slot,
         Err(e) => return close_with(&mut socket, close::POLICY, &e.to_string()).await,
     };
-    let (outbox, mut inbox) = Outbox::new(state.config.client_queue);
+    let (outbox, inbox) = Outbox::new(state.config.client_queue);
     let mut session = Session::new(
         state.backend.clone(),
         state.hub.clone(),
@@ -155,7 +156,24 @@ async fn connection(
             return close_with(&mut socket, code, &reason).await;
         }
     }
+    let span = tracing::info_span!("ws", conn = outbox.id, user = %session.principal.user);
+    run(socket, state, session, outbox, inbox, out, single)
+        .instrument(span)
+        .await;
+}
+
+/// The connection loop, once the client is admitted.
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    mut session: Session,
+    outbox: std::sync::Arc<Outbox>,
+    mut inbox: tokio::sync::mpsc::Receiver<crate::hub::Delivery>,
+    mut out: Vec<Out>,
+    single: bool,
+) {
     let _gauge = Gauge::new(&state.stats.ws_connections);
+    tracing::debug!("connected");
     let (mut sink, mut stream) = socket.split();
     let mut heartbeat = tokio::time::interval(state.config.heartbeat);
     heartbeat.reset();
@@ -169,7 +187,7 @@ async fn connection(
             // A client that stops reading blocks this write; the Hub then
             // overflows its outbox, and the connection must give up on it.
             let written = tokio::select! {
-                written = write_all(&mut sink, out.drain(..)) => written.is_ok(),
+                written = write_all(&mut sink, out.drain(..), &state.stats) => written.is_ok(),
                 () = outbox.slow.cancelled() => {
                     Stats::add(&state.stats.slow_disconnects, 1);
                     // Its socket is full: try to say why, briefly, then drop it.
@@ -242,6 +260,7 @@ async fn connection(
             }
         }
     };
+    tracing::debug!(close = ?closing, "disconnected");
     if let Some((code, reason)) = closing {
         let _ = sink
             .send(Message::Close(Some(CloseFrame {
@@ -340,18 +359,30 @@ async fn client_frame(
     }
 }
 
-async fn write_all<S>(sink: &mut S, items: impl Iterator<Item = Out>) -> Result<(), axum::Error>
+async fn write_all<S>(
+    sink: &mut S,
+    items: impl Iterator<Item = Out>,
+    stats: &Stats,
+) -> Result<(), axum::Error>
 where
     S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
 {
+    let mut published = Vec::new();
     for item in items {
         let text = match item {
-            Out::Event { frame, .. } => frame.text,
+            Out::Event { frame, .. } => {
+                published.push(frame.published);
+                frame.text
+            }
             Out::Control { json, .. } => Utf8Bytes::from(json),
         };
         sink.feed(Message::Text(text)).await?;
     }
-    sink.flush().await
+    sink.flush().await?;
+    for at in published {
+        stats.delivered(at);
+    }
+    Ok(())
 }
 
 /// Whether a read failed because the client's frame exceeded the limit.

@@ -39,6 +39,12 @@ pub(crate) async fn spawn_app_with(
     backend: Arc<dyn Backend>,
     config: ServerConfig,
 ) -> Result<TestApp> {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let auth = Auth::new(&AuthConfig {

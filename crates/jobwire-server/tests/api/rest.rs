@@ -378,5 +378,17 @@ async fn health_and_metrics_answer() -> Result<()> {
     );
     ensure!(text.contains("jobwire_messages_sent_total 2"), "{text}");
     ensure!(text.contains("jobwire_watched_jobs 1"), "{text}");
+    ensure!(
+        text.contains("jobwire_delivery_latency_seconds_count 1"),
+        "latency histogram: {text}"
+    );
+    ensure!(
+        text.contains("jobwire_delivery_latency_seconds_bucket{le=\"+Inf\"} 1"),
+        "{text}"
+    );
+    ensure!(
+        text.contains(r#"jobwire_http_requests_total{route="/readyz",status="200"}"#),
+        "{text}"
+    );
     Ok(())
 }
