@@ -436,3 +436,70 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod public_key_tests {
+    use super::*;
+
+    fn token(alg: Algorithm, private_pem: &[u8], sub: &str) -> String {
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem),
+            _ => EncodingKey::from_ec_pem(private_pem),
+        }
+        .expect("test key");
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 60;
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &MintClaims {
+                sub,
+                scope: "jobs:read".into(),
+                iat: exp - 60,
+                exp,
+            },
+            &key,
+        )
+        .expect("encode")
+    }
+
+    fn auth(public: &[u8]) -> Auth {
+        Auth::new(&AuthConfig {
+            public_key_pem: Some(public.to_vec()),
+            ..AuthConfig::default()
+        })
+        .expect("public key accepted")
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_against_their_public_keys() {
+        let rsa = auth(include_bytes!("../tests/fixtures/rsa-public.pem"));
+        let ec = auth(include_bytes!("../tests/fixtures/ec-public.pem"));
+        let rs_token = token(
+            Algorithm::RS256,
+            include_bytes!("../tests/fixtures/rsa-private.pem"),
+            "alice",
+        );
+        let es_token = token(
+            Algorithm::ES256,
+            include_bytes!("../tests/fixtures/ec-private.pem"),
+            "bob",
+        );
+        assert_eq!(rsa.verify(Some(&rs_token)).expect("rs256").user, "alice");
+        assert_eq!(ec.verify(Some(&es_token)).expect("es256").user, "bob");
+        // Each key accepts only its own algorithm and signer.
+        assert!(rsa.verify(Some(&es_token)).is_err());
+        assert!(ec.verify(Some(&rs_token)).is_err());
+        // An HS256 token cannot pass as RS256 (algorithm confusion).
+        let hs = mint_token(
+            "a-test-secret-of-some-length",
+            "mallory",
+            &[Scope::Admin],
+            Duration::from_secs(60),
+        )
+        .expect("mint");
+        assert!(rsa.verify(Some(&hs)).is_err());
+    }
+}

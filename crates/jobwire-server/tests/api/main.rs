@@ -4,4 +4,5 @@
 
 mod helpers;
 mod live;
+mod openapi;
 mod rest;

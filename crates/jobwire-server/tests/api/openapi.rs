@@ -1,0 +1,69 @@
+//! `docs/openapi.json` and the router agree: every documented operation is
+//! served, and every route the server has is documented.
+
+use std::collections::BTreeSet;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The routes of `jobwire_server::router`, as (method, path).
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/jobs"),
+    ("get", "/api/jobs"),
+    ("get", "/api/jobs/{id}"),
+    ("delete", "/api/jobs/{id}"),
+    ("post", "/api/jobs/{id}/cancel"),
+    ("get", "/api/jobs/{id}/events"),
+    ("post", "/api/jobs/{id}/events"),
+    ("get", "/api/jobs/{id}/stream"),
+    ("get", "/ws/jobs"),
+    ("get", "/ws/jobs/{id}"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() -> Result<()> {
+    let doc: Value = serde_json::from_str(include_str!("../../../../docs/openapi.json"))?;
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for method in item.as_object().context("path item")?.keys() {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let listed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    ensure!(
+        documented == listed,
+        "documented {documented:?}\nrouted {listed:?}"
+    );
+
+    // Every listed route exists on a running server: an unknown route answers
+    // 404 with an empty body and a wrong method 405, while our handlers
+    // answer with the JSON error shape (or succeed).
+    let app = spawn_app(memory()).await?;
+    let client = reqwest::Client::new();
+    for (method, path) in ROUTES {
+        let url = app.url(&path.replace("{id}", "01JDX000000000000000000000"));
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())?;
+        let resp = client.request(method.clone(), &url).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        ensure!(status != 405, "{method} {path}: method not routed");
+        ensure!(
+            status != 404 || body.contains("\"error\""),
+            "{method} {path}: not routed"
+        );
+    }
+    let missing = client.get(app.url("/api/nothing-here")).send().await?;
+    ensure!(
+        missing.status() == 404 && missing.text().await?.is_empty(),
+        "the route check would not notice a missing route"
+    );
+    Ok(())
+}
