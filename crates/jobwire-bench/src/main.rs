@@ -2,6 +2,7 @@
 //! subcommand, bounded in time, and prints a results table that can be pasted
 //! into `docs/benchmarks.md`.
 
+mod fanout;
 mod publish;
 
 use anyhow::Result;
@@ -24,11 +25,15 @@ enum Scenario {
     /// Publish throughput: RedisBackend and MemoryBackend against raw
     /// pipelined XADD on the same Redis, at several job concurrencies.
     Publish(publish::Args),
+    /// End-to-end fan-out: subscribers over several `jobwire serve`
+    /// processes, latency, loss and duplicates, server RSS and CPU.
+    Fanout(fanout::Args),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::Publish(args) => publish::run(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await,
     }
 }

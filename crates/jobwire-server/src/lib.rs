@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use jobwire_core::Backend;
 use tokio::net::TcpListener;
@@ -110,6 +111,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     ));
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
+    // Small frames written back to back must not wait for the client's
+    // delayed ACK (Nagle's algorithm).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
