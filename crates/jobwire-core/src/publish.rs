@@ -120,6 +120,19 @@ pub fn plan(
     })
 }
 
+/// [`plan_create`] with a fresh epoch, now, as backends create jobs.
+///
+/// # Errors
+/// [`BackendError::Rejected`], which does not happen in practice.
+pub fn plan_new_job(new: &NewJob) -> Result<(JobState, EventRecord), crate::BackendError> {
+    plan_create(new, Epoch::generate(), Timestamp::now()).map_err(|source| {
+        crate::BackendError::Rejected {
+            job: new.id.clone(),
+            source,
+        }
+    })
+}
+
 /// Plans a job's creation: its initial state and `job_queued` event (id 1).
 ///
 /// # Errors

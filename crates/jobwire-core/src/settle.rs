@@ -73,6 +73,22 @@ pub async fn settle_reclaimed(
     }
 }
 
+/// [`settle_reclaimed`] for each claim, in order.
+///
+/// # Errors
+/// The first backend error.
+pub async fn settle_all(
+    backend: &dyn Backend,
+    claims: Vec<Claim>,
+    max_attempts: u32,
+) -> Result<Vec<Reclaimed>> {
+    let mut settled = Vec::with_capacity(claims.len());
+    for claim in claims {
+        settled.push(settle_reclaimed(backend, claim, max_attempts).await?);
+    }
+    Ok(settled)
+}
+
 /// Finishes a cancel once the backend has set the job's cancel flag and read
 /// its state: a queued job is cancelled at once; a running one will see the
 /// flag at its next publish.

@@ -1,6 +1,6 @@
 //! Jobs on Redis: create, publish, snapshot, history, listing, cancel, delete.
 
-use jobwire_core::publish::{plan, plan_create, LogHead};
+use jobwire_core::publish::{plan, plan_new_job, LogHead};
 use jobwire_core::settle::finish_cancel;
 use jobwire_core::{
     BackendError, CancelOutcome, Epoch, EventId, EventRecord, EventsAfter, JobId, JobPage,
@@ -30,13 +30,7 @@ impl RedisBackend {
     pub(crate) async fn create(&self, new: NewJob) -> Result<JobState> {
         let keys = &self.shared.keys;
         let limits = &self.shared.config.backend;
-        let (state, event) =
-            plan_create(&new, Epoch::generate(), Timestamp::now()).map_err(|source| {
-                BackendError::Rejected {
-                    job: new.id.clone(),
-                    source,
-                }
-            })?;
+        let (state, event) = plan_new_job(&new)?;
         let mut conn = self.shared.conns.command();
         let created: i64 = scripts::CREATE
             .key(keys.job(&new.id))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use jobwire_core::settle::settle_reclaimed;
+use jobwire_core::settle::settle_all;
 use jobwire_core::{BackendError, Claim, JobId, QueueStats, Reclaimed};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisError, Value};
@@ -160,11 +160,7 @@ impl RedisBackend {
             }
         }
         let claims = self.to_claims(taken).await?;
-        let mut settled = Vec::with_capacity(claims.len());
-        for claim in claims {
-            settled.push(settle_reclaimed(self, claim, max_attempts).await?);
-        }
-        Ok(settled)
+        settle_all(self, claims, max_attempts).await
     }
 
     pub(crate) async fn stats(&self) -> Result<QueueStats> {

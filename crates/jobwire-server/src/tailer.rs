@@ -61,10 +61,9 @@ pub async fn run(
             Err(e) => {
                 health.failed();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
-                if sleep_or_stop(backoff, &shutdown).await {
+                if back_off(&mut backoff, &shutdown).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -92,20 +91,22 @@ pub async fn run(
                 Err(e) => {
                     health.failed();
                     tracing::warn!(error = %e, retry_in = ?backoff, "live feed read failed");
-                    if sleep_or_stop(backoff, &shutdown).await {
+                    if back_off(&mut backoff, &shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
     }
 }
 
-/// Sleeps; `true` when shutdown came first.
-async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
+/// Sleeps for `backoff`, then doubles it (up to the maximum); `true` when
+/// shutdown came first.
+async fn back_off(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let stopped = tokio::select! {
         () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(d) => false,
-    }
+        () = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    stopped
 }

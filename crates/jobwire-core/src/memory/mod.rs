@@ -28,8 +28,8 @@ use crate::backend::{
 use crate::event::{EventRecord, NewEvent};
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, NewJob};
-use crate::publish::{plan, plan_create, LogHead};
-use crate::settle::{finish_cancel, settle_reclaimed};
+use crate::publish::{plan, plan_new_job, LogHead};
+use crate::settle::{finish_cancel, settle_all};
 
 use live::{LiveFeed, MemoryTail};
 use queue::Queue;
@@ -159,13 +159,7 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn create_job(&self, new: NewJob) -> Result<JobState> {
-        let (state, event) =
-            plan_create(&new, Epoch::generate(), Timestamp::now()).map_err(|source| {
-                BackendError::Rejected {
-                    job: new.id.clone(),
-                    source,
-                }
-            })?;
+        let (state, event) = plan_new_job(&new)?;
         let job = Arc::new(Mutex::new(StoredJob {
             head: LogHead {
                 state: state.clone(),
@@ -396,11 +390,7 @@ impl Backend for MemoryBackend {
         max: usize,
     ) -> Result<Vec<Reclaimed>> {
         let taken = self.index().queue.take_idle(consumer, min_idle, max.max(1));
-        let mut settled = Vec::with_capacity(taken.len());
-        for claim in taken {
-            settled.push(settle_reclaimed(self, claim, max_attempts).await?);
-        }
-        Ok(settled)
+        settle_all(self, taken, max_attempts).await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
