@@ -36,6 +36,9 @@ pub mod close {
     pub const NOT_FOUND: u16 = 4404;
 }
 
+/// How long a closing server waits for the client's Close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// The subprotocol prefix that carries a token from browsers.
 const TOKEN_PROTOCOL: &str = "access_token.";
 
@@ -268,6 +271,17 @@ async fn run(
                 reason: reason.into(),
             })))
             .await;
+        // The closing handshake: read (and drop) what the client still sends
+        // until its Close, briefly. Dropping a socket with unread input makes
+        // the kernel reset it, and the client would never see our code.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 

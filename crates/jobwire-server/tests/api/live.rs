@@ -566,3 +566,40 @@ async fn redis_restart_under_the_gateway_loses_nothing() -> Result<()> {
     app.wait_ready().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_flooding_frames_is_closed_with_1008() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let (mut ws, _) = connect(
+        &app.ws_url("/ws/jobs"),
+        Some(&user_token("alice")),
+        Via::Bearer,
+    )
+    .await?;
+    // The default allows 50 frames/s with bursts of 100.
+    for _ in 0..300 {
+        if send(&mut ws, json!({"type": "ping"})).await.is_err() {
+            break;
+        }
+    }
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    ensure!(code == Some(1008), "flooding client closed with {code:?}");
+    let (mut calm, _) = connect(
+        &app.ws_url("/ws/jobs"),
+        Some(&user_token("alice")),
+        Via::Bearer,
+    )
+    .await?;
+    send(&mut calm, json!({"type": "ping"})).await?;
+    ensure!(
+        next_json(&mut calm).await?["type"] == "pong",
+        "the server was affected"
+    );
+    Ok(())
+}
