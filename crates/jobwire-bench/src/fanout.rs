@@ -47,9 +47,9 @@ pub(crate) struct Args {
     jobwire: Option<std::path::PathBuf>,
 }
 
-struct Gateway {
-    child: Child,
-    port: u16,
+pub(crate) struct Gateway {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Gateway {
@@ -80,8 +80,14 @@ struct Seen {
     closed: Option<u16>,
 }
 
-pub(crate) async fn run(args: Args) -> Result<()> {
-    let binary = match args.jobwire {
+/// Starts `count` `jobwire serve` processes on `redis` and waits until
+/// they are ready.
+pub(crate) async fn start_gateways(
+    binary: Option<std::path::PathBuf>,
+    redis: &RedisServer,
+    count: usize,
+) -> Result<Vec<Gateway>> {
+    let binary = match binary {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("jobwire"),
     };
@@ -91,9 +97,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             binary.display()
         );
     }
-    let redis = RedisServer::start_private(Persistence::None)?;
     let mut gateways = Vec::new();
-    for _ in 0..args.instances.max(1) {
+    for _ in 0..count.max(1) {
         let port = free_port()?;
         let child = Command::new(&binary)
             .arg("serve")
@@ -113,6 +118,22 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     for g in &gateways {
         wait_ready(g.port).await?;
     }
+    Ok(gateways)
+}
+
+/// A token the benchmark's subscribers present.
+pub(crate) fn bench_token() -> Result<String> {
+    Ok(jobwire_server::mint_token(
+        SECRET,
+        "bench",
+        &[jobwire_server::Scope::JobsRead],
+        Duration::from_secs(3600),
+    )?)
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    let redis = RedisServer::start_private(Persistence::None)?;
+    let gateways = start_gateways(args.jobwire, &redis, args.instances).await?;
     let publisher = RedisBackend::connect(RedisConfig {
         backend: BackendConfig::default(),
         ..RedisConfig::new(redis.url())
@@ -131,12 +152,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             .await?;
         jobs.push(job.id);
     }
-    let token = jobwire_server::mint_token(
-        SECRET,
-        "bench",
-        &[jobwire_server::Scope::JobsRead],
-        Duration::from_secs(3600),
-    )?;
+    let token = bench_token()?;
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
@@ -361,7 +377,7 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

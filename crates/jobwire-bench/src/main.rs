@@ -3,6 +3,7 @@
 //! into `docs/benchmarks.md`.
 
 mod fanout;
+mod idle;
 mod publish;
 
 use anyhow::Result;
@@ -28,6 +29,8 @@ enum Scenario {
     /// End-to-end fan-out: subscribers over several `jobwire serve`
     /// processes, latency, loss and duplicates, server RSS and CPU.
     Fanout(fanout::Args),
+    /// Memory per idle, subscribed WebSocket on one `jobwire serve`.
+    Idle(idle::Args),
 }
 
 #[tokio::main]
@@ -35,5 +38,6 @@ async fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::Publish(args) => publish::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Idle(args) => idle::run(args).await,
     }
 }

@@ -41,7 +41,9 @@ impl Frame {
 /// What the Hub puts in a connection's outbox.
 #[derive(Clone, Debug)]
 pub enum Delivery {
-    Event(Frame),
+    /// Shared by every watcher of the event: one allocation per event, and
+    /// a small slot in each (pre-allocated) outbox.
+    Event(Arc<Frame>),
     /// Live events may have been missed (the tail had a gap or restarted):
     /// re-read every subscribed job's log after the last id delivered.
     Recheck,
@@ -117,9 +119,9 @@ impl Hub {
             let Some(list) = watchers.get(&record.job_id) else {
                 continue;
             };
-            let frame = Frame::of(record);
+            let frame = Arc::new(Frame::of(record));
             for outbox in list {
-                if !outbox.offer(Delivery::Event(frame.clone())) {
+                if !outbox.offer(Delivery::Event(Arc::clone(&frame))) {
                     self.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -47,7 +47,7 @@ pub enum Out {
         position: Option<(Epoch, EventId)>,
     },
     /// An event of a job's log.
-    Event { frame: Frame, epoch: Epoch },
+    Event { frame: Arc<Frame>, epoch: Epoch },
 }
 
 impl Out {
@@ -310,7 +310,7 @@ impl Session {
             if record.id == sub.last.next() {
                 sub.last = record.id;
                 out.push(Out::Event {
-                    frame: Frame::of(&record),
+                    frame: Arc::new(Frame::of(&record)),
                     epoch: sub.epoch.clone(),
                 });
             }

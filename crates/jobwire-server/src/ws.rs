@@ -386,7 +386,7 @@ where
         let text = match item {
             Out::Event { frame, .. } => {
                 published.push(frame.published);
-                frame.text
+                frame.text.clone()
             }
             Out::Control { json, .. } => Utf8Bytes::from(json),
         };
