@@ -184,6 +184,10 @@ async fn run(
     let expiry = tokio::time::sleep_until(deadline(&session.principal));
     tokio::pin!(expiry);
     let mut bucket = TokenBucket::new(state.config.max_frames_per_second);
+    // Made once, not on every turn of the loop (measurable per message).
+    let shutdown = state.shutdown.cancelled();
+    let slow = outbox.slow.cancelled();
+    tokio::pin!(shutdown, slow);
     let closing: Option<(u16, String)> = loop {
         if !out.is_empty() {
             let sent = out.len() as u64;
@@ -191,7 +195,7 @@ async fn run(
             // overflows its outbox, and the connection must give up on it.
             let written = tokio::select! {
                 written = write_all(&mut sink, out.drain(..), &state.stats) => written.is_ok(),
-                () = outbox.slow.cancelled() => {
+                () = &mut slow => {
                     Stats::add(&state.stats.slow_disconnects, 1);
                     // Its socket is full: try to say why, briefly, then drop it.
                     let bye = Message::Close(Some(CloseFrame {
@@ -201,7 +205,7 @@ async fn run(
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(bye)).await;
                     return;
                 }
-                () = state.shutdown.cancelled() => return,
+                () = &mut shutdown => return,
             };
             if !written {
                 break None;
@@ -210,8 +214,8 @@ async fn run(
         }
         tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into())),
-            () = outbox.slow.cancelled() => {
+            () = &mut shutdown => break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into())),
+            () = &mut slow => {
                 Stats::add(&state.stats.slow_disconnects, 1);
                 break Some((close::TRY_AGAIN, "slow consumer: reconnect and resume with since".into()));
             }
