@@ -199,6 +199,15 @@ pub struct QueueStats {
     pub pending: u64,
 }
 
+/// Figures about the store itself, sampled for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Memory the store uses, when it reports it (Redis `used_memory`).
+    pub used_memory_bytes: Option<u64>,
+    /// Entries in the live feed, over all partitions.
+    pub live_entries: u64,
+}
+
 /// An opaque position in the live feed, so a tail can continue where another
 /// left off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,4 +315,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Checks that the store is reachable.
     async fn ping(&self) -> Result<()>;
+
+    /// Samples the store's own figures (memory, live feed length).
+    async fn health(&self) -> Result<StoreHealth>;
 }

@@ -27,7 +27,7 @@ pub mod testsuite;
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
     LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed, ResyncReason,
-    TailFrom,
+    StoreHealth, TailFrom,
 };
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};

@@ -36,7 +36,7 @@ use jobwire_core::publish::LogHead;
 use jobwire_core::{
     Backend, BackendConfig, CancelOutcome, Claim, Epoch, EventId, EventsAfter, JobId, JobPage,
     JobState, ListQuery, LiveTail, NewEvent, NewJob, PublishOutcome, QueueStats, Reclaimed,
-    TailFrom,
+    StoreHealth, TailFrom,
 };
 use thiserror::Error;
 
@@ -323,5 +323,42 @@ impl Backend for RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(connection::backend_error)
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory");
+        for p in 0..keys.partitions() {
+            pipe.cmd("XLEN").arg(keys.live(p));
+        }
+        let mut conn = self.shared.conns.command();
+        let (info, lengths): (String, Vec<u64>) = {
+            let mut replies: Vec<redis::Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(connection::backend_error)?;
+            let info = match replies.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::VerbatimString { text, .. }) => text.clone(),
+                _ => String::new(),
+            };
+            let lengths = replies
+                .drain(1..)
+                .map(|v| match v {
+                    redis::Value::Int(n) => u64::try_from(n).unwrap_or(0),
+                    _ => 0,
+                })
+                .collect();
+            (info, lengths)
+        };
+        let used_memory_bytes = info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok());
+        Ok(StoreHealth {
+            used_memory_bytes,
+            live_entries: lengths.iter().sum(),
+        })
     }
 }

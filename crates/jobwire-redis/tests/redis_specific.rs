@@ -71,6 +71,28 @@ async fn finished_jobs_get_a_ttl_on_state_and_log() -> Result<()> {
 }
 
 #[tokio::test]
+async fn health_reports_memory_and_the_live_feed() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let empty = b.health().await?;
+    ensure!(empty.used_memory_bytes.is_some_and(|m| m > 0), "{empty:?}");
+    ensure!(empty.live_entries == 0, "{empty:?}");
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    ensure!(
+        b.health().await?.live_entries == 2,
+        "one live entry per create and per publish"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_different_partition_count_is_refused_at_start() -> Result<()> {
     let server = RedisServer::start_private(Persistence::None)?;
     RedisBackend::connect(config(&server)).await?;

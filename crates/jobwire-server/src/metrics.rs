@@ -161,6 +161,24 @@ pub async fn render(State(state): State<AppState>) -> Response {
             &[("", queue.pending)],
         );
     }
+    if let Ok(health) = state.backend.health().await {
+        if let Some(bytes) = health.used_memory_bytes {
+            series(
+                &mut out,
+                "jobwire_store_used_memory_bytes",
+                "gauge",
+                "Memory the store reports using (Redis used_memory), sampled at each scrape.",
+                &[("", bytes)],
+            );
+        }
+        series(
+            &mut out,
+            "jobwire_live_feed_entries",
+            "gauge",
+            "Entries in the live feed over all partitions, sampled at each scrape.",
+            &[("", health.live_entries)],
+        );
+    }
     stats.delivery_latency.render(
         &mut out,
         "jobwire_delivery_latency_seconds",

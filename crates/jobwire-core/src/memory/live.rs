@@ -44,6 +44,10 @@ impl LiveFeed {
         self.next_position()
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
     pub(super) fn next_position(&self) -> u64 {
         self.first + self.ring.len() as u64
     }

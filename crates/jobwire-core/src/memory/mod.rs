@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
-    LiveTail, PublishOutcome, QueueStats, Reclaimed, Result, ResyncReason, TailFrom,
+    LiveTail, PublishOutcome, QueueStats, Reclaimed, Result, ResyncReason, StoreHealth, TailFrom,
 };
 use crate::event::{EventRecord, NewEvent};
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
@@ -399,5 +399,12 @@ impl Backend for MemoryBackend {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        Ok(StoreHealth {
+            used_memory_bytes: None,
+            live_entries: self.live().len() as u64,
+        })
     }
 }
