@@ -133,6 +133,13 @@ pub async fn render(State(state): State<AppState>) -> Response {
     );
     series(
         &mut out,
+        "jobwire_live_feed_reconnects_total",
+        "counter",
+        "Times the live feed was read again after failing (Redis came back).",
+        &[("", state.tailer.reconnects())],
+    );
+    series(
+        &mut out,
         "jobwire_watched_jobs",
         "gauge",
         "Jobs with at least one watcher on this instance.",

@@ -19,6 +19,7 @@ use crate::hub::Hub;
 pub struct TailerHealth {
     up: AtomicBool,
     errors: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 impl TailerHealth {
@@ -30,8 +31,18 @@ impl TailerHealth {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Times the feed was read again after failing.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
     fn set(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        if up && !self.up.swap(true, Ordering::Relaxed) && self.errors() > 0 {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if !up {
+            self.up.store(false, Ordering::Relaxed);
+        }
     }
 
     fn failed(&self) {

@@ -564,6 +564,15 @@ async fn redis_restart_under_the_gateway_loses_nothing() -> Result<()> {
         ensure!(e["id"] == expected, "expected {expected}, got {e}");
     }
     app.wait_ready().await?;
+    let metrics = reqwest::get(app.url("/metrics")).await?.text().await?;
+    ensure!(
+        metrics.contains("jobwire_live_feed_reconnects_total 1"),
+        "{metrics}"
+    );
+    ensure!(
+        !metrics.contains("jobwire_live_feed_errors_total 0\n"),
+        "{metrics}"
+    );
     Ok(())
 }
 
