@@ -206,6 +206,45 @@ pub struct StoreHealth {
     pub used_memory_bytes: Option<u64>,
     /// Entries in the live feed, over all partitions.
     pub live_entries: u64,
+    /// Jobs by status.
+    pub jobs: JobCounts,
+}
+
+/// Jobs by status. `queued` and `running` are current counts; the finished
+/// statuses count the jobs that reached them (finished jobs expire, so those
+/// counts only grow).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl JobCounts {
+    /// The count of one status.
+    pub fn get(&self, status: JobStatus) -> u64 {
+        match status {
+            JobStatus::Queued => self.queued,
+            JobStatus::Running => self.running,
+            JobStatus::Completed => self.completed,
+            JobStatus::Failed => self.failed,
+            JobStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Adds `delta` to one status (saturating at zero).
+    pub fn add(&mut self, status: JobStatus, delta: i64) {
+        let slot = match status {
+            JobStatus::Queued => &mut self.queued,
+            JobStatus::Running => &mut self.running,
+            JobStatus::Completed => &mut self.completed,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Cancelled => &mut self.cancelled,
+        };
+        *slot = slot.saturating_add_signed(delta);
+    }
 }
 
 /// An opaque position in the live feed, so a tail can continue where another

@@ -25,9 +25,9 @@ pub mod settle;
 pub mod testsuite;
 
 pub use backend::{
-    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
-    LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed, ResyncReason,
-    StoreHealth, TailFrom,
+    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, JobPage,
+    ListQuery, LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed,
+    ResyncReason, StoreHealth, TailFrom,
 };
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::backend::{
-    Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, ListQuery, LiveBatch,
-    Reclaimed, ResyncReason, TailFrom,
+    Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, JobCounts, ListQuery,
+    LiveBatch, Reclaimed, ResyncReason, TailFrom,
 };
 use crate::event::{Event, EventRecord, EventType, NewEvent};
 use crate::ids::{Epoch, EventId, JobId};
@@ -65,6 +65,7 @@ macro_rules! backend_conformance_tests {
             concurrent_publishers_lose_nothing,
             delete_removes_everything,
             listing_is_paginated_newest_first,
+            jobs_are_counted_by_status,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -975,5 +976,71 @@ pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result
         })
         .await?;
     ensure!(nobody.jobs.is_empty() && nobody.next_cursor.is_none());
+    Ok(())
+}
+
+/// `health().jobs` follows every status change: creation, start, each way
+/// of finishing, a retry, and deletion of an unfinished job.
+pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let counts = |q, r, c, fl, x| JobCounts {
+        queued: q,
+        running: r,
+        completed: c,
+        failed: fl,
+        cancelled: x,
+    };
+    let check = |expected: JobCounts, step: &'static str| async move {
+        let got = b.health().await?.jobs;
+        ensure!(got == expected, "{step}: {got:?}, expected {expected:?}");
+        Ok::<_, anyhow::Error>(())
+    };
+    check(counts(0, 0, 0, 0, 0), "empty").await?;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            b.create_job(NewJob::new("demo", json!({}), "alice"))
+                .await?
+                .id,
+        );
+    }
+    check(counts(5, 0, 0, 0, 0), "created").await?;
+    let start = || NewEvent::new(EventType::JobStarted, json!({}));
+    b.publish(
+        &ids[0],
+        vec![start(), NewEvent::new(EventType::JobCompleted, json!({}))],
+    )
+    .await?;
+    check(counts(4, 0, 1, 0, 0), "started and completed in one batch").await?;
+    b.publish(&ids[1], vec![start()]).await?;
+    b.publish(&ids[1], vec![progress(1)]).await?;
+    check(counts(3, 1, 1, 0, 0), "running").await?;
+    b.publish(
+        &ids[1],
+        vec![NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+    )
+    .await?;
+    b.cancel(&ids[2]).await?;
+    check(counts(2, 0, 1, 1, 1), "failed and cancelled").await?;
+    b.publish(&ids[3], vec![start()]).await?;
+    b.publish(
+        &ids[3],
+        vec![NewEvent::new(EventType::JobRetrying, json!({}))],
+    )
+    .await?;
+    check(
+        counts(2, 0, 1, 1, 1),
+        "started, then back to queued for a retry",
+    )
+    .await?;
+    b.publish(&ids[4], vec![start()]).await?;
+    b.delete(&ids[4]).await?;
+    b.delete(&ids[0]).await?;
+    check(
+        counts(1, 0, 1, 1, 1),
+        "deleted a running and a finished job",
+    )
+    .await?;
     Ok(())
 }

@@ -36,6 +36,7 @@ impl RedisBackend {
             .key(keys.job(&new.id))
             .key(keys.events(&new.id))
             .key(keys.live_of(&new.id))
+            .key(keys.stats_of(&new.id))
             .arg(to_json(&state)?)
             .arg(&*event.json)
             .arg(state.epoch.as_str())
@@ -176,7 +177,8 @@ impl RedisBackend {
         invocation
             .key(keys.job(job))
             .key(keys.events(job))
-            .key(keys.live_of(job));
+            .key(keys.live_of(job))
+            .key(keys.stats_of(job));
         match planned {
             None => {
                 invocation
@@ -396,12 +398,18 @@ impl RedisBackend {
 
     pub(crate) async fn remove(&self, job: &JobId) -> Result<()> {
         let keys = &self.shared.keys;
-        let state = self.snapshot(job).await?;
         let mut conn = self.shared.conns.command();
-        let (deleted,): (i64,) = redis::pipe()
-            .cmd("DEL")
-            .arg(keys.job(job))
-            .arg(keys.events(job))
+        let state: Option<Vec<u8>> = scripts::DELETE
+            .key(keys.job(job))
+            .key(keys.events(job))
+            .key(keys.stats_of(job))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        self.cache_head(job, None);
+        let state = state.ok_or_else(|| BackendError::NotFound(job.clone()))?;
+        let state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
+        redis::pipe()
             .cmd("ZREM")
             .arg(keys.user_jobs(&state.owner))
             .arg(job.as_str())
@@ -410,14 +418,9 @@ impl RedisBackend {
             .arg(keys.all_jobs())
             .arg(job.as_str())
             .ignore()
-            .query_async(&mut conn)
+            .query_async::<()>(&mut conn)
             .await
-            .map_err(backend_error)?;
-        self.cache_head(job, None);
-        if deleted == 0 {
-            return Err(BackendError::NotFound(job.clone()));
-        }
-        Ok(())
+            .map_err(backend_error)
     }
 }
 

@@ -9,6 +9,7 @@
 //! <prefix>:{p}:job:<id>            hash    state JSON, seq, last_n, cancel, epoch, status
 //! <prefix>:{p}:events:<id>         stream  the job's event log, ids <seq>-0
 //! <prefix>:{p}:live                stream  every event of partition p (delivery only)
+//! <prefix>:{p}:stats               hash    jobs of partition p by status
 //! <prefix>:queue                   stream  the job queue, consumer group `workers`
 //! <prefix>:jobs                    zset    every job id (lexicographic = by creation)
 //! <prefix>:user:<sub>:jobs         zset    one user's job ids
@@ -68,6 +69,14 @@ impl Keys {
 
     pub(crate) fn live(&self, partition: u16) -> String {
         format!("{}:{{{partition}}}:live", self.prefix)
+    }
+
+    pub(crate) fn stats_of(&self, id: &JobId) -> String {
+        self.stats(id.partition(self.partitions))
+    }
+
+    pub(crate) fn stats(&self, partition: u16) -> String {
+        format!("{}:{{{partition}}}:stats", self.prefix)
     }
 
     pub(crate) fn queue(&self) -> String {

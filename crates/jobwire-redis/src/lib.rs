@@ -332,12 +332,28 @@ impl Backend for RedisBackend {
         for p in 0..keys.partitions() {
             pipe.cmd("XLEN").arg(keys.live(p));
         }
+        for p in 0..keys.partitions() {
+            pipe.cmd("HGETALL").arg(keys.stats(p));
+        }
         let mut conn = self.shared.conns.command();
+        let partitions = usize::from(keys.partitions());
+        let mut jobs = jobwire_core::JobCounts::default();
         let (info, lengths): (String, Vec<u64>) = {
             let mut replies: Vec<redis::Value> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(connection::backend_error)?;
+            for counts in replies.drain(1 + partitions..) {
+                let counts: std::collections::HashMap<String, i64> =
+                    redis::FromRedisValue::from_redis_value(counts).map_err(|e| {
+                        jobwire_core::BackendError::Data(format!("job counts: {e}"))
+                    })?;
+                for (status, n) in counts {
+                    if let Ok(status) = status.parse::<jobwire_core::JobStatus>() {
+                        jobs.add(status, n);
+                    }
+                }
+            }
             let info = match replies.first() {
                 Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
                 Some(redis::Value::VerbatimString { text, .. }) => text.clone(),
@@ -359,6 +375,7 @@ impl Backend for RedisBackend {
         Ok(StoreHealth {
             used_memory_bytes,
             live_entries: lengths.iter().sum(),
+            jobs,
         })
     }
 }

@@ -15,5 +15,7 @@ pub(crate) static EVENTS_AFTER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/events_after.lua")));
 pub(crate) static CANCEL: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/cancel.lua")));
+pub(crate) static DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/delete.lua")));
 pub(crate) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));

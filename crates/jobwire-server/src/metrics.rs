@@ -178,6 +178,28 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 &[("", bytes)],
             );
         }
+        let jobs = health.jobs;
+        series(
+            &mut out,
+            "jobwire_jobs",
+            "gauge",
+            "Unfinished jobs, by status.",
+            &[
+                (r#"{status="queued"}"#, jobs.queued),
+                (r#"{status="running"}"#, jobs.running),
+            ],
+        );
+        series(
+            &mut out,
+            "jobwire_jobs_finished_total",
+            "counter",
+            "Jobs that finished, by status.",
+            &[
+                (r#"{status="completed"}"#, jobs.completed),
+                (r#"{status="failed"}"#, jobs.failed),
+                (r#"{status="cancelled"}"#, jobs.cancelled),
+            ],
+        );
         series(
             &mut out,
             "jobwire_live_feed_entries",

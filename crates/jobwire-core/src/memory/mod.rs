@@ -22,12 +22,13 @@ use async_trait::async_trait;
 use tokio::sync::{watch, Notify};
 
 use crate::backend::{
-    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobPage, ListQuery,
-    LiveTail, PublishOutcome, QueueStats, Reclaimed, Result, ResyncReason, StoreHealth, TailFrom,
+    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, JobPage,
+    ListQuery, LiveTail, PublishOutcome, QueueStats, Reclaimed, Result, ResyncReason, StoreHealth,
+    TailFrom,
 };
 use crate::event::{EventRecord, NewEvent};
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
-use crate::job::{JobState, NewJob};
+use crate::job::{JobState, JobStatus, NewJob};
 use crate::publish::{plan, plan_new_job, LogHead};
 use crate::settle::{finish_cancel, settle_all};
 
@@ -52,6 +53,8 @@ struct Shared {
     live_tx: watch::Sender<u64>,
     /// Wakes workers blocked in `claim` when an entry is enqueued.
     queue_ready: Notify,
+    /// Jobs by status, kept as the Redis backend keeps them.
+    counts: Mutex<JobCounts>,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +123,7 @@ impl MemoryBackend {
                 live: Mutex::new(LiveFeed::new(capacity.max(1))),
                 live_tx: watch::channel(0).0,
                 queue_ready: Notify::new(),
+                counts: Mutex::new(JobCounts::default()),
             }),
         }
     }
@@ -149,6 +153,18 @@ impl MemoryBackend {
             return Err(BackendError::NotFound(id.clone()));
         }
         f(&mut stored)
+    }
+
+    /// Counts a job moving from `from` (none: created) to `to`.
+    fn count_move(&self, from: Option<JobStatus>, to: JobStatus) {
+        if from == Some(to) {
+            return;
+        }
+        let mut counts = lock(&self.shared.counts);
+        if let Some(from) = from.filter(|s| !s.is_terminal()) {
+            counts.add(from, -1);
+        }
+        counts.add(to, 1);
     }
 
     fn announce(&self, position: u64) {
@@ -188,6 +204,7 @@ impl Backend for MemoryBackend {
             }
         }
         let position = self.live().push(event);
+        self.count_move(None, JobStatus::Queued);
         drop(guard);
         self.announce(position);
         if !new.external {
@@ -202,6 +219,7 @@ impl Backend for MemoryBackend {
             let plan = plan(&stored.head, &events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
             let ids = plan.events.iter().map(|e| e.id).collect();
+            self.count_move(Some(stored.head.state.status), plan.state.status);
             stored.log.extend(plan.events.iter().cloned());
             let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
             stored.log.drain(..excess);
@@ -347,8 +365,13 @@ impl Backend for MemoryBackend {
     }
 
     async fn delete(&self, job: &JobId) -> Result<()> {
-        let owner = self.with_job(job, |stored| Ok(stored.head.state.owner.clone()))?;
+        let (owner, status) = self.with_job(job, |stored| {
+            Ok((stored.head.state.owner.clone(), stored.head.state.status))
+        })?;
         if self.index().remove(job, &owner) {
+            if !status.is_terminal() {
+                lock(&self.shared.counts).add(status, -1);
+            }
             Ok(())
         } else {
             Err(BackendError::NotFound(job.clone()))
@@ -405,6 +428,7 @@ impl Backend for MemoryBackend {
         Ok(StoreHealth {
             used_memory_bytes: None,
             live_entries: self.live().len() as u64,
+            jobs: *lock(&self.shared.counts),
         })
     }
 }

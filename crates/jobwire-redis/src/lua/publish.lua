@@ -4,14 +4,17 @@
 -- (jobwire_core::publish::plan); if the head moved since, nothing is written
 -- and the current head is returned so the caller can plan again.
 --
--- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream
+-- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream,
+-- KEYS[4] the partition's job counts: queued and running are gauges;
+-- completed, failed and cancelled count jobs that finished (they expire, so
+-- they are never decremented)
 -- ARGV[1] expected seq, ARGV[2] new state JSON, ARGV[3] new last_n,
 -- ARGV[4] new status, ARGV[5] log MAXLEN, ARGV[6] live MAXLEN,
 -- ARGV[7] retention in ms (0: the job is not finished), ARGV[8..] event JSONs
 -- A live entry holds the batch's events in order, one field `e` each.
 -- Returns {0} no such job; {1, cancel} applied;
 -- {2, seq, state, last_n, cancel} the head moved.
-local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel')
+local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel', 'status')
 if not head[1] then
   return {0}
 end
@@ -45,6 +48,12 @@ if n > 0 then
   end
   redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[2],
     'last_n', ARGV[3], 'status', ARGV[4])
+  if head[3] ~= ARGV[4] then
+    if head[3] == 'queued' or head[3] == 'running' then
+      redis.call('HINCRBY', KEYS[4], head[3], -1)
+    end
+    redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+  end
   if ARGV[7] ~= '0' then
     redis.call('PEXPIRE', KEYS[1], ARGV[7])
     redis.call('PEXPIRE', KEYS[2], ARGV[7])
