@@ -171,11 +171,6 @@ impl RedisBackend {
         });
     }
 
-    /// The configuration this backend runs with.
-    pub fn config(&self) -> &RedisConfig {
-        &self.shared.config
-    }
-
     async fn check_layout(&self) -> Result<(), ConnectError> {
         let url = &self.shared.config.url;
         let unreachable = |source| ConnectError::Unreachable {

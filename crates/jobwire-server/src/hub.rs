@@ -88,7 +88,6 @@ impl Outbox {
 #[derive(Debug, Default)]
 pub struct Hub {
     watchers: RwLock<HashMap<JobId, Vec<Arc<Outbox>>>>,
-    slow_consumers: AtomicU64,
 }
 
 impl Hub {
@@ -121,9 +120,9 @@ impl Hub {
             };
             let frame = Arc::new(Frame::of(record));
             for outbox in list {
-                if !outbox.offer(Delivery::Event(Arc::clone(&frame))) {
-                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                }
+                // A full outbox marks its connection slow; it counts itself
+                // when it closes.
+                outbox.offer(Delivery::Event(Arc::clone(&frame)));
             }
         }
     }
@@ -137,11 +136,6 @@ impl Hub {
                 outbox.offer(Delivery::Recheck);
             }
         }
-    }
-
-    /// Connections closed for being too slow, since start.
-    pub fn slow_consumers(&self) -> u64 {
-        self.slow_consumers.load(Ordering::Relaxed)
     }
 
     /// Jobs with at least one watcher here.

@@ -156,16 +156,6 @@ impl Session {
         self.hub.unwatch(job, self.outbox.id);
     }
 
-    /// Number of jobs subscribed.
-    pub fn len(&self) -> usize {
-        self.subs.len()
-    }
-
-    /// Whether nothing is subscribed.
-    pub fn is_empty(&self) -> bool {
-        self.subs.is_empty()
-    }
-
     /// Handles one delivery from the Hub.
     ///
     /// # Errors

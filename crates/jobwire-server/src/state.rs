@@ -168,11 +168,6 @@ impl Connections {
         })
     }
 
-    /// Open connections on this instance.
-    pub fn total(&self) -> usize {
-        self.lock().0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<String, usize>)> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
