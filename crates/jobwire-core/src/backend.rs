@@ -338,6 +338,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Acknowledges (and removes) a queue entry.
     async fn ack(&self, entry: &str) -> Result<()>;
 
+    /// Puts an entry leased to `consumer` back at the end of the queue, for
+    /// any worker to take at once (this worker is shutting down). `false` when
+    /// the entry is no longer `consumer`'s.
+    async fn release(&self, consumer: &str, entry: &str) -> Result<bool>;
+
     /// Takes over entries idle for at least `min_idle` (their worker died):
     /// each job gets `job_retrying` and a new attempt, or is dead-lettered
     /// (`job_failed`, entry acked) once `max_attempts` attempts were made.

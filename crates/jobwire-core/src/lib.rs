@@ -5,6 +5,7 @@
 //!
 //! - [`ids`]: parsed newtypes for job ids, event ids, epochs, timestamps.
 //! - [`job`]: the job state snapshot and its status transitions.
+//! - [`kinds`]: parameters of the built-in job kinds.
 //! - [`event`]: event types, published events and logged events (wire shape).
 //! - [`reducer`]: the pure `apply(state, event) -> state`.
 //! - [`publish`]: fencing, dedupe and enrichment of a publish, shared by backends.
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod event;
 pub mod ids;
 pub mod job;
+pub mod kinds;
 pub mod memory;
 pub mod publish;
 pub mod reducer;

@@ -173,6 +173,7 @@ pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), R
             } else if let Some(pct) = opt_f64(data, "progress")? {
                 next.progress = clamp_percent(pct);
             }
+            set_opt_u64(&mut next.total_files, data, "total_files")?;
             set_opt_string(&mut next.message, data, "message")?;
         }
         EventType::JobCompleted => {

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, JobCounts, ListQuery,
-    LiveBatch, Reclaimed, ResyncReason, TailFrom,
+    LiveBatch, QueueStats, Reclaimed, ResyncReason, TailFrom,
 };
 use crate::event::{Event, EventRecord, EventType, NewEvent};
 use crate::ids::{Epoch, EventId, JobId};
@@ -59,6 +59,7 @@ macro_rules! backend_conformance_tests {
             claim_waits_for_an_enqueue,
             unacked_claim_is_reclaimed_with_a_new_attempt,
             renewed_lease_is_not_reclaimed,
+            released_entry_goes_to_the_next_claim,
             dead_letter_after_max_attempts,
             finished_jobs_expire_after_retention,
             live_tail_sees_every_event_in_order,
@@ -608,6 +609,50 @@ pub async fn renewed_lease_is_not_reclaimed(f: &dyn BackendFactory) -> Result<()
     ensure!(
         b.reclaim_idle("w2", idle, 3, 10).await?.is_empty(),
         "a renewed lease was reclaimed"
+    );
+    Ok(())
+}
+
+/// A released entry is delivered again at once; only its holder may release it.
+pub async fn released_entry_goes_to_the_next_claim(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    let claim = b
+        .claim("w1", 1, Duration::from_millis(100))
+        .await?
+        .pop()
+        .context("no claim")?;
+    ensure!(
+        !b.release("w2", &claim.entry).await?,
+        "another consumer released w1's entry"
+    );
+    ensure!(b.release("w1", &claim.entry).await?, "release refused");
+    ensure!(
+        !b.release("w1", &claim.entry).await?,
+        "an entry was released twice"
+    );
+    let again = b.claim("w2", 5, Duration::from_millis(500)).await?;
+    ensure!(again.len() == 1, "{again:?}");
+    ensure!(
+        again[0].job_id == job.id && again[0].kind == "demo",
+        "{again:?}"
+    );
+    ensure!(
+        b.queue_stats().await?
+            == QueueStats {
+                waiting: 0,
+                pending: 1
+            },
+        "{:?}",
+        b.queue_stats().await?
+    );
+    b.ack(&again[0].entry).await?;
+    ensure!(
+        b.queue_stats().await? == QueueStats::default(),
+        "the released entry left a copy"
     );
     Ok(())
 }

@@ -298,6 +298,10 @@ impl Backend for RedisBackend {
         self.ack_entry(entry).await
     }
 
+    async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
+        self.release_entry(consumer, entry).await
+    }
+
     async fn reclaim_idle(
         &self,
         consumer: &str,

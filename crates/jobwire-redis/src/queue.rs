@@ -110,6 +110,19 @@ impl RedisBackend {
         Ok(renewed == 1)
     }
 
+    pub(crate) async fn release_entry(&self, consumer: &str, entry: &str) -> Result<bool> {
+        let mut conn = self.shared.conns.command();
+        let released: i64 = scripts::RELEASE
+            .key(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(entry)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        Ok(released == 1)
+    }
+
     pub(crate) async fn ack_entry(&self, entry: &str) -> Result<()> {
         let queue = self.shared.keys.queue();
         let mut conn = self.shared.conns.command();

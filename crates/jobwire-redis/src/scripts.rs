@@ -19,3 +19,5 @@ pub(crate) static DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/delete.lua")));
 pub(crate) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
+pub(crate) static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/release.lua")));

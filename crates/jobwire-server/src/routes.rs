@@ -98,39 +98,8 @@ pub async fn create_job(
 
 /// Validates the parameters of the built-in kinds (SPEC §3).
 fn check_params(kind: &str, params: &Value) -> Result<(), ApiError> {
-    let bad = |m: &str| Err(ApiError::unprocessable(format!("{kind}: {m}")));
-    let int = |key: &str| params.get(key).filter(|v| !v.is_null());
-    match kind {
-        "scan" => {
-            match params.get("path") {
-                Some(Value::String(p)) if !p.is_empty() => {}
-                _ => return bad("params.path (a directory) is required"),
-            }
-            if let Some(glob) = params.get("glob").filter(|v| !v.is_null()) {
-                if !glob.is_string() {
-                    return bad("params.glob must be a string");
-                }
-            }
-        }
-        "demo" => {
-            match int("steps").map(Value::as_u64) {
-                None => {}
-                Some(Some(1..=1_000_000)) => {}
-                Some(_) => return bad("params.steps must be an integer from 1 to 1000000"),
-            }
-            match int("delay_ms").map(Value::as_u64) {
-                None | Some(Some(0..=60_000)) => {}
-                Some(_) => return bad("params.delay_ms must be an integer from 0 to 60000"),
-            }
-            if let Some(v) = int("fail_at") {
-                if v.as_u64().is_none() {
-                    return bad("params.fail_at must be a non-negative integer");
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    jobwire_core::kinds::check_params(kind, params)
+        .map_err(|m| ApiError::unprocessable(format!("{kind}: {m}")))
 }
 
 #[derive(Debug, Deserialize)]

@@ -405,6 +405,14 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
+        let released = self.index().queue.release(consumer, entry);
+        if released {
+            self.shared.queue_ready.notify_waiters();
+        }
+        Ok(released)
+    }
+
     async fn reclaim_idle(
         &self,
         consumer: &str,

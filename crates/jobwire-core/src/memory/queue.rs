@@ -92,6 +92,21 @@ impl Queue {
         }
     }
 
+    /// Moves an entry leased to `consumer` back to the end of the waiting line.
+    pub(super) fn release(&mut self, consumer: &str, entry: &str) -> bool {
+        let Ok(id) = entry.parse::<u64>() else {
+            return false;
+        };
+        match self.pending.get(&id) {
+            Some(lease) if lease.consumer == consumer => {}
+            _ => return false,
+        }
+        if let Some(lease) = self.pending.remove(&id) {
+            self.waiting.push_back(lease.entry);
+        }
+        true
+    }
+
     /// Moves up to `max` leases idle for `min_idle` to `consumer`.
     pub(super) fn take_idle(
         &mut self,
