@@ -1,0 +1,18 @@
+//! The built-in job kinds (SPEC §3): `scan` and `demo`.
+
+mod demo;
+mod scan;
+
+pub use demo::Demo;
+pub use scan::Scan;
+
+use crate::runtime::WorkerBuilder;
+
+impl WorkerBuilder {
+    /// Registers the built-in kinds: `demo`, and `scan` limited to paths
+    /// under `scan_root` when one is given.
+    pub fn builtin(self, scan_root: Option<std::path::PathBuf>) -> WorkerBuilder {
+        self.handler(jobwire_core::kinds::DemoParams::KIND, Demo)
+            .handler(jobwire_core::kinds::ScanParams::KIND, Scan::new(scan_root))
+    }
+}

@@ -1,0 +1,484 @@
+//! The worker: claims jobs from the queue, runs up to `concurrency` of them
+//! at once, reaps jobs of workers that died, and shuts down gracefully.
+//!
+//! A semaphore of `concurrency` permits bounds the jobs running at once. One
+//! loop takes work for the free permits:
+//! - every half visibility timeout it **reaps**: it takes over entries idle
+//!   past the visibility timeout (their worker stopped renewing its lease:
+//!   it died or hangs), which publishes `job_retrying` and bumps the attempt
+//!   — fencing the old worker — or dead-letters the job after
+//!   `max_attempts`;
+//! - otherwise it **claims** new queue entries, waiting up to a second for
+//!   the first.
+//!
+//! Each job renews its lease every third of the visibility timeout while it
+//! runs (see `execute`).
+//!
+//! Shutdown: on the caller's token the worker stops claiming and lets its
+//! jobs finish for up to `shutdown_timeout`. Jobs still running then are
+//! stopped and *released*: `job_retrying` is published and the entry goes
+//! back to the queue, where another worker takes it at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobwire_core::{Backend, Reclaimed};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::execute;
+use crate::handler::Handler;
+use crate::reporter::DEFAULT_BUFFER;
+
+/// How long one claim waits for a queue entry; also bounds how late the
+/// claimer notices a shutdown.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// After stopping its jobs at the shutdown deadline, how long the worker
+/// waits for them to publish their release before it gives up on them
+/// (their entries are then reclaimed by other workers' reapers).
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
+
+/// How a worker runs. Every field has a flag and environment twin in the
+/// `jobwire worker` command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerConfig {
+    /// The consumer name in the queue's consumer group; unique per process.
+    pub consumer: String,
+    /// Jobs run at once (`JOBWIRE_WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// A job whose lease was not renewed for this long is taken over by
+    /// another worker (`JOBWIRE_VISIBILITY_TIMEOUT`).
+    pub visibility_timeout: Duration,
+    /// Attempts before a job whose workers keep dying is failed
+    /// (`JOBWIRE_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// How long running jobs may take to finish after a shutdown request
+    /// before they are released back to the queue.
+    pub shutdown_timeout: Duration,
+    /// Events a job may buffer while the store is unreachable before its
+    /// report calls wait.
+    pub report_buffer: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            consumer: default_consumer(),
+            concurrency: 4,
+            visibility_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            shutdown_timeout: Duration::from_secs(30),
+            report_buffer: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// `worker-<pid>-<random>`: unique per process, so that a restarted worker
+/// does not inherit (and stall on) the entries its previous life held.
+pub fn default_consumer() -> String {
+    format!("worker-{}-{:04x}", std::process::id(), rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    // A clock-seeded value is enough to tell processes with reused pids apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    (nanos ^ (nanos >> 16)) as u16
+}
+
+/// Why a worker cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("concurrency must be at least 1")]
+    Concurrency,
+    #[error("the visibility timeout must be at least 1s (got {0:?})")]
+    VisibilityTimeout(Duration),
+    #[error("max attempts must be at least 1")]
+    MaxAttempts,
+    #[error("no handlers are registered")]
+    NoHandlers,
+    #[error("invalid consumer name {0:?}: use 1-128 printable characters without spaces")]
+    Consumer(String),
+}
+
+/// Builds a [`Worker`].
+pub struct WorkerBuilder {
+    backend: Arc<dyn Backend>,
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("config", &self.config)
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Runs jobs of `kind` with `handler` (replacing an earlier one).
+    pub fn handler(mut self, kind: impl Into<String>, handler: impl Handler) -> WorkerBuilder {
+        self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    pub fn config(mut self, config: WorkerConfig) -> WorkerBuilder {
+        self.config = config;
+        self
+    }
+
+    /// # Errors
+    /// A [`ConfigError`] for settings the worker cannot run with.
+    pub fn build(self) -> Result<Worker, ConfigError> {
+        let c = &self.config;
+        if c.concurrency == 0 {
+            return Err(ConfigError::Concurrency);
+        }
+        if c.visibility_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::VisibilityTimeout(c.visibility_timeout));
+        }
+        if c.max_attempts == 0 {
+            return Err(ConfigError::MaxAttempts);
+        }
+        if self.handlers.is_empty() {
+            return Err(ConfigError::NoHandlers);
+        }
+        let name_ok = (1..=128).contains(&c.consumer.len())
+            && c.consumer.chars().all(|ch| ch.is_ascii_graphic());
+        if !name_ok {
+            return Err(ConfigError::Consumer(c.consumer.clone()));
+        }
+        Ok(Worker {
+            shared: Arc::new(WorkerShared {
+                permits: Arc::new(Semaphore::new(self.config.concurrency)),
+                backend: self.backend,
+                config: self.config,
+                handlers: self.handlers,
+                stats: WorkerStats::default(),
+                release: CancellationToken::new(),
+                give_up: CancellationToken::new(),
+                jobs: TaskTracker::new(),
+            }),
+        })
+    }
+}
+
+/// A job worker. See the module docs.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<WorkerShared>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.shared.config.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the worker's tasks share.
+pub(crate) struct WorkerShared {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) config: WorkerConfig,
+    pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
+    pub(crate) stats: WorkerStats,
+    permits: Arc<Semaphore>,
+    /// Fired at the shutdown deadline: running jobs stop and are released.
+    pub(crate) release: CancellationToken,
+    /// Fired when the worker stops waiting for its jobs: their retries of
+    /// an unreachable store end.
+    pub(crate) give_up: CancellationToken,
+    jobs: TaskTracker,
+}
+
+impl Worker {
+    /// A worker on `backend`, with no handlers yet.
+    pub fn builder(backend: Arc<dyn Backend>) -> WorkerBuilder {
+        WorkerBuilder {
+            backend,
+            config: WorkerConfig::default(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
+    /// Counters of what this worker did.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.shared.stats
+    }
+
+    /// The kinds this worker runs, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.shared.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// Runs until `shutdown` fires, then shuts down gracefully (see the
+    /// module docs). Store outages are waited out, never fatal.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let shared = &self.shared;
+        tracing::info!(consumer = %shared.config.consumer, concurrency = shared.config.concurrency,
+            kinds = ?self.kinds(), "worker started");
+        take_jobs(Arc::clone(shared), shutdown).await;
+
+        shared.jobs.close();
+        let running = shared.jobs.len();
+        if running > 0 {
+            tracing::info!(running, timeout = ?shared.config.shutdown_timeout,
+                "shutting down: waiting for running jobs");
+        }
+        if tokio::time::timeout(shared.config.shutdown_timeout, shared.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = shared.jobs.len(),
+                "shutdown timeout: releasing running jobs to the queue"
+            );
+            shared.release.cancel();
+            if tokio::time::timeout(RELEASE_GRACE, shared.jobs.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(running = shared.jobs.len(),
+                    "jobs could not be released; other workers will reclaim them after the visibility timeout");
+                shared.give_up.cancel();
+                shared.jobs.wait().await;
+            }
+        }
+        tracing::info!(stats = ?shared.stats.snapshot(), "worker stopped");
+    }
+}
+
+/// Takes entries while there are free permits, until shutdown: reclaims
+/// abandoned ones when a reap is due, then claims new ones. One loop does
+/// both so that neither starves the other of permits.
+async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
+    let vt = shared.config.visibility_timeout;
+    let reap_every = (vt / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
+    let mut next_reap = tokio::time::Instant::now();
+    let (mut claim_backoff, mut reap_backoff) = (Backoff::default(), Backoff::default());
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return, // the semaphore is never closed
+            },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&shared.permits).try_acquire_owned() {
+            permits.push(p);
+        }
+        if tokio::time::Instant::now() >= next_reap {
+            next_reap = tokio::time::Instant::now() + reap_every;
+            reap(&shared, &mut permits, &mut reap_backoff).await;
+            if permits.is_empty() {
+                continue;
+            }
+        }
+        let claims = match shared
+            .backend
+            .claim(&shared.config.consumer, permits.len(), CLAIM_WAIT)
+            .await
+        {
+            Ok(claims) => {
+                claim_backoff.reset();
+                claims
+            }
+            Err(e) => {
+                claim_backoff.failed("claim jobs", &e);
+                drop(permits);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = claim_backoff.wait() => continue,
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            // Claimed while shutting down: hand them straight back.
+            for claim in claims {
+                if let Err(e) = shared
+                    .backend
+                    .release(&shared.config.consumer, &claim.entry)
+                    .await
+                {
+                    tracing::warn!(job = %claim.job_id, error = %e, "cannot release a job claimed during shutdown; it will be reclaimed");
+                }
+            }
+            return;
+        }
+        for (claim, permit) in claims.into_iter().zip(permits.drain(..)) {
+            shared.stats.claimed.fetch_add(1, Ordering::Relaxed);
+            spawn_job(&shared, claim, permit);
+        }
+    }
+}
+
+fn spawn_job(shared: &Arc<WorkerShared>, claim: jobwire_core::Claim, permit: OwnedSemaphorePermit) {
+    let shared_job = Arc::clone(shared);
+    shared.jobs.spawn(async move {
+        execute::run(&shared_job, claim).await;
+        drop(permit);
+    });
+}
+
+/// Takes over up to `permits.len()` jobs whose workers stopped renewing
+/// their leases, and starts them with those permits: a taken entry is this
+/// worker's to run.
+async fn reap(
+    shared: &Arc<WorkerShared>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    backoff: &mut Backoff,
+) {
+    let reclaimed = match shared
+        .backend
+        .reclaim_idle(
+            &shared.config.consumer,
+            shared.config.visibility_timeout,
+            shared.config.max_attempts,
+            permits.len(),
+        )
+        .await
+    {
+        Ok(r) => {
+            backoff.reset();
+            r
+        }
+        Err(e) => {
+            backoff.failed("reclaim abandoned jobs", &e);
+            return;
+        }
+    };
+    for outcome in reclaimed {
+        match outcome {
+            Reclaimed::Retry { claim, attempt } => {
+                tracing::info!(job = %claim.job_id, attempt, "took over a job whose worker stopped responding");
+                shared.stats.reclaimed.fetch_add(1, Ordering::Relaxed);
+                let Some(permit) = permits.pop() else { break };
+                spawn_job(shared, claim, permit);
+            }
+            Reclaimed::DeadLettered { job_id, attempts } => {
+                tracing::warn!(job = %job_id, attempts, "job failed: its workers kept stopping (dead letter)");
+                shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Reclaimed::Dropped { job_id } => {
+                tracing::debug!(job = %job_id, "dropped the queue entry of a finished or deleted job");
+            }
+        }
+    }
+}
+
+/// Exponential backoff with a log line at the first failure and then at
+/// every doubling, so an outage is visible but does not flood the log.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    delay: Duration,
+    failures: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: Duration::from_millis(100),
+            failures: 0,
+        }
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub(crate) fn failed(&mut self, what: &str, error: &dyn fmt::Display) {
+        self.failures += 1;
+        if self.failures == 1 || self.failures.is_power_of_two() {
+            tracing::warn!(failures = self.failures, %error, "cannot {what}; retrying");
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "the store is reachable again");
+        }
+        *self = Backoff::default();
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+}
+
+/// What a worker did, counted since it started.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Queue entries taken by the claimer.
+    pub claimed: AtomicU64,
+    /// Jobs taken over from workers that stopped responding.
+    pub reclaimed: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+    /// Jobs stopped because another worker took them over (this worker was
+    /// a zombie) or they were deleted.
+    pub lost: AtomicU64,
+    /// Jobs handed back to the queue at shutdown.
+    pub released: AtomicU64,
+    /// Jobs failed by this worker's reaper after too many attempts.
+    pub dead_lettered: AtomicU64,
+    /// Events published by this worker's jobs (lifecycle events included).
+    pub events: AtomicU64,
+}
+
+/// A copy of [`WorkerStats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub claimed: u64,
+    pub reclaimed: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub lost: u64,
+    pub released: u64,
+    pub dead_lettered: u64,
+    pub events: u64,
+}
+
+impl WorkerStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            claimed: get(&self.claimed),
+            reclaimed: get(&self.reclaimed),
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            cancelled: get(&self.cancelled),
+            lost: get(&self.lost),
+            released: get(&self.released),
+            dead_lettered: get(&self.dead_lettered),
+            events: get(&self.events),
+        }
+    }
+
+    /// Jobs this worker brought to an end (completed, failed or cancelled).
+    pub fn finished(&self) -> u64 {
+        let s = self.snapshot();
+        s.completed + s.failed + s.cancelled
+    }
+}
