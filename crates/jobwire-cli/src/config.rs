@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use jobwire_core::BackendConfig;
+use jobwire_redis::RedisConfig;
 use jobwire_server::{mint_token, AuthConfig, Scope, ServerConfig};
+use jobwire_worker::runtime::default_consumer;
+use jobwire_worker::WorkerConfig;
 
 use crate::Failure;
 
@@ -25,28 +28,13 @@ pub(crate) enum AuthMode {
     Disabled,
 }
 
-/// Settings shared by `serve` and `dev`.
+/// Where jobs are kept, and the limits every process writing them must
+/// agree on (`serve`, `dev` and `worker`).
 #[derive(Debug, Args)]
-pub(crate) struct ServerFlags {
-    /// Address to listen on.
-    #[arg(long, env = "JOBWIRE_BIND", default_value = "127.0.0.1:8080")]
-    pub(crate) bind: SocketAddr,
+pub(crate) struct StoreFlags {
     /// Redis URL (redis:// or rediss://).
     #[arg(long, env = "REDIS_URL")]
     pub(crate) redis_url: Option<String>,
-    /// HS256 secret for JWTs (at least 16 bytes).
-    #[arg(long, env = "JOBWIRE_JWT_SECRET", hide_env_values = true)]
-    pub(crate) jwt_secret: Option<String>,
-    /// Path to an RS256 or ES256 public key (PEM) for JWTs.
-    #[arg(long, env = "JOBWIRE_JWT_PUBLIC_KEY")]
-    pub(crate) jwt_public_key: Option<PathBuf>,
-    /// `disabled` accepts every request as an admin (local use only).
-    #[arg(long, env = "JOBWIRE_AUTH", value_enum, default_value = "enabled")]
-    pub(crate) auth: AuthMode,
-    /// Origins allowed to open browser sockets (comma-separated; `*` for any).
-    /// Default: same origin only.
-    #[arg(long, env = "JOBWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub(crate) allowed_origins: Vec<String>,
     /// Events kept per job.
     #[arg(long, env = "JOBWIRE_STREAM_MAXLEN", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
@@ -65,6 +53,50 @@ pub(crate) struct ServerFlags {
     /// Prefix of every Redis key.
     #[arg(long, env = "JOBWIRE_KEY_PREFIX", default_value = "jobwire")]
     pub(crate) key_prefix: String,
+}
+
+impl StoreFlags {
+    pub(crate) fn backend_config(&self) -> BackendConfig {
+        BackendConfig {
+            stream_maxlen: self.stream_maxlen as usize,
+            retention: self.retention,
+            partitions: self.partitions,
+            ..BackendConfig::default()
+        }
+    }
+
+    /// The Redis settings; call only when `redis_url` is set.
+    pub(crate) fn redis_config(&self) -> RedisConfig {
+        RedisConfig {
+            pool_size: usize::from(self.redis_pool_size),
+            key_prefix: self.key_prefix.clone(),
+            backend: self.backend_config(),
+            ..RedisConfig::new(self.redis_url.clone().unwrap_or_default())
+        }
+    }
+}
+
+/// Settings shared by `serve` and `dev`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerFlags {
+    /// Address to listen on.
+    #[arg(long, env = "JOBWIRE_BIND", default_value = "127.0.0.1:8080")]
+    pub(crate) bind: SocketAddr,
+    #[command(flatten)]
+    pub(crate) store: StoreFlags,
+    /// HS256 secret for JWTs (at least 16 bytes).
+    #[arg(long, env = "JOBWIRE_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+    /// Path to an RS256 or ES256 public key (PEM) for JWTs.
+    #[arg(long, env = "JOBWIRE_JWT_PUBLIC_KEY")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// `disabled` accepts every request as an admin (local use only).
+    #[arg(long, env = "JOBWIRE_AUTH", value_enum, default_value = "enabled")]
+    pub(crate) auth: AuthMode,
+    /// Origins allowed to open browser sockets (comma-separated; `*` for any).
+    /// Default: same origin only.
+    #[arg(long, env = "JOBWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub(crate) allowed_origins: Vec<String>,
     /// Open WebSocket and SSE connections per instance.
     #[arg(long, env = "JOBWIRE_MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -82,16 +114,69 @@ pub(crate) struct ServerFlags {
     pub(crate) log_format: LogFormat,
 }
 
-impl ServerFlags {
-    pub(crate) fn backend_config(&self) -> BackendConfig {
-        BackendConfig {
-            stream_maxlen: self.stream_maxlen as usize,
-            retention: self.retention,
-            partitions: self.partitions,
-            ..BackendConfig::default()
+/// How a worker runs jobs (`worker`, and the in-process workers of `dev`).
+#[derive(Debug, Args)]
+pub(crate) struct WorkerFlags {
+    /// Jobs run at once.
+    #[arg(long, env = "JOBWIRE_WORKER_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) concurrency: u32,
+    /// A job whose worker has not renewed its lease for this long is retried
+    /// by another worker (at least 1s).
+    #[arg(long, env = "JOBWIRE_VISIBILITY_TIMEOUT", default_value = "30s",
+          value_parser = parse_visibility_timeout)]
+    pub(crate) visibility_timeout: Duration,
+    /// Attempts before a job whose workers keep dying is failed (dead letter).
+    #[arg(long, env = "JOBWIRE_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) max_attempts: u32,
+    /// On SIGTERM, how long running jobs may take to finish before they are
+    /// handed back to the queue.
+    #[arg(long, env = "JOBWIRE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) shutdown_timeout: Duration,
+    /// This worker's name in the queue's consumer group (default:
+    /// worker-<pid>-<random>; must be unique per running worker).
+    #[arg(long, env = "JOBWIRE_WORKER_NAME")]
+    pub(crate) name: Option<String>,
+    /// Only directories under this one may be scanned by `scan` jobs
+    /// (relative job paths resolve against it). Default: any path.
+    #[arg(long, env = "JOBWIRE_SCAN_ROOT")]
+    pub(crate) scan_root: Option<PathBuf>,
+}
+
+impl WorkerFlags {
+    pub(crate) fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            consumer: self.name.clone().unwrap_or_else(default_consumer),
+            concurrency: self.concurrency as usize,
+            visibility_timeout: self.visibility_timeout,
+            max_attempts: self.max_attempts,
+            shutdown_timeout: self.shutdown_timeout,
+            ..WorkerConfig::default()
         }
     }
+}
 
+fn parse_visibility_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreFlags,
+    #[command(flatten)]
+    pub(crate) worker: WorkerFlags,
+    /// Log format.
+    #[arg(long, env = "JOBWIRE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+}
+
+impl ServerFlags {
     pub(crate) fn server_config(&self) -> ServerConfig {
         ServerConfig {
             allowed_origins: self.allowed_origins.clone(),
@@ -133,6 +218,8 @@ pub(crate) struct ServeArgs {
 pub(crate) struct DevArgs {
     #[command(flatten)]
     pub(crate) flags: ServerFlags,
+    #[command(flatten)]
+    pub(crate) worker: WorkerFlags,
 }
 
 #[derive(Debug, Args)]

@@ -6,11 +6,14 @@
 
 mod config;
 mod serve;
+mod store;
 mod telemetry;
+mod worker;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// The hot paths allocate many small strings and maps; mimalloc makes that
 /// markedly cheaper than glibc's malloc (docs/benchmarks.md).
@@ -31,11 +34,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything in one process for local use: the API server, in memory
-    /// unless REDIS_URL is set. Prints the URLs and a ready dev token.
+    /// Everything in one process for local use: the API server and workers,
+    /// in memory unless REDIS_URL is set. Prints the URLs and a ready dev token.
     Dev(config::DevArgs),
     /// The API server: REST, WebSocket, SSE, /metrics, /healthz, /readyz.
     Serve(config::ServeArgs),
+    /// A job worker: takes jobs from the Redis queue, runs them, publishes
+    /// their progress. Run as many as you like.
+    Worker(config::WorkerArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => serve::dev(args).await,
             Command::Serve(args) => serve::serve(args).await,
+            Command::Worker(args) => worker::worker(args).await,
             Command::Token(args) => config::token(args),
         }
     });
@@ -85,4 +92,30 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupted: shutting down"),
+            () = term => tracing::info!("terminated: shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
 }

@@ -1,4 +1,4 @@
-//! `jobwire serve` and `jobwire dev`.
+//! `jobwire serve` and `jobwire dev` (the server plus in-process workers).
 //!
 //! `serve` binds first and answers `/healthz` (200) and everything else with
 //! 503 while it waits for Redis, retrying with backoff instead of exiting.
@@ -13,20 +13,19 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use jobwire_core::{Backend, MemoryBackend};
-use jobwire_redis::{ConnectError, RedisBackend, RedisConfig};
 use jobwire_server::{mint_token, AppState, Auth, AuthConfig, Scope};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DevArgs, ServeArgs, ServerFlags};
-use crate::{telemetry, Failure};
+use crate::{shutdown_on_signal, store, telemetry, worker, Failure};
 
 /// `jobwire serve`.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let flags = args.flags;
     telemetry::init(flags.log_format);
     let auth = build_auth(&flags.auth_config()?)?;
-    if !args.memory && flags.redis_url.is_none() {
+    if !args.memory && flags.store.redis_url.is_none() {
         return Err(Failure::Usage(anyhow!(
             "REDIS_URL is required (or --memory / JOBWIRE_MEMORY=true for a single-node server)"
         )));
@@ -34,7 +33,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let listener = bind(&flags).await?;
     let shutdown = shutdown_on_signal();
     let backend: Arc<dyn Backend> = if args.memory {
-        Arc::new(MemoryBackend::new(flags.backend_config()))
+        Arc::new(MemoryBackend::new(flags.store.backend_config()))
     } else {
         match connect_while_waiting(&flags, &listener, &shutdown).await? {
             Some(backend) => backend,
@@ -55,6 +54,7 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     flags.jwt_secret = Some(secret.clone());
     let auth = build_auth(&flags.auth_config()?)?;
+    worker::check(&args.worker)?;
     let token = mint_token(
         &secret,
         "dev",
@@ -64,20 +64,32 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     .map_err(|e| Failure::Runtime(anyhow!("minting the dev token: {e}")))?;
     let listener = bind(&flags).await?;
     let shutdown = shutdown_on_signal();
-    let (backend, store): (Arc<dyn Backend>, String) = match &flags.redis_url {
+    let (backend, store): (Arc<dyn Backend>, String) = match &flags.store.redis_url {
         Some(url) => match connect_while_waiting(&flags, &listener, &shutdown).await? {
             Some(b) => (b, format!("Redis at {url}")),
             None => return Ok(()),
         },
         None => (
-            Arc::new(MemoryBackend::new(flags.backend_config())),
+            Arc::new(MemoryBackend::new(flags.store.backend_config())),
             "in memory (set REDIS_URL to use Redis)".to_owned(),
         ),
     };
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Runtime(anyhow!("reading the bound address: {e}")))?;
+    let mut worker_flags = args.worker;
+    if flags.store.redis_url.is_none() {
+        // Jobs in memory end with the process: waiting for them on Ctrl-C
+        // would only delay the exit.
+        worker_flags.shutdown_timeout = worker_flags.shutdown_timeout.min(Duration::from_secs(1));
+    }
+    let workers = worker::build(Arc::clone(&backend), &worker_flags)?;
     println!("jobwire dev is running, jobs kept {store}");
+    println!(
+        "  Workers:  {} jobs at once in this process (kinds: {})",
+        workers.config().concurrency,
+        workers.kinds().join(", ")
+    );
     println!();
     println!("  API:      http://{addr}/api/jobs");
     println!(
@@ -92,7 +104,15 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     println!("      -d '{{\"kind\":\"demo\",\"params\":{{\"steps\":50}}}}' http://{addr}/api/jobs");
     println!();
     println!("  Press Ctrl-C to stop.");
-    run(listener, backend, auth, &flags, shutdown).await
+    let working = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { workers.run(shutdown).await }
+    });
+    let served = run(listener, backend, auth, &flags, shutdown).await;
+    if let Err(e) = working.await {
+        tracing::error!(error = %e, "the workers crashed");
+    }
+    served
 }
 
 async fn run(
@@ -138,32 +158,9 @@ async fn connect_while_waiting(
     listener: &TcpListener,
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<dyn Backend>>, Failure> {
-    let url = flags.redis_url.clone().unwrap_or_default();
-    let config = RedisConfig {
-        pool_size: usize::from(flags.redis_pool_size),
-        key_prefix: flags.key_prefix.clone(),
-        backend: flags.backend_config(),
-        ..RedisConfig::new(url.clone())
-    };
     let connected = CancellationToken::new();
     let stand_in = stand_in_server(listener, connected.clone())?;
-    let mut backoff = Duration::from_millis(200);
-    let result = loop {
-        match RedisBackend::connect(config.clone()).await {
-            Ok(backend) => break Ok(Some(Arc::new(backend) as Arc<dyn Backend>)),
-            Err(e @ (ConnectError::Url { .. } | ConnectError::Layout(_))) => {
-                break Err(Failure::Usage(e.into()))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "waiting for Redis");
-                tokio::select! {
-                    () = shutdown.cancelled() => break Ok(None),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let result = store::connect_redis(&flags.store, shutdown).await;
     connected.cancel();
     let _ = stand_in.await;
     result
@@ -194,30 +191,4 @@ fn clone_listener(listener: &TcpListener) -> Result<TcpListener, Failure> {
         TcpListener::from_std(std_listener)
     };
     duplicate().map_err(|e| Failure::Runtime(anyhow!("duplicating the listener: {e}")))
-}
-
-/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let trigger = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("interrupted: shutting down"),
-            () = term => tracing::info!("terminated: shutting down"),
-        }
-        trigger.cancel();
-    });
-    token
 }

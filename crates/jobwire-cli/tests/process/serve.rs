@@ -1,155 +1,20 @@
-//! The `jobwire` binary as a process: configuration errors, waiting for
-//! Redis, SIGTERM, and an instance killed under its clients.
+//! `jobwire serve` (and the command line's configuration errors).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use futures_util::StreamExt;
-use jobwire_core::{Backend, BackendConfig, EventType, NewEvent, NewJob};
-use jobwire_redis::{RedisBackend, RedisConfig};
+use anyhow::{ensure, Context, Result};
+use jobwire_core::{EventType, NewEvent, NewJob};
 use jobwire_testkit::{free_port, Persistence, RedisServer};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "process-test-secret-0123456789";
-
-/// A `jobwire` process, killed on drop.
-struct Jobwire {
-    child: Child,
-    port: u16,
-}
-
-impl Jobwire {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Result<Jobwire> {
-        let port = free_port()?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobwire"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
-            .env("JOBWIRE_JWT_SECRET", SECRET)
-            .env("JOBWIRE_PARTITIONS", "4")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Ok(Jobwire {
-            child: cmd.spawn()?,
-            port,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn status(&self, path: &str) -> Option<u16> {
-        reqwest::get(self.url(path))
-            .await
-            .ok()
-            .map(|r| r.status().as_u16())
-    }
-
-    async fn wait_for(&self, path: &str, status: u16, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.status(path).await == Some(status) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "{path} never answered {status} (last: {:?})",
-            self.status(path).await
-        )
-    }
-
-    fn signal(&self, signal: &str) -> Result<()> {
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()?
-            .success();
-        ensure!(ok, "kill -{signal} failed");
-        Ok(())
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Result<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            ensure!(Instant::now() < deadline, "did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Jobwire {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn token() -> String {
-    jobwire_server::mint_token(
-        SECRET,
-        "alice",
-        &[
-            jobwire_server::Scope::JobsRead,
-            jobwire_server::Scope::JobsWrite,
-        ],
-        Duration::from_secs(600),
-    )
-    .unwrap_or_default()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn watch(port: u16, path: &str) -> Result<Ws> {
-    let mut request = format!("ws://127.0.0.1:{port}{path}").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {}", token()).parse()?);
-    Ok(tokio_tungstenite::connect_async(request).await?.0)
-}
-
-/// Next text message as JSON, or the close code as `Err`.
-async fn next(ws: &mut Ws) -> Result<Result<Value, Option<u16>>> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(Ok(serde_json::from_str(&t)?)),
-            Some(Ok(Message::Close(f))) => return Ok(Err(f.map(|f| u16::from(f.code)))),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Ok(Err(None)),
-        }
-    }
-}
-
-async fn redis_backend(url: &str) -> Result<std::sync::Arc<dyn Backend>> {
-    let config = RedisConfig {
-        backend: BackendConfig {
-            partitions: 4,
-            ..BackendConfig::default()
-        },
-        ..RedisConfig::new(url)
-    };
-    Ok(std::sync::Arc::new(RedisBackend::connect(config).await?))
-}
+use crate::{next, redis_backend, token, watch, Jobwire, SECRET};
 
 #[test]
 fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
     /// Arguments, environment, and a word the error must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 8] = [
         (&["serve"], &[], "REDIS_URL"),
         (
             &["serve", "--memory"],
@@ -162,6 +27,31 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
             "retention",
         ),
         (&["serve"], &[("REDIS_URL", "http://nope")], "REDIS_URL"),
+        (&["worker"], &[], "REDIS_URL"),
+        (
+            &["worker"],
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("JOBWIRE_VISIBILITY_TIMEOUT", "10ms"),
+            ],
+            "visibility-timeout",
+        ),
+        (
+            &["worker"],
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("JOBWIRE_WORKER_CONCURRENCY", "0"),
+            ],
+            "concurrency",
+        ),
+        (
+            &["worker"],
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("JOBWIRE_SCAN_ROOT", "/nonexistent/dir"),
+            ],
+            "JOBWIRE_SCAN_ROOT",
+        ),
     ];
     for (args, env, needle) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobwire"));

@@ -1,0 +1,38 @@
+//! Opening the job store on Redis: retried with backoff while Redis does not
+//! answer (a process started before its Redis waits for it instead of
+//! failing), but a bad URL or a foreign key layout is a configuration error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobwire_core::Backend;
+use jobwire_redis::{ConnectError, RedisBackend};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StoreFlags;
+use crate::Failure;
+
+/// Connects to `REDIS_URL`. `None` when shutdown came first.
+pub(crate) async fn connect_redis(
+    store: &StoreFlags,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<dyn Backend>>, Failure> {
+    let config = store.redis_config();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match RedisBackend::connect(config.clone()).await {
+            Ok(backend) => return Ok(Some(Arc::new(backend))),
+            Err(e @ (ConnectError::Url { .. } | ConnectError::Layout(_))) => {
+                return Err(Failure::Usage(e.into()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "waiting for Redis");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! `jobwire worker` as a process: killed with SIGKILL mid-job (another
+//! worker retries the job), and stopped with SIGTERM (it hands its job back
+//! and exits 0).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use jobwire_core::{
+    Backend, Event, EventId, EventType, EventsAfter, JobId, JobState, JobStatus, NewJob, QueueStats,
+};
+use jobwire_testkit::RedisServer;
+use serde_json::json;
+
+use crate::{redis_backend, Jobwire};
+
+fn start_worker(redis: &RedisServer, name: &str, extra: &[(&str, &str)]) -> Result<Jobwire> {
+    let mut env = vec![
+        ("REDIS_URL", redis.url()),
+        ("JOBWIRE_WORKER_NAME", name.to_owned()),
+        ("JOBWIRE_VISIBILITY_TIMEOUT", "2s".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Jobwire::start(&["worker"], &env)
+}
+
+async fn wait_until(
+    backend: &dyn Backend,
+    job: &JobId,
+    within: Duration,
+    done: impl Fn(&JobState) -> bool,
+) -> Result<JobState> {
+    let deadline = Instant::now() + within;
+    loop {
+        let state = backend.job(job).await?;
+        if done(&state) {
+            return Ok(state);
+        }
+        if Instant::now() > deadline {
+            bail!("job never got there: {state:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn log(backend: &dyn Backend, job: &JobId) -> Result<Vec<Event>> {
+    let EventsAfter::Events(records) = backend
+        .events_after(job, EventId::ZERO, None, 100_000)
+        .await?
+    else {
+        bail!("log trimmed");
+    };
+    let events: Vec<Event> = records
+        .iter()
+        .map(|r| r.parse())
+        .collect::<Result<_, _>>()?;
+    for (i, e) in events.iter().enumerate() {
+        ensure!(e.id.0 == i as u64 + 1, "ids not consecutive: {events:#?}");
+    }
+    Ok(events)
+}
+
+/// `kill -9` a worker mid-job: after the visibility timeout another worker
+/// takes the job over with `job_retrying`, and finishes it; ids stay
+/// consecutive and nothing of the dead attempt follows the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_is_retried_by_another() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let mut first = start_worker(&redis, "first", &[])?;
+    let job = backend
+        .create_job(NewJob::new(
+            "demo",
+            json!({"steps": 40, "delay_ms": 50}),
+            "alice",
+        ))
+        .await?;
+    wait_until(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+        s.progress >= 10.0
+    })
+    .await?;
+    first.signal("KILL")?;
+    first.wait_exit(Duration::from_secs(5))?;
+    let progress_at_death = backend.job(&job.id).await?.progress;
+
+    let _second = start_worker(&redis, "second", &[])?;
+    let state = wait_until(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
+        s.status.is_terminal()
+    })
+    .await?;
+    ensure!(
+        state.status == JobStatus::Completed && state.attempt == 2,
+        "{state:?}"
+    );
+
+    let events = log(backend.as_ref(), &job.id).await?;
+    let retry = events
+        .iter()
+        .position(|e| e.kind == EventType::JobRetrying)
+        .context("no job_retrying")?;
+    let started: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == EventType::JobStarted)
+        .map(|e| e.data["worker"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(started == ["first", "second"], "{started:?}");
+    ensure!(
+        events[retry..]
+            .iter()
+            .all(|e| e.data["attempt"] == json!(2)),
+        "the dead attempt published after the retry: {events:#?}"
+    );
+    let completed = events
+        .iter()
+        .filter(|e| e.kind == EventType::JobCompleted)
+        .count();
+    ensure!(completed == 1, "{events:#?}");
+    ensure!(
+        progress_at_death < 100.0,
+        "the first worker finished before it was killed"
+    );
+    ensure!(
+        backend.queue_stats().await? == QueueStats::default(),
+        "entries left behind"
+    );
+    Ok(())
+}
+
+/// SIGTERM: the worker waits for its job up to the shutdown timeout, then
+/// hands it back to the queue (`job_retrying`) and exits 0; the next worker
+/// runs it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let mut leaving = start_worker(&redis, "leaving", &[("JOBWIRE_SHUTDOWN_TIMEOUT", "500ms")])?;
+    let job = backend
+        .create_job(NewJob::new(
+            "demo",
+            json!({"steps": 100, "delay_ms": 50}),
+            "alice",
+        ))
+        .await?;
+    wait_until(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+        s.progress > 0.0
+    })
+    .await?;
+    leaving.signal("TERM")?;
+    let code = leaving.wait_exit(Duration::from_secs(10))?;
+    ensure!(code == 0, "exit code {code}");
+    let state = backend.job(&job.id).await?;
+    ensure!(
+        state.status == JobStatus::Queued && state.attempt == 2,
+        "{state:?}"
+    );
+    ensure!(
+        backend.queue_stats().await?
+            == QueueStats {
+                waiting: 1,
+                pending: 0
+            },
+        "{:?}",
+        backend.queue_stats().await?
+    );
+    // Well inside the visibility timeout: a released job needs no reaper.
+    let _arriving = start_worker(&redis, "arriving", &[("JOBWIRE_VISIBILITY_TIMEOUT", "1h")])?;
+    wait_until(backend.as_ref(), &job.id, Duration::from_secs(5), |s| {
+        s.status == JobStatus::Running && s.attempt == 2
+    })
+    .await?;
+    Ok(())
+}
