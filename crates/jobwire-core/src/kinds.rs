@@ -135,7 +135,7 @@ mod tests {
         assert!(DemoParams::parse(&json!({"steps": -1})).is_err());
         assert!(DemoParams::parse(&json!({"delay_ms": 60_001})).is_err());
         assert!(DemoParams::parse(&json!({"fail_at": 0})).is_err());
-        let err = DemoParams::parse(&json!({"stepz": 3})).unwrap_err();
+        let err = DemoParams::parse(&json!({"stepz": 3})).expect_err("unknown field");
         assert!(err.contains("stepz"), "{err}");
     }
 
