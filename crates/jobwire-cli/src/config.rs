@@ -109,9 +109,26 @@ pub(crate) struct ServerFlags {
     #[arg(long, env = "JOBWIRE_CLIENT_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
     pub(crate) client_queue: u32,
+    /// Job kinds accepted besides the built-in scan and demo
+    /// (comma-separated): the kinds your own workers run.
+    #[arg(long, env = "JOBWIRE_KINDS", value_delimiter = ',', value_parser = parse_kind)]
+    pub(crate) kinds: Vec<String>,
     /// Log format.
     #[arg(long, env = "JOBWIRE_LOG_FORMAT", value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
+}
+
+fn parse_kind(s: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: a kind is 1-64 characters of a-z, 0-9, '_' or '.'"
+        ))
+    }
 }
 
 /// How a worker runs jobs (`worker`, and the in-process workers of `dev`).
@@ -178,12 +195,20 @@ pub(crate) struct WorkerArgs {
 
 impl ServerFlags {
     pub(crate) fn server_config(&self) -> ServerConfig {
+        let defaults = ServerConfig::default();
+        let mut kinds = defaults.kinds.clone();
+        for kind in &self.kinds {
+            if !kinds.contains(kind) {
+                kinds.push(kind.clone());
+            }
+        }
         ServerConfig {
+            kinds,
             allowed_origins: self.allowed_origins.clone(),
             max_connections: self.max_connections as usize,
             max_connections_per_user: self.max_connections_per_user as usize,
             client_queue: self.client_queue as usize,
-            ..ServerConfig::default()
+            ..defaults
         }
     }
 

@@ -52,7 +52,10 @@ impl Default for ServerConfig {
             max_frames_per_second: 50,
             max_subscriptions: 1000,
             heartbeat: Duration::from_secs(25),
-            kinds: vec!["scan".to_owned(), "demo".to_owned()],
+            kinds: jobwire_core::kinds::BUILTIN_KINDS
+                .iter()
+                .map(|k| (*k).to_owned())
+                .collect(),
             max_body_bytes: 1024 * 1024,
         }
     }
