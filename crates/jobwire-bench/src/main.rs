@@ -5,6 +5,7 @@
 mod fanout;
 mod idle;
 mod publish;
+mod worker;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Scenario {
     Fanout(fanout::Args),
     /// Memory per idle, subscribed WebSocket on one `jobwire serve`.
     Idle(idle::Args),
+    /// Worker throughput: trivial jobs/s through the queue, and reporter
+    /// events/s for one busy job.
+    Worker(worker::Args),
 }
 
 #[tokio::main]
@@ -39,5 +43,6 @@ async fn main() -> Result<()> {
         Scenario::Publish(args) => publish::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
+        Scenario::Worker(args) => worker::run(args).await,
     }
 }

@@ -1,0 +1,252 @@
+//! Worker throughput.
+//!
+//! 1. **Jobs through the queue**: N trivial jobs (claim → `job_started`, one
+//!    `progress`, `job_completed` → ack) are queued first, then W worker
+//!    runtimes (each with its own store connections, as separate processes
+//!    would have) drain the queue; jobs/s is N over the time to drain it.
+//! 2. **Reporter**: one job reports M `progress` events in a tight loop and
+//!    flushes; events/s is M over the time from its first report until all
+//!    are stored.
+//!
+//! Each measurement gets a fresh key prefix on one redis-server, and both run
+//! on the memory backend too, as the ceiling of the runtime itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use jobwire_core::{Backend, BackendConfig, MemoryBackend, NewJob};
+use jobwire_redis::{RedisBackend, RedisConfig};
+use jobwire_testkit::{Persistence, RedisServer};
+use jobwire_worker::{handler_fn, JobOutcome, Worker, WorkerConfig};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Use this Redis instead of starting a private redis-server (keys
+    /// under `jwbench-*` prefixes are written).
+    #[arg(long, env = "JOBWIRE_BENCH_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Trivial jobs per queue measurement.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Worker runtimes to measure with.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    workers: Vec<usize>,
+    /// Jobs each worker runs at once (JOBWIRE_WORKER_CONCURRENCY).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Events the busy job reports.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    let _server;
+    let url = match &args.redis_url {
+        Some(url) => url.clone(),
+        None => {
+            let server = RedisServer::start_private(Persistence::None)?;
+            let url = server.url();
+            _server = server;
+            url
+        }
+    };
+    println!(
+        "worker throughput: {} trivial jobs (3 events each), concurrency {} per worker, redis {url}",
+        args.jobs, args.concurrency
+    );
+    println!("| store | workers | jobs/s | events/s | all completed once |");
+    println!("|---|---:|---:|---:|---|");
+    for &workers in &args.workers {
+        let stores = redis_stores(&url, workers).await?;
+        queue_row("redis", &stores, &args).await?;
+        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig::default()));
+        queue_row("memory", &vec![memory; workers], &args).await?;
+    }
+    println!();
+    println!(
+        "reporter: one job reports {} progress events in a tight loop, then flushes",
+        args.events
+    );
+    println!("| store | events/s |");
+    println!("|---|---:|");
+    let redis = redis_stores(&url, 1).await?.remove(0);
+    reporter_row("redis", redis, args.events).await?;
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig::default()));
+    reporter_row("memory", memory, args.events).await?;
+    Ok(())
+}
+
+/// `n` backends on one Redis under a fresh prefix (one per worker, like
+/// separate processes).
+async fn redis_stores(url: &str, n: usize) -> Result<Vec<Arc<dyn Backend>>> {
+    let prefix = format!("jwbench-{:08x}", rand::random::<u32>());
+    let mut stores: Vec<Arc<dyn Backend>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let config = RedisConfig {
+            key_prefix: prefix.clone(),
+            ..RedisConfig::new(url)
+        };
+        stores.push(Arc::new(RedisBackend::connect(config).await?));
+    }
+    Ok(stores)
+}
+
+async fn queue_row(name: &str, stores: &[Arc<dyn Backend>], args: &Args) -> Result<()> {
+    let client = Arc::clone(&stores[0]);
+    let ids = create_jobs(&client, args.jobs).await?;
+    let stop = CancellationToken::new();
+    let mut running = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let worker = Worker::builder(Arc::clone(store))
+            .config(WorkerConfig {
+                consumer: format!("bench-{i}"),
+                concurrency: args.concurrency,
+                ..WorkerConfig::default()
+            })
+            .handler(
+                "trivial",
+                handler_fn(|job| async move {
+                    job.reporter().progress(1, 1, "").await?;
+                    Ok(JobOutcome::done())
+                }),
+            )
+            .build()?;
+        running.push(worker);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = running
+        .iter()
+        .map(|w| {
+            let (w, stop) = (w.clone(), stop.clone());
+            tokio::spawn(async move { w.run(stop).await })
+        })
+        .collect();
+    let deadline = started + Duration::from_secs(600);
+    while running.iter().map(|w| w.stats().finished()).sum::<u64>() < args.jobs as u64 {
+        ensure!(
+            Instant::now() < deadline,
+            "the queue did not drain in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for t in tasks {
+        t.await?;
+    }
+    let completed: u64 = running
+        .iter()
+        .map(|w| w.stats().completed.load(Ordering::Relaxed))
+        .sum();
+    let all_once = completed == args.jobs as u64
+        && client.queue_stats().await? == Default::default()
+        && check_sample(&client, &ids).await?;
+    let jobs_per_s = args.jobs as f64 / elapsed;
+    println!(
+        "| {name} | {} | {:.0} | {:.0} | {} |",
+        stores.len(),
+        jobs_per_s,
+        jobs_per_s * 3.0,
+        if all_once { "yes" } else { "NO" }
+    );
+    Ok(())
+}
+
+/// Queues `n` trivial jobs, 16 creations at a time.
+async fn create_jobs(client: &Arc<dyn Backend>, n: usize) -> Result<Vec<jobwire_core::JobId>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, next, ids) = (Arc::clone(client), Arc::clone(&next), Arc::clone(&ids));
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let job = client
+                    .create_job(NewJob::new("trivial", json!({}), "bench"))
+                    .await?;
+                ids.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(job.id);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ids = std::mem::take(&mut *ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(ids)
+}
+
+/// Every 50th job ran once: completed on attempt 1 with exactly 4 events.
+async fn check_sample(client: &Arc<dyn Backend>, ids: &[jobwire_core::JobId]) -> Result<bool> {
+    for id in ids.iter().step_by(50) {
+        let state = client.job(id).await?;
+        if state.status != jobwire_core::JobStatus::Completed
+            || state.attempt != 1
+            || state.last_event_id.0 != 4
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn reporter_row(name: &str, store: Arc<dyn Backend>, events: u64) -> Result<()> {
+    let timing = Arc::new(Mutex::new(None::<Duration>));
+    let worker = Worker::builder(Arc::clone(&store))
+        .config(WorkerConfig {
+            consumer: "bench-reporter".to_owned(),
+            ..WorkerConfig::default()
+        })
+        .handler("busy", {
+            let timing = Arc::clone(&timing);
+            handler_fn(move |job| {
+                let timing = Arc::clone(&timing);
+                async move {
+                    let started = Instant::now();
+                    for i in 1..=events {
+                        job.reporter().progress(i, events, "").await?;
+                    }
+                    job.reporter().flush().await?;
+                    if let Ok(mut t) = timing.lock() {
+                        *t = Some(started.elapsed());
+                    }
+                    Ok(JobOutcome::done())
+                }
+            })
+        })
+        .build()?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (w, stop) = (worker.clone(), stop.clone());
+        async move { w.run(stop).await }
+    });
+    let job = store
+        .create_job(NewJob::new("busy", json!({}), "bench"))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while worker.stats().finished() < 1 {
+        ensure!(Instant::now() < deadline, "the busy job did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await?;
+    let elapsed = timing
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .context("the busy job recorded no time")?;
+    let state = store.job(&job.id).await?;
+    ensure!(
+        state.last_event_id.0 == events + 3,
+        "the busy job's log has {} events, expected {}",
+        state.last_event_id.0,
+        events + 3
+    );
+    println!("| {name} | {:.0} |", events as f64 / elapsed.as_secs_f64());
+    Ok(())
+}
