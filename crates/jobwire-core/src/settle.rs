@@ -39,7 +39,10 @@ pub async fn settle_reclaimed(
         let failed = NewEvent::new(
             EventType::JobFailed,
             json!({
-                "error": format!("gave up after {attempts} attempts: the worker stopped responding"),
+                "error": format!(
+                    "gave up after {attempts} attempt{}: the worker stopped responding",
+                    if attempts == 1 { "" } else { "s" }
+                ),
                 "dead_letter": true,
             }),
         );

@@ -272,3 +272,47 @@ async fn shutdown_finishes_short_jobs_and_releases_long_ones() -> Result<()> {
     ensure!(b.completed == 1 && b.reclaimed == 0, "{b:?}");
     Ok(())
 }
+
+/// A job whose workers keep dying is failed by a reaper once it has used
+/// its attempts (dead letter), and its entry leaves the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_attempts_is_dead_lettered_by_the_reaper() -> Result<()> {
+    let server = RedisServer::start()?;
+    let backend = support::backend(&server).await?;
+    let job = backend
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    // A worker that claims the job and dies before renewing its lease.
+    let taken = backend
+        .claim("ghost", 1, Duration::from_millis(100))
+        .await?;
+    ensure!(taken.len() == 1, "{taken:?}");
+    let mut c = config("reaper");
+    c.visibility_timeout = Duration::from_secs(1);
+    c.max_attempts = 1;
+    let reaper = Running::start(builtin(&backend, c).build()?);
+    let state = wait_finished(backend.as_ref(), &job.id).await?;
+    ensure!(state.status == JobStatus::Failed, "{state:?}");
+    ensure!(
+        state
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("gave up after 1 attempt:")),
+        "{state:?}"
+    );
+    let last = log(backend.as_ref(), &job.id)
+        .await?
+        .pop()
+        .context("empty log")?;
+    ensure!(last.data["dead_letter"] == json!(true), "{last:?}");
+    let stats = reaper.shut_down().await?.stats().snapshot();
+    ensure!(
+        stats.dead_lettered == 1 && stats.completed == 0,
+        "{stats:?}"
+    );
+    ensure!(
+        backend.queue_stats().await? == QueueStats::default(),
+        "entries left behind"
+    );
+    Ok(())
+}
