@@ -2,6 +2,7 @@
 //! Redis, SIGTERM, an instance killed under its clients, and workers killed
 //! or stopped mid-job.
 
+mod client;
 mod external;
 mod serve;
 mod worker;
@@ -28,7 +29,11 @@ pub(crate) struct Jobwire {
 
 impl Jobwire {
     pub(crate) fn start(args: &[&str], env: &[(&str, String)]) -> Result<Jobwire> {
-        let port = free_port()?;
+        Jobwire::start_on(free_port()?, args, env)
+    }
+
+    /// Starts on a given port (to restart an instance where it was).
+    pub(crate) fn start_on(port: u16, args: &[&str], env: &[(&str, String)]) -> Result<Jobwire> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobwire"));
         cmd.args(args)
             .env_clear()

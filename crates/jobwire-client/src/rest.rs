@@ -1,0 +1,292 @@
+//! The REST calls (docs/protocol.md "HTTP").
+//!
+//! A call goes to the preferred base URL; when that one cannot be connected
+//! to, the next is tried (a request that was never sent is safe to send
+//! elsewhere, even a create). A 401 makes a token provider fetch a fresh
+//! token, and the call is tried once more.
+
+use jobwire_core::{Epoch, Event, EventId, JobId, JobState, JobStatus};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{Client, ClientError};
+
+/// Which jobs to list.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub status: Option<JobStatus>,
+    /// 1–500 (the server's default is 50).
+    pub limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Clone, Debug, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobState>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a cancel did: `cancelled`, `cancel_requested` or `already_finished`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CancelReply {
+    pub outcome: String,
+    pub job: JobState,
+}
+
+/// A page of a job's event log.
+#[derive(Clone, Debug, Deserialize)]
+pub struct History {
+    pub job_id: JobId,
+    pub epoch: Epoch,
+    pub events: Vec<Event>,
+}
+
+/// An event to publish to an external job.
+#[derive(Clone, Debug, Serialize)]
+pub struct PublishEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+    /// The attempt and the publisher's event number: a repeated `n` is
+    /// applied once (send both or neither).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PublishReply {
+    /// Ids of the events stored (repeated numbers excluded).
+    pub ids: Vec<EventId>,
+    /// Events skipped because their `n` had been applied already.
+    pub duplicates: usize,
+    /// Somebody asked the job to stop.
+    pub cancel_requested: bool,
+}
+
+impl Client {
+    /// `POST /api/jobs`: a job for jobwire's workers.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `invalid` for an unknown kind or bad params.
+    pub async fn create_job(&self, kind: &str, params: Value) -> Result<JobState, ClientError> {
+        let body = json!({ "kind": kind, "params": params });
+        self.call(Method::POST, "/api/jobs", Some(&body)).await
+    }
+
+    /// `POST /api/jobs` with `external: true` (scope `worker`): a job this
+    /// program drives with [`Client::publish`].
+    ///
+    /// # Errors
+    /// As [`Client::create_job`]; `forbidden` without the `worker` scope.
+    pub async fn create_external_job(
+        &self,
+        kind: &str,
+        params: Value,
+    ) -> Result<JobState, ClientError> {
+        let body = json!({ "kind": kind, "params": params, "external": true });
+        self.call(Method::POST, "/api/jobs", Some(&body)).await
+    }
+
+    /// `GET /api/jobs/{id}`.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown job or another user's.
+    pub async fn job(&self, id: &JobId) -> Result<JobState, ClientError> {
+        self.call(Method::GET, &format!("/api/jobs/{id}"), None)
+            .await
+    }
+
+    /// `GET /api/jobs`: the caller's jobs, newest first.
+    ///
+    /// # Errors
+    /// [`ClientError`] from the server or the network.
+    pub async fn list_jobs(&self, options: &ListOptions) -> Result<JobPage, ClientError> {
+        let mut query = Vec::new();
+        if let Some(status) = options.status {
+            query.push(format!("status={status}"));
+        }
+        if let Some(limit) = options.limit {
+            query.push(format!("limit={limit}"));
+        }
+        if let Some(cursor) = &options.cursor {
+            query.push(format!("cursor={cursor}"));
+        }
+        let path = if query.is_empty() {
+            "/api/jobs".to_owned()
+        } else {
+            format!("/api/jobs?{}", query.join("&"))
+        };
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// `POST /api/jobs/{id}/cancel`.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown job.
+    pub async fn cancel(&self, id: &JobId) -> Result<CancelReply, ClientError> {
+        self.call(Method::POST, &format!("/api/jobs/{id}/cancel"), None)
+            .await
+    }
+
+    /// `DELETE /api/jobs/{id}`.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown job.
+    pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/api/jobs/{id}"), None)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /api/jobs/{id}/events`: up to `limit` events after `since`.
+    ///
+    /// # Errors
+    /// `resync_required` (410) when those events were trimmed or `epoch` is
+    /// not the job's.
+    pub async fn history(
+        &self,
+        id: &JobId,
+        since: EventId,
+        epoch: Option<&Epoch>,
+        limit: usize,
+    ) -> Result<History, ClientError> {
+        let mut path = format!("/api/jobs/{id}/events?since={since}&limit={limit}");
+        if let Some(epoch) = epoch {
+            path.push_str(&format!("&epoch={epoch}"));
+        }
+        self.call(Method::GET, &path, None).await
+    }
+
+    /// `POST /api/jobs/{id}/events` (scope `worker`): publishes events in
+    /// order, atomically.
+    ///
+    /// # Errors
+    /// `stale_attempt` (409) for an old attempt, `conflict` for an event the
+    /// job's status does not allow, `invalid` for a malformed one.
+    pub async fn publish(
+        &self,
+        id: &JobId,
+        events: &[PublishEvent],
+    ) -> Result<PublishReply, ClientError> {
+        let body = serde_json::to_value(events).map_err(|e| ClientError::Config(e.to_string()))?;
+        self.call(Method::POST, &format!("/api/jobs/{id}/events"), Some(&body))
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, path, body).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Sends a request, rotating over the base URLs on connection failures
+    /// and retrying once with a fresh token on 401.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut refreshed = false;
+        let mut token = self.token_source().current().await?;
+        let mut last_error = None;
+        loop {
+            let mut unauthorized = None;
+            for (at, base) in self.urls_in_order().collect::<Vec<_>>() {
+                let url = format!("{base}{path}");
+                let mut request = self
+                    .http()
+                    .request(method.clone(), &url)
+                    .bearer_auth(&token);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let response = match request.send().await {
+                    Ok(r) => r,
+                    Err(e) if e.is_connect() => {
+                        last_error = Some(ClientError::Unreachable {
+                            url: base.to_owned(),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(ClientError::Unreachable {
+                            url: base.to_owned(),
+                            message: e.to_string(),
+                        })
+                    }
+                };
+                self.prefer(at);
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(response);
+                }
+                let error = api_error(status, response).await;
+                if status == StatusCode::UNAUTHORIZED {
+                    unauthorized = Some(error);
+                    break;
+                }
+                return Err(error);
+            }
+            match unauthorized {
+                Some(error) if !refreshed && self.token_source().can_refresh() => {
+                    refreshed = true;
+                    token = self.token_source().fresh().await?;
+                    last_error = Some(error);
+                }
+                Some(ClientError::Api { message, .. }) => {
+                    return Err(ClientError::Unauthorized(message))
+                }
+                Some(other) => return Err(other),
+                None => {
+                    return Err(last_error
+                        .unwrap_or_else(|| ClientError::Config("no server URL given".to_owned())))
+                }
+            }
+        }
+    }
+}
+
+async fn api_error(status: StatusCode, response: reqwest::Response) -> ClientError {
+    #[derive(Deserialize)]
+    struct Body {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        code: String,
+        message: String,
+    }
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<Body>(&text) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+                .replace(' ', "_"),
+            message: text.chars().take(200).collect(),
+        },
+    }
+}
