@@ -290,3 +290,75 @@ pub(crate) fn token(args: TokenArgs) -> Result<(), Failure> {
     println!("{token}");
     Ok(())
 }
+
+/// How client commands (`submit`, `watch`, `jobs`, `cancel`) reach the server.
+#[derive(Debug, Args)]
+pub(crate) struct ClientFlags {
+    /// The server's URL; several (comma-separated) are tried in turn when
+    /// one is down.
+    #[arg(
+        long,
+        env = "JOBWIRE_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub(crate) url: Vec<String>,
+    /// The JWT to send (`jobwire token`, or the one `jobwire dev` prints).
+    #[arg(long, env = "JOBWIRE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// The job's kind (`scan`, `demo`, or one your workers run).
+    pub(crate) kind: String,
+    /// A parameter, `key=value`; the value is read as JSON when it parses
+    /// (`steps=50`, `fail_at=null`), else as a string (`path=docs`).
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub(crate) params: Vec<String>,
+    /// Follow the job until it ends (as `jobwire watch`).
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// Print JSON instead of text (with --watch: one event per line).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// The jobs to follow.
+    #[arg(required = true, value_name = "JOB_ID")]
+    pub(crate) jobs: Vec<String>,
+    /// One JSON line per event instead of progress bars (the default when
+    /// the output is not a terminal).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    /// Only jobs in this status (queued, running, completed, failed, cancelled).
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// How many jobs to show (1-500).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub(crate) limit: u16,
+    /// Print the page as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The job to cancel.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}

@@ -5,9 +5,11 @@
 //! Errors are one clear line on stderr.
 
 mod config;
+mod jobs;
 mod serve;
 mod store;
 mod telemetry;
+mod watch;
 mod worker;
 
 use std::process::ExitCode;
@@ -42,6 +44,15 @@ enum Command {
     /// A job worker: takes jobs from the Redis queue, runs them, publishes
     /// their progress. Run as many as you like.
     Worker(config::WorkerArgs),
+    /// Create a job over the REST API; --watch follows it.
+    Submit(config::SubmitArgs),
+    /// Follow jobs live with progress bars; resumes across reconnects. Exits
+    /// 0 when all completed, 1 if any failed or was cancelled.
+    Watch(config::WatchArgs),
+    /// List your jobs, newest first.
+    Jobs(config::JobsArgs),
+    /// Cancel a job.
+    Cancel(config::CancelArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -78,6 +89,10 @@ fn main() -> ExitCode {
             Command::Dev(args) => serve::dev(args).await,
             Command::Serve(args) => serve::serve(args).await,
             Command::Worker(args) => worker::worker(args).await,
+            Command::Submit(args) => jobs::submit(args).await,
+            Command::Watch(args) => watch::watch(args).await,
+            Command::Jobs(args) => jobs::jobs(args).await,
+            Command::Cancel(args) => jobs::cancel(args).await,
             Command::Token(args) => config::token(args),
         }
     });

@@ -2,6 +2,7 @@
 //! Redis, SIGTERM, an instance killed under its clients, and workers killed
 //! or stopped mid-job.
 
+mod cli;
 mod client;
 mod external;
 mod serve;

@@ -1,0 +1,176 @@
+//! The client commands that are one request each: `submit`, `jobs`,
+//! `cancel`; and building a `jobwire-client` from the client flags.
+
+use std::io::IsTerminal;
+
+use anyhow::anyhow;
+use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSource};
+use serde_json::{Map, Value};
+
+use crate::config::{CancelArgs, ClientFlags, JobsArgs, SubmitArgs};
+use crate::{watch, Failure};
+
+/// A client from `--url` / `JOBWIRE_URL` and `--token` / `JOBWIRE_TOKEN`.
+pub(crate) fn client(flags: &ClientFlags) -> Result<Client, Failure> {
+    let token = flags.token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+        Failure::Usage(anyhow!(
+            "JOBWIRE_TOKEN (or --token) is required: use the token `jobwire dev` prints, or mint one with `jobwire token`"
+        ))
+    })?;
+    let mut builder = Client::builder().token(TokenSource::Static(token));
+    for url in &flags.url {
+        builder = builder.url(url.clone());
+    }
+    builder
+        .build()
+        .map_err(|e| Failure::Usage(anyhow!("JOBWIRE_URL: {e}")))
+}
+
+pub(crate) fn job_ids(raw: &[String]) -> Result<Vec<JobId>, Failure> {
+    raw.iter()
+        .map(|s| {
+            s.parse::<JobId>()
+                .map_err(|e| Failure::Usage(anyhow!("{s:?} is not a job id: {e}")))
+        })
+        .collect()
+}
+
+/// A client error as a one-line runtime failure.
+fn failed(e: ClientError) -> Failure {
+    Failure::Runtime(e.into())
+}
+
+/// `jobwire submit KIND --param k=v … [--watch]`.
+pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
+    let client = client(&args.client)?;
+    let params = parse_params(&args.params)?;
+    let job = client
+        .create_job(&args.kind, Value::Object(params))
+        .await
+        .map_err(failed)?;
+    // With --watch into a pipe, stdout carries JSON lines only (the first
+    // names the job).
+    let lines_only = args.watch && (args.json || !std::io::stdout().is_terminal());
+    if args.json && !args.watch {
+        println!("{}", serde_json::to_string(&job).unwrap_or_default());
+    } else if !lines_only {
+        println!("{}", job.id);
+    }
+    if args.watch {
+        watch::follow(&client, vec![job.id], args.json).await?;
+    }
+    Ok(())
+}
+
+/// `key=value` pairs; values that parse as JSON are JSON, others strings.
+fn parse_params(raw: &[String]) -> Result<Map<String, Value>, Failure> {
+    let mut params = Map::new();
+    for pair in raw {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Failure::Usage(anyhow!("--param {pair:?}: expected KEY=VALUE")))?;
+        if key.is_empty() {
+            return Err(Failure::Usage(anyhow!(
+                "--param {pair:?}: the key is empty"
+            )));
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        params.insert(key.to_owned(), value);
+    }
+    Ok(params)
+}
+
+/// `jobwire jobs`: the caller's jobs, newest first.
+pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
+    let client = client(&args.client)?;
+    let status = match &args.status {
+        Some(s) => Some(
+            s.parse::<JobStatus>()
+                .map_err(|e| Failure::Usage(anyhow!("--status: {e}")))?,
+        ),
+        None => None,
+    };
+    let page = client
+        .list_jobs(&ListOptions {
+            status,
+            limit: Some(usize::from(args.limit)),
+            cursor: None,
+        })
+        .await
+        .map_err(failed)?;
+    if args.json {
+        let jobs: Vec<Value> = page
+            .jobs
+            .iter()
+            .map(|j| serde_json::to_value(j).unwrap_or_default())
+            .collect();
+        println!("{}", Value::Array(jobs));
+        return Ok(());
+    }
+    if page.jobs.is_empty() {
+        println!("no jobs");
+        return Ok(());
+    }
+    println!(
+        "{:<26}  {:<10}  {:<9}  {:>5}  CREATED",
+        "ID", "KIND", "STATUS", "PROG"
+    );
+    for job in &page.jobs {
+        println!(
+            "{:<26}  {:<10}  {:<9}  {:>4.0}%  {}",
+            job.id,
+            truncate(&job.kind, 10),
+            job.status.as_str(),
+            job.progress,
+            job.created_at
+        );
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// `jobwire cancel JOB_ID`.
+pub(crate) async fn cancel(args: CancelArgs) -> Result<(), Failure> {
+    let client = client(&args.client)?;
+    let id = job_ids(std::slice::from_ref(&args.job))?.remove(0);
+    let reply = client.cancel(&id).await.map_err(failed)?;
+    let what = match reply.outcome.as_str() {
+        "cancelled" => "cancelled".to_owned(),
+        "cancel_requested" => "cancel requested: it stops at its next progress report".to_owned(),
+        "already_finished" => format!("already finished ({})", reply.job.status),
+        other => other.to_owned(),
+    };
+    println!("{id}: {what}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn params_are_json_when_they_parse() {
+        let raw = [
+            "steps=50",
+            "path=docs/a b",
+            "fail_at=null",
+            "flag=true",
+            "q=\"7\"",
+        ]
+        .map(String::from);
+        let params = parse_params(&raw)
+            .map_err(|_| "parse")
+            .expect("valid params");
+        assert_eq!(
+            Value::Object(params),
+            json!({"steps": 50, "path": "docs/a b", "fail_at": null, "flag": true, "q": "7"})
+        );
+        assert!(parse_params(&["nokey".to_owned()]).is_err());
+        assert!(parse_params(&["=v".to_owned()]).is_err());
+    }
+}
