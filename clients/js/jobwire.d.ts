@@ -1,0 +1,118 @@
+// Types of jobwire.js (docs/clients.md, docs/protocol.md).
+
+export type JobStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
+
+export interface Job {
+  id: string;
+  kind: string;
+  params: Record<string, unknown>;
+  owner: string;
+  status: JobStatus;
+  total_files: number;
+  processed_files: number;
+  failed_files: number;
+  current_file: string | null;
+  progress: number;
+  message: string | null;
+  error: string | null;
+  attempt: number;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  expires_at: string | null;
+  epoch: string;
+  last_event_id: number;
+  result: unknown;
+  external: boolean;
+  cancel_requested: boolean;
+}
+
+/** An event: `data` holds the publisher's payload plus the job's counters after it. */
+export interface JobEvent {
+  id: number;
+  job_id: string;
+  /** One of the built-in types, or any custom type: pass unknown ones through. */
+  type: string;
+  timestamp: string;
+  data: Record<string, unknown> & {
+    status: JobStatus;
+    attempt: number;
+    total_files: number;
+    processed_files: number;
+    failed_files: number;
+    current_file: string | null;
+    progress: number;
+  };
+}
+
+export interface Cursor {
+  epoch: string;
+  id: number;
+}
+
+export interface Status {
+  state: "connecting" | "connected" | "disconnected" | "stopped";
+  transport: "websocket" | "sse";
+  url?: string;
+  reason?: string;
+  /** Milliseconds until the next attempt (state "disconnected"). */
+  retryIn?: number;
+}
+
+export interface WatchHandlers {
+  /** The job's state: first for each job, and again with resync: true when a resume point was lost. */
+  onState?(job: Job, info: { resync: boolean }): void;
+  /** The next event of a job; its id is the previous one's plus one. */
+  onEvent?(event: JobEvent): void;
+  /** A reconnect resumed exactly after `id`. */
+  onResumed?(jobId: string, id: number): void;
+  /** Called with the new state after a resync. */
+  onResync?(job: Job): void;
+  onStatus?(status: Status): void;
+  /** The job cannot be watched (not_found, forbidden, …) and was dropped. */
+  onJobError?(jobId: string, error: { code: string; message: string }): void;
+  /** The watch stopped for good (e.g. a fixed token expired). */
+  onError?(error: JobwireError): void;
+}
+
+export interface ClientOptions {
+  /** Base URL, e.g. "http://127.0.0.1:8080" (default: the page's origin). */
+  url?: string;
+  /** Several base URLs, tried in turn. */
+  urls?: string[];
+  token?: string;
+  tokenProvider?: () => Promise<string>;
+  transport?: "auto" | "websocket" | "sse";
+  WebSocket?: typeof WebSocket;
+  fetch?: typeof fetch;
+}
+
+export class JobwireError extends Error {
+  status: number;
+  code: string;
+}
+
+export function tokenExpiry(token: string): number | null;
+
+export class Watch {
+  cursor(jobId: string): Cursor | null;
+  add(jobId: string, cursor?: Cursor | null): void;
+  remove(jobId: string): void;
+  close(): void;
+}
+
+export class JobwireClient {
+  constructor(options: ClientOptions);
+  createJob(kind: string, params?: Record<string, unknown>): Promise<Job>;
+  createExternalJob(kind: string, params?: Record<string, unknown>): Promise<Job>;
+  job(id: string): Promise<Job>;
+  listJobs(query?: { status?: JobStatus; limit?: number; cursor?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
+  cancel(id: string): Promise<{ outcome: "cancelled" | "cancel_requested" | "already_finished"; job: Job }>;
+  deleteJob(id: string): Promise<null>;
+  history(id: string, query?: { since?: number; epoch?: string; limit?: number }): Promise<{ job_id: string; epoch: string; events: JobEvent[] }>;
+  publish(
+    id: string,
+    events: { type: string; data?: Record<string, unknown>; attempt?: number; n?: number }[],
+  ): Promise<{ ids: number[]; duplicates: number; cancel_requested: boolean }>;
+  watch(jobIds: string | string[], handlers?: WatchHandlers): Watch;
+}

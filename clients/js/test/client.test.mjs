@@ -1,0 +1,156 @@
+// jobwire.js against real `jobwire serve` processes on a private Redis:
+// the instance a watch is attached to is killed, restarted and shut down,
+// tokens expire and are refreshed, WebSockets are blocked; the ids the
+// client hands out stay consecutive with no duplicate.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+
+import { JobwireClient, tokenExpiry } from "../jobwire.js";
+import { Redis, Server, feed, sleep, token } from "./harness.mjs";
+
+let redis;
+before(async () => {
+  redis = await Redis.start();
+});
+after(() => redis && redis.stop());
+
+const serve = (port) => Server.start(["serve"], { REDIS_URL: redis.url }, port);
+
+/** Watches `jobId` until its terminal event; resolves with what was seen. */
+function collect(client, jobId, { timeout = 60000 } = {}) {
+  const seen = { ids: [], states: [], resumed: 0, disconnects: 0, transports: new Set(), error: null };
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      watch.close();
+      reject(new Error(`timed out; seen ${seen.ids.length} events, last ${seen.ids.at(-1)}`));
+    }, timeout);
+    const watch = client.watch(jobId, {
+      onState: (job, { resync }) => seen.states.push({ id: job.last_event_id, resync }),
+      onEvent: (e) => {
+        seen.ids.push(e.id);
+        if (e.type === "job_completed") {
+          clearTimeout(timer);
+          watch.close();
+          resolve(seen);
+        }
+      },
+      onResumed: () => seen.resumed++,
+      onStatus: (s) => {
+        seen.transports.add(s.transport);
+        if (s.state === "disconnected") seen.disconnects++;
+      },
+      onError: (e) => {
+        clearTimeout(timer);
+        seen.error = e;
+        resolve(seen);
+      },
+    });
+  });
+}
+
+function assertConsecutive(seen) {
+  assert.equal(seen.error, null, String(seen.error));
+  assert.ok(seen.states.length >= 1, "no current_state");
+  assert.ok(seen.states.every((s) => !s.resync), "unexpected resync");
+  const start = seen.states[0].id;
+  seen.ids.forEach((id, i) => assert.equal(id, start + 1 + i, `ids not consecutive at ${i}`));
+}
+
+test("tokenExpiry reads a JWT's exp", () => {
+  const t = token({ ttl: "1h" });
+  const exp = tokenExpiry(t);
+  assert.ok(exp > Date.now() + 3500 * 1000 && exp < Date.now() + 3700 * 1000);
+  assert.equal(tokenExpiry("nonsense"), null);
+});
+
+test("WebSocket: kill, restart and switch instances, short tokens refreshed", async () => {
+  const publisherSide = await serve();
+  const a = await serve();
+  const b = await serve();
+  let minted = 0;
+  const client = new JobwireClient({
+    urls: [a.url, b.url],
+    tokenProvider: async () => {
+      minted++;
+      return token({ ttl: "3s" });
+    },
+  });
+  const job = await feed(() => publisherSide.url, { total: 1200, every: 4 });
+  const watching = collect(client, job.id);
+  await sleep(1500);
+  await a.kill("SIGKILL"); // attached to A: switch to B
+  await sleep(1500);
+  const a2 = await serve(a.port); // A again, same port
+  await sleep(1000);
+  await b.kill("SIGTERM"); // 1001: back to A
+  const seen = await watching;
+  await job.done;
+  assertConsecutive(seen);
+  assert.ok(seen.resumed >= 2, `resumed ${seen.resumed}`);
+  assert.ok(minted >= 3, `minted ${minted}`);
+  const last = (await client.job(job.id)).last_event_id;
+  assert.equal(seen.ids.at(-1), last);
+  await a2.kill();
+  await publisherSide.kill();
+});
+
+test("SSE: kill and restart the instance; same guarantees", async () => {
+  const publisherSide = await serve();
+  const a = await serve();
+  const client = new JobwireClient({ url: a.url, token: token(), transport: "sse" });
+  const job = await feed(() => publisherSide.url, { total: 600, every: 4 });
+  const watching = collect(client, job.id);
+  await sleep(1000);
+  await a.kill("SIGKILL");
+  await sleep(500);
+  const a2 = await serve(a.port);
+  const seen = await watching;
+  await job.done;
+  assertConsecutive(seen);
+  assert.ok(seen.resumed >= 1, `resumed ${seen.resumed}`);
+  assert.deepEqual([...seen.transports], ["sse"]);
+  await a2.kill();
+  await publisherSide.kill();
+});
+
+test("auto falls back to SSE when WebSockets are blocked", async () => {
+  const a = await serve();
+  class Blocked {
+    constructor() {
+      setTimeout(() => this.onclose && this.onclose({ code: 1006, reason: "" }));
+    }
+    close() {}
+  }
+  const client = new JobwireClient({ url: a.url, token: token(), WebSocket: Blocked });
+  const job = await feed(() => a.url, { total: 50, every: 5 });
+  const seen = await collect(client, job.id);
+  assertConsecutive(seen);
+  assert.ok(seen.transports.has("sse"), [...seen.transports].join());
+  await a.kill();
+});
+
+test("a fixed token that expires stops the watch with onError", async () => {
+  const a = await serve();
+  const client = new JobwireClient({ url: a.url, token: token({ ttl: "2s" }) });
+  const job = await feed(() => a.url, { total: 2000, every: 5 });
+  const seen = await collect(client, job.id, { timeout: 20000 });
+  assert.equal(seen.error && seen.error.code, "unauthorized", String(seen.error));
+  await a.kill();
+});
+
+test("REST calls map errors to JobwireError", async () => {
+  const a = await serve();
+  const client = new JobwireClient({ url: a.url, token: token() });
+  const created = await client.createJob("demo", { steps: 3 });
+  assert.equal(created.status, "queued");
+  assert.equal((await client.job(created.id)).id, created.id);
+  const page = await client.listJobs({ limit: 5 });
+  assert.ok(page.jobs.some((j) => j.id === created.id));
+  const cancelled = await client.cancel(created.id);
+  assert.equal(cancelled.outcome, "cancelled");
+  await assert.rejects(client.job("01ARZ3NDEKTSV4RRFFQ69G5FAV"), (e) => e.status === 404 && e.code === "not_found");
+  await assert.rejects(client.createJob("nope"), (e) => e.status === 422);
+  const bad = new JobwireClient({ url: a.url, token: "nonsense" });
+  await assert.rejects(bad.listJobs(), (e) => e.status === 401);
+  await a.kill();
+});

@@ -1,0 +1,110 @@
+// Test harness for jobwire.js: starts a private redis-server and `jobwire
+// serve` processes on free ports, mints tokens with `jobwire token`, and
+// publishes events through the HTTP API.
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const SECRET = "js-client-test-secret-0123456789";
+export const BIN = process.env.JOBWIRE_BIN || resolve(import.meta.dirname, "../../../target/debug/jobwire");
+
+export function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+    srv.on("error", rej);
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(check, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return;
+    await sleep(50);
+  }
+  throw new Error("timed out waiting for " + what);
+}
+
+export class Redis {
+  static async start() {
+    const r = new Redis();
+    r.port = await freePort();
+    r.dir = mkdtempSync(join(tmpdir(), "jobwire-js-redis-"));
+    r.proc = spawn("redis-server", ["--port", String(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir], { stdio: "ignore" });
+    await waitFor(async () => {
+      execFileSync("redis-cli", ["-p", String(r.port), "ping"], { stdio: "ignore" });
+      return true;
+    }, "redis-server");
+    return r;
+  }
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+  stop() {
+    this.proc.kill("SIGKILL");
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export class Server {
+  static async start(args, env = {}, port) {
+    const s = new Server();
+    s.port = port || (await freePort());
+    s.proc = spawn(BIN, args, {
+      env: { PATH: process.env.PATH, JOBWIRE_BIND: `127.0.0.1:${s.port}`, JOBWIRE_JWT_SECRET: SECRET, JOBWIRE_PARTITIONS: "4", RUST_LOG: "warn", ...env },
+      stdio: "ignore",
+    });
+    s.exited = new Promise((r) => s.proc.on("exit", (code) => r(code)));
+    await waitFor(async () => (await fetch(s.url + "/readyz")).ok, "jobwire " + args.join(" "));
+    return s;
+  }
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+  kill(signal = "SIGKILL") {
+    this.proc.kill(signal);
+    return this.exited;
+  }
+}
+
+export function token({ sub = "alice", scopes = ["jobs:read", "jobs:write"], ttl = "10m" } = {}) {
+  const args = ["token", "--sub", sub, "--ttl", ttl];
+  for (const s of scopes) args.push("--scope", s);
+  return execFileSync(BIN, args, { env: { JOBWIRE_JWT_SECRET: SECRET } }).toString().trim();
+}
+
+/** Creates an external job and publishes `total` progress events to it, one every `every` ms, then completes it. */
+export async function feed(url, { total, every }) {
+  const worker = token({ scopes: ["jobs:read", "jobs:write", "worker"] });
+  const post = async (path, body) => {
+    for (;;) {
+      try {
+        const r = await fetch(url() + path, { method: "POST", headers: { Authorization: "Bearer " + worker, "Content-Type": "application/json" }, body: JSON.stringify(body) });
+        if (r.ok) return r.json();
+        if (r.status < 500) throw new Error(`${path}: ${r.status} ${await r.text()}`);
+      } catch (e) {
+        if (e.message.startsWith(path)) throw e;
+      }
+      await sleep(20); // the instance is down: try again (the fence dedupes)
+    }
+  };
+  const job = await post("/api/jobs", { kind: "feed", params: {}, external: true });
+  let n = 0;
+  const event = (type, data) => ({ type, data, attempt: 1, n: ++n });
+  await post(`/api/jobs/${job.id}/events`, [event("job_started", {})]);
+  const done = (async () => {
+    for (let i = 1; i <= total; i++) {
+      await post(`/api/jobs/${job.id}/events`, [event("progress", { current: i, total })]);
+      await sleep(every);
+    }
+    await post(`/api/jobs/${job.id}/events`, [event("job_completed", {})]);
+  })();
+  return { id: job.id, done };
+}
