@@ -54,7 +54,8 @@ export class Redis {
 }
 
 export class Server {
-  static async start(args, env = {}, port) {
+  /** Starts `jobwire ARGS…`; waits for /readyz unless `ready` is false (a worker serves no HTTP). */
+  static async start(args, env = {}, port, { ready = true } = {}) {
     const s = new Server();
     s.port = port || (await freePort());
     s.proc = spawn(BIN, args, {
@@ -62,7 +63,7 @@ export class Server {
       stdio: "ignore",
     });
     s.exited = new Promise((r) => s.proc.on("exit", (code) => r(code)));
-    await waitFor(async () => (await fetch(s.url + "/readyz")).ok, "jobwire " + args.join(" "));
+    if (ready) await waitFor(async () => (await fetch(s.url + "/readyz")).ok, "jobwire " + args.join(" "));
     return s;
   }
   get url() {

@@ -84,25 +84,22 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
         worker_flags.shutdown_timeout = worker_flags.shutdown_timeout.min(Duration::from_secs(1));
     }
     let workers = worker::build(Arc::clone(&backend), &worker_flags)?;
-    println!("jobwire dev is running, jobs kept {store}");
     println!(
-        "  Workers:  {} jobs at once in this process (kinds: {})",
-        workers.config().concurrency,
-        workers.kinds().join(", ")
+        "jobwire dev is running: jobs kept {store}, {} workers in this process",
+        workers.config().concurrency
     );
     println!();
-    println!("  API:      http://{addr}/api/jobs");
+    println!("  Open the web UI (signed in as \"dev\"):");
+    println!("    http://{addr}/#token={token}");
+    println!();
+    println!("  Or from another terminal:");
+    println!("    export JOBWIRE_TOKEN={token} JOBWIRE_URL=http://{addr}");
     println!(
-        "  Live:     ws://{addr}/ws/jobs/<job id>   (SSE: http://{addr}/api/jobs/<job id>/stream)"
+        "    jobwire submit demo --param steps=50 --watch      # cargo run --release -- submit ..."
     );
-    println!("  Metrics:  http://{addr}/metrics");
+    println!("    jobwire submit scan --param path=. --watch");
     println!();
-    println!("  A dev token (user \"dev\", valid 7 days):");
-    println!("    export JOBWIRE_TOKEN={token}");
-    println!("  Create a job from another terminal:");
-    println!("    curl -s -H \"Authorization: Bearer $JOBWIRE_TOKEN\" -H 'content-type: application/json' \\");
-    println!("      -d '{{\"kind\":\"demo\",\"params\":{{\"steps\":50}}}}' http://{addr}/api/jobs");
-    println!();
+    println!("  API http://{addr}/api/jobs · metrics http://{addr}/metrics · docs/protocol.md");
     println!("  Press Ctrl-C to stop.");
     let working = tokio::spawn({
         let shutdown = shutdown.clone();

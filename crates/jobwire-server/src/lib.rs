@@ -14,6 +14,7 @@
 //! - [`state`]: configuration, shared state, connection limits.
 //! - [`metrics`]: renders the Prometheus endpoint.
 //! - [`error`]: the JSON error shape.
+//! - `web`: the embedded web UI and `/jobwire.js`.
 //!
 //! [`serve`] takes a bound listener and a state holding the shutdown token,
 //! so tests run real servers on port 0.
@@ -27,6 +28,7 @@ pub mod session;
 pub mod sse;
 pub mod state;
 pub mod tailer;
+mod web;
 pub mod ws;
 
 use std::sync::Arc;
@@ -89,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
+        .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

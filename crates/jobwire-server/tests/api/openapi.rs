@@ -23,6 +23,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("get", "/"),
+    ("get", "/app.js"),
+    ("get", "/style.css"),
+    ("get", "/jobwire.js"),
 ];
 
 #[tokio::test]

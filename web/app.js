@@ -1,0 +1,312 @@
+// The jobwire web UI: a list of your jobs with live progress, a form to
+// start a job, and a job page with the live event log. Plain ES modules, no
+// build step; live updates come from jobwire.js (exact resume across
+// reconnects). The token comes from the URL fragment (#token=…, as
+// `jobwire dev` prints it) or the sign-in box, and stays in sessionStorage.
+
+import { JobwireClient } from "/jobwire.js";
+
+const PAGE_SIZE = 50;
+const LOG_ROWS = 1000; // events kept on the job page; older rows are dropped
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const TOKEN_KEY = "jobwire.token";
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-") || k === "href" || k === "title") node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  node.append(...children);
+  return node;
+};
+
+let client = null;
+let watch = null; // the watch of the current view
+let view = null;
+
+// ---- token -------------------------------------------------------------
+
+function takeTokenFromUrl() {
+  const m = location.hash.match(/(?:^#|&)token=([^&]+)/);
+  if (!m) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  // Keep the token out of the address bar and history.
+  history.replaceState(null, "", location.pathname + location.search + "#/");
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  client = null;
+  stopWatch();
+  show("signin");
+  $("#signin-message").textContent = message || "Paste a token to see your jobs.";
+  $("#signin-message").classList.toggle("error", Boolean(message));
+  $("#signout").hidden = true;
+}
+
+$("#signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = new FormData(e.target).get("token").trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  e.target.reset();
+  route();
+});
+$("#signout").addEventListener("click", () => signOut());
+
+/** Handles an API error: a refused token sends the user to sign in. */
+function apiFailed(error, where) {
+  if (error.status === 401 || error.code === "unauthorized") {
+    signOut(`Your token was refused (${error.message}). It may have expired: paste a new one.`);
+    return true;
+  }
+  where.textContent = error.message;
+  return false;
+}
+
+// ---- connection indicator ------------------------------------------------
+
+let resumedTimer = null;
+function connection(state, text) {
+  const c = $("#conn");
+  c.dataset.state = state;
+  $(".label", c).textContent = text || state;
+}
+
+function onStatus(s) {
+  if (s.state === "connecting") connection("connecting", "connecting…");
+  else if (s.state === "connected") connection("live", s.transport === "sse" ? "live (SSE)" : "live");
+  else if (s.state === "disconnected") connection("reconnecting", `reconnecting in ${(s.retryIn / 1000).toFixed(1)} s`);
+  else if (s.state === "stopped") connection("stopped", "stopped");
+}
+
+function onResumed() {
+  connection("resumed", "resumed");
+  clearTimeout(resumedTimer);
+  resumedTimer = setTimeout(() => {
+    if ($("#conn").dataset.state === "resumed") connection("live", "live");
+  }, 3000);
+}
+
+function stopWatch() {
+  if (watch) watch.close();
+  watch = null;
+  connection("idle", "idle");
+}
+
+// ---- routing -------------------------------------------------------------
+
+function show(id) {
+  for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== id;
+  view = id;
+}
+
+function route() {
+  takeTokenFromUrl();
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return signOut();
+  if (!client) client = new JobwireClient({ token });
+  $("#signout").hidden = false;
+  stopWatch();
+  const m = location.hash.match(/^#\/jobs\/([0-9A-Za-z]+)/);
+  if (m) return openJob(m[1]);
+  openList();
+}
+
+window.addEventListener("hashchange", route);
+
+// ---- job list --------------------------------------------------------------
+
+const cursors = [null]; // page start cursors; the last is the current page
+let rows = new Map();
+
+async function openList() {
+  show("list");
+  let page;
+  try {
+    page = await client.listJobs({ limit: PAGE_SIZE, cursor: cursors.at(-1) || undefined });
+  } catch (e) {
+    return apiFailed(e, $("#new-job-error"));
+  }
+  if (view !== "list") return;
+  const tbody = $("#jobs");
+  tbody.replaceChildren();
+  rows = new Map();
+  for (const job of page.jobs) {
+    const row = jobRow(job);
+    rows.set(job.id, row);
+    tbody.append(row.tr);
+  }
+  $("#empty").hidden = page.jobs.length > 0;
+  $("#newer").disabled = cursors.length <= 1;
+  $("#older").disabled = !page.next_cursor;
+  $("#older").onclick = () => {
+    cursors.push(page.next_cursor);
+    openList();
+  };
+  // One socket for every unfinished job on this page.
+  const live = page.jobs.filter((j) => !TERMINAL.has(j.status)).map((j) => j.id);
+  stopWatch();
+  if (live.length) {
+    watch = client.watch(live, {
+      onStatus,
+      onResumed,
+      onState: (job) => rows.get(job.id)?.update(job),
+      onEvent: (e) => rows.get(e.job_id)?.update(e.data),
+      onError: (e) => apiFailed(e, $("#new-job-error")),
+    });
+  }
+}
+
+$("#newer").addEventListener("click", () => {
+  if (cursors.length > 1) cursors.pop();
+  openList();
+});
+$("#refresh").addEventListener("click", () => openList());
+
+function jobRow(job) {
+  const status = el("span", { class: "badge", "data-testid": "row-status" });
+  const bar = el("div", { class: "bar" }, el("div"));
+  const sub = el("div", { class: "sub" });
+  const tr = el(
+    "tr",
+    { "data-job-id": job.id },
+    el("td", {}, el("a", { href: `#/jobs/${job.id}` }, el("code", {}, job.id.slice(-8)))),
+    el("td", {}, job.kind),
+    el("td", {}, status),
+    el("td", { class: "wide" }, bar, sub),
+    el("td", { class: "sub", title: job.created_at }, new Date(job.created_at).toLocaleString()),
+  );
+  const update = (s) => {
+    status.textContent = s.status;
+    status.className = "badge " + s.status;
+    bar.className = "bar " + s.status;
+    bar.firstChild.style.width = `${s.progress ?? 0}%`;
+    const files = s.total_files ? `${s.processed_files}/${s.total_files} files` : `${Math.round(s.progress ?? 0)}%`;
+    sub.textContent = [files, s.current_file || s.error || s.message || ""].filter(Boolean).join(" · ");
+  };
+  update(job);
+  return { tr, update };
+}
+
+// ---- start a job -------------------------------------------------------------
+
+const form = $("#new-job");
+form.kind.addEventListener("change", () => {
+  for (const row of form.querySelectorAll("[data-kind]")) row.hidden = row.dataset.kind !== form.kind.value;
+});
+form.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = new FormData(form);
+  const kind = f.get("kind");
+  const number = (k) => (f.get(k) === "" ? undefined : Number(f.get(k)));
+  const params =
+    kind === "scan"
+      ? { path: f.get("path"), ...(f.get("glob") ? { glob: f.get("glob") } : {}) }
+      : { steps: number("steps"), delay_ms: number("delay_ms"), ...(number("fail_at") ? { fail_at: number("fail_at") } : {}) };
+  $("#new-job-error").textContent = "";
+  try {
+    const job = await client.createJob(kind, params);
+    location.hash = `#/jobs/${job.id}`;
+  } catch (err) {
+    apiFailed(err, $("#new-job-error"));
+  }
+});
+
+// ---- job page ------------------------------------------------------------------
+
+function openJob(id) {
+  show("job");
+  const log = $("#log");
+  log.replaceChildren();
+  $("#job-notice").hidden = true;
+  $("[data-testid=job-id]").textContent = id;
+  $("[data-testid=job-error]").textContent = "";
+  let count = 0;
+  let backfilled = false;
+  const logRow = (e) => {
+    const detail = e.data.file || e.data.message || e.data.reason || e.data.error || "";
+    const cls = e.type === "error" || e.type === "job_failed" ? "error" : e.type.startsWith("job_") ? "job" : "";
+    return el("li", { class: cls, "data-event-id": String(e.id) },
+      el("span", { class: "id" }, String(e.id)),
+      el("span", {}, new Date(e.timestamp).toLocaleTimeString()),
+      el("span", {}, e.type),
+      el("span", {}, String(detail)),
+    );
+  };
+  // The events before the live stream's starting point, for context.
+  const backfill = async (upTo, epoch) => {
+    try {
+      const since = Math.max(0, upTo - 200);
+      const page = await client.history(id, { since, epoch, limit: 200 });
+      const rows = page.events.filter((e) => e.id <= upTo).map(logRow);
+      log.prepend(...rows);
+    } catch {
+      /* trimmed or gone: the live log is still exact */
+    }
+  };
+  const render = (s) => {
+    const status = $("[data-testid=job-status]");
+    status.textContent = s.status;
+    status.className = "badge " + s.status;
+    const bar = $("[data-testid=job-progress]");
+    bar.className = "bar " + s.status;
+    bar.firstChild.style.width = `${s.progress}%`;
+    bar.setAttribute("aria-valuenow", String(Math.round(s.progress)));
+    $("[data-testid=job-files]").textContent = s.total_files ? `${s.processed_files} of ${s.total_files}` : "–";
+    $("[data-testid=job-failed]").textContent = String(s.failed_files);
+    $("[data-testid=job-attempt]").textContent = String(s.attempt);
+    $("[data-testid=job-current]").textContent = s.current_file || "–";
+    if (s.message !== undefined) $("[data-testid=job-message]").textContent = s.message || "–";
+    if (s.error) $("[data-testid=job-error]").textContent = s.error;
+    $("#cancel").hidden = TERMINAL.has(s.status);
+  };
+  const notice = (text) => {
+    const n = $("#job-notice");
+    n.textContent = text;
+    n.hidden = false;
+  };
+  watch = client.watch(id, {
+    onStatus,
+    onResumed,
+    onState: (job, { resync }) => {
+      $("[data-testid=job-kind]").textContent = job.kind;
+      render(job);
+      if (!backfilled && !resync) {
+        backfilled = true;
+        backfill(job.last_event_id, job.epoch);
+      }
+      if (resync) {
+        notice("Some events could not be replayed (they were trimmed, or the job's log was rebuilt): showing the job's current state.");
+        log.append(el("li", { class: "job", "data-resync": "true" }, el("span", { class: "id" }, "…"), el("span", {}, ""), el("span", {}, "resync"), el("span", {}, "events before this point were skipped")));
+      }
+    },
+    onEvent: (e) => {
+      render(e.data);
+      if (e.type === "job_failed") $("[data-testid=job-error]").textContent = e.data.error || e.data.message || "failed";
+      log.append(logRow(e));
+      count++;
+      while (log.childElementCount > LOG_ROWS) log.firstElementChild.remove();
+      $("#log-count").textContent = `${count} live event${count === 1 ? "" : "s"}`;
+      const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+      if (nearBottom) log.scrollTop = log.scrollHeight;
+    },
+    onJobError: (_, err) => {
+      $("[data-testid=job-status]").textContent = "unavailable";
+      notice(err.code === "not_found" ? "This job does not exist (or is not yours)." : err.message);
+    },
+    onError: (e) => apiFailed(e, $("[data-testid=job-error]")),
+  });
+  $("#cancel").onclick = async () => {
+    try {
+      await client.cancel(id);
+    } catch (err) {
+      apiFailed(err, $("[data-testid=job-error]"));
+    }
+  };
+}
+
+route();
