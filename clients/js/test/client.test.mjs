@@ -134,6 +134,8 @@ test("a fixed token that expires stops the watch with onError", async () => {
   const client = new JobwireClient({ url: a.url, token: token({ ttl: "2s" }) });
   const job = await feed(() => a.url, { total: 2000, every: 5 });
   const seen = await collect(client, job.id, { timeout: 20000 });
+  job.stop();
+  await job.done;
   assert.equal(seen.error && seen.error.code, "unauthorized", String(seen.error));
   await a.kill();
 });

@@ -84,8 +84,9 @@ export function token({ sub = "alice", scopes = ["jobs:read", "jobs:write"], ttl
 /** Creates an external job and publishes `total` progress events to it, one every `every` ms, then completes it. */
 export async function feed(url, { total, every }) {
   const worker = token({ scopes: ["jobs:read", "jobs:write", "worker"] });
+  let stopped = false;
   const post = async (path, body) => {
-    for (;;) {
+    while (!stopped) {
       try {
         const r = await fetch(url() + path, { method: "POST", headers: { Authorization: "Bearer " + worker, "Content-Type": "application/json" }, body: JSON.stringify(body) });
         if (r.ok) return r.json();
@@ -101,11 +102,12 @@ export async function feed(url, { total, every }) {
   const event = (type, data) => ({ type, data, attempt: 1, n: ++n });
   await post(`/api/jobs/${job.id}/events`, [event("job_started", {})]);
   const done = (async () => {
-    for (let i = 1; i <= total; i++) {
+    for (let i = 1; i <= total && !stopped; i++) {
       await post(`/api/jobs/${job.id}/events`, [event("progress", { current: i, total })]);
       await sleep(every);
     }
-    await post(`/api/jobs/${job.id}/events`, [event("job_completed", {})]);
+    if (!stopped) await post(`/api/jobs/${job.id}/events`, [event("job_completed", {})]);
   })();
-  return { id: job.id, done };
+  // stop() ends the feed early (its server may be gone for good).
+  return { id: job.id, done, stop: () => (stopped = true) };
 }
