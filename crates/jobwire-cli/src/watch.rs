@@ -284,7 +284,15 @@ fn update_bar(id: &JobId, bar: Option<&ProgressBar>, t: Option<&Tracked>) {
         (None, None, Some(m)) => m.clone(),
         _ => String::new(),
     };
-    bar.set_message(format!("{status:<9} {}", truncate(&detail, 48)));
+    // Files per second since the watch began (indicatif's own rate
+    // counts bar updates, which arrive in bursts).
+    let rate = match t.since.elapsed().as_secs_f64() {
+        secs if t.total > 0 && secs > 0.5 => {
+            format!("{:>6.0} files/s ", (t.processed + t.failed) as f64 / secs)
+        }
+        _ => String::new(),
+    };
+    bar.set_message(format!("{rate}{status:<9} {}", truncate(&detail, 48)));
     bar.set_prefix(format!("{} {}", short(id), t.kind));
 }
 
