@@ -12,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use jobwire_core::{Epoch, EventId, JobId};
 use serde::Deserialize;
@@ -96,7 +97,7 @@ fn accept(
     let origin_ok = origin_allowed(&headers, &state.config.allowed_origins);
     let limit = state.config.max_frame_bytes;
     let mut upgrade = upgrade
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(4096)
         .max_message_size(limit)
         .max_frame_size(limit);
@@ -104,12 +105,11 @@ fn accept(
         // Echo the token subprotocol: browsers fail the handshake otherwise.
         upgrade = upgrade.protocols([protocol]);
     }
-    upgrade.on_upgrade(move |socket| async move {
+    // Run the connection inside axum's upgrade task (tracked for shutdown)
+    // rather than in a task of its own: one task per socket, not two.
+    upgrade.on_upgrade(move |socket| {
         let tasks = state.tasks.clone();
-        tasks
-            .spawn(connection(socket, state, principal, origin_ok, first))
-            .await
-            .ok();
+        tasks.track_future(connection(socket, state, principal, origin_ok, first))
     })
 }
 
@@ -154,7 +154,7 @@ async fn connection(
             Ok(first) => first,
             Err((code, reason)) => return close_with(&mut socket, code, &reason).await,
         };
-        if let Err(e) = session.subscribe(&job, resume, &mut out).await {
+        if let Err(e) = Box::pin(session.subscribe(&job, resume, &mut out)).await {
             let (code, reason) = subscribe_close(&e);
             return close_with(&mut socket, code, &reason).await;
         }
@@ -178,11 +178,14 @@ async fn run(
     let _gauge = Gauge::new(&state.stats.ws_connections);
     tracing::debug!("connected");
     let (mut sink, mut stream) = socket.split();
-    let mut heartbeat = tokio::time::interval(state.config.heartbeat);
-    heartbeat.reset();
+    // One timer for both the heartbeat and the token's expiry: each timer
+    // costs memory on every idle connection.
+    let every = state.config.heartbeat;
+    let mut next_ping = Instant::now() + every;
+    let mut expires = deadline(&session.principal);
     let mut last_heard = Instant::now();
-    let expiry = tokio::time::sleep_until(deadline(&session.principal));
-    tokio::pin!(expiry);
+    let timer = tokio::time::sleep_until(next_ping.min(expires));
+    tokio::pin!(timer);
     let mut bucket = TokenBucket::new(state.config.max_frames_per_second);
     // Made once, not on every turn of the loop (measurable per message).
     let shutdown = state.shutdown.cancelled();
@@ -194,7 +197,7 @@ async fn run(
             // A client that stops reading blocks this write; the Hub then
             // overflows its outbox, and the connection must give up on it.
             let written = tokio::select! {
-                written = write_all(&mut sink, out.drain(..), &state.stats) => written.is_ok(),
+                written = Box::pin(write_all(&mut sink, out.drain(..), &state.stats)) => written.is_ok(),
                 () = &mut slow => {
                     Stats::add(&state.stats.slow_disconnects, 1);
                     // Its socket is full: try to say why, briefly, then drop it.
@@ -219,17 +222,32 @@ async fn run(
                 Stats::add(&state.stats.slow_disconnects, 1);
                 break Some((close::TRY_AGAIN, "slow consumer: reconnect and resume with since".into()));
             }
-            () = &mut expiry => break Some((close::UNAUTHORIZED, "token expired".into())),
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= expires {
+                    break Some((close::UNAUTHORIZED, "token expired".into()));
+                }
+                if now >= next_ping {
+                    if last_heard.elapsed() > every * 3 {
+                        break Some((close::GOING_AWAY, "no answer to pings".into()));
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break None;
+                    }
+                    next_ping = now + every;
+                }
+                timer.as_mut().reset(next_ping.min(expires));
+            }
             delivery = inbox.recv() => {
                 let Some(delivery) = delivery else { break None };
-                if let Err(e) = session.deliver(delivery, &mut out).await {
+                if let Err(e) = Box::pin(session.deliver(delivery, &mut out)).await {
                     tracing::warn!(error = %e, "cannot read a job log for a client");
                     break Some((close::TRY_AGAIN, "temporarily unable to read events: resume with since".into()));
                 }
                 // Batch whatever else is already queued.
                 while out.len() < 256 {
                     let Ok(more) = inbox.try_recv() else { break };
-                    if let Err(e) = session.deliver(more, &mut out).await {
+                    if let Err(e) = Box::pin(session.deliver(more, &mut out)).await {
                         tracing::warn!(error = %e, "cannot read a job log for a client");
                         break;
                     }
@@ -247,7 +265,8 @@ async fn run(
                 }
                 match message {
                     Message::Text(text) => {
-                        let reply = client_frame(&text, single, &mut session, &mut out, &state, expiry.as_mut()).await;
+                        let reply = Box::pin(client_frame(&text, single, &mut session, &mut out, &state, &mut expires)).await;
+                        timer.as_mut().reset(next_ping.min(expires));
                         if let Some(reply) = reply {
                             out.push(Out::notice(reply));
                         }
@@ -257,36 +276,40 @@ async fn run(
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > state.config.heartbeat * 3 {
-                    break Some((close::GOING_AWAY, "no answer to pings".into()));
-                }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
-                }
-            }
         }
     };
     tracing::debug!(close = ?closing, "disconnected");
     if let Some((code, reason)) = closing {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        // The closing handshake: read (and drop) what the client still sends
-        // until its Close, briefly. Dropping a socket with unread input makes
-        // the kernel reset it, and the client would never see our code.
-        let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        // Boxed: this state is rare, and inline it would enlarge every
+        // idle connection's future.
+        Box::pin(close_gracefully(sink, stream, code, reason)).await;
     }
+}
+
+/// Sends our Close frame and lets the client answer it.
+async fn close_gracefully(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    code: u16,
+    reason: String,
+) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    // The closing handshake: read (and drop) what the client still sends
+    // until its Close, briefly. Dropping a socket with unread input makes
+    // the kernel reset it, and the client would never see our code.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles one client frame; returns a reply to send, if any.
@@ -296,7 +319,7 @@ async fn client_frame(
     session: &mut Session,
     out: &mut Vec<Out>,
     state: &AppState,
-    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+    expires: &mut Instant,
 ) -> Option<String> {
     #[derive(Deserialize)]
     struct Frame {
@@ -362,7 +385,7 @@ async fn client_frame(
         },
         "refresh" => match state.auth.verify(frame.token.as_deref()) {
             Ok(p) if p.user == session.principal.user => {
-                expiry.reset(deadline(&p));
+                *expires = deadline(&p);
                 let expires_at = p.expires_at;
                 session.principal = p;
                 Some(json!({"type": "refreshed", "expires_at": expires_at}).to_string())
