@@ -45,6 +45,16 @@ export function tokenExpiry(token) {
   }
 }
 
+/** The `{code, message}` of an error answer (jobwire's JSON shape, or the HTTP status). */
+async function errorOf(response) {
+  try {
+    const { code, message } = (await response.json()).error;
+    return { code, message };
+  } catch {
+    return { code: "error", message: response.statusText };
+  }
+}
+
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const TERMINAL_EVENTS = new Set(["job_completed", "job_failed", "job_cancelled"]);
 
@@ -122,15 +132,7 @@ export class JobwireClient {
       }
       if (!response) throw lastError;
       if (response.ok) return response.status === 204 ? null : response.json();
-      let code = "error";
-      let message = response.statusText;
-      try {
-        const err = (await response.json()).error;
-        code = err.code;
-        message = err.message;
-      } catch {
-        /* not a jobwire error body */
-      }
+      const { code, message } = await errorOf(response);
       if (response.status === 401 && this.tokenProvider && !refreshed) {
         refreshed = true;
         await this.freshToken();
@@ -556,15 +558,7 @@ class SseConnection {
     });
     if (response.status === 401) return this.drop("401", { unauthorized: true });
     if (!response.ok) {
-      let code = "error";
-      let message = response.statusText;
-      try {
-        const err = (await response.json()).error;
-        code = err.code;
-        message = err.message;
-      } catch {
-        /* not JSON */
-      }
+      const { code, message } = await errorOf(response);
       this.streams.delete(jobId);
       this.watch.onMessage({ type: "error", job_id: jobId, code, message });
       return;

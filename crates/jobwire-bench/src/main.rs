@@ -9,6 +9,7 @@ mod worker;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use jobwire_testkit::{Persistence, RedisServer};
 
 /// jobwire's hot paths allocate many small JSON maps; mimalloc makes those
 /// allocations markedly cheaper than glibc's malloc (see docs/benchmarks.md).
@@ -35,6 +36,19 @@ enum Scenario {
     /// Worker throughput: trivial jobs/s through the queue, and reporter
     /// events/s for one busy job.
     Worker(worker::Args),
+}
+
+/// The Redis to measure against: `url` when given, else a private
+/// redis-server (kept running while the returned handle lives).
+fn redis(url: Option<&str>) -> Result<(Option<RedisServer>, String)> {
+    match url {
+        Some(url) => Ok((None, url.to_owned())),
+        None => {
+            let server = RedisServer::start_private(Persistence::None)?;
+            let url = server.url();
+            Ok((Some(server), url))
+        }
+    }
 }
 
 #[tokio::main]

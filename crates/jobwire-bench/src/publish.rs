@@ -17,7 +17,6 @@ use jobwire_core::{
     Timestamp,
 };
 use jobwire_redis::{RedisBackend, RedisConfig};
-use jobwire_testkit::{Persistence, RedisServer};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -56,16 +55,7 @@ pub(crate) enum Path {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let _server;
-    let url = match &args.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let server = RedisServer::start_private(Persistence::None)?;
-            let url = server.url();
-            _server = server;
-            url
-        }
-    };
+    let (_server, url) = crate::redis(args.redis_url.as_deref())?;
     let duration = Duration::from_secs_f64(args.seconds);
     println!(
         "publish throughput: batch {} events, median of {} alternating rounds of {:.0} s, pool {} connections, redis {url}",

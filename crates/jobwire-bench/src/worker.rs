@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use jobwire_core::{Backend, BackendConfig, MemoryBackend, NewJob};
 use jobwire_redis::{RedisBackend, RedisConfig};
-use jobwire_testkit::{Persistence, RedisServer};
 use jobwire_worker::{handler_fn, JobOutcome, Worker, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -44,16 +43,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let _server;
-    let url = match &args.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let server = RedisServer::start_private(Persistence::None)?;
-            let url = server.url();
-            _server = server;
-            url
-        }
-    };
+    let (_server, url) = crate::redis(args.redis_url.as_deref())?;
     println!(
         "worker throughput: {} trivial jobs (3 events each), concurrency {} per worker, redis {url}",
         args.jobs, args.concurrency

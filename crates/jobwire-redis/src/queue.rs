@@ -98,21 +98,18 @@ impl RedisBackend {
     }
 
     pub(crate) async fn renew_lease(&self, consumer: &str, entry: &str) -> Result<bool> {
-        let mut conn = self.shared.conns.command();
-        let renewed: i64 = scripts::RENEW
-            .key(self.shared.keys.queue())
-            .arg(WORKERS_GROUP)
-            .arg(consumer)
-            .arg(entry)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
-        Ok(renewed == 1)
+        self.if_leased(&scripts::RENEW, consumer, entry).await
     }
 
     pub(crate) async fn release_entry(&self, consumer: &str, entry: &str) -> Result<bool> {
+        self.if_leased(&scripts::RELEASE, consumer, entry).await
+    }
+
+    /// Runs a script that acts on an entry only while `consumer` holds it;
+    /// `false` when it does not.
+    async fn if_leased(&self, script: &redis::Script, consumer: &str, entry: &str) -> Result<bool> {
         let mut conn = self.shared.conns.command();
-        let released: i64 = scripts::RELEASE
+        let done: i64 = script
             .key(self.shared.keys.queue())
             .arg(WORKERS_GROUP)
             .arg(consumer)
@@ -120,7 +117,7 @@ impl RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;
-        Ok(released == 1)
+        Ok(done == 1)
     }
 
     pub(crate) async fn ack_entry(&self, entry: &str) -> Result<()> {

@@ -9,6 +9,11 @@
 //!
 //! `JOBWIRE_TEST_REDIS_URL` points tests at an existing server instead; then
 //! kill/restart are refused (the harness does not own that process).
+//!
+//! [`jobs`] reads jobs back: waiting for a state, and the whole log checked
+//! for consecutive ids.
+
+pub mod jobs;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -3,14 +3,14 @@
 //! and exits 0).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use jobwire_core::{
-    Backend, Event, EventId, EventType, EventsAfter, JobId, JobState, JobStatus, NewJob, QueueStats,
-};
+use anyhow::{ensure, Context, Result};
+use jobwire_core::{Backend, EventType, JobStatus, NewJob, QueueStats};
 use jobwire_testkit::RedisServer;
 use serde_json::json;
+
+use jobwire_testkit::jobs::{ensure_queue_empty, log, wait_for};
 
 use crate::{redis_backend, Jobwire};
 
@@ -22,42 +22,6 @@ fn start_worker(redis: &RedisServer, name: &str, extra: &[(&str, &str)]) -> Resu
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     Jobwire::start(&["worker"], &env)
-}
-
-async fn wait_until(
-    backend: &dyn Backend,
-    job: &JobId,
-    within: Duration,
-    done: impl Fn(&JobState) -> bool,
-) -> Result<JobState> {
-    let deadline = Instant::now() + within;
-    loop {
-        let state = backend.job(job).await?;
-        if done(&state) {
-            return Ok(state);
-        }
-        if Instant::now() > deadline {
-            bail!("job never got there: {state:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn log(backend: &dyn Backend, job: &JobId) -> Result<Vec<Event>> {
-    let EventsAfter::Events(records) = backend
-        .events_after(job, EventId::ZERO, None, 100_000)
-        .await?
-    else {
-        bail!("log trimmed");
-    };
-    let events: Vec<Event> = records
-        .iter()
-        .map(|r| r.parse())
-        .collect::<Result<_, _>>()?;
-    for (i, e) in events.iter().enumerate() {
-        ensure!(e.id.0 == i as u64 + 1, "ids not consecutive: {events:#?}");
-    }
-    Ok(events)
 }
 
 /// `kill -9` a worker mid-job: after the visibility timeout another worker
@@ -75,7 +39,7 @@ async fn a_killed_worker_s_job_is_retried_by_another() -> Result<()> {
             "alice",
         ))
         .await?;
-    wait_until(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+    wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
         s.progress >= 10.0
     })
     .await?;
@@ -84,7 +48,7 @@ async fn a_killed_worker_s_job_is_retried_by_another() -> Result<()> {
     let progress_at_death = backend.job(&job.id).await?.progress;
 
     let _second = start_worker(&redis, "second", &[])?;
-    let state = wait_until(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
+    let state = wait_for(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
         s.status.is_terminal()
     })
     .await?;
@@ -119,10 +83,7 @@ async fn a_killed_worker_s_job_is_retried_by_another() -> Result<()> {
         progress_at_death < 100.0,
         "the first worker finished before it was killed"
     );
-    ensure!(
-        backend.queue_stats().await? == QueueStats::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(backend.as_ref()).await?;
     Ok(())
 }
 
@@ -141,7 +102,7 @@ async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
             "alice",
         ))
         .await?;
-    wait_until(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+    wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
         s.progress > 0.0
     })
     .await?;
@@ -164,7 +125,7 @@ async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
     );
     // Well inside the visibility timeout: a released job needs no reaper.
     let _arriving = start_worker(&redis, "arriving", &[("JOBWIRE_VISIBILITY_TIMEOUT", "1h")])?;
-    wait_until(backend.as_ref(), &job.id, Duration::from_secs(5), |s| {
+    wait_for(backend.as_ref(), &job.id, Duration::from_secs(5), |s| {
         s.status == JobStatus::Running && s.attempt == 2
     })
     .await?;

@@ -9,6 +9,8 @@ use jobwire_testkit::{Persistence, RedisServer};
 use jobwire_worker::{handler_fn, JobError, JobOutcome};
 use serde_json::json;
 
+use jobwire_testkit::jobs::ensure_queue_empty;
+
 use crate::support::{self, builtin, config, count, log, wait_finished, Running};
 
 /// Three workers share one queue: each of 200 jobs runs exactly once, and
@@ -68,10 +70,7 @@ async fn workers_share_the_queue_and_run_each_job_once() -> Result<()> {
         finished.iter().all(|&n| n >= 10),
         "the load did not spread: {finished:?}"
     );
-    ensure!(
-        client.queue_stats().await? == Default::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(client.as_ref()).await?;
     Ok(())
 }
 
@@ -147,10 +146,7 @@ async fn failures_fail_the_job_and_the_worker_survives() -> Result<()> {
     ensure!(state.result == Some(json!({"steps": 3})), "{state:?}");
     let stats = running.shut_down().await?.stats().snapshot();
     ensure!(stats.failed == 4 && stats.completed == 1, "{stats:?}");
-    ensure!(
-        backend.queue_stats().await? == Default::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(backend.as_ref()).await?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ use jobwire_worker::{handler_fn, JobOutcome, Reporter, StopReason, Stopped, Work
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use jobwire_testkit::jobs::ensure_queue_empty;
+
 use crate::support::{
     self, attempt_of, builtin, config, count, log, wait_finished, wait_for, Running,
 };
@@ -56,10 +58,7 @@ async fn queued_and_running_jobs_can_be_cancelled() -> Result<()> {
     ensure!(kinds == ["job_queued", "job_cancelled"], "{kinds:?}");
     let stats = running.shut_down().await?.stats().snapshot();
     ensure!(stats.cancelled == 1 && stats.completed == 0, "{stats:?}");
-    ensure!(
-        backend.queue_stats().await? == QueueStats::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(backend.as_ref()).await?;
     Ok(())
 }
 
@@ -200,10 +199,7 @@ async fn a_stalled_worker_is_fenced_and_stops_its_job() -> Result<()> {
     let (a, b) = (a.stats().snapshot(), b.stats().snapshot());
     ensure!(a.lost == 1 && a.completed == 0, "stalled worker: {a:?}");
     ensure!(b.reclaimed == 1 && b.completed == 1, "rescuer: {b:?}");
-    ensure!(
-        backend.queue_stats().await? == QueueStats::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(backend.as_ref()).await?;
     Ok(())
 }
 
@@ -310,9 +306,6 @@ async fn a_job_past_its_attempts_is_dead_lettered_by_the_reaper() -> Result<()> 
         stats.dead_lettered == 1 && stats.completed == 0,
         "{stats:?}"
     );
-    ensure!(
-        backend.queue_stats().await? == QueueStats::default(),
-        "entries left behind"
-    );
+    ensure_queue_empty(backend.as_ref()).await?;
     Ok(())
 }

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use jobwire_core::{
-    Backend, BackendConfig, Event, EventId, EventType, EventsAfter, JobId, JobState,
-};
+use anyhow::{Context, Result};
+use jobwire_core::{Backend, BackendConfig, Event, EventType, JobId, JobState};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_testkit::RedisServer;
 use jobwire_worker::{Worker, WorkerBuilder, WorkerConfig};
@@ -76,52 +74,13 @@ impl Running {
     }
 }
 
-/// Waits until the job satisfies `done`.
-pub(crate) async fn wait_for(
-    backend: &dyn Backend,
-    job: &JobId,
-    timeout: Duration,
-    done: impl Fn(&JobState) -> bool,
-) -> Result<JobState> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match backend.job(job).await {
-            Ok(state) if done(&state) => return Ok(state),
-            Ok(state) if tokio::time::Instant::now() > deadline => {
-                bail!("job {job} did not get there in {timeout:?}; it is {state:?}")
-            }
-            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
+pub(crate) use jobwire_testkit::jobs::{log, wait_for};
 
 pub(crate) async fn wait_finished(backend: &dyn Backend, job: &JobId) -> Result<JobState> {
     wait_for(backend, job, Duration::from_secs(60), |s| {
         s.status.is_terminal()
     })
     .await
-}
-
-/// The job's whole log, checked to be the consecutive ids 1, 2, 3 …
-pub(crate) async fn log(backend: &dyn Backend, job: &JobId) -> Result<Vec<Event>> {
-    let EventsAfter::Events(records) = backend
-        .events_after(job, EventId::ZERO, None, 1_000_000)
-        .await?
-    else {
-        bail!("the log of {job} was trimmed");
-    };
-    let events = records
-        .iter()
-        .map(|r| r.parse())
-        .collect::<Result<Vec<Event>, _>>()?;
-    for (i, e) in events.iter().enumerate() {
-        ensure!(
-            e.id.0 == i as u64 + 1,
-            "ids not consecutive at {i}: {events:#?}"
-        );
-    }
-    Ok(events)
 }
 
 /// How many events of `kind` the log holds.
