@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// The `jobwire` binary (default: next to this one).
     #[arg(long)]
     jobwire: Option<std::path::PathBuf>,
+    /// Resume storm: this many seconds into publishing, every subscriber
+    /// drops its socket and reconnects at once, resuming with since/epoch.
+    #[arg(long)]
+    storm_at: Option<f64>,
 }
 
 pub(crate) struct Gateway {
@@ -78,6 +82,11 @@ struct Seen {
     broken: u64,
     /// The close code, if the server closed this subscriber.
     closed: Option<u16>,
+    /// After a resume storm: from dropping the socket to the first event
+    /// published after the reconnect (so everything before it had arrived).
+    caught_up: Option<Duration>,
+    /// The reconnect was not answered with `resumed`.
+    not_resumed: bool,
 }
 
 /// Starts `count` `jobwire serve` processes on `redis` and waits until
@@ -169,7 +178,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         let first = next_json(&mut ws).await?;
         let start = first["id"].as_u64().context("current_state id")?;
-        subscribers.push((job, ws, start));
+        let epoch = first["epoch"]
+            .as_str()
+            .context("current_state epoch")?
+            .to_owned();
+        subscribers.push((
+            format!("ws://127.0.0.1:{port}/ws/jobs/{job}"),
+            epoch,
+            ws,
+            start,
+        ));
     }
     println!(
         "{} subscribers connected to {} instances in {:.1} s",
@@ -184,17 +202,35 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let total_delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut readers = Vec::new();
-    for (_job, mut ws, start) in subscribers {
+    let storm = tokio_util::sync::CancellationToken::new();
+    for (url, epoch, mut ws, start) in subscribers {
         let histogram = Arc::clone(&histogram);
         let stop = stop.clone();
+        let storm = storm.clone();
+        let token = token.clone();
         let total_delivered = Arc::clone(&total_delivered);
         readers.push(tokio::spawn(async move {
             let mut seen = Seen::default();
             let mut last = start;
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let mut dropped_at: Option<(Instant, u64)> = None;
+            let mut stormed = false;
             loop {
                 let msg = tokio::select! {
                     () = stop.cancelled() => break,
+                    () = storm.cancelled(), if !stormed => {
+                        stormed = true;
+                        dropped_at = Some((Instant::now(), now_us()));
+                        drop(ws);
+                        match resume(&url, &token, last, &epoch).await {
+                            Ok((again, resumed)) => {
+                                ws = again;
+                                seen.not_resumed = !resumed;
+                                continue;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     msg = ws.next() => match msg {
                         Some(Ok(msg)) => msg,
                         _ => break,
@@ -222,12 +258,26 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 if let (Some(t), Some(h)) = (event.data.t_us, local.as_mut()) {
                     let _ = h.record(now_us().saturating_sub(t).max(1));
                 }
+                if let (Some((at, at_us)), None, Some(t)) =
+                    (dropped_at, seen.caught_up, event.data.t_us)
+                {
+                    if t > at_us {
+                        seen.caught_up = Some(at.elapsed());
+                    }
+                }
             }
             if let (Some(h), Ok(mut all)) = (local, histogram.lock()) {
                 let _ = all.add(h);
             }
             seen
         }));
+    }
+    if let Some(at) = args.storm_at {
+        let storm = storm.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(at)).await;
+            storm.cancel();
+        });
     }
     let published_per_job = publish(&publisher, &jobs, args.rate, duration).await?;
     let expected: u64 = (0..args.subscribers)
@@ -249,10 +299,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let mut delivered = 0;
     let mut broken = 0;
     let mut closes: HashMap<u16, u64> = HashMap::new();
+    let mut caught_up = Vec::new();
+    let mut not_resumed = 0;
     for reader in readers {
         let seen = reader.await?;
         delivered += seen.delivered;
         broken += seen.broken;
+        caught_up.extend(seen.caught_up);
+        not_resumed += u64::from(seen.not_resumed);
         if let Some(code) = seen.closed {
             *closes.entry(code).or_default() += 1;
         }
@@ -291,6 +345,22 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ms(0.999),
         h.max() as f64 / 1000.0
     );
+    if args.storm_at.is_some() {
+        caught_up.sort();
+        let at = |q: f64| {
+            caught_up
+                .get(((caught_up.len() as f64 * q) as usize).min(caught_up.len().saturating_sub(1)))
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "resume storm: {} of {} subscribers caught up; ms from drop to caught up: p50 {:.0}  p99 {:.0}  max {:.0}; answered without resumed: {not_resumed}",
+            caught_up.len(),
+            args.subscribers,
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
     let ticks_per_s = 100.0;
     for (i, g) in gateways.iter().enumerate() {
         let cpu = (cpu_after[i].saturating_sub(cpu_before[i])) as f64 / ticks_per_s / args.seconds
@@ -343,6 +413,26 @@ async fn publish(
         counts.insert(job, sent);
     }
     Ok(counts)
+}
+
+/// Reconnects a subscriber after `since`; `true` when the server answered
+/// `resumed` (nothing to re-read from scratch).
+async fn resume(
+    url: &str,
+    token: &str,
+    since: u64,
+    epoch: &str,
+) -> Result<(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    bool,
+)> {
+    let mut request = format!("{url}?since={since}&epoch={epoch}").into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+    let first = next_json(&mut ws).await?;
+    Ok((ws, first["type"] == "resumed"))
 }
 
 async fn next_json(
