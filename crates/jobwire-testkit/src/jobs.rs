@@ -68,3 +68,21 @@ pub async fn ensure_queue_empty(backend: &dyn Backend) -> Result<()> {
     );
     Ok(())
 }
+
+/// Creates a `demo` job for user `alice` with these parameters.
+///
+/// # Errors
+/// When the backend refuses it.
+pub async fn create_demo(backend: &dyn Backend, params: serde_json::Value) -> Result<JobState> {
+    Ok(backend
+        .create_job(jobwire_core::NewJob::new("demo", params, "alice"))
+        .await?)
+}
+
+/// Waits (up to 20 s) until a worker has made progress on the job.
+///
+/// # Errors
+/// As [`wait_for`].
+pub async fn wait_progressing(backend: &dyn Backend, job: &JobId) -> Result<JobState> {
+    wait_for(backend, job, Duration::from_secs(20), |s| s.progress > 0.0).await
+}

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use jobwire_core::{Backend, EventType, JobStatus, NewJob, QueueStats};
+use jobwire_core::{Backend, EventType, JobStatus, QueueStats};
 use jobwire_testkit::RedisServer;
 use serde_json::json;
 
-use jobwire_testkit::jobs::{ensure_queue_empty, log, wait_for};
+use jobwire_testkit::jobs::{create_demo, ensure_queue_empty, log, wait_for, wait_progressing};
 
 use crate::{redis_backend, Jobwire};
 
@@ -32,13 +32,7 @@ async fn a_killed_worker_s_job_is_retried_by_another() -> Result<()> {
     let redis = RedisServer::start()?;
     let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
     let mut first = start_worker(&redis, "first", &[])?;
-    let job = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 40, "delay_ms": 50}),
-            "alice",
-        ))
-        .await?;
+    let job = create_demo(backend.as_ref(), json!({"steps": 40, "delay_ms": 50})).await?;
     wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
         s.progress >= 10.0
     })
@@ -95,17 +89,8 @@ async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
     let redis = RedisServer::start()?;
     let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
     let mut leaving = start_worker(&redis, "leaving", &[("JOBWIRE_SHUTDOWN_TIMEOUT", "500ms")])?;
-    let job = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 100, "delay_ms": 50}),
-            "alice",
-        ))
-        .await?;
-    wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
-        s.progress > 0.0
-    })
-    .await?;
+    let job = create_demo(backend.as_ref(), json!({"steps": 100, "delay_ms": 50})).await?;
+    wait_progressing(backend.as_ref(), &job.id).await?;
     leaving.signal("TERM")?;
     let code = leaving.wait_exit(Duration::from_secs(10))?;
     ensure!(code == 0, "exit code {code}");

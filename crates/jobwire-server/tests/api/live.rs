@@ -612,3 +612,48 @@ async fn a_client_flooding_frames_is_closed_with_1008() -> Result<()> {
     );
     Ok(())
 }
+
+/// The server pings on its heartbeat; a client that answers stays, one that
+/// stops reading (and so never answers) is closed with 1001 after three
+/// intervals.
+#[tokio::test]
+async fn heartbeats_keep_live_clients_and_drop_silent_ones() -> Result<()> {
+    let config = ServerConfig {
+        heartbeat: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let app = spawn_app_with(memory(), config).await?;
+    let token = user_token("alice");
+
+    // Reading answers pings (tungstenite replies with pongs as it reads).
+    let (mut live, _) = connect(&app.ws_url("/ws/jobs"), Some(&token), Via::Subprotocol).await?;
+    let (mut silent, _) = connect(&app.ws_url("/ws/jobs"), Some(&token), Via::Subprotocol).await?;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(msg) = tokio::time::timeout_at(until, live.next()).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => bail!("a live client was closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => bail!("the live connection ended: {other:?}"),
+        }
+    }
+    ensure!(
+        pings >= 4,
+        "only {pings} pings in 1.5 s at a 200 ms heartbeat"
+    );
+
+    // The silent one was read only now: its pings went unanswered.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next()).await? {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                ensure!(u16::from(frame.code) == 1001, "{frame:?}");
+                ensure!(frame.reason.contains("pings"), "{frame:?}");
+                break;
+            }
+            Some(Ok(Message::Ping(_))) => {}
+            other => bail!("expected a close for the silent client, got {other:?}"),
+        }
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ use jobwire_testkit::{Persistence, RedisServer};
 use jobwire_worker::{handler_fn, JobError, JobOutcome};
 use serde_json::json;
 
-use jobwire_testkit::jobs::ensure_queue_empty;
+use jobwire_testkit::jobs::{create_demo, ensure_queue_empty};
 
 use crate::support::{self, builtin, config, count, log, wait_finished, Running};
 
@@ -28,13 +28,7 @@ async fn workers_share_the_queue_and_run_each_job_once() -> Result<()> {
     }
     let mut jobs = Vec::new();
     for _ in 0..200 {
-        let job = client
-            .create_job(NewJob::new(
-                "demo",
-                json!({"steps": 2, "delay_ms": 5}),
-                "alice",
-            ))
-            .await?;
+        let job = create_demo(client.as_ref(), json!({"steps": 2, "delay_ms": 5})).await?;
         jobs.push(job.id);
     }
     for id in &jobs {
@@ -134,13 +128,7 @@ async fn failures_fail_the_job_and_the_worker_survives() -> Result<()> {
             .is_some_and(|e| e.contains("no handler for kind \"unknown\"")),
         "{state:?}"
     );
-    let job = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 3, "delay_ms": 0}),
-            "alice",
-        ))
-        .await?;
+    let job = create_demo(backend.as_ref(), json!({"steps": 3, "delay_ms": 0})).await?;
     let state = wait_finished(backend.as_ref(), &job.id).await?;
     ensure!(state.status == JobStatus::Completed, "{state:?}");
     ensure!(state.result == Some(json!({"steps": 3})), "{state:?}");
@@ -158,13 +146,7 @@ async fn a_redis_restart_mid_job_loses_and_repeats_nothing() -> Result<()> {
     let backend = support::backend(&server).await?;
     let running = Running::start(builtin(&backend, config("w1")).build()?);
     let steps = 150u64;
-    let job = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": steps, "delay_ms": 20}),
-            "alice",
-        ))
-        .await?;
+    let job = create_demo(backend.as_ref(), json!({"steps": steps, "delay_ms": 20})).await?;
     support::wait_for(backend.as_ref(), &job.id, Duration::from_secs(10), |s| {
         s.progress > 10.0
     })

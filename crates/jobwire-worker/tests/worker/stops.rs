@@ -11,11 +11,9 @@ use jobwire_worker::{handler_fn, JobOutcome, Reporter, StopReason, Stopped, Work
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use jobwire_testkit::jobs::ensure_queue_empty;
+use jobwire_testkit::jobs::{create_demo, ensure_queue_empty, wait_progressing};
 
-use crate::support::{
-    self, attempt_of, builtin, config, count, log, wait_finished, wait_for, Running,
-};
+use crate::support::{self, attempt_of, builtin, config, count, log, wait_finished, Running};
 
 /// A job cancelled while queued never starts; a running one stops at its
 /// next report and ends `cancelled`.
@@ -23,27 +21,12 @@ use crate::support::{
 async fn queued_and_running_jobs_can_be_cancelled() -> Result<()> {
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
-    let queued = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 2, "delay_ms": 0}),
-            "alice",
-        ))
-        .await?;
+    let queued = create_demo(backend.as_ref(), json!({"steps": 2, "delay_ms": 0})).await?;
     ensure!(backend.cancel(&queued.id).await? == CancelOutcome::Cancelled);
 
     let running = Running::start(builtin(&backend, config("w1")).build()?);
-    let long = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 100_000, "delay_ms": 10}),
-            "alice",
-        ))
-        .await?;
-    wait_for(backend.as_ref(), &long.id, Duration::from_secs(10), |s| {
-        s.progress > 0.0
-    })
-    .await?;
+    let long = create_demo(backend.as_ref(), json!({"steps": 100_000, "delay_ms": 10})).await?;
+    wait_progressing(backend.as_ref(), &long.id).await?;
     ensure!(backend.cancel(&long.id).await? == CancelOutcome::Requested);
     let state = wait_finished(backend.as_ref(), &long.id).await?;
     ensure!(state.status == JobStatus::Cancelled, "{state:?}");
@@ -68,9 +51,7 @@ async fn queued_and_running_jobs_can_be_cancelled() -> Result<()> {
 async fn a_reporter_of_a_superseded_attempt_is_fenced() -> Result<()> {
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
-    let job = backend
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let job = create_demo(backend.as_ref(), json!({})).await?;
     backend.claim("w1", 1, Duration::from_millis(100)).await?;
     backend
         .publish(
@@ -161,10 +142,7 @@ async fn a_stalled_worker_is_fenced_and_stops_its_job() -> Result<()> {
     let job = backend
         .create_job(NewJob::new("stall", json!({}), "alice"))
         .await?;
-    wait_for(backend.as_ref(), &job.id, Duration::from_secs(10), |s| {
-        s.progress > 0.0
-    })
-    .await?;
+    wait_progressing(backend.as_ref(), &job.id).await?;
 
     let b = Running::start(
         Worker::builder(Arc::clone(&backend))
@@ -213,25 +191,10 @@ async fn shutdown_finishes_short_jobs_and_releases_long_ones() -> Result<()> {
     let mut c = config("leaving");
     c.shutdown_timeout = Duration::from_millis(800);
     let a = Running::start(builtin(&backend, c).build()?);
-    let short = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 4, "delay_ms": 100}),
-            "alice",
-        ))
-        .await?;
-    let long = backend
-        .create_job(NewJob::new(
-            "demo",
-            json!({"steps": 60, "delay_ms": 30}),
-            "alice",
-        ))
-        .await?;
+    let short = create_demo(backend.as_ref(), json!({"steps": 4, "delay_ms": 100})).await?;
+    let long = create_demo(backend.as_ref(), json!({"steps": 60, "delay_ms": 30})).await?;
     for id in [&short.id, &long.id] {
-        wait_for(backend.as_ref(), id, Duration::from_secs(10), |s| {
-            s.progress > 0.0
-        })
-        .await?;
+        wait_progressing(backend.as_ref(), id).await?;
     }
     let a = a.shut_down().await?.stats().snapshot();
     ensure!(a.completed == 1 && a.released == 1, "{a:?}");
@@ -275,9 +238,7 @@ async fn shutdown_finishes_short_jobs_and_releases_long_ones() -> Result<()> {
 async fn a_job_past_its_attempts_is_dead_lettered_by_the_reaper() -> Result<()> {
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
-    let job = backend
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let job = create_demo(backend.as_ref(), json!({})).await?;
     // A worker that claims the job and dies before renewing its lease.
     let taken = backend
         .claim("ghost", 1, Duration::from_millis(100))
