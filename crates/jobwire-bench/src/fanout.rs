@@ -1,276 +1,194 @@
-//! Fan-out: S WebSocket subscribers spread over N `jobwire serve` processes
-//! on one Redis, each watching one of J jobs, while this process publishes
-//! at R events/s through the real publish path (`RedisBackend::publish`).
+//! Fan-out: S subscribers (WebSocket, SSE or a mix) spread over N
+//! `jobwire serve` processes on one Redis, each watching one of J jobs,
+//! while this process publishes at R events/s through a real publish path:
+//! the worker runtime's reporter (a `Worker` runs one handler per job) or
+//! the HTTP publish endpoint of the gateways.
 //!
-//! Each event carries its publish time in microseconds; subscribers record
-//! the end-to-end latency in an HDR histogram and check that ids stay
-//! consecutive. The report: connected, published, expected, delivered, lost,
-//! duplicated or out of order, latency percentiles, delivered messages/s,
-//! and RSS and CPU of each server process. Everything is bounded in time.
+//! Each event carries its publish time in µs; subscribers record the
+//! end-to-end latency and check that ids stay consecutive. The report:
+//! connected, published, expected, delivered, lost, duplicated or out of
+//! order, latency percentiles, delivered messages/s, and CPU and RSS of this
+//! process, each gateway and redis-server.
+//!
+//! Three scenarios share this code: one rate (latency), a rising rate until
+//! the delivery breaks down (`--step`, throughput), and a mass reconnect
+//! mid-stream (`--storm-at`, resume storm). Everything is bounded in time.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use futures_util::StreamExt;
-use hdrhistogram::Histogram;
-use jobwire_core::{Backend, BackendConfig, EventType, JobId, NewEvent, NewJob};
+use jobwire_core::{Backend, BackendConfig, JobId, NewJob};
 use jobwire_redis::{RedisBackend, RedisConfig};
-use jobwire_testkit::{free_port, Persistence, RedisServer};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use jobwire_server::Scope;
+use jobwire_testkit::{Persistence, RedisServer};
+use jobwire_worker::{handler_fn, JobError, JobOutcome, Worker, WorkerConfig};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "jobwire-bench-secret-0123456789";
+use crate::gateway::{self, Gateway};
+use crate::measure::{self, now_us, paced, Percentiles, PublishFn, Recorder, Usage};
+use crate::subscriber::{Seen, Subscriber, Target, Transport};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Gateway instances (`jobwire serve` processes).
     #[arg(long, default_value_t = 2)]
     instances: usize,
-    /// WebSocket subscribers, spread evenly over the instances.
+    /// Subscribers, spread evenly over the instances.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
+    /// Percentage of the subscribers that use SSE instead of a WebSocket.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    sse_percent: u8,
     /// Jobs; subscriber i watches job i % jobs.
     #[arg(long, default_value_t = 100)]
     jobs: usize,
-    /// Events published per second, in total.
-    #[arg(long, default_value_t = 5000)]
-    rate: u64,
-    /// Seconds of publishing.
+    /// Events published per second, in total (the first rate with --step).
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+    /// Seconds of publishing (per rate with --step).
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
+    /// How events are published.
+    #[arg(long, value_enum, default_value_t = PublishPath::Reporter)]
+    publish: PublishPath,
+    /// Throughput: raise the rate by --factor after each round until events
+    /// are lost, p99 exceeds 1 s, the publisher falls behind (under 90% of
+    /// the rate asked), or --max-steps rounds ran.
+    #[arg(long)]
+    step: bool,
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    #[arg(long, default_value_t = 8)]
+    max_steps: usize,
+    /// Append one CSV row per round to this file (for the plot).
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
+    /// Resume storm: this many seconds into publishing, every subscriber
+    /// drops its connection and reconnects at once, resuming where it was.
+    #[arg(long)]
+    storm_at: Option<f64>,
     /// The `jobwire` binary (default: next to this one).
     #[arg(long)]
     jobwire: Option<std::path::PathBuf>,
-    /// Resume storm: this many seconds into publishing, every subscriber
-    /// drops its socket and reconnects at once, resuming with since/epoch.
-    #[arg(long)]
-    storm_at: Option<f64>,
 }
 
-pub(crate) struct Gateway {
-    pub(crate) child: Child,
-    pub(crate) port: u16,
+/// The publish path under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PublishPath {
+    /// A jobwire `Worker` runs every job; its handlers report through the
+    /// reporter (batched, fenced publishes).
+    Reporter,
+    /// `POST /api/jobs/{id}/events` on the gateways, one event per request.
+    Http,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The fields of an event the subscribers read.
-#[derive(serde::Deserialize)]
-struct Probe {
-    id: u64,
-    data: ProbeData,
-}
-
-#[derive(serde::Deserialize)]
-struct ProbeData {
-    t_us: Option<u64>,
-}
-
-/// What one subscriber saw.
-#[derive(Default)]
-struct Seen {
+/// One round at one rate.
+#[derive(Debug)]
+struct Round {
+    rate: f64,
+    achieved: f64,
+    published: u64,
+    expected: u64,
     delivered: u64,
+    lost: u64,
     broken: u64,
-    /// The close code, if the server closed this subscriber.
-    closed: Option<u16>,
-    /// After a resume storm: from dropping the socket to the first event
-    /// published after the reconnect (so everything before it had arrived).
-    caught_up: Option<Duration>,
-    /// The reconnect was not answered with `resumed`.
-    not_resumed: bool,
+    delivered_per_s: f64,
+    drain_s: f64,
+    latency_ms: Percentiles,
+    /// Share of deliveries within 1, 5 and 10 ms of publishing: as the
+    /// subscribers received them, and as the gateways wrote them (from
+    /// their `/metrics`), which tells the gateways' part from the rest.
+    client_within: [f64; 3],
+    gateway_within: [f64; 3],
+    processes: Vec<Usage>,
 }
 
-/// Starts `count` `jobwire serve` processes on `redis` and waits until
-/// they are ready.
-pub(crate) async fn start_gateways(
-    binary: Option<std::path::PathBuf>,
-    redis: &RedisServer,
-    count: usize,
-) -> Result<Vec<Gateway>> {
-    let binary = match binary {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("jobwire"),
-    };
-    if !binary.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p jobwire-cli`",
-            binary.display()
-        );
-    }
-    let mut gateways = Vec::new();
-    for _ in 0..count.max(1) {
-        let port = free_port()?;
-        let child = Command::new(&binary)
-            .arg("serve")
-            .env("REDIS_URL", redis.url())
-            .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
-            .env("JOBWIRE_JWT_SECRET", SECRET)
-            .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")
-            .env("JOBWIRE_MAX_CONNECTIONS", "1000000")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        gateways.push(Gateway { child, port });
-    }
-    for g in &gateways {
-        wait_ready(g.port).await?;
-    }
-    Ok(gateways)
-}
+const WITHIN_MS: [f64; 3] = [1.0, 5.0, 10.0];
 
-/// A token the benchmark's subscribers present.
-pub(crate) fn bench_token() -> Result<String> {
-    Ok(jobwire_server::mint_token(
-        SECRET,
-        "bench",
-        &[jobwire_server::Scope::JobsRead],
-        Duration::from_secs(3600),
-    )?)
+impl Round {
+    fn clean(&self) -> bool {
+        self.lost == 0
+            && self.broken == 0
+            && self.latency_ms.p99 <= 1000.0
+            && self.achieved >= 0.9 * self.rate
+    }
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
+    if args.storm_at.is_some() && args.step {
+        bail!("--storm-at and --step are separate scenarios; pick one");
+    }
     let redis = RedisServer::start_private(Persistence::None)?;
-    let gateways = start_gateways(args.jobwire, &redis, args.instances).await?;
-    let publisher = RedisBackend::connect(RedisConfig {
-        backend: BackendConfig::default(),
-        ..RedisConfig::new(redis.url())
-    })
-    .await?;
+    let gateways = gateway::start(args.jobwire.clone(), &redis, args.instances).await?;
+    let backend = Arc::new(
+        RedisBackend::connect(RedisConfig {
+            backend: BackendConfig::default(),
+            ..RedisConfig::new(redis.url())
+        })
+        .await?,
+    );
     let mut jobs = Vec::new();
     for _ in 0..args.jobs.max(1) {
-        let job = publisher
+        let job = backend
             .create_job(NewJob::new("bench", json!({}), "bench"))
-            .await?;
-        publisher
-            .publish(
-                &job.id,
-                vec![NewEvent::new(EventType::JobStarted, json!({}))],
-            )
             .await?;
         jobs.push(job.id);
     }
-    let token = bench_token()?;
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let stop_worker = CancellationToken::new();
+    let publish = match args.publish {
+        PublishPath::Reporter => {
+            reporter_path(Arc::clone(&backend), &jobs, stop_worker.clone()).await?
+        }
+        PublishPath::Http => http_path(&gateways, &jobs)?,
+    };
+
+    let token = gateway::token(Scope::JobsRead)?;
+    let connect_started = std::time::Instant::now();
     let mut subscribers = Vec::new();
-    let connect_started = Instant::now();
     for i in 0..args.subscribers {
-        let port = gateways[i % gateways.len()].port;
-        let job = jobs[i % jobs.len()].clone();
-        let url = format!("ws://127.0.0.1:{port}/ws/jobs/{job}");
-        let mut request = url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-        let first = next_json(&mut ws).await?;
-        let start = first["id"].as_u64().context("current_state id")?;
-        let epoch = first["epoch"]
-            .as_str()
-            .context("current_state epoch")?
-            .to_owned();
-        subscribers.push((
-            format!("ws://127.0.0.1:{port}/ws/jobs/{job}"),
-            epoch,
-            ws,
-            start,
-        ));
+        let transport = if (i % 100) < usize::from(args.sse_percent) {
+            Transport::Sse
+        } else {
+            Transport::Ws
+        };
+        let target = Target {
+            addr: gateways[i % gateways.len()].addr(),
+            job: jobs[i % jobs.len()].to_string(),
+            transport,
+        };
+        subscribers.push(
+            Subscriber::open(target, &token)
+                .await
+                .with_context(|| format!("subscriber {i}"))?,
+        );
     }
+    let sse = subscribers.len() * usize::from(args.sse_percent) / 100;
     println!(
-        "{} subscribers connected to {} instances in {:.1} s",
+        "{} subscribers ({} WebSocket, ~{sse} SSE) connected to {} instances in {:.1} s; publishing through the {:?} path",
         subscribers.len(),
+        subscribers.len() - sse,
         gateways.len(),
-        connect_started.elapsed().as_secs_f64()
+        connect_started.elapsed().as_secs_f64(),
+        args.publish,
     );
-    let cpu_before: Vec<u64> = gateways.iter().map(|g| cpu_ticks(g.child.id())).collect();
-    let duration = Duration::from_secs_f64(args.seconds);
-    // Readers stop once everything expected arrived (or the drain timed out),
-    // not at a fixed time: a backlog is late, not lost.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let total_delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    let recorder = Recorder::new()?;
+    let stop = CancellationToken::new();
+    let storm = CancellationToken::new();
     let mut readers = Vec::new();
-    let storm = tokio_util::sync::CancellationToken::new();
-    for (url, epoch, mut ws, start) in subscribers {
-        let histogram = Arc::clone(&histogram);
-        let stop = stop.clone();
-        let storm = storm.clone();
-        let token = token.clone();
-        let total_delivered = Arc::clone(&total_delivered);
-        readers.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            let mut last = start;
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let mut dropped_at: Option<(Instant, u64)> = None;
-            let mut stormed = false;
-            loop {
-                let msg = tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = storm.cancelled(), if !stormed => {
-                        stormed = true;
-                        dropped_at = Some((Instant::now(), now_us()));
-                        drop(ws);
-                        match resume(&url, &token, last, &epoch).await {
-                            Ok((again, resumed)) => {
-                                ws = again;
-                                seen.not_resumed = !resumed;
-                                continue;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    msg = ws.next() => match msg {
-                        Some(Ok(msg)) => msg,
-                        _ => break,
-                    },
-                };
-                let text = match msg {
-                    Message::Text(text) => text,
-                    Message::Close(frame) => {
-                        seen.closed = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                        break;
-                    }
-                    _ => continue,
-                };
-                // Only the two fields needed: this process shares the
-                // machine with the servers it measures.
-                let Ok(event) = serde_json::from_str::<Probe>(&text) else {
-                    continue;
-                };
-                if event.id != last + 1 {
-                    seen.broken += 1;
-                }
-                last = last.max(event.id);
-                seen.delivered += 1;
-                total_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let (Some(t), Some(h)) = (event.data.t_us, local.as_mut()) {
-                    let _ = h.record(now_us().saturating_sub(t).max(1));
-                }
-                if let (Some((at, at_us)), None, Some(t)) =
-                    (dropped_at, seen.caught_up, event.data.t_us)
-                {
-                    if t > at_us {
-                        seen.caught_up = Some(at.elapsed());
-                    }
-                }
-            }
-            if let (Some(h), Ok(mut all)) = (local, histogram.lock()) {
-                let _ = all.add(h);
-            }
-            seen
-        }));
+    for (who, subscriber) in subscribers.into_iter().enumerate() {
+        readers.push(tokio::spawn(subscriber.run(
+            who,
+            token.clone(),
+            Arc::clone(&recorder),
+            stop.clone(),
+            storm.clone(),
+        )));
     }
     if let Some(at) = args.storm_at {
         let storm = storm.clone();
@@ -279,214 +197,301 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             storm.cancel();
         });
     }
-    let published_per_job = publish(&publisher, &jobs, args.rate, duration).await?;
-    let expected: u64 = (0..args.subscribers)
-        .map(|i| {
-            published_per_job
-                .get(&jobs[i % jobs.len()])
-                .copied()
-                .unwrap_or(0)
-        })
-        .sum();
-    let drain_started = Instant::now();
-    while total_delivered.load(std::sync::atomic::Ordering::Relaxed) < expected
-        && drain_started.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let mut meters = measure::meters(
+        gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("gateway {i}"), g.child.id()))
+            .chain(redis.pid().map(|pid| ("redis-server".to_owned(), pid))),
+    );
+    let mut csv = match &args.csv {
+        Some(path) => Some(csv_file(path)?),
+        None => None,
+    };
+    let duration = Duration::from_secs_f64(args.seconds);
+    let patience = Duration::from_secs(if args.step { 10 } else { 30 });
+    let steps = if args.step { args.max_steps.max(1) } else { 1 };
+    let mut expected_so_far = 0;
+    let mut rate = args.rate;
+    let mut best: Option<Round> = None;
+    let mut written_before = gateway_buckets(&gateways).await;
+    for _ in 0..steps {
+        for meter in &mut meters {
+            meter.read();
+        }
+        let delivered_before = recorder.delivered();
+        let broken_before = recorder.broken();
+        let counts = paced(Arc::clone(&publish), jobs.len(), rate, duration).await?;
+        let expected: u64 = (0..args.subscribers).map(|i| counts[i % jobs.len()]).sum();
+        expected_so_far += expected;
+        let drain = recorder.drain(expected_so_far, patience).await;
+        let processes: Vec<Usage> = meters.iter_mut().map(|m| m.read()).collect();
+        let delivered = recorder.delivered() - delivered_before;
+        let histogram = recorder.take()?;
+        let client_within = WITHIN_MS.map(|ms| {
+            histogram.count_between(0, (ms * 1000.0) as u64) as f64 / histogram.len().max(1) as f64
+        });
+        let written = gateway_buckets(&gateways).await;
+        let gateway_within = std::array::from_fn(|i| {
+            let total = written.total - written_before.total;
+            (written.within[i] - written_before.within[i]) as f64 / total.max(1) as f64
+        });
+        written_before = written;
+        let published: u64 = counts.iter().sum();
+        let round = Round {
+            rate,
+            achieved: published as f64 / args.seconds,
+            published,
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            broken: recorder.broken() - broken_before,
+            delivered_per_s: delivered as f64 / (args.seconds + drain.as_secs_f64()),
+            drain_s: drain.as_secs_f64(),
+            latency_ms: Percentiles::of(&histogram),
+            client_within,
+            gateway_within,
+            processes,
+        };
+        print_round(&round);
+        if let Some(file) = csv.as_mut() {
+            write_csv(file, &round)?;
+        }
+        let clean = round.clean();
+        if clean {
+            best = Some(round);
+        } else {
+            break;
+        }
+        rate *= args.factor;
     }
-    let drain = drain_started.elapsed();
     stop.cancel();
-    let mut delivered = 0;
-    let mut broken = 0;
+    stop_worker.cancel();
     let mut closes: HashMap<u16, u64> = HashMap::new();
     let mut caught_up = Vec::new();
     let mut not_resumed = 0;
     for reader in readers {
-        let seen = reader.await?;
-        delivered += seen.delivered;
-        broken += seen.broken;
+        let seen: Seen = reader.await?;
         caught_up.extend(seen.caught_up);
         not_resumed += u64::from(seen.not_resumed);
         if let Some(code) = seen.closed {
             *closes.entry(code).or_default() += 1;
         }
     }
-    let cpu_after: Vec<u64> = gateways.iter().map(|g| cpu_ticks(g.child.id())).collect();
-    let published: u64 = published_per_job.values().sum();
-    let h = histogram
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock"))?;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "published {published} events in {:.0} s ({:.0}/s)",
-        args.seconds,
-        published as f64 / args.seconds
-    );
-    println!(
-        "expected {expected}, delivered {delivered}, lost {}, out of order or duplicated {broken}",
-        expected.saturating_sub(delivered)
-    );
-    println!(
-        "delivered messages/s: {:.0} (the last arrived {:.2} s after publishing ended)",
-        delivered as f64 / (args.seconds + drain.as_secs_f64()),
-        drain.as_secs_f64()
-    );
     if !closes.is_empty() {
         // A subscriber closed by the server (1013: it read too slowly) would
-        // resume with `since` in real use; here it stops, so its remaining
-        // events count as lost.
+        // resume in real use; here it stops, so its later events count as lost.
         println!("subscribers closed by the server, by close code: {closes:?}");
     }
-    println!(
-        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
-    );
     if args.storm_at.is_some() {
-        caught_up.sort();
-        let at = |q: f64| {
-            caught_up
-                .get(((caught_up.len() as f64 * q) as usize).min(caught_up.len().saturating_sub(1)))
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-        };
-        println!(
-            "resume storm: {} of {} subscribers caught up; ms from drop to caught up: p50 {:.0}  p99 {:.0}  max {:.0}; answered without resumed: {not_resumed}",
-            caught_up.len(),
-            args.subscribers,
-            at(0.5),
-            at(0.99),
-            at(1.0)
-        );
+        print_storm(caught_up, args.subscribers, not_resumed);
     }
-    let ticks_per_s = 100.0;
-    for (i, g) in gateways.iter().enumerate() {
-        let cpu = (cpu_after[i].saturating_sub(cpu_before[i])) as f64 / ticks_per_s / args.seconds
-            * 100.0;
-        println!(
-            "instance {i}: RSS {} KiB, CPU {cpu:.0}% of one core",
-            rss_kib(g.child.id())
-        );
+    if args.step {
+        match best {
+            Some(best) => println!(
+                "highest clean rate: {:.0} events/s asked ({:.0} achieved), {:.0} delivered messages/s, p99 {:.2} ms",
+                best.rate, best.achieved, best.delivered_per_s, best.latency_ms.p99
+            ),
+            None => println!("no clean round: even the first rate lost events or was too slow"),
+        }
     }
     Ok(())
 }
 
-/// Publishes `rate` events/s in total for `duration`: one task per job, as
-/// one worker per job would, each stamping an event just before publishing
-/// it. A job whose publishes fall behind catches up in a burst, so the
-/// achieved rate is reported, not assumed. Returns events per job.
-async fn publish(
-    backend: &RedisBackend,
+/// Runs every job in a jobwire `Worker` whose handler reports one event per
+/// tick it is sent.
+async fn reporter_path(
+    backend: Arc<RedisBackend>,
     jobs: &[JobId],
-    rate: u64,
-    duration: Duration,
-) -> Result<HashMap<JobId, u64>> {
-    let per_job = rate.max(1) as f64 / jobs.len() as f64;
-    let period = Duration::from_secs_f64(1.0 / per_job);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, job) in jobs.iter().cloned().enumerate() {
-        let backend = backend.clone();
-        tasks.spawn(async move {
-            // Spread the jobs' ticks over one period.
-            let offset = period
-                .mul_f64(i as f64 / per_job.max(1.0) / 1.0)
-                .min(period);
-            tokio::time::sleep(offset).await;
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let end = Instant::now() + duration;
-            let mut sent = 0u64;
-            while Instant::now() < end {
-                tick.tick().await;
-                let event = NewEvent::new(EventType::Progress, json!({"t_us": now_us()}));
-                backend.publish(&job, vec![event]).await?;
-                sent += 1;
+    stop: CancellationToken,
+) -> Result<PublishFn> {
+    let mut senders = Vec::new();
+    let mut inboxes = HashMap::new();
+    for job in jobs {
+        let (tx, rx) = mpsc::channel::<()>(4096);
+        senders.push(tx);
+        inboxes.insert(job.clone(), rx);
+    }
+    let inboxes = Arc::new(Mutex::new(inboxes));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let handler = handler_fn(move |ctx| {
+        let inbox = inboxes.lock().ok().and_then(|mut i| i.remove(ctx.id()));
+        let started = started_tx.clone();
+        async move {
+            let Some(mut ticks) = inbox else {
+                return Err(JobError::msg("not a job of this benchmark run"));
+            };
+            let _ = started.send(());
+            while ticks.recv().await.is_some() {
+                ctx.reporter()
+                    .custom("bench.tick", json!({"t_us": now_us()}))
+                    .await?;
             }
-            anyhow::Ok((job, sent))
-        });
+            Ok(JobOutcome::done())
+        }
+    });
+    let backend: Arc<dyn Backend> = backend;
+    let worker = Worker::builder(backend)
+        .config(WorkerConfig {
+            concurrency: jobs.len(),
+            ..WorkerConfig::default()
+        })
+        .handler("bench", handler)
+        .build()?;
+    tokio::spawn(async move { worker.run(stop).await });
+    for _ in jobs {
+        tokio::time::timeout(Duration::from_secs(30), started.recv())
+            .await
+            .context("the worker did not start every job within 30 s")?;
     }
-    let mut counts = HashMap::new();
-    while let Some(done) = tasks.join_next().await {
-        let (job, sent) = done??;
-        counts.insert(job, sent);
-    }
-    Ok(counts)
+    let senders = Arc::new(senders);
+    Ok(Arc::new(move |j| {
+        let senders = Arc::clone(&senders);
+        Box::pin(async move {
+            senders[j]
+                .send(())
+                .await
+                .map_err(|_| anyhow::anyhow!("job {j}'s handler ended"))
+        })
+    }))
 }
 
-/// Reconnects a subscriber after `since`; `true` when the server answered
-/// `resumed` (nothing to re-read from scratch).
-async fn resume(
-    url: &str,
-    token: &str,
-    since: u64,
-    epoch: &str,
-) -> Result<(
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    bool,
-)> {
-    let mut request = format!("{url}?since={since}&epoch={epoch}").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-    let first = next_json(&mut ws).await?;
-    Ok((ws, first["type"] == "resumed"))
+/// Publishes with `POST /api/jobs/{id}/events`, job j on gateway j % N.
+fn http_path(gateways: &[Gateway], jobs: &[JobId]) -> Result<PublishFn> {
+    let token = gateway::token(Scope::Worker)?;
+    let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let urls: Arc<Vec<String>> = Arc::new(
+        jobs.iter()
+            .enumerate()
+            .map(|(j, job)| {
+                format!(
+                    "http://{}/api/jobs/{job}/events",
+                    gateways[j % gateways.len()].addr()
+                )
+            })
+            .collect(),
+    );
+    Ok(Arc::new(move |j| {
+        let request = client
+            .post(&urls[j])
+            .bearer_auth(&token)
+            .json(&json!({"type": "bench.tick", "data": {"t_us": now_us()}}));
+        Box::pin(async move {
+            request.send().await?.error_for_status()?;
+            Ok(())
+        })
+    }))
 }
 
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Result<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
-            Some(Ok(_)) => {}
-            other => bail!("subscriber closed: {other:?}"),
+/// Deliveries the gateways wrote, in all and within each of [`WITHIN_MS`]
+/// of publishing (cumulative counts of `jobwire_delivery_latency_seconds`).
+#[derive(Clone, Copy, Default)]
+struct Written {
+    total: u64,
+    within: [u64; 3],
+}
+
+async fn gateway_buckets(gateways: &[Gateway]) -> Written {
+    let mut written = Written::default();
+    for g in gateways {
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", g.addr())).await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("jobwire_delivery_latency_seconds_") else {
+                continue;
+            };
+            let Some((name, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<u64>() else {
+                continue;
+            };
+            if name == "count" {
+                written.total += value;
+            }
+            for (i, ms) in WITHIN_MS.iter().enumerate() {
+                if name == format!("bucket{{le=\"{}\"}}", ms / 1000.0) {
+                    written.within[i] += value;
+                }
+            }
         }
     }
+    written
 }
 
-async fn wait_ready(port: u16) -> Result<()> {
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+fn print_round(round: &Round) {
+    println!(
+        "rate {:.0}/s asked: published {} ({:.0}/s); expected {}, delivered {}, lost {}, out of order or duplicated {}",
+        round.rate, round.published, round.achieved, round.expected, round.delivered, round.lost, round.broken
+    );
+    println!(
+        "  delivered messages/s: {:.0} (the last arrived {:.2} s after publishing ended)",
+        round.delivered_per_s, round.drain_s
+    );
+    println!("  latency ms: {}", round.latency_ms);
+    let shares = |w: &[f64; 3]| {
+        WITHIN_MS
+            .iter()
+            .zip(w)
+            .map(|(ms, share)| format!("{:.1}% ≤ {ms} ms", share * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  received by subscribers: {}",
+        shares(&round.client_within)
+    );
+    println!(
+        "  written by gateways:     {}",
+        shares(&round.gateway_within)
+    );
+    print!("  ");
+    measure::print_usage(&round.processes);
+}
+
+fn print_storm(mut caught_up: Vec<Duration>, subscribers: usize, not_resumed: u64) {
+    caught_up.sort();
+    let at = |q: f64| {
+        caught_up
+            .get(((caught_up.len() as f64 * q) as usize).min(caught_up.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "resume storm: {} of {subscribers} subscribers caught up; ms from drop to caught up: p50 {:.0}  p99 {:.0}  max {:.0}; answered without resumed: {not_resumed}",
+        caught_up.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+fn csv_file(path: &std::path::Path) -> Result<std::fs::File> {
+    let new = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if new {
+        writeln!(
+            file,
+            "rate,achieved,delivered_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,lost,broken"
+        )?;
     }
-    bail!("gateway on port {port} never became ready")
+    Ok(file)
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+fn write_csv(file: &mut std::fs::File, r: &Round) -> Result<()> {
+    let l = &r.latency_ms;
+    writeln!(
+        file,
+        "{:.0},{:.0},{:.0},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}",
+        r.rate, r.achieved, r.delivered_per_s, l.p50, l.p90, l.p99, l.p999, l.max, r.lost, r.broken
+    )?;
+    Ok(())
 }

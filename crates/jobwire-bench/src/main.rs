@@ -2,9 +2,13 @@
 //! subcommand, bounded in time, and prints a results table that can be pasted
 //! into `docs/benchmarks.md`.
 
+mod baseline;
 mod fanout;
+mod gateway;
 mod idle;
+mod measure;
 mod publish;
+mod subscriber;
 mod worker;
 
 use anyhow::Result;
@@ -29,10 +33,18 @@ enum Scenario {
     /// pipelined XADD on the same Redis, at several job concurrencies.
     Publish(publish::Args),
     /// End-to-end fan-out: subscribers over several `jobwire serve`
-    /// processes, latency, loss and duplicates, server RSS and CPU.
+    /// processes, latency, loss and duplicates, server RSS and CPU. Also
+    /// the throughput (`--step`) and resume-storm (`--storm-at`) scenarios.
     Fanout(fanout::Args),
-    /// Memory per idle, subscribed WebSocket on one `jobwire serve`.
+    /// The floor for fan-out: raw XADD and one blocked XREAD connection per
+    /// subscriber on the same Redis, at the same rate.
+    Baseline(baseline::Args),
+    /// Density: memory per idle, subscribed WebSocket on one `jobwire
+    /// serve`, held by several load-generator processes.
     Idle(idle::Args),
+    /// (Internal) holds WebSockets for `idle`, driven over stdin.
+    #[command(hide = true)]
+    Hold(idle::HoldArgs),
     /// Worker throughput: trivial jobs/s through the queue, and reporter
     /// events/s for one busy job.
     Worker(worker::Args),
@@ -56,7 +68,9 @@ async fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::Publish(args) => publish::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Baseline(args) => baseline::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
+        Scenario::Hold(args) => idle::hold(args).await,
         Scenario::Worker(args) => worker::run(args).await,
     }
 }

@@ -569,7 +569,10 @@ async fn connect(url: &str, token: &str) -> Result<Ws, Refused> {
         .parse()
         .map_err(|_| Refused::Unauthorized("the token is not a valid header value".to_owned()))?;
     request.headers_mut().insert("authorization", bearer);
-    let connecting = tokio_tungstenite::connect_async(request);
+    // tungstenite zero-fills its whole read buffer (128 KiB by default) on
+    // every read; events are small, so a small buffer saves that work.
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Err(_) => Err(Refused::Other("timed out connecting".to_owned())),
         Ok(Ok((ws, _))) => Ok(ws),

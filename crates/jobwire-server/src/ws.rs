@@ -12,8 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use jobwire_core::{Epoch, EventId, JobId};
 use serde::Deserialize;
 use serde_json::json;
@@ -167,7 +166,7 @@ async fn connection(
 
 /// The connection loop, once the client is admitted.
 async fn run(
-    socket: WebSocket,
+    mut socket: WebSocket,
     state: AppState,
     mut session: Session,
     outbox: std::sync::Arc<Outbox>,
@@ -177,7 +176,8 @@ async fn run(
 ) {
     let _gauge = Gauge::new(&state.stats.ws_connections);
     tracing::debug!("connected");
-    let (mut sink, mut stream) = socket.split();
+    // The socket is not split: reads and writes never overlap in this loop,
+    // and a split socket pays a lock on every read and write.
     // One timer for both the heartbeat and the token's expiry: each timer
     // costs memory on every idle connection.
     let every = state.config.heartbeat;
@@ -197,7 +197,7 @@ async fn run(
             // A client that stops reading blocks this write; the Hub then
             // overflows its outbox, and the connection must give up on it.
             let written = tokio::select! {
-                written = Box::pin(write_all(&mut sink, out.drain(..), &state.stats)) => written.is_ok(),
+                written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
                 () = &mut slow => {
                     Stats::add(&state.stats.slow_disconnects, 1);
                     // Its socket is full: try to say why, briefly, then drop it.
@@ -205,7 +205,7 @@ async fn run(
                         code: close::TRY_AGAIN,
                         reason: "slow consumer: reconnect and resume with since".into(),
                     }));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(bye)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(bye)).await;
                     return;
                 }
                 () = &mut shutdown => return,
@@ -231,7 +231,7 @@ async fn run(
                     if last_heard.elapsed() > every * 3 {
                         break Some((close::GOING_AWAY, "no answer to pings".into()));
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
                         break None;
                     }
                     next_ping = now + every;
@@ -253,7 +253,7 @@ async fn run(
                     }
                 }
             }
-            frame = stream.next() => {
+            frame = socket.recv() => {
                 last_heard = Instant::now();
                 let message = match frame {
                     None => break None,
@@ -282,18 +282,13 @@ async fn run(
     if let Some((code, reason)) = closing {
         // Boxed: this state is rare, and inline it would enlarge every
         // idle connection's future.
-        Box::pin(close_gracefully(sink, stream, code, reason)).await;
+        Box::pin(close_gracefully(socket, code, reason)).await;
     }
 }
 
 /// Sends our Close frame and lets the client answer it.
-async fn close_gracefully(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
-    code: u16,
-    reason: String,
-) {
-    let _ = sink
+async fn close_gracefully(mut socket: WebSocket, code: u16, reason: String) {
+    let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
@@ -303,7 +298,7 @@ async fn close_gracefully(
     // until its Close, briefly. Dropping a socket with unread input makes
     // the kernel reset it, and the client would never see our code.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.recv().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }

@@ -125,6 +125,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The redis-server process id, while it runs (for CPU and memory
+    /// readings in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server abruptly (SIGKILL), as a crash would.
     ///
     /// # Errors

@@ -1,0 +1,94 @@
+//! The gateways under test: `jobwire serve` processes started on a private
+//! Redis, and the tokens the load generator presents to them.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use jobwire_server::Scope;
+use jobwire_testkit::{free_port, RedisServer};
+
+const SECRET: &str = "jobwire-bench-secret-0123456789";
+
+/// One `jobwire serve` process, killed when dropped.
+pub(crate) struct Gateway {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+}
+
+impl Gateway {
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `count` `jobwire serve` processes on `redis` and waits until
+/// they are ready. `binary` defaults to the `jobwire` next to this one.
+pub(crate) async fn start(
+    binary: Option<std::path::PathBuf>,
+    redis: &RedisServer,
+    count: usize,
+) -> Result<Vec<Gateway>> {
+    let binary = match binary {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("jobwire"),
+    };
+    if !binary.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p jobwire-cli`",
+            binary.display()
+        );
+    }
+    let mut gateways = Vec::new();
+    for _ in 0..count.max(1) {
+        let port = free_port()?;
+        let child = Command::new(&binary)
+            .arg("serve")
+            .env("REDIS_URL", redis.url())
+            .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
+            .env("JOBWIRE_JWT_SECRET", SECRET)
+            .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")
+            .env("JOBWIRE_MAX_CONNECTIONS", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        gateways.push(Gateway { child, port });
+    }
+    for g in &gateways {
+        wait_ready(g.port).await?;
+    }
+    Ok(gateways)
+}
+
+/// A token for the benchmark's subscribers (`jobs:read`) or publishers
+/// (`worker`).
+pub(crate) fn token(scope: Scope) -> Result<String> {
+    Ok(jobwire_server::mint_token(
+        SECRET,
+        "bench",
+        &[scope],
+        Duration::from_secs(3600),
+    )?)
+}
+
+async fn wait_ready(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("gateway on port {port} never became ready")
+}
