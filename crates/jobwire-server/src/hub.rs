@@ -1,18 +1,43 @@
-//! The Hub: which connections watch which job, and the fan-out of live
-//! events to them.
+//! The Hub: which connections watch which job, the fan-out of live events
+//! to them, and where each watched job's log stands for recovery.
 //!
 //! Each event is turned into one [`Frame`] (its wire JSON as shared bytes)
 //! and offered to every watching connection's bounded outbox with `try_send`.
 //! A full outbox marks that connection as a slow consumer (its `slow` token
 //! is cancelled; the connection closes with 1013 and the client resumes with
 //! `since`). Nobody waits for a slow connection.
+//!
+//! # Recovery positions
+//!
+//! When the live feed may have lost events (a gap, a tail opened anew), the
+//! tailer reads each watched job's log once, from the position the Hub keeps
+//! for it, and dispatches what it finds like live events: one read per job
+//! and instance, rather than one per job and connection (a thundering herd
+//! on the store after every blip). The position is an event id such that
+//! every watcher of the job either has (or has queued) every event up to it,
+//! or has queued an event beyond its own last one, which makes it re-read the
+//! log by itself (the session's hole logic). It is kept so:
+//!
+//! - dispatching event N raises it to N: every watcher is given N, and is
+//!   either in step or sees a hole;
+//! - a connection that finished subscribing at N lowers it to N: it may have
+//!   nothing past N, and nothing else would tell it about events lost before
+//!   it registered;
+//! - connections still subscribing when a recovery is planned have not told
+//!   their position yet (their first read may predate the lost events), so
+//!   they are asked to re-read the job by themselves. A job whose position is
+//!   unknown has only such watchers.
+//!
+//! Keeping the lowest starting position rather than the highest costs a few
+//! duplicate events (sessions drop them) but never leaves a watcher behind
+//! with no later event to show it the hole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use jobwire_core::{EventId, EventRecord, JobId};
+use jobwire_core::{Epoch, EventId, EventRecord, JobId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +69,10 @@ pub enum Delivery {
     /// Shared by every watcher of the event: one allocation per event, and
     /// a small slot in each (pre-allocated) outbox.
     Event(Arc<Frame>),
-    /// Live events may have been missed (the tail had a gap or restarted):
-    /// re-read every subscribed job's log after the last id delivered.
-    Recheck,
+    /// Live events of this job may have been missed and the Hub could not
+    /// recover them for everyone: re-read its log after the last id
+    /// delivered.
+    Recheck(JobId),
 }
 
 /// The sending side of one connection, as the Hub sees it.
@@ -84,58 +110,174 @@ impl Outbox {
     }
 }
 
-/// Job id → the outboxes of the connections watching it.
+/// A position in a job's log, to recover from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Read the log after this event.
+    pub id: EventId,
+    /// The log's epoch, once a watcher told it (live events do not carry
+    /// it). Reading with it turns a rebuilt log into a resync, not into
+    /// events of another log.
+    pub epoch: Option<Epoch>,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    outbox: Arc<Outbox>,
+    /// Whether the connection has told where its subscription starts.
+    started: bool,
+}
+
+/// One watched job.
+#[derive(Debug, Default)]
+struct Watched {
+    watchers: Vec<Watcher>,
+    /// See the module docs; `None` until a watcher started or an event was
+    /// dispatched.
+    position: Option<Position>,
+}
+
+impl Watched {
+    fn recheck(&self, job: &JobId, only_starting: bool) {
+        for watcher in &self.watchers {
+            if !(only_starting && watcher.started) {
+                watcher.outbox.offer(Delivery::Recheck(job.clone()));
+            }
+        }
+    }
+}
+
+/// Job id → the connections watching it, and its recovery position.
 #[derive(Debug, Default)]
 pub struct Hub {
-    watchers: RwLock<HashMap<JobId, Vec<Arc<Outbox>>>>,
+    jobs: RwLock<HashMap<JobId, Watched>>,
 }
 
 impl Hub {
-    /// Starts delivering `job`'s live events to `outbox`.
+    /// Starts delivering `job`'s live events to `outbox`. The connection
+    /// then reads the job and reports where it starts with [`Hub::started`].
     pub fn watch(&self, job: &JobId, outbox: &Arc<Outbox>) {
-        let mut watchers = self.write();
-        let list = watchers.entry(job.clone()).or_default();
-        if !list.iter().any(|o| o.id == outbox.id) {
-            list.push(Arc::clone(outbox));
+        let mut jobs = self.write();
+        let watched = jobs.entry(job.clone()).or_default();
+        match watched
+            .watchers
+            .iter_mut()
+            .find(|w| w.outbox.id == outbox.id)
+        {
+            // Subscribing again: a fresh start, position not known yet.
+            Some(watcher) => watcher.started = false,
+            None => watched.watchers.push(Watcher {
+                outbox: Arc::clone(outbox),
+                started: false,
+            }),
+        }
+    }
+
+    /// The connection `outbox_id` has sent `job`'s events up to `last` (of
+    /// the log `epoch`) and passes on live events from here.
+    pub fn started(&self, job: &JobId, outbox_id: u64, last: EventId, epoch: &Epoch) {
+        let mut jobs = self.write();
+        let Some(watched) = jobs.get_mut(job) else {
+            return;
+        };
+        let Some(watcher) = watched
+            .watchers
+            .iter_mut()
+            .find(|w| w.outbox.id == outbox_id)
+        else {
+            return;
+        };
+        watcher.started = true;
+        match &mut watched.position {
+            Some(position) if position.epoch.as_ref().is_none_or(|e| e == epoch) => {
+                position.id = position.id.min(last);
+                position.epoch = Some(epoch.clone());
+            }
+            // Unknown, or of a log that has since been rebuilt: ids of the
+            // old log say nothing about the new one.
+            other => {
+                *other = Some(Position {
+                    id: last,
+                    epoch: Some(epoch.clone()),
+                });
+            }
         }
     }
 
     /// Stops delivering `job`'s events to the outbox `outbox_id`.
     pub fn unwatch(&self, job: &JobId, outbox_id: u64) {
-        let mut watchers = self.write();
-        if let Some(list) = watchers.get_mut(job) {
-            list.retain(|o| o.id != outbox_id);
-            if list.is_empty() {
-                watchers.remove(job);
+        let mut jobs = self.write();
+        if let Some(watched) = jobs.get_mut(job) {
+            watched.watchers.retain(|w| w.outbox.id != outbox_id);
+            if watched.watchers.is_empty() {
+                jobs.remove(job);
             }
         }
     }
 
-    /// Offers live events to their watchers, each event serialized once.
+    /// Offers events (live, or read for a recovery) to their watchers, each
+    /// event serialized once, and moves the jobs' positions past them.
     pub fn dispatch(&self, records: &[EventRecord]) {
-        let watchers = self.read();
+        // The write lock: positions move. Only subscribes and unsubscribes
+        // (writers anyway) and the metrics scrape contend for it.
+        let mut jobs = self.write();
         for record in records {
-            let Some(list) = watchers.get(&record.job_id) else {
+            let Some(watched) = jobs.get_mut(&record.job_id) else {
                 continue;
             };
+            match &mut watched.position {
+                Some(position) => position.id = position.id.max(record.id),
+                None => {
+                    watched.position = Some(Position {
+                        id: record.id,
+                        epoch: None,
+                    })
+                }
+            }
             let frame = Arc::new(Frame::of(record));
-            for outbox in list {
+            for watcher in &watched.watchers {
                 // A full outbox marks its connection slow; it counts itself
                 // when it closes.
-                outbox.offer(Delivery::Event(Arc::clone(&frame)));
+                watcher.outbox.offer(Delivery::Event(Arc::clone(&frame)));
             }
         }
     }
 
-    /// Asks every connection to re-read its jobs' logs.
-    pub fn recheck_all(&self) {
-        let watchers = self.read();
-        let mut told = std::collections::HashSet::new();
-        for outbox in watchers.values().flatten() {
-            if told.insert(outbox.id) {
-                outbox.offer(Delivery::Recheck);
+    /// Asks every connection watching `job` to re-read its log by itself.
+    pub fn recheck(&self, job: &JobId) {
+        if let Some(watched) = self.read().get(job) {
+            watched.recheck(job, false);
+        }
+    }
+
+    /// Plans a recovery of `jobs` (every watched job when `None`): the
+    /// position to read each job's log from. Connections still subscribing
+    /// are asked to re-read by themselves (see the module docs), here, under
+    /// the lock, so that none falls between the plan and its report.
+    pub fn plan_recovery(&self, jobs: Option<&HashSet<JobId>>) -> Vec<(JobId, Position)> {
+        let watched = self.read();
+        let mut plan = Vec::new();
+        let mut plan_one = |job: &JobId, w: &Watched| {
+            w.recheck(job, true);
+            if let Some(position) = &w.position {
+                plan.push((job.clone(), position.clone()));
+            }
+        };
+        match jobs {
+            Some(jobs) => {
+                for job in jobs {
+                    if let Some(w) = watched.get(job) {
+                        plan_one(job, w);
+                    }
+                }
+            }
+            None => {
+                for (job, w) in watched.iter() {
+                    plan_one(job, w);
+                }
             }
         }
+        plan
     }
 
     /// Jobs with at least one watcher here.
@@ -143,15 +285,82 @@ impl Hub {
         self.read().len()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<JobId, Vec<Arc<Outbox>>>> {
-        self.watchers
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<JobId, Watched>> {
+        self.jobs
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<JobId, Vec<Arc<Outbox>>>> {
-        self.watchers
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<JobId, Watched>> {
+        self.jobs
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job: &JobId, id: u64) -> EventRecord {
+        EventRecord {
+            id: EventId(id),
+            job_id: job.clone(),
+            timestamp: jobwire_core::Timestamp::now(),
+            json: Arc::from("{}"),
+        }
+    }
+
+    fn rechecks(rx: &mut mpsc::Receiver<Delivery>) -> usize {
+        let mut n = 0;
+        while let Ok(delivery) = rx.try_recv() {
+            if matches!(delivery, Delivery::Recheck(_)) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn positions_follow_dispatches_and_the_lowest_start() {
+        let hub = Hub::default();
+        let job = JobId::generate();
+        let epoch = Epoch::generate();
+        let (a, mut a_rx) = Outbox::new(16);
+        let (b, mut b_rx) = Outbox::new(16);
+        hub.watch(&job, &a);
+        hub.started(&job, a.id, EventId(5), &epoch);
+        hub.dispatch(&[record(&job, 6), record(&job, 7)]);
+        let at = |hub: &Hub| hub.plan_recovery(None).first().map(|(_, p)| p.id);
+        assert_eq!(at(&hub), Some(EventId(7)));
+        // A later subscriber that starts behind: the read must cover it.
+        hub.watch(&job, &b);
+        hub.started(&job, b.id, EventId(4), &epoch);
+        assert_eq!(at(&hub), Some(EventId(4)));
+        // Nobody was still subscribing: no one is asked to re-read.
+        assert_eq!(rechecks(&mut a_rx) + rechecks(&mut b_rx), 0);
+        let plan = hub.plan_recovery(None);
+        assert_eq!(plan[0].1.epoch.as_ref(), Some(&epoch));
+    }
+
+    #[test]
+    fn watchers_still_subscribing_re_read_by_themselves() {
+        let hub = Hub::default();
+        let (known, unknown) = (JobId::generate(), JobId::generate());
+        let (a, mut a_rx) = Outbox::new(16);
+        let (b, mut b_rx) = Outbox::new(16);
+        hub.watch(&known, &a);
+        hub.started(&known, a.id, EventId(3), &Epoch::generate());
+        hub.watch(&known, &b);
+        hub.watch(&unknown, &b);
+        let plan = hub.plan_recovery(None);
+        // Only the job with a position is read; b re-reads both of its jobs.
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].0, known);
+        assert_eq!(rechecks(&mut a_rx), 0);
+        assert_eq!(rechecks(&mut b_rx), 2);
+        // Unwatching forgets the job and its position.
+        hub.unwatch(&unknown, b.id);
+        assert_eq!(hub.watched_jobs(), 1);
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Series: connections by transport, messages sent, the end-to-end delivery
 //! latency histogram (publish → written to a socket), slow-consumer
-//! disconnects, live-feed errors, events published through the API by type,
-//! HTTP requests by route and status, watched jobs, queue depth and pending
-//! entries.
+//! disconnects, live-feed errors and recoveries (with the log reads they
+//! made), events published through the API by type, HTTP requests by route
+//! and status, watched jobs, queue depth and pending entries.
 //!
 //! Why not the `metrics` crate: its recorder is process-global, and the
 //! tests run several servers in one process and check each one's figures.
@@ -137,6 +137,27 @@ pub async fn render(State(state): State<AppState>) -> Response {
         "counter",
         "Times the live feed was read again after failing (Redis came back).",
         &[("", state.tailer.reconnects())],
+    );
+    series(
+        &mut out,
+        "jobwire_live_feed_recoveries_total",
+        "counter",
+        "Times live events that may have been missed (a feed gap, a reopened feed) were re-read from the watched jobs' logs.",
+        &[("", state.tailer.recoveries())],
+    );
+    series(
+        &mut out,
+        "jobwire_recovery_log_reads_total",
+        "counter",
+        "Job log reads made by those recoveries: about one per watched job, whatever the number of connections.",
+        &[("", state.tailer.recovery_reads())],
+    );
+    series(
+        &mut out,
+        "jobwire_recovery_rechecks_total",
+        "counter",
+        "Jobs a recovery could not read for all of their watchers (resume point trimmed, job deleted), so each watcher re-read it by itself.",
+        &[("", state.tailer.recovery_rechecks())],
     );
     series(
         &mut out,

@@ -14,6 +14,11 @@
 //!    further ahead means events were missed, and the log is re-read from the
 //!    last id sent.
 //!
+//! Once started, the session tells the Hub its position: after a live-feed
+//! gap the tailer re-reads each job's log once for all of its watchers from
+//! there (see [`crate::hub`]), and only asks a session to re-read a job by
+//! itself ([`Delivery::Recheck`]) when that cannot serve it.
+//!
 //! Because the log and the snapshot move together (one atomic publish), and
 //! registration happens before the first read, every event after the first
 //! message's position reaches the client exactly once, in order.
@@ -141,7 +146,15 @@ impl Session {
             None => self.fresh(job, false, out).await,
         };
         match &started {
-            Ok(()) => tracing::debug!(job = %job, "subscribed"),
+            Ok(()) => {
+                // Tell the Hub where this subscription starts, so that a
+                // recovery reads the job's log from no later than here. (The
+                // job may be gone already: then there is no sub.)
+                if let Some(sub) = self.subs.get(job) {
+                    self.hub.started(job, self.outbox.id, sub.last, &sub.epoch);
+                }
+                tracing::debug!(job = %job, "subscribed");
+            }
             Err(e) => {
                 tracing::debug!(job = %job, error = %e, "subscribe failed");
                 self.unsubscribe(job);
@@ -183,13 +196,7 @@ impl Session {
                 tracing::debug!(job = %job, after = %frame.id, "hole in live events; re-reading the log");
                 self.catch_up(&job, out).await
             }
-            Delivery::Recheck => {
-                let jobs: Vec<JobId> = self.subs.keys().cloned().collect();
-                for job in jobs {
-                    self.catch_up(&job, out).await?;
-                }
-                Ok(())
-            }
+            Delivery::Recheck(job) => self.catch_up(&job, out).await,
         }
     }
 

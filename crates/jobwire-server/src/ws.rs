@@ -240,17 +240,17 @@ async fn run(
             }
             delivery = inbox.recv() => {
                 let Some(delivery) = delivery else { break None };
-                if let Err(e) = Box::pin(session.deliver(delivery, &mut out)).await {
+                let mut delivered = Box::pin(session.deliver(delivery, &mut out)).await;
+                // Batch whatever else is already queued.
+                while delivered.is_ok() && out.len() < 256 {
+                    let Ok(more) = inbox.try_recv() else { break };
+                    delivered = Box::pin(session.deliver(more, &mut out)).await;
+                }
+                // A delivery that could not be handled (a re-read of a log
+                // that failed) is gone from the outbox: the client resumes.
+                if let Err(e) = delivered {
                     tracing::warn!(error = %e, "cannot read a job log for a client");
                     break Some((close::TRY_AGAIN, "temporarily unable to read events: resume with since".into()));
-                }
-                // Batch whatever else is already queued.
-                while out.len() < 256 {
-                    let Ok(more) = inbox.try_recv() else { break };
-                    if let Err(e) = Box::pin(session.deliver(more, &mut out)).await {
-                        tracing::warn!(error = %e, "cannot read a job log for a client");
-                        break;
-                    }
                 }
             }
             frame = socket.recv() => {

@@ -1,13 +1,15 @@
 //! Spawning servers and talking to them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use jobwire_core::{
-    Backend, BackendConfig, EventType, JobId, JobState, MemoryBackend, NewEvent, NewJob,
+    Backend, BackendConfig, BackendError, EventType, JobId, JobState, MemoryBackend, NewEvent,
+    NewJob,
 };
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::{mint_token, AppState, Auth, AuthConfig, Scope, ServerConfig};
@@ -243,7 +245,25 @@ pub(crate) async fn send(ws: &mut Ws, frame: Value) -> Result<()> {
 /// the first message of each job and that ids are consecutive, without
 /// duplicates.
 pub(crate) async fn collect_until(ws: &mut Ws, jobs: &[JobId], last: u64) -> Result<()> {
-    let mut position: std::collections::HashMap<String, u64> = Default::default();
+    follow(ws, jobs, Default::default(), last).await
+}
+
+/// As [`collect_until`], for a client that already received every job's
+/// first message and events up to `after`.
+pub(crate) async fn collect_from(ws: &mut Ws, jobs: &[JobId], after: u64, last: u64) -> Result<()> {
+    let position = jobs
+        .iter()
+        .map(|j| (j.as_str().to_owned(), after))
+        .collect();
+    follow(ws, jobs, position, last).await
+}
+
+async fn follow(
+    ws: &mut Ws,
+    jobs: &[JobId],
+    mut position: std::collections::HashMap<String, u64>,
+    last: u64,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while jobs
         .iter()
@@ -278,4 +298,137 @@ pub(crate) async fn collect_until(ws: &mut Ws, jobs: &[JobId], last: u64) -> Res
         }
     }
     Ok(())
+}
+
+/// A real backend that counts its job-log reads (`events_after`), and can be
+/// told to fail them as an unreachable store would. Everything else passes
+/// straight through.
+#[derive(Debug)]
+pub(crate) struct CountingBackend {
+    inner: Arc<dyn Backend>,
+    log_reads: AtomicU64,
+    fail_log_reads: AtomicBool,
+}
+
+impl CountingBackend {
+    pub(crate) fn new(inner: Arc<dyn Backend>) -> Arc<CountingBackend> {
+        Arc::new(CountingBackend {
+            inner,
+            log_reads: AtomicU64::new(0),
+            fail_log_reads: AtomicBool::new(false),
+        })
+    }
+
+    /// `events_after` calls so far (failed ones included).
+    pub(crate) fn log_reads(&self) -> u64 {
+        self.log_reads.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn fail_log_reads(&self, fail: bool) {
+        self.fail_log_reads.store(fail, Ordering::SeqCst);
+    }
+}
+
+type BackendResult<T> = std::result::Result<T, BackendError>;
+
+#[async_trait::async_trait]
+impl Backend for CountingBackend {
+    async fn create_job(&self, new: NewJob) -> BackendResult<JobState> {
+        self.inner.create_job(new).await
+    }
+
+    async fn publish(
+        &self,
+        job: &JobId,
+        events: Vec<NewEvent>,
+    ) -> BackendResult<jobwire_core::PublishOutcome> {
+        self.inner.publish(job, events).await
+    }
+
+    async fn job(&self, job: &JobId) -> BackendResult<JobState> {
+        self.inner.job(job).await
+    }
+
+    async fn events_after(
+        &self,
+        job: &JobId,
+        after: jobwire_core::EventId,
+        epoch: Option<&jobwire_core::Epoch>,
+        limit: usize,
+    ) -> BackendResult<jobwire_core::EventsAfter> {
+        self.log_reads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_log_reads.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(
+                "log reads switched off by the test".into(),
+            ));
+        }
+        self.inner.events_after(job, after, epoch, limit).await
+    }
+
+    async fn tail(
+        &self,
+        from: jobwire_core::TailFrom,
+    ) -> BackendResult<Box<dyn jobwire_core::LiveTail>> {
+        self.inner.tail(from).await
+    }
+
+    async fn list_jobs(
+        &self,
+        query: &jobwire_core::ListQuery,
+    ) -> BackendResult<jobwire_core::JobPage> {
+        self.inner.list_jobs(query).await
+    }
+
+    async fn cancel(&self, job: &JobId) -> BackendResult<jobwire_core::CancelOutcome> {
+        self.inner.cancel(job).await
+    }
+
+    async fn delete(&self, job: &JobId) -> BackendResult<()> {
+        self.inner.delete(job).await
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> BackendResult<Vec<jobwire_core::Claim>> {
+        self.inner.claim(consumer, max, wait).await
+    }
+
+    async fn renew(&self, consumer: &str, entry: &str) -> BackendResult<bool> {
+        self.inner.renew(consumer, entry).await
+    }
+
+    async fn ack(&self, entry: &str) -> BackendResult<()> {
+        self.inner.ack(entry).await
+    }
+
+    async fn release(&self, consumer: &str, entry: &str) -> BackendResult<bool> {
+        self.inner.release(consumer, entry).await
+    }
+
+    async fn reclaim_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max_attempts: u32,
+        max: usize,
+    ) -> BackendResult<Vec<jobwire_core::Reclaimed>> {
+        self.inner
+            .reclaim_idle(consumer, min_idle, max_attempts, max)
+            .await
+    }
+
+    async fn queue_stats(&self) -> BackendResult<jobwire_core::QueueStats> {
+        self.inner.queue_stats().await
+    }
+
+    async fn ping(&self) -> BackendResult<()> {
+        self.inner.ping().await
+    }
+
+    async fn health(&self) -> BackendResult<jobwire_core::StoreHealth> {
+        self.inner.health().await
+    }
 }

@@ -5,4 +5,5 @@
 mod helpers;
 mod live;
 mod openapi;
+mod recovery;
 mod rest;
