@@ -111,13 +111,15 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         reader.await??;
     }
     let published: u64 = counts.iter().sum();
-    let delivered = recorder.delivered();
+    let seen = recorder.counts();
+    let delivered = seen.delivered;
     println!(
-        "rate {:.0}/s asked: published {published} ({:.0}/s); expected {expected}, delivered {delivered}, lost {}, out of order or duplicated {}",
+        "rate {:.0}/s asked: published {published} ({:.0}/s); expected {expected}, delivered {delivered}, lost {}, duplicated {}, out of order {}",
         args.rate,
         published as f64 / args.seconds,
         expected.saturating_sub(delivered),
-        recorder.broken()
+        seen.duplicates,
+        seen.out_of_order,
     );
     println!(
         "  delivered messages/s: {:.0} (the last arrived {:.2} s after publishing ended)",
@@ -159,7 +161,7 @@ async fn read(
             let Ok(probe) = serde_json::from_slice::<Probe>(event) else {
                 continue;
             };
-            recorder.event(who, probe.id == last + 1, probe.data.t_us);
+            recorder.event(who, probe.id, last, probe.data.t_us);
             last = last.max(probe.id);
         }
     }

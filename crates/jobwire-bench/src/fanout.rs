@@ -38,6 +38,9 @@ pub(crate) struct Args {
     /// Gateway instances (`jobwire serve` processes).
     #[arg(long, default_value_t = 2)]
     instances: usize,
+    /// Worker threads of each gateway (default: one per core).
+    #[arg(long)]
+    gateway_threads: Option<usize>,
     /// Subscribers, spread evenly over the instances.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -50,9 +53,9 @@ pub(crate) struct Args {
     /// Events published per second, in total (the first rate with --step).
     #[arg(long, default_value_t = 5000.0)]
     rate: f64,
-    /// Seconds of publishing (per rate with --step).
-    #[arg(long, default_value_t = 20.0)]
-    seconds: f64,
+    /// Seconds of publishing (default 20, or 5 per rate with --step).
+    #[arg(long)]
+    seconds: Option<f64>,
     /// How events are published.
     #[arg(long, value_enum, default_value_t = PublishPath::Reporter)]
     publish: PublishPath,
@@ -96,7 +99,8 @@ struct Round {
     expected: u64,
     delivered: u64,
     lost: u64,
-    broken: u64,
+    duplicates: u64,
+    out_of_order: u64,
     delivered_per_s: f64,
     drain_s: f64,
     latency_ms: Percentiles,
@@ -113,7 +117,8 @@ const WITHIN_MS: [f64; 3] = [1.0, 5.0, 10.0];
 impl Round {
     fn clean(&self) -> bool {
         self.lost == 0
-            && self.broken == 0
+            && self.duplicates == 0
+            && self.out_of_order == 0
             && self.latency_ms.p99 <= 1000.0
             && self.achieved >= 0.9 * self.rate
     }
@@ -124,7 +129,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         bail!("--storm-at and --step are separate scenarios; pick one");
     }
     let redis = RedisServer::start_private(Persistence::None)?;
-    let gateways = gateway::start(args.jobwire.clone(), &redis, args.instances).await?;
+    let gateways = gateway::start(
+        args.jobwire.clone(),
+        &redis,
+        args.instances,
+        args.gateway_threads,
+    )
+    .await?;
     let backend = Arc::new(
         RedisBackend::connect(RedisConfig {
             backend: BackendConfig::default(),
@@ -209,7 +220,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         Some(path) => Some(csv_file(path)?),
         None => None,
     };
-    let duration = Duration::from_secs_f64(args.seconds);
+    let seconds = args.seconds.unwrap_or(if args.step { 5.0 } else { 20.0 });
+    let duration = Duration::from_secs_f64(seconds);
     let patience = Duration::from_secs(if args.step { 10 } else { 30 });
     let steps = if args.step { args.max_steps.max(1) } else { 1 };
     let mut expected_so_far = 0;
@@ -220,14 +232,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         for meter in &mut meters {
             meter.read();
         }
-        let delivered_before = recorder.delivered();
-        let broken_before = recorder.broken();
+        let before = recorder.counts();
         let counts = paced(Arc::clone(&publish), jobs.len(), rate, duration).await?;
         let expected: u64 = (0..args.subscribers).map(|i| counts[i % jobs.len()]).sum();
         expected_so_far += expected;
         let drain = recorder.drain(expected_so_far, patience).await;
         let processes: Vec<Usage> = meters.iter_mut().map(|m| m.read()).collect();
-        let delivered = recorder.delivered() - delivered_before;
+        let seen = recorder.counts() - before;
+        let delivered = seen.delivered;
         let histogram = recorder.take()?;
         let client_within = WITHIN_MS.map(|ms| {
             histogram.count_between(0, (ms * 1000.0) as u64) as f64 / histogram.len().max(1) as f64
@@ -241,13 +253,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         let published: u64 = counts.iter().sum();
         let round = Round {
             rate,
-            achieved: published as f64 / args.seconds,
+            achieved: published as f64 / seconds,
             published,
             expected,
             delivered,
             lost: expected.saturating_sub(delivered),
-            broken: recorder.broken() - broken_before,
-            delivered_per_s: delivered as f64 / (args.seconds + drain.as_secs_f64()),
+            duplicates: seen.duplicates,
+            out_of_order: seen.out_of_order,
+            delivered_per_s: delivered as f64 / (seconds + drain.as_secs_f64()),
             drain_s: drain.as_secs_f64(),
             latency_ms: Percentiles::of(&histogram),
             client_within,
@@ -426,8 +439,8 @@ async fn gateway_buckets(gateways: &[Gateway]) -> Written {
 
 fn print_round(round: &Round) {
     println!(
-        "rate {:.0}/s asked: published {} ({:.0}/s); expected {}, delivered {}, lost {}, out of order or duplicated {}",
-        round.rate, round.published, round.achieved, round.expected, round.delivered, round.lost, round.broken
+        "rate {:.0}/s asked: published {} ({:.0}/s); expected {}, delivered {}, lost {}, duplicated {}, out of order {}",
+        round.rate, round.published, round.achieved, round.expected, round.delivered, round.lost, round.duplicates, round.out_of_order
     );
     println!(
         "  delivered messages/s: {:.0} (the last arrived {:.2} s after publishing ended)",
@@ -480,7 +493,7 @@ fn csv_file(path: &std::path::Path) -> Result<std::fs::File> {
     if new {
         writeln!(
             file,
-            "rate,achieved,delivered_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,lost,broken"
+            "rate,achieved,delivered_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,lost,duplicates,out_of_order"
         )?;
     }
     Ok(file)
@@ -490,8 +503,18 @@ fn write_csv(file: &mut std::fs::File, r: &Round) -> Result<()> {
     let l = &r.latency_ms;
     writeln!(
         file,
-        "{:.0},{:.0},{:.0},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}",
-        r.rate, r.achieved, r.delivered_per_s, l.p50, l.p90, l.p99, l.p999, l.max, r.lost, r.broken
+        "{:.0},{:.0},{:.0},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{}",
+        r.rate,
+        r.achieved,
+        r.delivered_per_s,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p999,
+        l.max,
+        r.lost,
+        r.duplicates,
+        r.out_of_order
     )?;
     Ok(())
 }

@@ -35,6 +35,7 @@ pub(crate) async fn start(
     binary: Option<std::path::PathBuf>,
     redis: &RedisServer,
     count: usize,
+    threads: Option<usize>,
 ) -> Result<Vec<Gateway>> {
     let binary = match binary {
         Some(path) => path,
@@ -49,7 +50,11 @@ pub(crate) async fn start(
     let mut gateways = Vec::new();
     for _ in 0..count.max(1) {
         let port = free_port()?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(threads) = threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let child = command
             .arg("serve")
             .env("REDIS_URL", redis.url())
             .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))

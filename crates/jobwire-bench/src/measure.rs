@@ -21,11 +21,34 @@ pub(crate) fn now_us() -> u64 {
 
 const SHARDS: usize = 16;
 
-/// What every subscriber adds to: deliveries, ids out of order, latency.
+/// What every subscriber adds to: deliveries, duplicates, ids out of
+/// order, latency.
 pub(crate) struct Recorder {
     delivered: AtomicU64,
-    broken: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
     shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// The recorder's counts at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) delivered: u64,
+    /// Events whose id was not above the previous one's.
+    pub(crate) duplicates: u64,
+    /// Events whose id skipped ahead (an event missing before them).
+    pub(crate) out_of_order: u64,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, before: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered - before.delivered,
+            duplicates: self.duplicates - before.duplicates,
+            out_of_order: self.out_of_order - before.out_of_order,
+        }
+    }
 }
 
 impl Recorder {
@@ -35,17 +58,20 @@ impl Recorder {
             .collect::<Result<_>>()?;
         Ok(Arc::new(Recorder {
             delivered: AtomicU64::new(0),
-            broken: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
             shards,
         }))
     }
 
-    /// One event received by subscriber `who`; `in_order` when its id was
-    /// the one after the previous; `stamp` its publish time in µs.
-    pub(crate) fn event(&self, who: usize, in_order: bool, stamp: Option<u64>) {
+    /// Event `id` received by subscriber `who`, whose previous event was
+    /// `previous`; `stamp` is its publish time in µs.
+    pub(crate) fn event(&self, who: usize, id: u64, previous: u64, stamp: Option<u64>) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        if !in_order {
-            self.broken.fetch_add(1, Ordering::Relaxed);
+        if id <= previous {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else if id > previous + 1 {
+            self.out_of_order.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(stamp) = stamp {
             let latency = now_us().saturating_sub(stamp).max(1);
@@ -59,8 +85,12 @@ impl Recorder {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn broken(&self) -> u64 {
-        self.broken.load(Ordering::Relaxed)
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            delivered: self.delivered(),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            out_of_order: self.out_of_order.load(Ordering::Relaxed),
+        }
     }
 
     /// The latencies recorded since the last call, merged; the shards start

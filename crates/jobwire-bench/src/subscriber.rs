@@ -133,7 +133,7 @@ impl Subscriber {
             let Ok(event) = serde_json::from_str::<Probe>(&text) else {
                 continue;
             };
-            recorder.event(who, event.id == self.last + 1, event.data.t_us);
+            recorder.event(who, event.id, self.last, event.data.t_us);
             self.last = self.last.max(event.id);
             if let (Some((at, at_us)), None, Some(t)) =
                 (dropped_at, seen.caught_up, event.data.t_us)

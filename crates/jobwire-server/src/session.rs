@@ -52,7 +52,12 @@ pub enum Out {
         position: Option<(Epoch, EventId)>,
     },
     /// An event of a job's log.
-    Event { frame: Arc<Frame>, epoch: Epoch },
+    /// The epoch is shared by the subscription's events: cloning it is a
+    /// reference count, not an allocation per delivered event.
+    Event {
+        frame: Arc<Frame>,
+        epoch: Arc<Epoch>,
+    },
 }
 
 impl Out {
@@ -90,7 +95,7 @@ impl From<BackendError> for SubscribeError {
 #[derive(Debug)]
 struct Sub {
     last: EventId,
-    epoch: Epoch,
+    epoch: Arc<Epoch>,
 }
 
 /// A connection's subscriptions.
@@ -178,26 +183,34 @@ impl Session {
         delivery: Delivery,
         out: &mut Vec<Out>,
     ) -> Result<(), BackendError> {
-        match delivery {
-            Delivery::Event(frame) => {
-                let Some(sub) = self.subs.get_mut(&frame.job_id) else {
-                    return Ok(());
-                };
-                if frame.id <= sub.last {
-                    return Ok(());
-                }
-                if frame.id == sub.last.next() {
-                    sub.last = frame.id;
-                    let epoch = sub.epoch.clone();
-                    out.push(Out::Event { frame, epoch });
-                    return Ok(());
-                }
-                let job = frame.job_id.clone();
-                tracing::debug!(job = %job, after = %frame.id, "hole in live events; re-reading the log");
-                self.catch_up(&job, out).await
+        match self.deliver_now(delivery, out) {
+            None => Ok(()),
+            Some(Delivery::Event(frame)) => {
+                tracing::debug!(job = %frame.job_id, after = %frame.id, "hole in live events; re-reading the log");
+                self.catch_up(&frame.job_id, out).await
             }
-            Delivery::Recheck(job) => self.catch_up(&job, out).await,
+            Some(Delivery::Recheck(job)) => self.catch_up(&job, out).await,
         }
+    }
+
+    /// Handles a delivery that needs no log read (the common case: the next
+    /// event of a subscription, or a duplicate) without awaiting anything;
+    /// gives back the ones that need [`Session::deliver`].
+    pub fn deliver_now(&mut self, delivery: Delivery, out: &mut Vec<Out>) -> Option<Delivery> {
+        let Delivery::Event(frame) = delivery else {
+            return Some(delivery);
+        };
+        let sub = self.subs.get_mut(&frame.job_id)?;
+        if frame.id <= sub.last {
+            return None;
+        }
+        if frame.id != sub.last.next() {
+            return Some(Delivery::Event(frame));
+        }
+        sub.last = frame.id;
+        let epoch = Arc::clone(&sub.epoch);
+        out.push(Out::Event { frame, epoch });
+        None
     }
 
     async fn fresh(
@@ -212,7 +225,7 @@ impl Session {
             job.clone(),
             Sub {
                 last: state.last_event_id,
-                epoch: state.epoch,
+                epoch: Arc::new(state.epoch),
             },
         );
         Ok(())
@@ -245,7 +258,7 @@ impl Session {
             job.clone(),
             Sub {
                 last: resume.id,
-                epoch,
+                epoch: Arc::new(epoch),
             },
         );
         let full = records.len() == CATCH_UP_PAGE;

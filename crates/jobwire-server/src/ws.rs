@@ -240,11 +240,21 @@ async fn run(
             }
             delivery = inbox.recv() => {
                 let Some(delivery) = delivery else { break None };
-                let mut delivered = Box::pin(session.deliver(delivery, &mut out)).await;
-                // Batch whatever else is already queued.
-                while delivered.is_ok() && out.len() < 256 {
-                    let Ok(more) = inbox.try_recv() else { break };
-                    delivered = Box::pin(session.deliver(more, &mut out)).await;
+                // Batch whatever else is already queued. Events in step are
+                // handled without a future; only log re-reads await (boxed:
+                // rare, and large).
+                let mut next = Some(delivery);
+                let mut delivered = Ok(());
+                while let Some(delivery) = next.take() {
+                    if let Some(slow) = session.deliver_now(delivery, &mut out) {
+                        delivered = Box::pin(session.deliver(slow, &mut out)).await;
+                        if delivered.is_err() {
+                            break;
+                        }
+                    }
+                    if out.len() < 256 {
+                        next = inbox.try_recv().ok();
+                    }
                 }
                 // A delivery that could not be handled (a re-read of a log
                 // that failed) is gone from the outbox: the client resumes.
