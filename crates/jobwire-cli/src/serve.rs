@@ -138,8 +138,25 @@ fn build_auth(config: &AuthConfig) -> Result<Auth, Failure> {
     Ok(auth)
 }
 
+/// Connections the kernel queues before they are accepted. When an instance
+/// dies, its clients reconnect to the others all at once; with the usual 128
+/// (std's and tokio's default) the queue overflowed in the benchmark's
+/// resume storm, and each dropped SYN cost its client a 1 s retransmit. The
+/// kernel caps this at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(flags: &ServerFlags) -> Result<TcpListener, Failure> {
-    TcpListener::bind(flags.bind).await.map_err(|e| {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if flags.bind.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(flags.bind)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| {
         Failure::Runtime(anyhow!(
             "cannot listen on {} (JOBWIRE_BIND): {e}",
             flags.bind
