@@ -214,6 +214,12 @@ async fn run(
                 break None;
             }
             Stats::add(&state.stats.messages_sent, sent);
+            if sent <= 2 {
+                // Most sockets sit idle between messages: keeping a
+                // batch's capacity would cost every idle connection ~250
+                // bytes; re-allocating it costs a busy one a small malloc.
+                out.shrink_to_fit();
+            }
         }
         tokio::select! {
             biased;
