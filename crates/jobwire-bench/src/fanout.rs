@@ -162,7 +162,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let connect_started = std::time::Instant::now();
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
-        let transport = if (i % 100) < usize::from(args.sse_percent) {
+        // Spread evenly: subscriber i is SSE when the running share of SSE
+        // subscribers steps up at i.
+        let share = |n: usize| n * usize::from(args.sse_percent) / 100;
+        let transport = if share(i + 1) > share(i) {
             Transport::Sse
         } else {
             Transport::Ws
@@ -180,7 +183,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     let sse = subscribers.len() * usize::from(args.sse_percent) / 100;
     println!(
-        "{} subscribers ({} WebSocket, ~{sse} SSE) connected to {} instances in {:.1} s; publishing through the {:?} path",
+        "{} subscribers ({} WebSocket, {sse} SSE) connected to {} instances in {:.1} s; publishing through the {:?} path",
         subscribers.len(),
         subscribers.len() - sse,
         gateways.len(),
