@@ -13,6 +13,13 @@ use crate::connection::{backend_error, MAX_QUEUE_BLOCK};
 use crate::keys::WORKERS_GROUP;
 use crate::{scripts, RedisBackend, Result};
 
+/// Consumers idle for this many visibility timeouts, holding nothing, are
+/// deleted from the group. Live workers are seen far more often: they read
+/// the queue (a blocked read counts) or renew their leases continuously.
+const PRUNE_AFTER: u32 = 20;
+/// Idle workers read the queue every second or so: well within this.
+const PRUNE_FLOOR: Duration = Duration::from_secs(5);
+
 impl RedisBackend {
     /// Creates the consumer group (and the stream) unless it exists. Reading
     /// from id 0 means entries added before the group existed are delivered.
@@ -170,7 +177,31 @@ impl RedisBackend {
             }
         }
         let claims = self.to_claims(taken).await?;
-        settle_all(self, claims, max_attempts).await
+        let reclaimed = settle_all(self, claims, max_attempts).await?;
+        self.prune_consumers(consumer, min_idle).await?;
+        Ok(reclaimed)
+    }
+
+    /// Deletes consumers that hold nothing and were not seen for
+    /// [`PRUNE_AFTER`] visibility timeouts (at least [`PRUNE_FLOOR`]): the
+    /// processes behind them are gone. Run by the reaper. Deleting a live
+    /// consumer would be harmless (it holds nothing, and its next read
+    /// recreates it), only wasteful.
+    async fn prune_consumers(&self, consumer: &str, visibility: Duration) -> Result<()> {
+        let limit = (visibility * PRUNE_AFTER).max(PRUNE_FLOOR);
+        let mut conn = self.shared.conns.command();
+        let deleted: i64 = scripts::PRUNE
+            .key(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(limit.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        if deleted > 0 {
+            tracing::info!(deleted, idle_over = ?limit, "removed idle queue consumers of departed workers");
+        }
+        Ok(())
     }
 
     pub(crate) async fn stats(&self) -> Result<QueueStats> {

@@ -21,3 +21,5 @@ pub(crate) static RENEW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/renew.lua")));
 pub(crate) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+pub(crate) static PRUNE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/prune.lua")));

@@ -288,3 +288,68 @@ async fn a_trimmed_live_position_is_reported_as_a_gap() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every worker process joins the queue's group under a fresh name, so the
+/// reaper deletes consumers that hold nothing and were not seen for 20
+/// visibility timeouts (at least 5 s). One holding an entry stays, and so
+/// does the caller.
+#[tokio::test]
+async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let visibility = Duration::from_millis(100);
+    for _ in 0..2 {
+        b.create_job(NewJob::new("demo", json!({}), "alice"))
+            .await?;
+    }
+    // "departed" took a job and finished it; "crashed" took one and died.
+    let done = b.claim("departed", 1, Duration::from_millis(100)).await?;
+    ensure!(done.len() == 1, "departed claimed {}", done.len());
+    b.ack(&done[0].entry).await?;
+    let held = b.claim("crashed", 1, Duration::from_millis(100)).await?;
+    ensure!(held.len() == 1, "crashed claimed {}", held.len());
+
+    let names = || async {
+        let reply: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
+            &server,
+            redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg("jobwire:queue")
+                .arg("workers"),
+        )
+        .await?;
+        let mut names: Vec<String> = reply
+            .iter()
+            .filter_map(|c| match c.get("name") {
+                Some(redis::Value::BulkString(n)) => Some(String::from_utf8_lossy(n).into_owned()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        anyhow::Ok(names)
+    };
+    // Seen recently: nothing is pruned yet.
+    b.reclaim_idle("reaper", Duration::from_secs(3600), 3, 10)
+        .await?;
+    ensure!(
+        names().await? == ["crashed", "departed"],
+        "{:?}",
+        names().await?
+    );
+
+    tokio::time::sleep(Duration::from_millis(5300)).await;
+    b.reclaim_idle("reaper", Duration::from_secs(3600), 3, 10)
+        .await?;
+    ensure!(
+        names().await? == ["crashed", "departed"],
+        "pruned under an hour-long timeout: {:?}",
+        names().await?
+    );
+    // With a 100 ms visibility timeout both are long overdue. "crashed"
+    // still holds an entry: the reaper takes it over first, and then
+    // "crashed" holds nothing either. The reaper itself is kept.
+    let reclaimed = b.reclaim_idle("reaper", visibility, 3, 10).await?;
+    ensure!(reclaimed.len() == 1, "reclaimed {}", reclaimed.len());
+    ensure!(names().await? == ["reaper"], "left: {:?}", names().await?);
+    Ok(())
+}
