@@ -188,6 +188,10 @@ pub(crate) struct WorkerArgs {
     pub(crate) store: StoreFlags,
     #[command(flatten)]
     pub(crate) worker: WorkerFlags,
+    /// Serve this worker's Prometheus metrics (`/metrics`) and `/healthz`
+    /// on this address. Off by default.
+    #[arg(long, env = "JOBWIRE_WORKER_METRICS_BIND")]
+    pub(crate) metrics_bind: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, env = "JOBWIRE_LOG_FORMAT", value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,

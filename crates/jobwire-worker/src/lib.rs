@@ -26,6 +26,7 @@ pub mod reporter;
 pub mod runtime;
 
 mod execute;
+mod metrics;
 
 pub use handler::{handler_fn, Handler, JobContext, JobError, JobOutcome, StopReason, Stopped};
 pub use reporter::Reporter;

@@ -221,6 +221,21 @@ impl Worker {
         &self.shared.stats
     }
 
+    /// Jobs running right now.
+    pub fn running(&self) -> usize {
+        self.shared.jobs.len()
+    }
+
+    /// The counters, running jobs and concurrency in the Prometheus text
+    /// format, for a worker process's `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(
+            &self.stats().snapshot(),
+            self.running(),
+            self.shared.config.concurrency,
+        )
+    }
+
     /// The kinds this worker runs, sorted.
     pub fn kinds(&self) -> Vec<String> {
         let mut kinds: Vec<String> = self.shared.handlers.keys().cloned().collect();

@@ -116,3 +116,64 @@ async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// `--metrics-bind`: the worker serves its counters for Prometheus, and they
+/// move as jobs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_prometheus_metrics() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let port = jobwire_testkit::free_port()?;
+    let bind = format!("127.0.0.1:{port}");
+    let _worker = start_worker(
+        &redis,
+        "metered",
+        &[
+            ("JOBWIRE_WORKER_METRICS_BIND", bind.as_str()),
+            ("JOBWIRE_WORKER_CONCURRENCY", "3"),
+        ],
+    )?;
+    let metrics = || async {
+        let mut last = None;
+        for _ in 0..100 {
+            match reqwest::get(format!("http://{bind}/metrics")).await {
+                Ok(r) if r.status().is_success() => return Ok(r.text().await?),
+                other => last = Some(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("no /metrics on {bind}: {last:?}")
+    };
+    let before = metrics().await?;
+    ensure!(
+        before.contains("jobwire_worker_concurrency 3")
+            && before.contains("jobwire_worker_jobs_total{outcome=\"completed\"} 0"),
+        "{before}"
+    );
+    let job = create_demo(backend.as_ref(), json!({"steps": 3, "delay_ms": 10})).await?;
+    wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+        s.status.is_terminal()
+    })
+    .await?;
+    // The counter moves right after the terminal event is stored.
+    let mut after = String::new();
+    for _ in 0..50 {
+        after = metrics().await?;
+        if after.contains("jobwire_worker_jobs_total{outcome=\"completed\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        after.contains("jobwire_worker_jobs_total{outcome=\"claimed\"} 1")
+            && after.contains("jobwire_worker_jobs_total{outcome=\"completed\"} 1")
+            && after.contains("jobwire_worker_running_jobs 0"),
+        "{after}"
+    );
+    let events = after
+        .lines()
+        .find_map(|l| l.strip_prefix("jobwire_worker_events_published_total "))
+        .context("no events counter")?;
+    ensure!(events.parse::<u64>()? >= 5, "{after}");
+    Ok(())
+}
