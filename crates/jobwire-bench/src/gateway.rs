@@ -23,7 +23,21 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM first, so the gateway shuts down as in production (and a
+    /// profiler wrapped around it gets to write its output); SIGKILL if it
+    /// is still there after 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

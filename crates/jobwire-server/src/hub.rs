@@ -84,19 +84,27 @@ const _: () = assert!(std::mem::size_of::<Delivery>() <= 16);
 pub struct Outbox {
     pub id: u64,
     tx: mpsc::Sender<Delivery>,
-    /// Cancelled when the outbox overflowed.
-    pub slow: CancellationToken,
+    /// Cancelled when the connection must end: its outbox overflowed (a
+    /// slow consumer), or the server is shutting down (it is a child of the
+    /// server's shutdown token). One token per connection: waiting on the
+    /// server's own token would lock a mutex every connection shares on
+    /// every wake-up.
+    pub stop: CancellationToken,
 }
 
 impl Outbox {
-    /// A new outbox holding at most `capacity` deliveries.
-    pub fn new(capacity: usize) -> (Arc<Outbox>, mpsc::Receiver<Delivery>) {
+    /// A new outbox holding at most `capacity` deliveries, stopped with
+    /// `shutdown`.
+    pub fn new(
+        capacity: usize,
+        shutdown: &CancellationToken,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Delivery>) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             tx,
-            slow: CancellationToken::new(),
+            stop: shutdown.child_token(),
         };
         (Arc::new(outbox), rx)
     }
@@ -105,7 +113,7 @@ impl Outbox {
         match self.tx.try_send(delivery) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.slow.cancel();
+                self.stop.cancel();
                 false
             }
             // The connection is gone; the Hub forgets it on unsubscribe.
@@ -331,8 +339,9 @@ mod tests {
         let hub = Hub::default();
         let job = JobId::generate();
         let epoch = Epoch::generate();
-        let (a, mut a_rx) = Outbox::new(16);
-        let (b, mut b_rx) = Outbox::new(16);
+        let shutdown = CancellationToken::new();
+        let (a, mut a_rx) = Outbox::new(16, &shutdown);
+        let (b, mut b_rx) = Outbox::new(16, &shutdown);
         hub.watch(&job, &a);
         hub.started(&job, a.id, EventId(5), &epoch);
         hub.dispatch(&[record(&job, 6), record(&job, 7)]);
@@ -352,8 +361,9 @@ mod tests {
     fn watchers_still_subscribing_re_read_by_themselves() {
         let hub = Hub::default();
         let (known, unknown) = (JobId::generate(), JobId::generate());
-        let (a, mut a_rx) = Outbox::new(16);
-        let (b, mut b_rx) = Outbox::new(16);
+        let shutdown = CancellationToken::new();
+        let (a, mut a_rx) = Outbox::new(16, &shutdown);
+        let (b, mut b_rx) = Outbox::new(16, &shutdown);
         hub.watch(&known, &a);
         hub.started(&known, a.id, EventId(3), &Epoch::generate());
         hub.watch(&known, &b);

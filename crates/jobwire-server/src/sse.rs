@@ -73,7 +73,7 @@ pub async fn stream(
                 e.to_string(),
             )
         })?;
-    let (outbox, mut inbox) = Outbox::new(state.config.client_queue);
+    let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
     let mut session = Session::new(
         state.backend.clone(),
         state.hub.clone(),
@@ -117,9 +117,10 @@ pub async fn stream(
                 }
                 tokio::select! {
                     biased;
-                    () = state.shutdown.cancelled() => return,
-                    () = outbox.slow.cancelled() => {
-                        Stats::add(&state.stats.slow_disconnects, 1);
+                    () = outbox.stop.cancelled() => {
+                        if !state.shutdown.is_cancelled() {
+                            Stats::add(&state.stats.slow_disconnects, 1);
+                        }
                         return;
                     }
                     () = tx.closed() => return,

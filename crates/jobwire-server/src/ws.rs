@@ -138,7 +138,7 @@ async fn connection(
         Ok(slot) => slot,
         Err(e) => return close_with(&mut socket, close::POLICY, &e.to_string()).await,
     };
-    let (outbox, inbox) = Outbox::new(state.config.client_queue);
+    let (outbox, inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
     let mut session = Session::new(
         state.backend.clone(),
         state.hub.clone(),
@@ -188,9 +188,9 @@ async fn run(
     tokio::pin!(timer);
     let mut bucket = TokenBucket::new(state.config.max_frames_per_second);
     // Made once, not on every turn of the loop (measurable per message).
-    let shutdown = state.shutdown.cancelled();
-    let slow = outbox.slow.cancelled();
-    tokio::pin!(shutdown, slow);
+    // Fires on shutdown and on overflow (see `Outbox::stop`).
+    let stop = outbox.stop.cancelled();
+    tokio::pin!(stop);
     let closing: Option<(u16, String)> = loop {
         if !out.is_empty() {
             let sent = out.len() as u64;
@@ -198,7 +198,10 @@ async fn run(
             // overflows its outbox, and the connection must give up on it.
             let written = tokio::select! {
                 written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
-                () = &mut slow => {
+                () = &mut stop => {
+                    if state.shutdown.is_cancelled() {
+                        return;
+                    }
                     Stats::add(&state.stats.slow_disconnects, 1);
                     // Its socket is full: try to say why, briefly, then drop it.
                     let bye = Message::Close(Some(CloseFrame {
@@ -208,7 +211,6 @@ async fn run(
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(bye)).await;
                     return;
                 }
-                () = &mut shutdown => return,
             };
             if !written {
                 break None;
@@ -223,8 +225,10 @@ async fn run(
         }
         tokio::select! {
             biased;
-            () = &mut shutdown => break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into())),
-            () = &mut slow => {
+            () = &mut stop => {
+                if state.shutdown.is_cancelled() {
+                    break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into()));
+                }
                 Stats::add(&state.stats.slow_disconnects, 1);
                 break Some((close::TRY_AGAIN, "slow consumer: reconnect and resume with since".into()));
             }
