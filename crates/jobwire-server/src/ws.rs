@@ -95,8 +95,10 @@ fn accept(
     let principal = state.auth.verify(token.as_deref());
     let origin_ok = origin_allowed(&headers, &state.config.allowed_origins);
     let limit = state.config.max_frame_bytes;
+    // Every idle connection keeps its read buffer. Client frames are small
+    // (subscribe, ping, refresh); a larger one is read in several chunks.
     let mut upgrade = upgrade
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(4096)
         .max_message_size(limit)
         .max_frame_size(limit);
