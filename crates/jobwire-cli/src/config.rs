@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use jobwire_core::BackendConfig;
-use jobwire_redis::RedisConfig;
+use jobwire_redis::{RedisConfig, TlsFiles};
 use jobwire_server::{mint_token, AuthConfig, Scope, ServerConfig};
 use jobwire_worker::runtime::default_consumer;
 use jobwire_worker::WorkerConfig;
@@ -53,6 +53,17 @@ pub(crate) struct StoreFlags {
     /// Prefix of every Redis key.
     #[arg(long, env = "JOBWIRE_KEY_PREFIX", default_value = "jobwire")]
     pub(crate) key_prefix: String,
+    /// For rediss://: a PEM CA certificate to trust besides the system's
+    /// roots (e.g. a private CA).
+    #[arg(long, env = "JOBWIRE_REDIS_CA_CERT")]
+    pub(crate) redis_ca_cert: Option<PathBuf>,
+    /// For rediss:// servers that ask for a client certificate: the PEM
+    /// certificate (with --redis-client-key).
+    #[arg(long, env = "JOBWIRE_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    pub(crate) redis_client_cert: Option<PathBuf>,
+    /// The PEM key of --redis-client-cert.
+    #[arg(long, env = "JOBWIRE_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    pub(crate) redis_client_key: Option<PathBuf>,
 }
 
 impl StoreFlags {
@@ -71,6 +82,11 @@ impl StoreFlags {
             pool_size: usize::from(self.redis_pool_size),
             key_prefix: self.key_prefix.clone(),
             backend: self.backend_config(),
+            tls: TlsFiles {
+                ca_cert: self.redis_ca_cert.clone(),
+                client_cert: self.redis_client_cert.clone(),
+                client_key: self.redis_client_key.clone(),
+            },
             ..RedisConfig::new(self.redis_url.clone().unwrap_or_default())
         }
     }

@@ -22,9 +22,9 @@ pub(crate) async fn connect_redis(
     loop {
         match RedisBackend::connect(config.clone()).await {
             Ok(backend) => return Ok(Some(Arc::new(backend))),
-            Err(e @ (ConnectError::Url { .. } | ConnectError::Layout(_))) => {
-                return Err(Failure::Usage(e.into()))
-            }
+            Err(
+                e @ (ConnectError::Url { .. } | ConnectError::Layout(_) | ConnectError::Tls(_)),
+            ) => return Err(Failure::Usage(e.into())),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "waiting for Redis");
                 tokio::select! {

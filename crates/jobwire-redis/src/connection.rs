@@ -12,9 +12,56 @@ use std::time::Duration;
 
 use jobwire_core::BackendError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, RedisError, TlsCertificates};
 
 use crate::{ConnectError, RedisConfig};
+
+/// A client for the URL, with the configured certificates if any.
+fn client(config: &RedisConfig) -> Result<Client, ConnectError> {
+    let url_error = |source| ConnectError::Url {
+        url: config.url.clone(),
+        source,
+    };
+    let tls = &config.tls;
+    if !tls.any() {
+        return Client::open(config.url.as_str()).map_err(url_error);
+    }
+    if !config.url.starts_with("rediss://") {
+        return Err(ConnectError::Tls(format!(
+            "TLS certificates are configured but REDIS_URL {:?} is not a rediss:// URL",
+            config.url
+        )));
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            ConnectError::Tls(format!("cannot read the {what} {}: {e}", path.display()))
+        })
+    };
+    let client_tls = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert, "client certificate (JOBWIRE_REDIS_CLIENT_CERT)")?,
+            client_key: read(key, "client key (JOBWIRE_REDIS_CLIENT_KEY)")?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ConnectError::Tls(
+                "JOBWIRE_REDIS_CLIENT_CERT and JOBWIRE_REDIS_CLIENT_KEY go together".to_owned(),
+            ))
+        }
+    };
+    let root_cert = match &tls.ca_cert {
+        Some(path) => Some(read(path, "CA certificate (JOBWIRE_REDIS_CA_CERT)")?),
+        None => None,
+    };
+    Client::build_with_tls(
+        config.url.as_str(),
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| ConnectError::Tls(format!("unusable TLS certificates: {e}")))
+}
 
 /// How long connecting may take before Redis counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,10 +78,7 @@ pub(crate) struct Connections {
 
 impl Connections {
     pub(crate) async fn open(config: &RedisConfig) -> Result<Connections, ConnectError> {
-        let client = Client::open(config.url.as_str()).map_err(|source| ConnectError::Url {
-            url: config.url.clone(),
-            source,
-        })?;
+        let client = client(config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(config.command_timeout))

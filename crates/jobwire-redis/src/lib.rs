@@ -59,6 +59,26 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Log and retention limits.
     pub backend: BackendConfig,
+    /// Certificates for a `rediss://` URL beyond the system's roots.
+    pub tls: TlsFiles,
+}
+
+/// PEM files for TLS to Redis (`rediss://`). Without any, the server's
+/// certificate must chain to the system's roots.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// A CA to trust for the server's certificate (`JOBWIRE_REDIS_CA_CERT`).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for servers that require them
+    /// (`JOBWIRE_REDIS_CLIENT_CERT`, `JOBWIRE_REDIS_CLIENT_KEY`).
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
 }
 
 impl RedisConfig {
@@ -70,6 +90,7 @@ impl RedisConfig {
             key_prefix: "jobwire".to_owned(),
             command_timeout: Duration::from_secs(5),
             backend: BackendConfig::default(),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -94,6 +115,9 @@ pub enum ConnectError {
     /// The data in Redis was written with another layout or partition count.
     #[error("{0}")]
     Layout(String),
+    /// The TLS settings cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The Redis backend. Cheap to clone; clones share connections and cache.

@@ -8,7 +8,7 @@ use jobwire_core::{
     Backend, BackendConfig, BackendError, EventId, EventType, EventsAfter, LiveBatch, NewEvent,
     NewJob, TailFrom,
 };
-use jobwire_redis::{ConnectError, RedisBackend, RedisConfig};
+use jobwire_redis::{ConnectError, RedisBackend, RedisConfig, TlsFiles};
 use jobwire_testkit::{Persistence, RedisServer};
 use serde_json::json;
 
@@ -351,5 +351,81 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     let reclaimed = b.reclaim_idle("reaper", visibility, 3, 10).await?;
     ensure!(reclaimed.len() == 1, "reclaimed {}", reclaimed.len());
     ensure!(names().await? == ["reaper"], "left: {:?}", names().await?);
+    Ok(())
+}
+
+/// `rediss://` with a private CA and a client certificate: jobs, events and
+/// the live feed work over TLS; a missing client certificate, an untrusted
+/// server and certificates on a plain URL are clear errors.
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_client_certificate() -> Result<()> {
+    let server = RedisServer::start_tls()?;
+    let url = server.tls_url().context("no TLS port")?;
+    let certs = server.test_certs().context("no test certificates")?;
+    let tls_config = |tls: TlsFiles| RedisConfig {
+        url: url.clone(),
+        tls,
+        ..config(&server)
+    };
+    let full = TlsFiles {
+        ca_cert: Some(certs.ca_cert.clone()),
+        client_cert: Some(certs.client_cert.clone()),
+        client_key: Some(certs.client_key.clone()),
+    };
+
+    let b = RedisBackend::connect(tls_config(full.clone())).await?;
+    let mut tail = b.tail(TailFrom::Now).await?;
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(
+        &job.id,
+        vec![NewEvent::new(EventType::JobStarted, json!({})), progress(1)],
+    )
+    .await?;
+    match b.events_after(&job.id, EventId(0), None, 10).await? {
+        EventsAfter::Events(events) => ensure!(events.len() == 3, "{events:?}"),
+        other => bail!("{other:?}"),
+    }
+    // The live feed, read over TLS on its own connection, carries them too.
+    let mut live = Vec::new();
+    while !live
+        .iter()
+        .any(|e: &jobwire_core::EventRecord| e.id == EventId(3))
+    {
+        match tokio::time::timeout(Duration::from_secs(5), tail.next()).await?? {
+            LiveBatch::Events(events) => live.extend(events),
+            LiveBatch::Gap => bail!("gap on a fresh tail"),
+        }
+    }
+
+    let without_client_cert = TlsFiles {
+        client_cert: None,
+        client_key: None,
+        ..full.clone()
+    };
+    match RedisBackend::connect(tls_config(without_client_cert)).await {
+        Err(ConnectError::Unreachable { .. }) => {}
+        other => bail!("a client without a certificate was let in: {other:?}"),
+    }
+    let untrusted = TlsFiles {
+        ca_cert: None,
+        ..full.clone()
+    };
+    match RedisBackend::connect(tls_config(untrusted)).await {
+        Err(e @ ConnectError::Unreachable { .. }) => {
+            ensure!(e.to_string().to_lowercase().contains("certificate"), "{e}")
+        }
+        other => bail!("a server signed by an unknown CA was trusted: {other:?}"),
+    }
+    match RedisBackend::connect(RedisConfig {
+        tls: full,
+        ..config(&server)
+    })
+    .await
+    {
+        Err(ConnectError::Tls(message)) => ensure!(message.contains("rediss://"), "{message}"),
+        other => bail!("certificates on a redis:// URL were accepted: {other:?}"),
+    }
     Ok(())
 }

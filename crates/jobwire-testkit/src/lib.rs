@@ -36,6 +36,8 @@ pub enum Persistence {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// Also listening with TLS on this port (see [`RedisServer::start_tls`]).
+    tls_port: Option<u16>,
     persistence: Persistence,
     dir: Option<tempfile::TempDir>,
     child: Option<Child>,
@@ -52,6 +54,7 @@ impl RedisServer {
         if let Ok(url) = std::env::var("JOBWIRE_TEST_REDIS_URL") {
             return Ok(RedisServer {
                 port: 0,
+                tls_port: None,
                 persistence: Persistence::None,
                 dir: None,
                 child: None,
@@ -73,6 +76,7 @@ impl RedisServer {
             .context("creating a data directory for redis-server")?;
         let mut server = RedisServer {
             port: 0,
+            tls_port: None,
             persistence,
             dir: Some(dir),
             child: None,
@@ -103,6 +107,7 @@ impl RedisServer {
             .context("creating a data directory for redis-server")?;
         let mut server = RedisServer {
             port,
+            tls_port: None,
             persistence,
             dir: Some(dir),
             child: None,
@@ -110,6 +115,50 @@ impl RedisServer {
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Starts a private server that also listens with TLS, with
+    /// certificates of a throwaway CA made with `openssl`, and requires
+    /// clients to present a certificate of that CA. The plain port stays
+    /// open for readiness checks.
+    ///
+    /// # Errors
+    /// When `openssl` or `redis-server` (built with TLS) is missing, or the
+    /// server does not come up.
+    pub fn start_tls() -> Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobwire-redis-tls-")
+            .tempdir()
+            .context("creating a data directory for redis-server")?;
+        make_test_certs(dir.path())?;
+        let mut server = RedisServer {
+            port: free_port()?,
+            tls_port: Some(free_port()?),
+            persistence: Persistence::None,
+            dir: Some(dir),
+            child: None,
+            external_url: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// The `rediss://` URL of a server made by [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://127.0.0.1:{port}/"))
+    }
+
+    /// The test CA's certificate and a client certificate and key it
+    /// signed (PEM files), for a server made by [`RedisServer::start_tls`].
+    pub fn test_certs(&self) -> Option<TestCerts> {
+        self.tls_port?;
+        let dir = self.dir.as_ref()?.path();
+        Some(TestCerts {
+            ca_cert: dir.join("ca.crt"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
     }
 
     /// The `redis://` URL of this server.
@@ -183,6 +232,17 @@ impl RedisServer {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
         };
+        if let Some(tls_port) = self.tls_port {
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "yes"]);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -226,6 +286,101 @@ impl Drop for RedisServer {
             let _ = child.wait();
         }
     }
+}
+
+/// PEM files of a TLS test server's CA and of a client it accepts.
+#[derive(Clone, Debug)]
+pub struct TestCerts {
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A throwaway CA (P-256), a server certificate for 127.0.0.1 and a client
+/// certificate, all signed by it, written to `dir`.
+fn make_test_certs(dir: &std::path::Path) -> Result<()> {
+    let openssl = |args: &[&str]| -> Result<()> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run openssl ({e}); install it (apt-get install openssl)")
+            })?;
+        if !output.status.success() {
+            bail!(
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &key[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=jobwire test CA",
+            ],
+        ]
+        .concat(),
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    for (name, subject) in [
+        ("server", "/CN=127.0.0.1"),
+        ("client", "/CN=jobwire test client"),
+    ] {
+        let (keyfile, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        openssl(
+            &[
+                &["req"],
+                &key[..],
+                &["-keyout", &keyfile, "-out", &csr, "-subj", subject],
+            ]
+            .concat(),
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])?;
+    }
+    Ok(())
 }
 
 /// A port that was free a moment ago.

@@ -14,7 +14,7 @@ use crate::{next, redis_backend, token, watch, Jobwire, SECRET};
 fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
     /// Arguments, environment, and a word the error must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         (&["serve"], &[], "REDIS_URL"),
         (
             &["serve", "--memory"],
@@ -28,6 +28,22 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
         ),
         (&["serve"], &[("REDIS_URL", "http://nope")], "REDIS_URL"),
         (&["worker"], &[], "REDIS_URL"),
+        (
+            &["serve"],
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("JOBWIRE_REDIS_CA_CERT", "/etc/hostname"),
+            ],
+            "rediss://",
+        ),
+        (
+            &["serve"],
+            &[
+                ("REDIS_URL", "rediss://127.0.0.1:1"),
+                ("JOBWIRE_REDIS_CA_CERT", "/nonexistent/ca.pem"),
+            ],
+            "JOBWIRE_REDIS_CA_CERT",
+        ),
         (
             &["worker"],
             &[
@@ -186,4 +202,53 @@ async fn serve_waits_for_redis_and_becomes_ready_by_itself() -> Result<()> {
         .wait_for("/readyz", 200, Duration::from_secs(15))
         .await?;
     Ok(())
+}
+
+/// `rediss://` end to end: a gateway and a worker reach a TLS-only Redis
+/// (private CA, client certificates) and run a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_worker_speak_tls_to_redis() -> Result<()> {
+    let redis = RedisServer::start_tls()?;
+    let certs = redis.test_certs().context("no test certificates")?;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let env = [
+        ("REDIS_URL", redis.tls_url().context("no TLS port")?),
+        ("JOBWIRE_REDIS_CA_CERT", path(&certs.ca_cert)),
+        ("JOBWIRE_REDIS_CLIENT_CERT", path(&certs.client_cert)),
+        ("JOBWIRE_REDIS_CLIENT_KEY", path(&certs.client_key)),
+    ];
+    let server = Jobwire::start(&["serve"], &env)?;
+    let _worker = Jobwire::start(&["worker"], &env)?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(server.url("/api/jobs"))
+        .bearer_auth(token())
+        .json(&json!({"kind": "demo", "params": {"steps": 3, "delay_ms": 10}}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id"].as_str().context("no id")?.to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job: Value = client
+            .get(server.url(&format!("/api/jobs/{id}")))
+            .bearer_auth(token())
+            .send()
+            .await?
+            .json()
+            .await?;
+        if job["status"] == "completed" {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "not completed over TLS: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
