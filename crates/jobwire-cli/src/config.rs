@@ -326,6 +326,10 @@ pub(crate) struct ClientFlags {
     /// The JWT to send (`jobwire token`, or the one `jobwire dev` prints).
     #[arg(long, env = "JOBWIRE_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// For https:// URLs: a PEM CA certificate to trust besides the
+    /// system's roots (e.g. a private CA).
+    #[arg(long, env = "JOBWIRE_CA_CERT")]
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

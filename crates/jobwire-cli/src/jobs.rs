@@ -18,6 +18,15 @@ pub(crate) fn client(flags: &ClientFlags) -> Result<Client, Failure> {
         ))
     })?;
     let mut builder = Client::builder().token(TokenSource::Static(token));
+    if let Some(path) = &flags.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::Usage(anyhow!(
+                "JOBWIRE_CA_CERT: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        builder = builder.ca_cert_pem(pem);
+    }
     for url in &flags.url {
         builder = builder.url(url.clone());
     }

@@ -90,10 +90,45 @@ pub struct Client {
 #[derive(Debug)]
 struct Shared {
     http: reqwest::Client,
+    /// Roots for `https://` and `wss://`: the system's, plus any CA given.
+    tls: Arc<rustls::ClientConfig>,
     urls: Vec<String>,
     /// The base URL currently preferred; moves on when one is unreachable.
     current: AtomicUsize,
     token: TokenSource,
+}
+
+/// The TLS client settings: the system's root certificates plus `extra`
+/// (PEM texts), with the ring provider.
+fn tls_config(extra: &[Vec<u8>]) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped, as browsers do; a private
+    // CA given explicitly must parse.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for pem in extra {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::Config(
+                "CA certificate: no PEM certificate found".to_owned(),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Builds a [`Client`].
@@ -102,10 +137,18 @@ pub struct ClientBuilder {
     urls: Vec<String>,
     token: Option<TokenSource>,
     timeout: Duration,
+    ca_certs: Vec<Vec<u8>>,
 }
 
 impl ClientBuilder {
-    /// Adds a base URL (`http://host:port`). With several, calls and watches
+    /// Trusts the CA certificates in this PEM text for `https://` servers,
+    /// besides the system's roots (for a private CA).
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> ClientBuilder {
+        self.ca_certs.push(pem.into());
+        self
+    }
+
+    /// Adds a base URL (`http://host:port` or `https://host`). With several, calls and watches
     /// rotate to the next when one cannot be reached.
     pub fn url(mut self, url: impl Into<String>) -> ClientBuilder {
         self.urls.push(url.into());
@@ -126,9 +169,9 @@ impl ClientBuilder {
     }
 
     /// # Errors
-    /// [`ClientError::Config`] without a URL or token, or with a URL that is
-    /// not `http://` (TLS is not built in: terminate it in front of jobwire
-    /// and reach it over plain HTTP, or use a local proxy).
+    /// [`ClientError::Config`] without a URL or token, with a URL that is
+    /// neither `http://` nor `https://`, or with a CA certificate that does
+    /// not parse.
     pub fn build(self) -> Result<Client, ClientError> {
         if self.urls.is_empty() {
             return Err(ClientError::Config("no server URL given".to_owned()));
@@ -136,9 +179,9 @@ impl ClientBuilder {
         let mut urls = Vec::with_capacity(self.urls.len());
         for url in self.urls {
             let url = url.trim_end_matches('/').to_owned();
-            if !url.starts_with("http://") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ClientError::Config(format!(
-                    "{url}: only http:// URLs are supported"
+                    "{url}: the URL must start with http:// or https://"
                 )));
             }
             urls.push(url);
@@ -146,14 +189,17 @@ impl ClientBuilder {
         let token = self
             .token
             .ok_or_else(|| ClientError::Config("no token given".to_owned()))?;
+        let tls = Arc::new(tls_config(&self.ca_certs)?);
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(Duration::from_secs(5))
+            .use_preconfigured_tls((*tls).clone())
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Client {
             shared: Arc::new(Shared {
                 http,
+                tls,
                 urls,
                 current: AtomicUsize::new(0),
                 token,
@@ -179,6 +225,7 @@ impl Client {
             urls: Vec::new(),
             token: None,
             timeout: Duration::from_secs(30),
+            ca_certs: Vec::new(),
         }
     }
 
@@ -195,6 +242,11 @@ impl Client {
     /// Prefers the URL at `at` from now on (it answered).
     pub(crate) fn prefer(&self, at: usize) {
         self.shared.current.store(at, Ordering::Relaxed);
+    }
+
+    /// TLS settings for `wss://` watches (the same as for REST calls).
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.shared.tls)
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

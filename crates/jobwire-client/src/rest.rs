@@ -220,14 +220,14 @@ impl Client {
                     Err(e) if e.is_connect() => {
                         last_error = Some(ClientError::Unreachable {
                             url: base.to_owned(),
-                            message: e.to_string(),
+                            message: with_causes(&e),
                         });
                         continue;
                     }
                     Err(e) => {
                         return Err(ClientError::Unreachable {
                             url: base.to_owned(),
-                            message: e.to_string(),
+                            message: with_causes(&e),
                         })
                     }
                 };
@@ -289,4 +289,17 @@ async fn api_error(status: StatusCode, response: reqwest::Response) -> ClientErr
             message: text.chars().take(200).collect(),
         },
     }
+}
+
+/// An error with its causes (reqwest's own text stops at "error sending
+/// request", which hides a refused connection or an untrusted certificate).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

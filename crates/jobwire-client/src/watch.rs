@@ -215,7 +215,7 @@ impl Runner {
                 .map(|(a, b)| (a, b.to_owned()))
                 .collect::<Vec<_>>()
             {
-                let url = format!("{}/ws/jobs", base.replacen("http://", "ws://", 1));
+                let url = format!("{}/ws/jobs", ws_base(&base));
                 if !self
                     .emit(WatchEvent::Status(ConnectionStatus::Connecting {
                         url: base.clone(),
@@ -224,7 +224,7 @@ impl Runner {
                 {
                     return;
                 }
-                let ws = match connect(&url, &token).await {
+                let ws = match connect(&url, &token, self.client.tls()).await {
                     Ok(ws) => ws,
                     Err(Refused::Unauthorized(m)) => {
                         reason = format!("{base}: the token was refused; trying a fresh one");
@@ -561,7 +561,15 @@ enum Refused {
     Other(String),
 }
 
-async fn connect(url: &str, token: &str) -> Result<Ws, Refused> {
+/// `ws://` for `http://`, `wss://` for `https://`.
+fn ws_base(base: &str) -> String {
+    match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => base.replacen("http://", "ws://", 1),
+    }
+}
+
+async fn connect(url: &str, token: &str, tls: Arc<rustls::ClientConfig>) -> Result<Ws, Refused> {
     let mut request = url
         .into_client_request()
         .map_err(|e| Refused::Other(e.to_string()))?;
@@ -572,7 +580,12 @@ async fn connect(url: &str, token: &str) -> Result<Ws, Refused> {
     // tungstenite zero-fills its whole read buffer (128 KiB by default) on
     // every read; events are small, so a small buffer saves that work.
     let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    );
     match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Err(_) => Err(Refused::Other("timed out connecting".to_owned())),
         Ok(Ok((ws, _))) => Ok(ws),

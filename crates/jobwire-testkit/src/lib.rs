@@ -14,6 +14,7 @@
 //! for consecutive ids.
 
 pub mod jobs;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -156,6 +157,8 @@ impl RedisServer {
         let dir = self.dir.as_ref()?.path();
         Some(TestCerts {
             ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
             client_cert: dir.join("client.crt"),
             client_key: dir.join("client.key"),
         })
@@ -288,17 +291,23 @@ impl Drop for RedisServer {
     }
 }
 
-/// PEM files of a TLS test server's CA and of a client it accepts.
+/// PEM files of a throwaway CA, a server certificate for 127.0.0.1 and a
+/// client certificate, both signed by the CA.
 #[derive(Clone, Debug)]
 pub struct TestCerts {
     pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
 }
 
-/// A throwaway CA (P-256), a server certificate for 127.0.0.1 and a client
-/// certificate, all signed by it, written to `dir`.
-fn make_test_certs(dir: &std::path::Path) -> Result<()> {
+/// Makes a throwaway CA (P-256) and certificates it signed, in `dir`, with
+/// the `openssl` command.
+///
+/// # Errors
+/// When `openssl` is missing or fails.
+pub fn make_test_certs(dir: &std::path::Path) -> Result<TestCerts> {
     let openssl = |args: &[&str]| -> Result<()> {
         let output = Command::new("openssl")
             .args(args)
@@ -380,7 +389,13 @@ fn make_test_certs(dir: &std::path::Path) -> Result<()> {
             &ext,
         ])?;
     }
-    Ok(())
+    Ok(TestCerts {
+        ca_cert: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    })
 }
 
 /// A port that was free a moment ago.

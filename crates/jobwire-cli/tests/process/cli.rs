@@ -141,3 +141,52 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
     );
     Ok(())
 }
+
+/// Behind a TLS-terminating proxy (as behind a load balancer): `submit
+/// --watch` over `https://` and `wss://`, trusting a private CA with
+/// `JOBWIRE_CA_CERT`; without it the server is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_speak_https_and_wss() -> Result<()> {
+    let server = Jobwire::start(&["dev"], &[])?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let proxy = jobwire_testkit::tls::TlsProxy::start(([127, 0, 0, 1], server.port).into()).await?;
+    let submit = |ca: Option<std::path::PathBuf>| {
+        let url = proxy.url();
+        // Blocking, off the runtime: the proxy runs on it.
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobwire"));
+            cmd.args([
+                "submit",
+                "demo",
+                "-p",
+                "steps=5",
+                "-p",
+                "delay_ms=10",
+                "--watch",
+            ])
+            .env_clear()
+            .env("JOBWIRE_URL", url)
+            .env("JOBWIRE_TOKEN", token());
+            if let Some(ca) = ca {
+                cmd.env("JOBWIRE_CA_CERT", ca);
+            }
+            cmd.output()
+        })
+    };
+    let out = submit(Some(proxy.certs.ca_cert.clone())).await??;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    let items = lines(&out)?;
+    ensure!(
+        items.last().map(|e| e["type"].clone()) == Some("job_completed".into()),
+        "{items:?}"
+    );
+    let untrusted = submit(None).await??;
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    ensure!(
+        untrusted.status.code() == Some(1) && stderr.to_lowercase().contains("certificate"),
+        "{untrusted:?}"
+    );
+    Ok(())
+}
