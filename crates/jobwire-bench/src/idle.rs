@@ -200,7 +200,12 @@ pub(crate) async fn hold(args: HoldArgs) -> Result<()> {
                 args.jobs[i % args.jobs.len()]
             );
             match open(server, args.source, &url, &token).await {
-                Ok(ws) => sockets.push(ws),
+                // Read in the background: tungstenite answers the server's
+                // pings while reading, and an unanswered socket would be
+                // closed after three heartbeats.
+                Ok(mut ws) => sockets.push(tokio::spawn(async move {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })),
                 Err(e) => {
                     failure = Some(format!("connection {}: {e:#}", sockets.len()));
                     break;

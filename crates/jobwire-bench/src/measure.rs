@@ -33,6 +33,7 @@ pub(crate) struct Recorder {
 /// The recorder's counts at one moment.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counts {
+    /// Events seen for the first time (duplicates not included).
     pub(crate) delivered: u64,
     /// Events whose id was not above the previous one's.
     pub(crate) duplicates: u64,
@@ -67,10 +68,13 @@ impl Recorder {
     /// Event `id` received by subscriber `who`, whose previous event was
     /// `previous`; `stamp` is its publish time in µs.
     pub(crate) fn event(&self, who: usize, id: u64, previous: u64, stamp: Option<u64>) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
         if id <= previous {
+            // Not a delivery: counting it would let a duplicate hide a loss.
             self.duplicates.fetch_add(1, Ordering::Relaxed);
-        } else if id > previous + 1 {
+            return;
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if id > previous + 1 {
             self.out_of_order.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(stamp) = stamp {

@@ -61,6 +61,8 @@ pub(crate) type Ws =
 enum Feed {
     Ws(Box<Ws>),
     Sse(SseFeed),
+    /// Between dropping a connection and its replacement.
+    Closed,
 }
 
 enum Incoming {
@@ -109,6 +111,8 @@ impl Subscriber {
                 () = &mut storm, if !stormed => {
                     stormed = true;
                     dropped_at = Some((Instant::now(), now_us()));
+                    // Really gone before the reconnect, as after a crash.
+                    self.feed = Feed::Closed;
                     let resume = (self.last, self.epoch.clone());
                     match connect(&self.target, &token, Some(resume)).await {
                         Ok((feed, first)) => {
@@ -116,7 +120,10 @@ impl Subscriber {
                             seen.not_resumed = first["type"] != "resumed";
                             continue;
                         }
-                        Err(_) => break,
+                        Err(_) => {
+                            seen.not_resumed = true;
+                            break;
+                        }
                     }
                 }
                 incoming = self.feed.next() => incoming,
@@ -210,6 +217,7 @@ impl Feed {
                 }
             },
             Feed::Sse(sse) => sse.next().await.map(Incoming::Text),
+            Feed::Closed => None,
         }
     }
 }

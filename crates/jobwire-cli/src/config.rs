@@ -53,8 +53,8 @@ pub(crate) struct StoreFlags {
     /// Prefix of every Redis key.
     #[arg(long, env = "JOBWIRE_KEY_PREFIX", default_value = "jobwire")]
     pub(crate) key_prefix: String,
-    /// For rediss://: a PEM CA certificate to trust besides the system's
-    /// roots (e.g. a private CA).
+    /// For rediss://: the PEM CA certificate to trust for the Redis server,
+    /// instead of the system's roots (e.g. a private CA).
     #[arg(long, env = "JOBWIRE_REDIS_CA_CERT")]
     pub(crate) redis_ca_cert: Option<PathBuf>,
     /// For rediss:// servers that ask for a client certificate: the PEM

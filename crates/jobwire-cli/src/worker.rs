@@ -2,10 +2,12 @@
 //! then shuts down gracefully (running jobs finish, or go back to the queue
 //! at the shutdown timeout); exit 0.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::anyhow;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use jobwire_core::Backend;
@@ -24,47 +26,55 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         )));
     }
     check(&args.worker)?;
-    // Bound before Redis is reached, so that a taken address fails at once.
-    let metrics = match args.metrics_bind {
-        Some(addr) => Some(bind_metrics(addr).await?),
-        None => None,
-    };
+    // Served from the start, before Redis is reached (a taken address fails
+    // at once, and probes get an answer while Redis is awaited), and until
+    // the worker has finished draining its jobs.
+    let running: Arc<OnceLock<Worker>> = Arc::default();
+    let metrics_done = CancellationToken::new();
+    if let Some(addr) = args.metrics_bind {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Failure::Usage(anyhow!(
+                "cannot serve metrics on {addr} (JOBWIRE_WORKER_METRICS_BIND): {e}"
+            ))
+        })?;
+        serve_metrics(listener, Arc::clone(&running), metrics_done.clone());
+    }
     let shutdown = shutdown_on_signal();
     let Some(backend) = store::connect_redis(&args.store, &shutdown).await? else {
         return Ok(());
     };
     let worker = build(backend, &args.worker)?;
-    if let Some(listener) = metrics {
-        serve_metrics(listener, worker.clone(), shutdown.clone());
-    }
+    let _ = running.set(worker.clone());
     worker.run(shutdown).await;
+    metrics_done.cancel();
     Ok(())
 }
 
-async fn bind_metrics(addr: std::net::SocketAddr) -> Result<TcpListener, Failure> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        Failure::Usage(anyhow!(
-            "cannot serve metrics on {addr} (JOBWIRE_WORKER_METRICS_BIND): {e}"
-        ))
-    })
-}
-
-/// Serves `/metrics` and `/healthz` until `shutdown`.
-fn serve_metrics(listener: TcpListener, worker: Worker, shutdown: CancellationToken) {
+/// Serves `/metrics` (503 until the worker runs) and `/healthz` until
+/// `done`.
+fn serve_metrics(listener: TcpListener, worker: Arc<OnceLock<Worker>>, done: CancellationToken) {
     let addr = listener.local_addr().ok();
-    let router = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let text = worker.render_metrics();
-                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
+    let router =
+        Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let text = worker.get().map(Worker::render_metrics);
+                    async move {
+                        match text {
+                            Some(text) => ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                                .into_response(),
+                            None => (StatusCode::SERVICE_UNAVAILABLE, "waiting for Redis")
+                                .into_response(),
+                        }
+                    }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }));
     tracing::info!(?addr, "serving worker metrics");
     tokio::spawn(async move {
         let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(done.cancelled_owned())
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "the metrics endpoint stopped");

@@ -59,7 +59,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Log and retention limits.
     pub backend: BackendConfig,
-    /// Certificates for a `rediss://` URL beyond the system's roots.
+    /// Certificates for a `rediss://` URL.
     pub tls: TlsFiles,
 }
 
@@ -67,7 +67,8 @@ pub struct RedisConfig {
 /// certificate must chain to the system's roots.
 #[derive(Clone, Debug, Default)]
 pub struct TlsFiles {
-    /// A CA to trust for the server's certificate (`JOBWIRE_REDIS_CA_CERT`).
+    /// The CA to trust for the server's certificate instead of the system's
+    /// roots (`JOBWIRE_REDIS_CA_CERT`).
     pub ca_cert: Option<std::path::PathBuf>,
     /// A client certificate and its key, for servers that require them
     /// (`JOBWIRE_REDIS_CLIENT_CERT`, `JOBWIRE_REDIS_CLIENT_KEY`).

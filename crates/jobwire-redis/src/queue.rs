@@ -178,7 +178,11 @@ impl RedisBackend {
         }
         let claims = self.to_claims(taken).await?;
         let reclaimed = settle_all(self, claims, max_attempts).await?;
-        self.prune_consumers(consumer, min_idle).await?;
+        // Housekeeping only: a failure here (a Redis user without XINFO, a
+        // blip) must not lose the entries just taken over above.
+        if let Err(e) = self.prune_consumers(consumer, min_idle).await {
+            tracing::warn!(error = %e, "could not prune idle queue consumers");
+        }
         Ok(reclaimed)
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Each event is turned into one [`Frame`] (its wire JSON as shared bytes)
 //! and offered to every watching connection's bounded outbox with `try_send`.
-//! A full outbox marks that connection as a slow consumer (its `slow` token
+//! A full outbox marks that connection as a slow consumer (its `stop` token
 //! is cancelled; the connection closes with 1013 and the client resumes with
 //! `since`). Nobody waits for a slow connection.
 //!

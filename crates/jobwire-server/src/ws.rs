@@ -218,10 +218,11 @@ async fn run(
                 break None;
             }
             Stats::add(&state.stats.messages_sent, sent);
-            if sent <= 2 {
+            if sent <= 2 || out.capacity() > 256 {
                 // Most sockets sit idle between messages: keeping a
                 // batch's capacity would cost every idle connection ~250
-                // bytes; re-allocating it costs a busy one a small malloc.
+                // bytes (and a resume's backlog far more); re-allocating
+                // it costs a busy one a small malloc.
                 out.shrink_to_fit();
             }
         }

@@ -8,13 +8,15 @@ use crate::runtime::StatsSnapshot;
 
 pub(crate) fn render(stats: &StatsSnapshot, running: usize, concurrency: usize) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP jobwire_worker_claims_total Jobs this worker took: from the queue, or taken over from unresponsive workers (reclaimed).\n\
+         # TYPE jobwire_worker_claims_total counter\n\
+         jobwire_worker_claims_total{{source=\"queue\"}} {}\n\
+         jobwire_worker_claims_total{{source=\"reclaimed\"}} {}",
+        stats.claimed, stats.reclaimed
+    );
     let outcomes = [
-        ("claimed", stats.claimed, "taken from the queue"),
-        (
-            "reclaimed",
-            stats.reclaimed,
-            "taken over from unresponsive workers",
-        ),
         ("completed", stats.completed, "completed"),
         ("failed", stats.failed, "failed"),
         ("cancelled", stats.cancelled, "cancelled while running"),
@@ -36,7 +38,7 @@ pub(crate) fn render(stats: &StatsSnapshot, running: usize, concurrency: usize) 
     ];
     let _ = writeln!(
         out,
-        "# HELP jobwire_worker_jobs_total Jobs by what happened to them here: {}.",
+        "# HELP jobwire_worker_jobs_total Jobs by how they ended here: {}.",
         outcomes
             .iter()
             .map(|(name, _, help)| format!("{name} = {help}"))
@@ -87,7 +89,8 @@ mod tests {
         };
         let text = render(&stats, 2, 8);
         for line in [
-            "jobwire_worker_jobs_total{outcome=\"claimed\"} 7",
+            "jobwire_worker_claims_total{source=\"queue\"} 7",
+            "jobwire_worker_claims_total{source=\"reclaimed\"} 0",
             "jobwire_worker_jobs_total{outcome=\"completed\"} 5",
             "jobwire_worker_jobs_total{outcome=\"failed\"} 1",
             "jobwire_worker_jobs_total{outcome=\"dead_lettered\"} 0",

@@ -165,7 +165,7 @@ async fn the_worker_serves_prometheus_metrics() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ensure!(
-        after.contains("jobwire_worker_jobs_total{outcome=\"claimed\"} 1")
+        after.contains("jobwire_worker_claims_total{source=\"queue\"} 1")
             && after.contains("jobwire_worker_jobs_total{outcome=\"completed\"} 1")
             && after.contains("jobwire_worker_running_jobs 0"),
         "{after}"
