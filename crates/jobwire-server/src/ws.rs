@@ -201,14 +201,17 @@ async fn run(
             let written = tokio::select! {
                 written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
                 () = &mut stop => {
-                    if state.shutdown.is_cancelled() {
-                        return;
-                    }
-                    Stats::add(&state.stats.slow_disconnects, 1);
-                    // Its socket is full: try to say why, briefly, then drop it.
+                    let (code, reason) = if state.shutdown.is_cancelled() {
+                        (close::GOING_AWAY, "server shutting down: resume on another instance")
+                    } else {
+                        Stats::add(&state.stats.slow_disconnects, 1);
+                        (close::TRY_AGAIN, "slow consumer: reconnect and resume with since")
+                    };
+                    // The write was cut short, or the socket is full: try to
+                    // say why, briefly, then drop the connection.
                     let bye = Message::Close(Some(CloseFrame {
-                        code: close::TRY_AGAIN,
-                        reason: "slow consumer: reconnect and resume with since".into(),
+                        code,
+                        reason: reason.into(),
                     }));
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(bye)).await;
                     return;
