@@ -16,6 +16,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::measure::{self, now_us, paced, Percentiles, PublishFn, Recorder};
+use crate::subscriber::Probe;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -165,17 +166,6 @@ async fn read(
             last = last.max(probe.id);
         }
     }
-}
-
-#[derive(serde::Deserialize)]
-struct Probe {
-    id: u64,
-    data: ProbeData,
-}
-
-#[derive(serde::Deserialize)]
-struct ProbeData {
-    t_us: Option<u64>,
 }
 
 /// The (entry id, `e` field) pairs of an `XREAD` reply for one stream:

@@ -154,16 +154,17 @@ impl Subscriber {
     }
 }
 
-/// The fields of an event the subscribers read.
+/// The fields of an event the subscribers (and the baseline's readers)
+/// read: its id and publish stamp.
 #[derive(serde::Deserialize)]
-struct Probe {
-    id: u64,
-    data: ProbeData,
+pub(crate) struct Probe {
+    pub(crate) id: u64,
+    pub(crate) data: ProbeData,
 }
 
 #[derive(serde::Deserialize)]
-struct ProbeData {
-    t_us: Option<u64>,
+pub(crate) struct ProbeData {
+    pub(crate) t_us: Option<u64>,
 }
 
 /// Connects (resuming after `(id, epoch)` when given) and returns the feed

@@ -41,20 +41,26 @@ fn assert_exact(out: &str) {
     }
 }
 
-const SMALL: [&str; 8] = [
-    "--subscribers",
-    "20",
-    "--jobs",
-    "5",
-    "--rate",
-    "200",
-    "--seconds",
-    "1",
-];
+/// `scenario` at a tiny load (20 subscribers, 5 jobs, 200 events/s for
+/// `seconds`), with `extra` arguments.
+fn small(scenario: &str, seconds: &str, extra: &[&str]) -> String {
+    let base = [
+        scenario,
+        "--subscribers",
+        "20",
+        "--jobs",
+        "5",
+        "--rate",
+        "200",
+        "--seconds",
+        seconds,
+    ];
+    bench(&[&base[..], extra].concat())
+}
 
 #[test]
 fn fanout_over_websocket_and_sse_through_the_reporter() {
-    let out = bench(&[&["fanout", "--sse-percent", "50"], &SMALL[..]].concat());
+    let out = small("fanout", "1", &["--sse-percent", "50"]);
     assert_exact(&out);
     assert!(out.contains("(10 WebSocket, 10 SSE)"), "{out}");
     assert!(out.contains("latency ms: p50"), "{out}");
@@ -63,7 +69,7 @@ fn fanout_over_websocket_and_sse_through_the_reporter() {
 
 #[test]
 fn fanout_through_the_http_publish_path() {
-    let out = bench(&[&["fanout", "--publish", "http"], &SMALL[..]].concat());
+    let out = small("fanout", "1", &["--publish", "http"]);
     assert_exact(&out);
 }
 
@@ -73,12 +79,10 @@ fn throughput_steps_write_one_csv_row_per_round() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let csv = dir.join("step.csv");
     let csv_arg = csv.to_string_lossy().into_owned();
-    let out = bench(
-        &[
-            &["fanout", "--step", "--max-steps", "2", "--csv", &csv_arg],
-            &SMALL[..],
-        ]
-        .concat(),
+    let out = small(
+        "fanout",
+        "1",
+        &["--step", "--max-steps", "2", "--csv", &csv_arg],
     );
     assert_exact(&out);
     assert!(out.contains("highest clean rate"), "{out}");
@@ -89,19 +93,7 @@ fn throughput_steps_write_one_csv_row_per_round() {
 
 #[test]
 fn resume_storm_resumes_everyone() {
-    let out = bench(&[
-        "fanout",
-        "--subscribers",
-        "20",
-        "--jobs",
-        "5",
-        "--rate",
-        "200",
-        "--seconds",
-        "2",
-        "--storm-at",
-        "1",
-    ]);
+    let out = small("fanout", "2", &["--storm-at", "1"]);
     assert_exact(&out);
     assert!(
         out.contains("20 of 20 subscribers caught up") && out.contains("without resumed: 0"),
@@ -111,17 +103,7 @@ fn resume_storm_resumes_everyone() {
 
 #[test]
 fn baseline_delivers_everything() {
-    let out = bench(&[
-        "baseline",
-        "--subscribers",
-        "20",
-        "--jobs",
-        "5",
-        "--rate",
-        "200",
-        "--seconds",
-        "1",
-    ]);
+    let out = small("baseline", "1", &[]);
     assert_exact(&out);
 }
 
