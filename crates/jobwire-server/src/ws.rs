@@ -201,12 +201,7 @@ async fn run(
             let written = tokio::select! {
                 written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
                 () = &mut stop => {
-                    let (code, reason) = if state.shutdown.is_cancelled() {
-                        (close::GOING_AWAY, "server shutting down: resume on another instance")
-                    } else {
-                        Stats::add(&state.stats.slow_disconnects, 1);
-                        (close::TRY_AGAIN, "slow consumer: reconnect and resume with since")
-                    };
+                    let (code, reason) = stopped(&state);
                     // The write was cut short, or the socket is full: try to
                     // say why, briefly, then drop the connection.
                     let bye = Message::Close(Some(CloseFrame {
@@ -232,11 +227,8 @@ async fn run(
         tokio::select! {
             biased;
             () = &mut stop => {
-                if state.shutdown.is_cancelled() {
-                    break Some((close::GOING_AWAY, "server shutting down: resume on another instance".into()));
-                }
-                Stats::add(&state.stats.slow_disconnects, 1);
-                break Some((close::TRY_AGAIN, "slow consumer: reconnect and resume with since".into()));
+                let (code, reason) = stopped(&state);
+                break Some((code, reason.into()));
             }
             () = &mut timer => {
                 let now = Instant::now();
@@ -309,6 +301,23 @@ async fn run(
         // Boxed: this state is rare, and inline it would enlarge every
         // idle connection's future.
         Box::pin(close_gracefully(socket, code, reason)).await;
+    }
+}
+
+/// Why the connection's stop token fired: server shutdown (1001), else its
+/// outbox overflowed (1013, counted as a slow-consumer disconnect).
+fn stopped(state: &AppState) -> (u16, &'static str) {
+    if state.shutdown.is_cancelled() {
+        (
+            close::GOING_AWAY,
+            "server shutting down: resume on another instance",
+        )
+    } else {
+        Stats::add(&state.stats.slow_disconnects, 1);
+        (
+            close::TRY_AGAIN,
+            "slow consumer: reconnect and resume with since",
+        )
     }
 }
 
