@@ -1,10 +1,11 @@
-//! The `jobwire` command (SPEC §1). A thin edge: parse flags (each with an
+//! The `jobwire` command (docs/protocol.md). A thin edge: parse flags (each with an
 //! environment twin), set up logging, and call into the library crates.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 //! Errors are one clear line on stderr.
 
 mod config;
+mod dev_secret;
 mod jobs;
 mod serve;
 mod store;
@@ -73,7 +74,10 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,6 +111,72 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A bad flag or environment value is one line naming the setting as the
+/// user gave it (`JOBWIRE_BIND="x": …` or `--bind "x": …`), exit 2. Other
+/// clap errors (help, version, missing arguments with their usage) are
+/// printed as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        e.exit();
+    }
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let (Some(arg), Some(value)) = (
+        text(ContextKind::InvalidArg),
+        text(ContextKind::InvalidValue),
+    ) else {
+        e.exit();
+    };
+    let why = match (
+        std::error::Error::source(&e),
+        e.get(ContextKind::ValidValue),
+    ) {
+        (Some(cause), _) => cause.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => "invalid value".to_owned(),
+    };
+    // `--bind <BIND>` → the `bind` argument of whichever command has it.
+    let long = arg.split_whitespace().next().unwrap_or_default().to_owned();
+    let mut command = Cli::command();
+    command.build();
+    let found = command
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+        .map(|a| {
+            (
+                a.get_env().map(|v| v.to_string_lossy().into_owned()),
+                a.is_hide_env_values_set(),
+            )
+        });
+    let on_command_line = std::env::args().any(|a| a == long || a.starts_with(&format!("{long}=")));
+    let shown = |secret: bool| {
+        if secret {
+            "(hidden)".to_owned()
+        } else {
+            format!("{value:?}")
+        }
+    };
+    let setting = match found {
+        Some((Some(env), secret)) if !on_command_line && std::env::var_os(&env).is_some() => {
+            format!("{env}={}", shown(secret))
+        }
+        Some((_, secret)) => format!("{long} {}", shown(secret)),
+        None => format!("{arg} {value:?}"),
+    };
+    eprintln!("jobwire: {setting}: {why}");
+    ExitCode::from(2)
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

@@ -18,9 +18,9 @@ use crate::{ConnectError, RedisConfig};
 
 /// A client for the URL, with the configured certificates if any.
 fn client(config: &RedisConfig) -> Result<Client, ConnectError> {
-    let url_error = |source| ConnectError::Url {
-        url: config.url.clone(),
-        source,
+    let url_error = |cause| ConnectError::Url {
+        url: crate::redacted(&config.url),
+        cause,
     };
     let tls = &config.tls;
     if !tls.any() {
@@ -28,8 +28,8 @@ fn client(config: &RedisConfig) -> Result<Client, ConnectError> {
     }
     if !config.url.starts_with("rediss://") {
         return Err(ConnectError::Tls(format!(
-            "TLS certificates are configured but REDIS_URL {:?} is not a rediss:// URL",
-            config.url
+            "TLS certificates are configured but REDIS_URL {} is not a rediss:// URL",
+            crate::redacted(&config.url)
         )));
     }
     let read = |path: &std::path::Path, what: &str| {
@@ -92,9 +92,9 @@ impl Connections {
             let manager = client
                 .get_connection_manager_with_config(manager_config.clone())
                 .await
-                .map_err(|source| ConnectError::Unreachable {
-                    url: config.url.clone(),
-                    source,
+                .map_err(|cause| ConnectError::Unreachable {
+                    url: crate::redacted(&config.url),
+                    cause,
                 })?;
             pool.push(manager);
         }

@@ -45,8 +45,9 @@ use keys::Keys;
 
 type Result<T, E = jobwire_core::BackendError> = std::result::Result<T, E>;
 
-/// How to reach Redis and the limits to apply.
-#[derive(Clone, Debug)]
+/// How to reach Redis and the limits to apply. Its `Debug` hides the URL's
+/// password.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL.
     pub url: String,
@@ -82,6 +83,48 @@ impl TlsFiles {
     }
 }
 
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redacted(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.key_prefix)
+            .field("command_timeout", &self.command_timeout)
+            .field("backend", &self.backend)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// A Redis URL (or a comma-separated list of them) with every password
+/// replaced by `***`, fit for logs and error messages:
+/// `redis://user:secret@host:6379/0` becomes `redis://user:***@host:6379/0`,
+/// and `redis://:secret@host` becomes `redis://:***@host`.
+pub fn redacted(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL at all: it may still be a password pasted by mistake.
+        return "<not a URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                // `redis://secret@host`: redis-rs reads it as a user name,
+                // but people put passwords there.
+                None => "***".to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl RedisConfig {
     /// Defaults for everything but the URL.
     pub fn new(url: impl Into<String>) -> RedisConfig {
@@ -99,19 +142,18 @@ impl RedisConfig {
 /// Why the backend could not start.
 #[derive(Debug, Error)]
 pub enum ConnectError {
-    /// The URL is not a valid Redis URL.
-    #[error("invalid REDIS_URL {url:?}: {source}")]
+    /// The URL is not a valid Redis URL. (`url` is redacted; the cause is
+    /// in the message, not chained, so `{:#}` does not print it twice.)
+    #[error("invalid REDIS_URL {url}: expected redis://[[user]:password@]host[:port][/db] or rediss://… ({cause})")]
     Url {
         url: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
     /// Redis did not answer.
-    #[error("cannot reach Redis at {url}: {source}")]
+    #[error("cannot reach Redis at {url}: {cause}")]
     Unreachable {
         url: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
     /// The data in Redis was written with another layout or partition count.
     #[error("{0}")]
@@ -172,9 +214,9 @@ impl RedisBackend {
         backend
             .ensure_group()
             .await
-            .map_err(|source| ConnectError::Unreachable {
-                url: backend.shared.config.url.clone(),
-                source,
+            .map_err(|cause| ConnectError::Unreachable {
+                url: redacted(&backend.shared.config.url),
+                cause,
             })?;
         Ok(backend)
     }
@@ -198,9 +240,9 @@ impl RedisBackend {
 
     async fn check_layout(&self) -> Result<(), ConnectError> {
         let url = &self.shared.config.url;
-        let unreachable = |source| ConnectError::Unreachable {
-            url: url.clone(),
-            source,
+        let unreachable = |cause| ConnectError::Unreachable {
+            url: redacted(url),
+            cause,
         };
         let keys = &self.shared.keys;
         let mut conn = self.shared.conns.command();
@@ -401,5 +443,32 @@ impl Backend for RedisBackend {
             live_entries: lengths.iter().sum(),
             jobs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            (
+                "redis://user:s3cret@host:6379/0",
+                "redis://user:***@host:6379/0",
+            ),
+            ("redis://:s3cret@host", "redis://:***@host"),
+            ("rediss://s3cret@host:6380", "rediss://***@host:6380"),
+            ("redis://host:6379", "redis://host:6379"),
+            (
+                "redis://:a@h1:1,redis://:b@h2:2",
+                "redis://:***@h1:1,redis://:***@h2:2",
+            ),
+            ("s3cret", "<not a URL>"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+        let config = RedisConfig::new("redis://:s3cret@host");
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 }

@@ -1,4 +1,4 @@
-//! JWT authentication (SPEC §7): HS256 with a shared secret and/or RS256 /
+//! JWT authentication (docs/protocol.md): HS256 with a shared secret and/or RS256 /
 //! ES256 with a public key; `sub` is the user, `scope` (a space-separated
 //! string or an array) holds `jobs:read`, `jobs:write`, `worker`, `admin`,
 //! and `exp` is always enforced. Auth can be switched off only explicitly
@@ -89,8 +89,41 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("the token is not valid yet (its nbf is in the future)")]
+    NotYetValid,
+    /// Said in words, never the JWT library's own (verbose) text.
     #[error("invalid token: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
+}
+
+impl AuthError {
+    /// Why a token was refused, in words.
+    fn of(e: &jsonwebtoken::errors::Error) -> AuthError {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => {
+                AuthError::Invalid("the token's signature does not match the server's key")
+            }
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Invalid(
+                "the token is signed with an algorithm this server does not accept",
+            ),
+            ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => {
+                AuthError::Invalid("the token has no exp (expiry) claim")
+            }
+            ErrorKind::MissingRequiredClaim(_) => {
+                AuthError::Invalid("the token has no sub (user) claim")
+            }
+            ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                AuthError::Invalid("not a JWT (three base64url parts separated by dots)")
+            }
+            ErrorKind::Json(_) => AuthError::Invalid(
+                "the token's claims are malformed (sub must be a string, exp and nbf numbers)",
+            ),
+            _ => AuthError::Invalid("the token was refused"),
+        }
+    }
 }
 
 /// Why the auth configuration is unusable.
@@ -167,6 +200,7 @@ impl Auth {
             let mut v = Validation::new(alg);
             v.leeway = LEEWAY_SECS;
             v.set_required_spec_claims(&["exp", "sub"]);
+            v.validate_nbf = true;
             v.validate_aud = false;
             v
         };
@@ -221,22 +255,13 @@ impl Auth {
             });
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let mut last = AuthError::Invalid("no key accepted it".to_owned());
+        let mut last = AuthError::Invalid("no key accepted it");
         for (key, validation) in &self.verifiers {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => {
-                    return Ok(Principal {
-                        user: data.claims.sub,
-                        scopes: data.claims.scope.0,
-                        expires_at: Some(data.claims.exp),
-                    })
-                }
+                Ok(data) => return principal(data.claims),
                 Err(e) => {
-                    last = match e.kind() {
-                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                        _ => AuthError::Invalid(e.to_string()),
-                    };
-                    if last == AuthError::Expired {
+                    last = AuthError::of(&e);
+                    if matches!(last, AuthError::Expired | AuthError::NotYetValid) {
                         break;
                     }
                 }
@@ -244,6 +269,25 @@ impl Auth {
         }
         Err(last)
     }
+}
+
+/// The caller of a verified token. `sub` names the user in listings, keys
+/// and logs: it must be non-empty and free of control characters (a newline
+/// would forge log lines).
+fn principal(claims: Claims) -> Result<Principal, AuthError> {
+    if claims.sub.trim().is_empty() {
+        return Err(AuthError::Invalid("the token's sub (user) is empty"));
+    }
+    if claims.sub.len() > 256 || claims.sub.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(
+            "the token's sub (user) must be at most 256 characters, without control characters",
+        ));
+    }
+    Ok(Principal {
+        user: claims.sub,
+        scopes: claims.scope.0,
+        expires_at: Some(claims.exp),
+    })
 }
 
 /// Mints an HS256 token (for `jobwire token`, `jobwire dev` and tests).

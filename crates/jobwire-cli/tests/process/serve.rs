@@ -14,8 +14,23 @@ use crate::{next, redis_backend, token, watch, Jobwire, SECRET};
 fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
     /// Arguments, environment, and a word the error must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 10] = [
+    let cases: [Case; 13] = [
         (&["serve"], &[], "REDIS_URL"),
+        (
+            &["serve", "--memory"],
+            &[("JOBWIRE_BIND", "notanaddress")],
+            "JOBWIRE_BIND=\"notanaddress\"",
+        ),
+        (
+            &["serve", "--memory", "--bind", "notanaddress"],
+            &[],
+            "--bind \"notanaddress\"",
+        ),
+        (
+            &["serve"],
+            &[("REDIS_URL", "redis://:s3cret@bad host:1")],
+            "REDIS_URL",
+        ),
         (
             &["serve", "--memory"],
             &[("JOBWIRE_JWT_SECRET", "")],
@@ -24,7 +39,7 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
         (
             &["serve", "--memory"],
             &[("JOBWIRE_RETENTION", "soon")],
-            "retention",
+            "JOBWIRE_RETENTION=\"soon\": expected a duration",
         ),
         (&["serve"], &[("REDIS_URL", "http://nope")], "REDIS_URL"),
         (&["worker"], &[], "REDIS_URL"),
@@ -50,7 +65,7 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
                 ("REDIS_URL", "redis://127.0.0.1:1"),
                 ("JOBWIRE_VISIBILITY_TIMEOUT", "10ms"),
             ],
-            "visibility-timeout",
+            "JOBWIRE_VISIBILITY_TIMEOUT",
         ),
         (
             &["worker"],
@@ -58,7 +73,7 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
                 ("REDIS_URL", "redis://127.0.0.1:1"),
                 ("JOBWIRE_WORKER_CONCURRENCY", "0"),
             ],
-            "concurrency",
+            "JOBWIRE_WORKER_CONCURRENCY",
         ),
         (
             &["worker"],
@@ -87,6 +102,14 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
             "{args:?} {env:?}: {stderr:?} does not name {needle}"
         );
         ensure!(!stderr.contains("panicked"), "{stderr}");
+        ensure!(
+            stderr.trim_end().lines().count() == 1,
+            "{args:?} {env:?}: not one line: {stderr}"
+        );
+        ensure!(
+            !stderr.contains("s3cret"),
+            "{args:?} {env:?}: a secret was printed: {stderr}"
+        );
     }
     Ok(())
 }
@@ -251,4 +274,60 @@ async fn serve_and_worker_speak_tls_to_redis() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Secrets (a Redis password, the JWT secret, a client token) never show:
+/// not in `--help` (which prints environment values), not in the warnings
+/// logged while Redis is unreachable, not in the worker's either.
+#[test]
+fn secrets_never_show_in_help_or_logs() -> Result<()> {
+    const PASSWORD: &str = "s3cret-redis-pw";
+    const JWT: &str = "s3cret-jwt-secret-0123456789";
+    let port = jobwire_testkit::free_port()?;
+    let redis_url = format!("redis://user:{PASSWORD}@127.0.0.1:{port}");
+    let run = |args: &[&str], wait: Option<Duration>| -> Result<String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+            .args(args)
+            .env_clear()
+            .env("REDIS_URL", &redis_url)
+            .env("JOBWIRE_JWT_SECRET", JWT)
+            .env("JOBWIRE_TOKEN", JWT)
+            .env("JOBWIRE_BIND", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(wait) = wait {
+            // Long enough for several "waiting for Redis" warnings.
+            std::thread::sleep(wait);
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output()?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    };
+    for (args, wait) in [
+        (&["serve", "--help"][..], None),
+        (&["worker", "--help"], None),
+        (&["dev", "--help"], None),
+        (&["submit", "--help"], None),
+        (&["token", "--help"], None),
+        (&["serve"], Some(Duration::from_millis(1500))),
+        (&["worker"], Some(Duration::from_millis(1500))),
+    ] {
+        let shown = run(args, wait)?;
+        ensure!(
+            !shown.contains(PASSWORD) && !shown.contains(JWT),
+            "{args:?} showed a secret: {shown}"
+        );
+        if wait.is_some() {
+            ensure!(
+                shown.contains("user:***@127.0.0.1"),
+                "{args:?}: the redacted URL is not named: {shown}"
+            );
+        }
+    }
+    Ok(())
 }
