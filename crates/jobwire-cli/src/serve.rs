@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DevArgs, ServeArgs, ServerFlags};
-use crate::{shutdown_on_signal, store, telemetry, worker, Failure};
+use crate::{dev_secret, shutdown_on_signal, store, telemetry, worker, Failure};
 
 /// `jobwire serve`.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -47,11 +47,31 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
 pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     let mut flags = args.flags;
     telemetry::init(flags.log_format);
-    // A dev secret unless one is configured, and a token to go with it.
-    let secret = flags
-        .jwt_secret
-        .clone()
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    // The configured secret, else dev's own (kept for `jobwire token`), and
+    // a token to go with it.
+    let (secret, secret_note) = match flags.jwt_secret.clone() {
+        Some(secret) => (secret, "signed with JOBWIRE_JWT_SECRET".to_owned()),
+        None => match dev_secret::load_or_create() {
+            Ok((secret, path)) => (
+                secret,
+                format!("signed with dev's own secret, kept in {}", path.display()),
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot keep a dev secret: this run's tokens die with it, and `jobwire token` cannot sign for it (set JOBWIRE_JWT_SECRET)"
+                );
+                (
+                    format!(
+                        "{:032x}{:032x}",
+                        rand::random::<u128>(),
+                        rand::random::<u128>()
+                    ),
+                    "signed with a secret of this run only".to_owned(),
+                )
+            }
+        },
+    };
     flags.jwt_secret = Some(secret.clone());
     let auth = build_auth(&flags.auth_config()?)?;
     worker::check(&args.worker)?;
@@ -66,7 +86,7 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     let shutdown = shutdown_on_signal();
     let (backend, store): (Arc<dyn Backend>, String) = match &flags.store.redis_url {
         Some(url) => match connect_while_waiting(&flags, &listener, &shutdown).await? {
-            Some(b) => (b, format!("Redis at {url}")),
+            Some(b) => (b, format!("Redis at {}", jobwire_redis::redacted(url))),
             None => return Ok(()),
         },
         None => (
@@ -98,6 +118,7 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
         "    jobwire submit demo --param steps=50 --watch      # cargo run --release -- submit ..."
     );
     println!("    jobwire submit scan --param path=. --watch");
+    println!("    jobwire token --sub alice      # more tokens ({secret_note})");
     println!();
     println!("  API http://{addr}/api/jobs · metrics http://{addr}/metrics · docs/protocol.md");
     println!("  Press Ctrl-C to stop.");
