@@ -29,12 +29,17 @@ let view = null;
 
 // ---- token -------------------------------------------------------------
 
+// The token may come with a page to open: #token=T, #/jobs/ID&token=T or
+// #token=T&/jobs/ID all sign in, and the last two open the job.
 function takeTokenFromUrl() {
   const m = location.hash.match(/(?:^#|&)token=([^&]+)/);
   if (!m) return;
   sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  client = null; // a new token: a new client
+  let rest = location.hash.replace(m[0], "").replace(/^#?&?/, "#");
+  if (rest === "#") rest = "#/";
   // Keep the token out of the address bar and history.
-  history.replaceState(null, "", location.pathname + location.search + "#/");
+  history.replaceState(null, "", location.pathname + location.search + rest);
 }
 
 function signOut(message) {
@@ -175,10 +180,10 @@ function jobRow(job) {
     "tr",
     { "data-job-id": job.id },
     el("td", {}, el("a", { href: `#/jobs/${job.id}` }, el("code", {}, job.id.slice(-8)))),
-    el("td", {}, job.kind),
+    el("td", { class: "kind" }, job.kind),
     el("td", {}, status),
     el("td", { class: "wide" }, bar, sub),
-    el("td", { class: "sub", title: job.created_at }, new Date(job.created_at).toLocaleString()),
+    el("td", { class: "sub created", title: job.created_at }, new Date(job.created_at).toLocaleString()),
   );
   const update = (s) => {
     status.textContent = s.status;
@@ -223,19 +228,39 @@ function openJob(id) {
   const log = $("#log");
   log.replaceChildren();
   $("#job-notice").hidden = true;
+  $("#result-card").hidden = true;
   $("[data-testid=job-id]").textContent = id;
   $("[data-testid=job-error]").textContent = "";
-  let count = 0;
   let backfilled = false;
+  // The log follows new events unless the reader has scrolled up
+  // ("stick to bottom"); scrolling back down sticks it again.
+  let stuck = true;
+  const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+  log.onscroll = () => {
+    stuck = atBottom();
+  };
+  const follow = () => {
+    if (stuck) log.scrollTop = log.scrollHeight;
+  };
+  const updateCount = () => {
+    const shown = log.querySelectorAll("[data-event-id]").length;
+    const first = log.querySelector("[data-event-id]");
+    const from = first ? Number(first.dataset.eventId) : 0;
+    $("#log-count").textContent =
+      shown === 0 ? "" : from > 1 ? `${shown} latest events (from #${from})` : `${shown} event${shown === 1 ? "" : "s"}`;
+  };
   const logRow = (e) => {
     const detail = e.data.file || e.data.message || e.data.reason || e.data.error || "";
     const cls = e.type === "error" || e.type === "job_failed" ? "error" : e.type.startsWith("job_") ? "job" : "";
-    return el("li", { class: cls, "data-event-id": String(e.id) },
+    return el("li", { class: cls, "data-event-id": String(e.id), "data-type": e.type },
       el("span", { class: "id" }, String(e.id)),
       el("span", {}, new Date(e.timestamp).toLocaleTimeString()),
       el("span", {}, e.type),
       el("span", {}, String(detail)),
     );
+  };
+  const trim = () => {
+    while (log.childElementCount > LOG_ROWS) log.firstElementChild.remove();
   };
   // The events before the live stream's starting point, for context.
   const backfill = async (upTo, epoch) => {
@@ -244,9 +269,17 @@ function openJob(id) {
       const page = await client.history(id, { since, epoch, limit: 200 });
       const rows = page.events.filter((e) => e.id <= upTo).map(logRow);
       log.prepend(...rows);
+      trim();
+      updateCount();
+      follow();
     } catch {
       /* trimmed or gone: the live log is still exact */
     }
+  };
+  const showResult = (result) => {
+    if (result === undefined || result === null) return;
+    $("[data-testid=job-result]").textContent = JSON.stringify(result, null, 2);
+    $("#result-card").hidden = false;
   };
   const render = (s) => {
     const status = $("[data-testid=job-status]");
@@ -275,6 +308,7 @@ function openJob(id) {
     onState: (job, { resync }) => {
       $("[data-testid=job-kind]").textContent = job.kind;
       render(job);
+      showResult(job.result);
       if (!backfilled && !resync) {
         backfilled = true;
         backfill(job.last_event_id, job.epoch);
@@ -282,21 +316,23 @@ function openJob(id) {
       if (resync) {
         notice("Some events could not be replayed (they were trimmed, or the job's log was rebuilt): showing the job's current state.");
         log.append(el("li", { class: "job", "data-resync": "true" }, el("span", { class: "id" }, "…"), el("span", {}, ""), el("span", {}, "resync"), el("span", {}, "events before this point were skipped")));
+        follow();
       }
     },
     onEvent: (e) => {
       render(e.data);
       if (e.type === "job_failed") $("[data-testid=job-error]").textContent = e.data.error || e.data.message || "failed";
+      if (e.type === "job_completed") showResult(e.data.result);
       log.append(logRow(e));
-      count++;
-      while (log.childElementCount > LOG_ROWS) log.firstElementChild.remove();
-      $("#log-count").textContent = `${count} live event${count === 1 ? "" : "s"}`;
-      const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-      if (nearBottom) log.scrollTop = log.scrollHeight;
+      trim();
+      updateCount();
+      follow();
     },
-    onJobError: (_, err) => {
+    // The server ended the subscription (a job's own "error" events are
+    // ordinary events, above).
+    onRefused: (_, refusal) => {
       $("[data-testid=job-status]").textContent = "unavailable";
-      notice(err.code === "not_found" ? "This job does not exist (or is not yours)." : err.message);
+      notice(refusal.code === "not_found" ? "This job does not exist, or no longer (deleted or expired), or is not yours." : refusal.message);
     },
     onError: (e) => apiFailed(e, $("[data-testid=job-error]")),
   });

@@ -69,8 +69,12 @@ export interface WatchHandlers {
   /** Called with the new state after a resync. */
   onResync?(job: Job): void;
   onStatus?(status: Status): void;
-  /** The job cannot be watched (not_found, forbidden, …) and was dropped. */
-  onJobError?(jobId: string, error: { code: string; message: string }): void;
+  /**
+   * The server ended the job's subscription (not_found — also when the job
+   * was deleted, expired or its data was lost —, forbidden, …) and it was
+   * dropped from the watch. A job's own `error` events come to onEvent.
+   */
+  onRefused?(jobId: string, refusal: { code: string; message: string }): void;
   /** The watch stopped for good (e.g. a fixed token expired). */
   onError?(error: JobwireError): void;
 }

@@ -185,7 +185,9 @@ export class JobwireClient {
   /**
    * Watches jobs live. Callbacks: onState(job, {resync}), onEvent(event),
    * onResumed(jobId, id), onStatus({state, url?, reason?, retryIn?, transport}),
-   * onJobError(jobId, {code, message}), onError(error) (the watch stopped).
+   * onRefused(jobId, {code, message}) (the server ended the job's subscription:
+   * not found, gone, not yours), onError(error) (the watch stopped). A job's
+   * own "error" events come to onEvent like every other event.
    * @param {string|string[]} jobIds
    * @returns {Watch}
    */
@@ -391,10 +393,15 @@ export class Watch {
         this.emit("onResumed", id, msg.id);
         return true;
       }
-      case "error": {
-        if (!w) return true;
+      // The server ended a job's subscription: refused (not found, not
+      // yours, …) or gone (deleted, expired, its data lost). A job's own
+      // "error" events are events, below: control messages never share a
+      // type with an event type.
+      case "refused":
+      case "gone": {
+        if (!w) return true; // a refused frame of no job's
         w.done = true;
-        this.emit("onJobError", id, { code: msg.code, message: msg.message });
+        this.emit("onRefused", id, { code: msg.code || "not_found", message: msg.message });
         return true;
       }
       case "pong":
@@ -560,7 +567,7 @@ class SseConnection {
     if (!response.ok) {
       const { code, message } = await errorOf(response);
       this.streams.delete(jobId);
-      this.watch.onMessage({ type: "error", job_id: jobId, code, message });
+      this.watch.onMessage({ type: "refused", job_id: jobId, code, message });
       return;
     }
     const reader = response.body.getReader();

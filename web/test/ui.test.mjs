@@ -1,12 +1,16 @@
 // The web UI in headless Chromium (playwright-core, Debian's chromium),
 // against real jobwire processes: a demo job runs to 100% live; the page
 // rides out a server restart mid-job (Redis mode) with every event id
-// consecutive; a bad token gets a clear message. Screenshots go to
+// consecutive; a scan with unreadable files shows its error events and its
+// result; the log follows new events unless scrolled up; a job page opens
+// from a link that carries the token; nothing overflows a phone's width; a
+// bad token gets a clear message. Screenshots go to
 // target/test-output/web/ (not committed).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { resolve } from "node:path";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 
 import { chromium } from "playwright-core";
 
@@ -25,8 +29,8 @@ before(async () => {
 });
 after(async () => browser && (await browser.close()));
 
-async function page(url) {
-  const p = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+async function page(url, viewport = { width: 1200, height: 900 }) {
+  const p = await browser.newPage({ viewport });
   const errors = [];
   p.on("pageerror", (e) => errors.push(e.message));
   await p.goto(url);
@@ -110,6 +114,116 @@ test("a bad token gets a clear message", async () => {
   const message = await p.textContent("[data-testid=signin-message]");
   assert.match(message, /token was refused/);
   await p.screenshot({ path: `${SHOTS}/bad-token.png`, fullPage: true });
+  await p.close();
+  await server.kill();
+});
+
+/** A folder to scan: readable files and dangling symlinks (per-file errors, even for root). */
+function scanTree() {
+  const dir = mkdtempSync(join(tmpdir(), "jobwire-ui-scan-"));
+  for (let i = 0; i < 6; i++) writeFileSync(join(dir, `file${i}.txt`), `line one\nline two ${i}\n`);
+  symlinkSync("/nonexistent/target", join(dir, "dangling-a"));
+  symlinkSync("/nonexistent/other", join(dir, "dangling-b"));
+  return dir;
+}
+
+test("a scan with unreadable files shows its error events and its result, and completes", async () => {
+  const dir = scanTree();
+  const server = await Server.start(["dev"], { JOBWIRE_SCAN_ROOT: dir });
+  const { p, errors } = await page(`${server.url}/#token=${token()}`);
+  await p.waitForSelector("[data-testid=new-job]");
+  await p.selectOption("[data-testid=kind]", "scan");
+  await p.fill("input[name=path]", dir);
+  await p.click("[data-testid=start]");
+  await p.waitForURL(/#\/jobs\//);
+  await p.waitForFunction(() => document.querySelector("[data-testid=job-status]").textContent === "completed", null, { timeout: 30000 });
+  const types = await p.$$eval("[data-event-id]", (rows) => rows.map((r) => r.dataset.type));
+  assert.equal(types.filter((t) => t === "error").length, 2, types.join());
+  assert.equal(types.at(-1), "job_completed");
+  assertConsecutive(await loggedIds(p));
+  assert.equal(await p.isHidden("[data-testid=job-notice]"), true, "a notice was shown");
+  assert.equal(await p.textContent("[data-testid=job-failed]"), "2");
+  const result = JSON.parse(await p.textContent("[data-testid=job-result]"));
+  assert.equal(result.files, 6);
+  assert.equal(result.failed, 2);
+  const count = await p.textContent("#log-count");
+  assert.equal(count, `${types.length} events`);
+  await p.screenshot({ path: `${SHOTS}/scan-with-errors.png`, fullPage: true });
+  assert.deepEqual(errors, []);
+  await p.close();
+  await server.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("the event log follows new events unless scrolled up", async () => {
+  const server = await Server.start(["dev"]);
+  const { p, errors } = await page(`${server.url}/#token=${token()}`);
+  await p.waitForSelector("[data-testid=new-job]");
+  await startDemo(p, { steps: 400, delay: 15 });
+  const scroll = () => p.$eval("#log", (l) => ({ top: l.scrollTop, bottom: l.scrollHeight - l.clientHeight, rows: l.childElementCount }));
+  await p.waitForFunction(() => document.querySelector("#log").childElementCount > 60, null, { timeout: 30000 });
+  let s = await scroll();
+  assert.ok(s.bottom > 0, "the log does not scroll");
+  assert.ok(s.bottom - s.top < 30, `not at the tail: ${JSON.stringify(s)}`);
+  // Scrolled up: new rows arrive, the view stays put.
+  await p.$eval("#log", (l) => (l.scrollTop = 0));
+  const before = (await scroll()).rows;
+  await p.waitForFunction((n) => document.querySelector("#log").childElementCount > n + 30, before, { timeout: 30000 });
+  s = await scroll();
+  assert.equal(s.top, 0, "the log jumped to the tail while scrolled up");
+  // Back at the bottom: it follows again.
+  await p.$eval("#log", (l) => (l.scrollTop = l.scrollHeight));
+  const again = (await scroll()).rows;
+  await p.waitForFunction((n) => document.querySelector("#log").childElementCount > n + 30, again, { timeout: 30000 });
+  s = await scroll();
+  assert.ok(s.bottom - s.top < 30, `stopped following: ${JSON.stringify(s)}`);
+  assert.deepEqual(errors, []);
+  await p.close();
+  await server.kill();
+});
+
+test("a link with the token opens the job page directly", async () => {
+  const server = await Server.start(["dev"]);
+  const t = token();
+  const job = await (
+    await fetch(`${server.url}/api/jobs`, {
+      method: "POST",
+      headers: { Authorization: "Bearer " + t, "Content-Type": "application/json" },
+      body: JSON.stringify({ kind: "demo", params: { steps: 5, delay_ms: 10 } }),
+    })
+  ).json();
+  for (const link of [`#/jobs/${job.id}&token=${t}`, `#token=${t}&/jobs/${job.id}`]) {
+    const { p, errors } = await page(`${server.url}/${link}`);
+    await p.waitForFunction(() => document.querySelector("[data-testid=job-status]").textContent === "completed", null, { timeout: 30000 });
+    assert.equal(await p.textContent("[data-testid=job-id]"), job.id);
+    assert.ok(!p.url().includes("token="), "the token stayed in the URL");
+    assert.ok(p.url().endsWith(`#/jobs/${job.id}`), p.url());
+    assert.deepEqual(errors, []);
+    await p.close();
+  }
+  await server.kill();
+});
+
+test("at 420 px wide nothing overflows sideways", async () => {
+  const server = await Server.start(["dev"]);
+  const t = token();
+  for (let i = 0; i < 3; i++) {
+    await fetch(`${server.url}/api/jobs`, {
+      method: "POST",
+      headers: { Authorization: "Bearer " + t, "Content-Type": "application/json" },
+      body: JSON.stringify({ kind: "demo", params: { steps: 3, delay_ms: 10 } }),
+    });
+  }
+  const { p, errors } = await page(`${server.url}/#token=${t}`, { width: 420, height: 860 });
+  await p.waitForSelector("[data-testid=jobs] tr");
+  const width = () => p.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok((await width()) <= 420, `the job list is ${await width()} px wide`);
+  await p.screenshot({ path: `${SHOTS}/narrow-list.png`, fullPage: true });
+  await p.click("[data-testid=jobs] tr a");
+  await p.waitForFunction(() => document.querySelector("[data-testid=job-status]").textContent === "completed", null, { timeout: 30000 });
+  assert.ok((await width()) <= 420, `the job page is ${await width()} px wide`);
+  await p.screenshot({ path: `${SHOTS}/narrow-job.png`, fullPage: true });
+  assert.deepEqual(errors, []);
   await p.close();
   await server.kill();
 });

@@ -18,7 +18,7 @@ const serve = (port) => Server.start(["serve"], { REDIS_URL: redis.url }, port);
 
 /** Watches `jobId` until its terminal event; resolves with what was seen. */
 function collect(client, jobId, { timeout = 60000 } = {}) {
-  const seen = { ids: [], states: [], resumed: 0, disconnects: 0, transports: new Set(), error: null };
+  const seen = { ids: [], types: [], states: [], resumed: 0, disconnects: 0, transports: new Set(), error: null, refused: null };
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       watch.close();
@@ -28,6 +28,7 @@ function collect(client, jobId, { timeout = 60000 } = {}) {
       onState: (job, { resync }) => seen.states.push({ id: job.last_event_id, resync }),
       onEvent: (e) => {
         seen.ids.push(e.id);
+        seen.types.push(e.type);
         if (e.type === "job_completed") {
           clearTimeout(timer);
           watch.close();
@@ -44,12 +45,18 @@ function collect(client, jobId, { timeout = 60000 } = {}) {
         seen.error = e;
         resolve(seen);
       },
+      onRefused: (_, refusal) => {
+        clearTimeout(timer);
+        seen.refused = refusal;
+        resolve(seen);
+      },
     });
   });
 }
 
 function assertConsecutive(seen) {
   assert.equal(seen.error, null, String(seen.error));
+  assert.equal(seen.refused, null, JSON.stringify(seen.refused));
   assert.ok(seen.states.length >= 1, "no current_state");
   assert.ok(seen.states.every((s) => !s.resync), "unexpected resync");
   const start = seen.states[0].id;
@@ -154,5 +161,29 @@ test("REST calls map errors to JobwireError", async () => {
   await assert.rejects(client.createJob("nope"), (e) => e.status === 422);
   const bad = new JobwireClient({ url: a.url, token: "nonsense" });
   await assert.rejects(bad.listJobs(), (e) => e.status === 401);
+  await a.kill();
+});
+
+for (const transport of ["websocket", "sse"]) {
+  test(`${transport}: a job's own error events are shown and do not end the watch`, async () => {
+    const a = await serve();
+    const client = new JobwireClient({ url: a.url, token: token(), transport });
+    const job = await feed(() => a.url, { total: 30, every: 2, errorEvery: 3 });
+    const seen = await collect(client, job.id);
+    await job.done;
+    assertConsecutive(seen);
+    assert.equal(seen.types.filter((t) => t === "error").length, 10, seen.types.join());
+    assert.equal(seen.types.at(-1), "job_completed");
+    await a.kill();
+  });
+}
+
+test("an unknown job is refused with not_found, over WebSocket and SSE", async () => {
+  const a = await serve();
+  for (const transport of ["websocket", "sse"]) {
+    const client = new JobwireClient({ url: a.url, token: token(), transport });
+    const seen = await collect(client, "01ARZ3NDEKTSV4RRFFQ69G5FAV", { timeout: 10000 });
+    assert.equal(seen.refused && seen.refused.code, "not_found", `${transport}: ${JSON.stringify(seen)}`);
+  }
   await a.kill();
 });

@@ -81,8 +81,12 @@ export function token({ sub = "alice", scopes = ["jobs:read", "jobs:write"], ttl
   return execFileSync(BIN, args, { env: { JOBWIRE_JWT_SECRET: SECRET } }).toString().trim();
 }
 
-/** Creates an external job and publishes `total` progress events to it, one every `every` ms, then completes it. */
-export async function feed(url, { total, every }) {
+/**
+ * Creates an external job and publishes `total` events to it, one every
+ * `every` ms, then completes it: progress events, and an `error` event every
+ * `errorEvery`-th one when given.
+ */
+export async function feed(url, { total, every, errorEvery = 0 }) {
   const worker = token({ scopes: ["jobs:read", "jobs:write", "worker"] });
   let stopped = false;
   const post = async (path, body) => {
@@ -103,7 +107,9 @@ export async function feed(url, { total, every }) {
   await post(`/api/jobs/${job.id}/events`, [event("job_started", {})]);
   const done = (async () => {
     for (let i = 1; i <= total && !stopped; i++) {
-      await post(`/api/jobs/${job.id}/events`, [event("progress", { current: i, total })]);
+      // A job's own per-file "error" events, which it survives.
+      const next = errorEvery && i % errorEvery === 0 ? event("error", { file: `f${i}`, message: "unreadable" }) : event("progress", { current: i, total });
+      await post(`/api/jobs/${job.id}/events`, [next]);
       await sleep(every);
     }
     if (!stopped) await post(`/api/jobs/${job.id}/events`, [event("job_completed", {})]);

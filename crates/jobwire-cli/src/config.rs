@@ -1,4 +1,4 @@
-//! Command-line flags and their environment twins (SPEC §2). Invalid values
+//! Command-line flags and their environment twins (docs/protocol.md). Invalid values
 //! fail at start-up with a message naming the setting (clap exits with 2).
 
 use std::net::SocketAddr;
@@ -32,15 +32,16 @@ pub(crate) enum AuthMode {
 /// agree on (`serve`, `dev` and `worker`).
 #[derive(Debug, Args)]
 pub(crate) struct StoreFlags {
-    /// Redis URL (redis:// or rediss://).
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL (redis:// or rediss://). Its value is never shown: it may
+    /// hold a password.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
     /// Events kept per job.
     #[arg(long, env = "JOBWIRE_STREAM_MAXLEN", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     pub(crate) stream_maxlen: u64,
     /// How long a finished job and its events stay (e.g. 24h, 30m, 7d).
-    #[arg(long, env = "JOBWIRE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "JOBWIRE_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub(crate) retention: Duration,
     /// Shared Redis connections for ordinary commands.
     #[arg(long, env = "JOBWIRE_REDIS_POOL_SIZE", default_value_t = 4,
@@ -165,7 +166,7 @@ pub(crate) struct WorkerFlags {
     pub(crate) max_attempts: u32,
     /// On SIGTERM, how long running jobs may take to finish before they are
     /// handed back to the queue.
-    #[arg(long, env = "JOBWIRE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "JOBWIRE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) shutdown_timeout: Duration,
     /// This worker's name in the queue's consumer group (default:
     /// worker-<pid>-<random>; must be unique per running worker).
@@ -190,8 +191,14 @@ impl WorkerFlags {
     }
 }
 
+/// A duration such as `30s`, `5m` or `24h`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 30s, 5m or 24h ({e})"))
+}
+
 fn parse_visibility_timeout(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
         return Err("must be at least 1s".to_owned());
     }
@@ -276,7 +283,7 @@ pub(crate) struct TokenArgs {
     #[arg(long = "scope", default_values = ["jobs:read", "jobs:write"])]
     scopes: Vec<String>,
     /// How long the token is valid (e.g. 1h, 30m, 7d).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
     /// HS256 secret to sign with.
     #[arg(long, env = "JOBWIRE_JWT_SECRET", hide_env_values = true)]
@@ -285,11 +292,25 @@ pub(crate) struct TokenArgs {
 
 /// `jobwire token`: prints a signed token.
 pub(crate) fn token(args: TokenArgs) -> Result<(), Failure> {
-    let secret = args.jwt_secret.ok_or_else(|| {
-        Failure::Usage(anyhow!(
-            "JOBWIRE_JWT_SECRET (or --jwt-secret) is required to sign a token"
-        ))
-    })?;
+    let secret = match args.jwt_secret {
+        Some(secret) => secret,
+        // No secret configured: sign for `jobwire dev`, whose secret is kept
+        // in a file of the user's.
+        None => match crate::dev_secret::load() {
+            Some((secret, path)) => {
+                eprintln!(
+                    "jobwire: signing with the secret of `jobwire dev` ({}); set JOBWIRE_JWT_SECRET to sign for another server",
+                    path.display()
+                );
+                secret
+            }
+            None => {
+                return Err(Failure::Usage(anyhow!(
+                    "JOBWIRE_JWT_SECRET (or --jwt-secret) is required to sign a token (`jobwire dev` keeps its own secret, but has not run as this user yet)"
+                )))
+            }
+        },
+    };
     if secret.len() < 16 {
         return Err(Failure::Usage(anyhow!(
             "JOBWIRE_JWT_SECRET must be at least 16 bytes"
@@ -346,6 +367,10 @@ pub(crate) struct SubmitArgs {
     /// Print JSON instead of text (with --watch: one event per line).
     #[arg(long)]
     pub(crate) json: bool,
+    /// With --watch: give up when no server answers for this long (once
+    /// connected, reconnects go on for as long as it takes).
+    #[arg(long, env = "JOBWIRE_CONNECT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
     #[command(flatten)]
     pub(crate) client: ClientFlags,
 }
@@ -359,6 +384,10 @@ pub(crate) struct WatchArgs {
     /// the output is not a terminal).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Give up when no server answers for this long (once connected,
+    /// reconnects go on for as long as it takes).
+    #[arg(long, env = "JOBWIRE_CONNECT_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
     #[command(flatten)]
     pub(crate) client: ClientFlags,
 }

@@ -66,7 +66,8 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
         println!("{}", job.id);
     }
     if args.watch {
-        watch::follow(&client, vec![job.id], args.json).await?;
+        let start = vec![(job.id.clone(), Some(job))];
+        watch::follow(&client, start, args.json, args.connect_timeout).await?;
     }
     Ok(())
 }

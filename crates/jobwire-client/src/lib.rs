@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use jobwire_core::{Epoch, Event, EventId, EventType, JobId, JobState, JobStatus};
+pub use jobwire_core::{Epoch, Event, EventId, EventType, JobId, JobState, JobStatus, Refusal};
 pub use rest::{CancelReply, History, JobPage, ListOptions, PublishEvent, PublishReply};
 pub use token::{Provider, TokenSource};
 pub use watch::{ConnectionStatus, Cursor, Watch, WatchEvent};
@@ -227,6 +227,11 @@ impl Client {
             timeout: Duration::from_secs(30),
             ca_certs: Vec::new(),
         }
+    }
+
+    /// The base URLs it was built with.
+    pub fn urls(&self) -> Vec<&str> {
+        self.shared.urls.iter().map(String::as_str).collect()
     }
 
     /// The base URLs, starting with the currently preferred one.

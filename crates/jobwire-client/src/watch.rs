@@ -25,8 +25,8 @@
 //!   refused token (4401) is replaced once; with a fixed token, a refusal
 //!   ends the stream with [`ClientError::Unauthorized`].
 //! - **End.** The stream ends when every job has finished (completed, failed
-//!   or cancelled) or was dropped with a [`WatchEvent::JobError`] (not found,
-//!   not yours).
+//!   or cancelled) or was dropped with a [`WatchEvent::Refused`] (not found,
+//!   not yours, gone).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -35,9 +35,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, Stream, StreamExt};
-use jobwire_core::{Epoch, Event, EventId, JobId, JobState};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use jobwire_core::{
+    ClientFrame, Control, Epoch, Event, EventId, JobId, JobState, Refusal, ServerMessage,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -74,11 +74,13 @@ pub enum WatchEvent {
     Event(Event),
     /// The connection changed.
     Status(ConnectionStatus),
-    /// The job cannot be watched (`not_found`, `forbidden`, …) and was
-    /// dropped from the watch.
-    JobError {
+    /// The server ended the job's subscription: it does not exist (or no
+    /// longer: deleted, expired, or its data was lost), is not yours, …
+    /// The job is dropped from the watch. (A job's own `error` events are
+    /// [`WatchEvent::Event`]s.)
+    Refused {
         job_id: JobId,
-        code: String,
+        code: Refusal,
         message: String,
     },
 }
@@ -328,13 +330,9 @@ impl Runner {
             if watched.done {
                 continue;
             }
-            let frame = match &watched.cursor {
-                Some(c) => {
-                    json!({"type": "subscribe", "job_id": job, "since": c.id, "epoch": c.epoch})
-                }
-                None => json!({"type": "subscribe", "job_id": job}),
-            };
-            if let Err(e) = ws.send(Message::text(frame.to_string())).await {
+            let cursor = watched.cursor.as_ref().map(|c| (c.id, c.epoch.clone()));
+            let frame = ClientFrame::subscribe(job.clone(), cursor);
+            if let Err(e) = ws.send(Message::text(frame.to_json())).await {
                 return lost(format!("sending a subscribe: {e}"));
             }
         }
@@ -347,8 +345,8 @@ impl Runner {
                         Ok(fresh) => {
                             token = fresh;
                             refresh_at = self.refresh_deadline(&token);
-                            let frame = json!({"type": "refresh", "token": token});
-                            if let Err(e) = ws.send(Message::text(frame.to_string())).await {
+                            let frame = ClientFrame::Refresh { token: token.clone() };
+                            if let Err(e) = ws.send(Message::text(frame.to_json())).await {
                                 return lost(format!("sending a token refresh: {e}"));
                             }
                         }
@@ -393,92 +391,95 @@ impl Runner {
     }
 
     async fn on_frame(&mut self, text: &str) -> Step {
-        let Ok(frame) = serde_json::from_str::<Value>(text) else {
-            return Step::End(lost("the server sent a frame that is not JSON".to_owned()));
+        let message = match ServerMessage::parse(text) {
+            Ok(m) => m,
+            Err(e) => return Step::End(lost(format!("the server sent a malformed frame: {e}"))),
         };
-        let kind = frame
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let job_id = frame
-            .get("job_id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<JobId>().ok());
-        match (kind, job_id) {
-            ("current_state", Some(job_id)) => self.on_state(job_id, frame).await,
-            ("resumed", Some(job_id)) => self.on_resumed(job_id, &frame).await,
-            ("error", Some(job_id)) => {
-                let code = str_field(&frame, "code");
-                let message = str_field(&frame, "message");
-                if let Some(w) = self.jobs.get_mut(&job_id) {
-                    w.done = true;
-                }
-                self.go(WatchEvent::JobError {
-                    job_id,
-                    code,
-                    message,
-                })
-                .await
+        match message {
+            ServerMessage::Event(event) => self.on_event(event).await,
+            ServerMessage::Control(Control::CurrentState {
+                job_id,
+                id,
+                epoch,
+                data,
+                resync,
+            }) => {
+                self.on_state(job_id, Cursor { epoch, id }, data, resync)
+                    .await
             }
-            ("pong" | "refreshed" | "unsubscribed", _) => Step::Go,
-            ("error", None) => {
-                tracing::warn!(frame = %text, "the server reported an error");
+            ServerMessage::Control(Control::Resumed { job_id, id, .. }) => {
+                self.on_resumed(job_id, id).await
+            }
+            ServerMessage::Control(Control::Refused {
+                code,
+                message,
+                job_id: Some(job_id),
+            }) => self.job_ended(job_id, code, message).await,
+            ServerMessage::Control(Control::Gone { job_id, message }) => {
+                self.job_ended(job_id, Refusal::NotFound, message).await
+            }
+            ServerMessage::Control(Control::Refused {
+                code,
+                message,
+                job_id: None,
+            }) => {
+                tracing::warn!(code = code.as_str(), %message, "the server refused a frame");
                 Step::Go
             }
-            (_, Some(job_id)) if frame.get("id").is_some() => self.on_event(job_id, text).await,
-            _ => {
+            ServerMessage::Control(
+                Control::Pong | Control::Refreshed { .. } | Control::Unsubscribed { .. },
+            ) => Step::Go,
+            ServerMessage::Unknown(_) => {
                 tracing::debug!(frame = %text, "ignoring an unknown frame");
                 Step::Go
             }
         }
     }
 
-    async fn on_state(&mut self, job_id: JobId, frame: Value) -> Step {
-        #[derive(Deserialize)]
-        struct StateFrame {
-            id: EventId,
-            epoch: Epoch,
-            data: JobState,
-            #[serde(default)]
-            resync: bool,
-        }
-        let Ok(state) = serde_json::from_value::<StateFrame>(frame) else {
-            return Step::End(lost("malformed current_state".to_owned()));
-        };
-        let Some(watched) = self.jobs.get_mut(&job_id) else {
+    /// The server ended a job's subscription (not found, not yours, gone).
+    async fn job_ended(&mut self, job_id: JobId, code: Refusal, message: String) -> Step {
+        let Some(w) = self.jobs.get_mut(&job_id) else {
             return Step::Go;
         };
-        watched.cursor = Some(Cursor {
-            epoch: state.epoch,
-            id: state.id,
-        });
-        watched.done = state.data.status.is_terminal();
-        self.save_cursor(&job_id);
-        self.go(WatchEvent::State {
-            job: Box::new(state.data),
-            resync: state.resync,
+        w.done = true;
+        self.go(WatchEvent::Refused {
+            job_id,
+            code,
+            message,
         })
         .await
     }
 
-    async fn on_resumed(&mut self, job_id: JobId, frame: &Value) -> Step {
-        let id = frame.get("id").and_then(Value::as_u64).map(EventId);
+    async fn on_state(
+        &mut self,
+        job_id: JobId,
+        cursor: Cursor,
+        data: Box<JobState>,
+        resync: bool,
+    ) -> Step {
+        let Some(watched) = self.jobs.get_mut(&job_id) else {
+            return Step::Go;
+        };
+        watched.cursor = Some(cursor);
+        watched.done = data.status.is_terminal();
+        self.save_cursor(&job_id);
+        self.go(WatchEvent::State { job: data, resync }).await
+    }
+
+    async fn on_resumed(&mut self, job_id: JobId, id: EventId) -> Step {
         let Some(watched) = self.jobs.get(&job_id) else {
             return Step::Go;
         };
-        match (&watched.cursor, id) {
-            (Some(c), Some(id)) if c.id == id => self.go(WatchEvent::Resumed { job_id, id }).await,
+        match &watched.cursor {
+            Some(c) if c.id == id => self.go(WatchEvent::Resumed { job_id, id }).await,
             _ => Step::End(lost(format!(
                 "the server resumed {job_id} elsewhere than asked"
             ))),
         }
     }
 
-    async fn on_event(&mut self, job_id: JobId, text: &str) -> Step {
-        let event: Event = match serde_json::from_str(text) {
-            Ok(e) => e,
-            Err(e) => return Step::End(lost(format!("malformed event: {e}"))),
-        };
+    async fn on_event(&mut self, event: Event) -> Step {
+        let job_id = event.job_id.clone();
         let Some(watched) = self.jobs.get_mut(&job_id) else {
             return Step::Go;
         };
@@ -529,14 +530,6 @@ fn lost(reason: String) -> Ended {
         reason,
         slow_down: false,
     }
-}
-
-fn str_field(frame: &Value, key: &str) -> String {
-    frame
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn closed(frame: Option<tungstenite::protocol::CloseFrame>) -> Ended {

@@ -1,4 +1,4 @@
-//! Events (SPEC §4): every change to a job is one event in its log.
+//! Events (docs/protocol.md): every change to a job is one event in its log.
 //!
 //! [`NewEvent`] is what a publisher sends (a type, a payload and optional
 //! fencing); [`Event`] is what clients receive, with its id, timestamp and the
@@ -19,7 +19,7 @@ use crate::ids::{EventId, JobId, Timestamp};
 use crate::reducer::Counters;
 
 /// The type of an event. Unknown types are carried through untouched
-/// (`Custom`), as SPEC §4 asks of clients.
+/// (`Custom`), as docs/protocol.md asks of clients.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EventType {
     JobQueued,
@@ -68,6 +68,11 @@ impl EventType {
             "job_failed" => EventType::JobFailed,
             "job_cancelled" => EventType::JobCancelled,
             "job_retrying" => EventType::JobRetrying,
+            other if crate::protocol::RESERVED_TYPES.contains(&other) => {
+                return Err(format!(
+                    "{other:?} is a control message of the live protocol, not an event type"
+                ))
+            }
             other => {
                 let valid = !other.is_empty()
                     && other.len() <= 64
@@ -76,7 +81,8 @@ impl EventType {
                     });
                 if !valid {
                     return Err(format!(
-                        "invalid event type {other:?}: expected 1-64 characters of a-z, 0-9, '_' or '.'"
+                        "invalid event type {:?}: expected 1-64 characters of a-z, 0-9, '_' or '.'",
+                        crate::protocol::truncated(other, 64)
                     ));
                 }
                 EventType::Custom(other.to_owned())
@@ -156,7 +162,7 @@ impl NewEvent {
     }
 }
 
-/// An event in a job's log: the wire shape of SPEC §4.
+/// An event in a job's log: the wire shape of docs/protocol.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: EventId,
@@ -190,7 +196,7 @@ pub struct EventRecord {
     pub job_id: JobId,
     /// When it was published (for delivery-latency metrics).
     pub timestamp: Timestamp,
-    /// The event in its wire shape (SPEC §4).
+    /// The event in its wire shape (docs/protocol.md).
     pub json: Arc<str>,
 }
 

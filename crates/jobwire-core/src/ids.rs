@@ -9,6 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use crate::protocol::truncated;
+
 /// Why an identifier was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum IdError {
@@ -70,7 +72,7 @@ impl FromStr for JobId {
         if valid {
             Ok(JobId(s.into()))
         } else {
-            Err(IdError::JobId(s.to_owned()))
+            Err(IdError::JobId(truncated(s, 64)))
         }
     }
 }
@@ -118,7 +120,7 @@ impl FromStr for EventId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.parse::<u64>()
             .map(EventId)
-            .map_err(|_| IdError::EventId(s.to_owned()))
+            .map_err(|_| IdError::EventId(truncated(s, 32)))
     }
 }
 
@@ -157,7 +159,7 @@ impl FromStr for Epoch {
         if valid {
             Ok(Epoch(s.to_owned()))
         } else {
-            Err(IdError::Epoch(s.to_owned()))
+            Err(IdError::Epoch(truncated(s, 40)))
         }
     }
 }

@@ -1,4 +1,4 @@
-//! A job's state (SPEC §3) and the legal moves between its statuses.
+//! A job's state (docs/protocol.md) and the legal moves between its statuses.
 //!
 //! `JobState` is the snapshot clients receive in `current_state` and from
 //! `GET /api/jobs/{id}`. It only ever changes by applying an event
@@ -98,7 +98,7 @@ impl FromStr for JobStatus {
     }
 }
 
-/// A job's state as of `last_event_id` (SPEC §3).
+/// A job's state as of `last_event_id` (docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobState {
     pub id: JobId,

@@ -1,4 +1,4 @@
-//! Parameters of the built-in job kinds (SPEC §3), parsed in one place so the
+//! Parameters of the built-in job kinds (docs/protocol.md), parsed in one place so the
 //! gateway refuses bad parameters with 422 at `POST /api/jobs` and the worker
 //! reads them with exactly the same rules.
 

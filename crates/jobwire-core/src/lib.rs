@@ -9,6 +9,8 @@
 //! - [`event`]: event types, published events and logged events (wire shape).
 //! - [`reducer`]: the pure `apply(state, event) -> state`.
 //! - [`publish`]: fencing, dedupe and enrichment of a publish, shared by backends.
+//! - [`protocol`]: the live protocol's control messages, client frames and
+//!   resume points, as types both ends use.
 //! - [`backend`]: the `Backend` trait and its types.
 //! - [`settle`]: reclaim and cancel follow-ups built on the trait, shared by backends.
 //! - [`memory`]: `MemoryBackend`, the in-process backend.
@@ -20,6 +22,7 @@ pub mod ids;
 pub mod job;
 pub mod kinds;
 pub mod memory;
+pub mod protocol;
 pub mod publish;
 pub mod reducer;
 pub mod settle;
@@ -35,3 +38,4 @@ pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
 pub use job::{JobState, JobStatus, NewJob};
 pub use memory::MemoryBackend;
+pub use protocol::{ClientFrame, Control, Refusal, Resume, ServerMessage};

@@ -1,4 +1,4 @@
-//! The REST API (SPEC §5): jobs, their history, and publishing events for
+//! The REST API (docs/protocol.md): jobs, their history, and publishing events for
 //! workers in any language, plus health endpoints.
 
 use axum::extract::{Path, Query, State};
@@ -96,7 +96,7 @@ pub async fn create_job(
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
-/// Validates the parameters of the built-in kinds (SPEC §3).
+/// Validates the parameters of the built-in kinds (docs/protocol.md).
 fn check_params(kind: &str, params: &Value) -> Result<(), ApiError> {
     jobwire_core::kinds::check_params(kind, params)
         .map_err(|m| ApiError::unprocessable(format!("{kind}: {m}")))

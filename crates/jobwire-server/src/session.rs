@@ -1,5 +1,5 @@
 //! One connection's subscriptions, and the subscribe algorithm that makes
-//! delivery exact (SPEC §6). Transport-agnostic: WebSocket and SSE both drive
+//! delivery exact (docs/protocol.md). Transport-agnostic: WebSocket and SSE both drive
 //! a `Session` and write out what it produces.
 //!
 //! Subscribing to a job:
@@ -26,21 +26,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jobwire_core::{Backend, BackendError, Epoch, EventId, EventsAfter, JobId, JobState};
-use serde_json::json;
+use jobwire_core::{
+    Backend, BackendError, Control, Epoch, EventId, EventsAfter, JobId, JobState, Resume,
+};
 
 use crate::auth::Principal;
 use crate::hub::{Delivery, Frame, Hub, Outbox};
 
 /// Events read from the log per round when catching up.
 const CATCH_UP_PAGE: usize = 500;
-
-/// A position to resume from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resume {
-    pub id: EventId,
-    pub epoch: Option<Epoch>,
-}
 
 /// Something to send to the client, in order.
 #[derive(Clone, Debug)]
@@ -62,9 +56,9 @@ pub enum Out {
 
 impl Out {
     /// A message that moves no resume position.
-    pub fn notice(json: String) -> Out {
+    pub fn notice(message: &Control) -> Out {
         Out::Control {
-            json,
+            json: message.to_json(),
             position: None,
         }
     }
@@ -220,14 +214,12 @@ impl Session {
         out: &mut Vec<Out>,
     ) -> Result<(), SubscribeError> {
         let state = self.backend.job(job).await?;
-        out.push(current_state(&state, resync));
-        self.subs.insert(
-            job.clone(),
-            Sub {
-                last: state.last_event_id,
-                epoch: Arc::new(state.epoch),
-            },
-        );
+        let sub = Sub {
+            last: state.last_event_id,
+            epoch: Arc::new(state.epoch.clone()),
+        };
+        out.push(current_state(state, resync));
+        self.subs.insert(job.clone(), sub);
         Ok(())
     }
 
@@ -249,9 +241,13 @@ impl Session {
             Some(epoch) => epoch,
             None => self.backend.job(job).await?.epoch,
         };
+        let resumed = Control::Resumed {
+            job_id: job.clone(),
+            id: resume.id,
+            epoch: epoch.clone(),
+        };
         out.push(Out::Control {
-            json: json!({"type": "resumed", "job_id": job, "id": resume.id, "epoch": epoch})
-                .to_string(),
+            json: resumed.to_json(),
             position: Some((epoch.clone(), resume.id)),
         });
         self.subs.insert(
@@ -330,11 +326,10 @@ impl Session {
     /// The job disappeared (deleted or expired): tell the client and stop.
     fn gone(&mut self, job: &JobId, out: &mut Vec<Out>) {
         if self.subs.contains_key(job) {
-            out.push(Out::notice(
-                json!({"type": "error", "job_id": job, "code": "not_found",
-                       "message": "the job was deleted or has expired"})
-                .to_string(),
-            ));
+            out.push(Out::notice(&Control::Gone {
+                job_id: job.clone(),
+                message: "the job was deleted or has expired".to_owned(),
+            }));
         }
         self.unsubscribe(job);
     }
@@ -348,58 +343,17 @@ impl Drop for Session {
     }
 }
 
-fn current_state(state: &JobState, resync: bool) -> Out {
-    let mut msg = json!({
-        "type": "current_state",
-        "job_id": state.id,
-        "id": state.last_event_id,
-        "epoch": state.epoch,
-        "data": state,
-    });
-    if resync {
-        msg["resync"] = serde_json::Value::Bool(true);
-    }
+fn current_state(state: JobState, resync: bool) -> Out {
+    let position = Some((state.epoch.clone(), state.last_event_id));
+    let message = Control::CurrentState {
+        job_id: state.id.clone(),
+        id: state.last_event_id,
+        epoch: state.epoch.clone(),
+        data: Box::new(state),
+        resync,
+    };
     Out::Control {
-        json: msg.to_string(),
-        position: Some((state.epoch.clone(), state.last_event_id)),
-    }
-}
-
-/// Parses an SSE `Last-Event-ID` (`EPOCH:ID`, or a bare `ID`).
-pub fn parse_last_event_id(value: &str) -> Option<Resume> {
-    match value.split_once(':') {
-        Some((epoch, id)) => Some(Resume {
-            id: id.trim().parse().ok()?,
-            epoch: Some(epoch.trim().parse().ok()?),
-        }),
-        None => Some(Resume {
-            id: value.trim().parse().ok()?,
-            epoch: None,
-        }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_event_id_forms() {
-        assert_eq!(
-            parse_last_event_id("abc123:42"),
-            Some(Resume {
-                id: EventId(42),
-                epoch: Some("abc123".parse().expect("epoch"))
-            })
-        );
-        assert_eq!(
-            parse_last_event_id("7"),
-            Some(Resume {
-                id: EventId(7),
-                epoch: None
-            })
-        );
-        assert_eq!(parse_last_event_id("x:y"), None);
-        assert_eq!(parse_last_event_id(""), None);
+        json: message.to_json(),
+        position,
     }
 }

@@ -1,4 +1,4 @@
-//! Server-Sent Events: `GET /api/jobs/{id}/stream` (SPEC §6).
+//! Server-Sent Events: `GET /api/jobs/{id}/stream` (docs/protocol.md).
 //!
 //! Each message's `id:` is `EPOCH:ID`, so a browser's `EventSource` resumes
 //! exactly by itself: on reconnect it sends that back as `Last-Event-ID`. The
@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use jobwire_core::{Epoch, EventId, JobId};
+use jobwire_core::{JobId, Resume};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,13 +21,13 @@ use tracing::Instrument;
 use crate::auth::Scope;
 use crate::error::ApiError;
 use crate::hub::Outbox;
-use crate::session::{parse_last_event_id, Out, Resume, Session, SubscribeError};
+use crate::session::{Out, Session, SubscribeError};
 use crate::state::{AppState, Gauge, Stats};
 use crate::ws::bearer;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
-    since: Option<u64>,
+    since: Option<String>,
     epoch: Option<String>,
     token: Option<String>,
 }
@@ -48,20 +48,9 @@ pub async fn stream(
         .parse()
         .map_err(|_| ApiError::not_found(format!("no job {job}")))?;
     let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(value) => Some(parse_last_event_id(value).ok_or_else(|| {
-            ApiError::bad_request(format!("bad Last-Event-ID {value:?}: expected EPOCH:ID"))
-        })?),
-        None => match query.since {
-            Some(id) => Some(Resume {
-                id: EventId(id),
-                epoch: query
-                    .epoch
-                    .map(|e| e.parse::<Epoch>())
-                    .transpose()
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?,
-            }),
-            None => None,
-        },
+        Some(value) => Some(Resume::from_last_event_id(value).map_err(ApiError::bad_request)?),
+        None => Resume::from_query(query.since.as_deref(), query.epoch.as_deref())
+            .map_err(ApiError::bad_request)?,
     };
     let slot = state
         .connections

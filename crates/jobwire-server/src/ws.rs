@@ -1,4 +1,4 @@
-//! WebSocket endpoints (SPEC §6): `/ws/jobs/{id}` watches one job,
+//! WebSocket endpoints (docs/protocol.md): `/ws/jobs/{id}` watches one job,
 //! `/ws/jobs` any number through `subscribe` / `unsubscribe` frames.
 //!
 //! A connection is one task running one `select!` over: server shutdown
@@ -13,18 +13,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
-use jobwire_core::{Epoch, EventId, JobId};
+use jobwire_core::{ClientFrame, Control, JobId, Refusal, Resume};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::hub::Outbox;
-use crate::session::{Out, Resume, Session, SubscribeError};
+use crate::session::{Out, Session, SubscribeError};
 use crate::state::{AppState, Gauge, Stats};
 
-/// Close codes of SPEC §6.
+/// Close codes of docs/protocol.md.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const UNSUPPORTED: u16 = 1003;
@@ -58,7 +57,7 @@ pub async fn one_job(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let first = match job.parse::<JobId>() {
-        Ok(job) => resume_of(query.since.as_deref(), query.epoch.as_deref())
+        Ok(job) => Resume::from_query(query.since.as_deref(), query.epoch.as_deref())
             .map(|resume| (job, resume))
             .map_err(|e| (close::POLICY, e)),
         Err(e) => Err((close::NOT_FOUND, e.to_string())),
@@ -286,7 +285,7 @@ async fn run(
                         let reply = Box::pin(client_frame(&text, single, &mut session, &mut out, &state, &mut expires)).await;
                         timer.as_mut().reset(next_ping.min(expires));
                         if let Some(reply) = reply {
-                            out.push(Out::notice(reply));
+                            out.push(Out::notice(&reply));
                         }
                     }
                     Message::Binary(_) => break Some((close::UNSUPPORTED, "binary frames are not supported".into())),
@@ -350,83 +349,64 @@ async fn client_frame(
     out: &mut Vec<Out>,
     state: &AppState,
     expires: &mut Instant,
-) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Frame {
-        #[serde(rename = "type")]
-        kind: String,
-        job_id: Option<String>,
-        since: Option<serde_json::Value>,
-        epoch: Option<String>,
-        token: Option<String>,
-    }
-    let error = |code: &str, message: String| {
-        Some(json!({"type": "error", "code": code, "message": message}).to_string())
+) -> Option<Control> {
+    let refused = |code: Refusal, message: String| {
+        Some(Control::Refused {
+            code,
+            message,
+            job_id: None,
+        })
     };
-    let frame: Frame = match serde_json::from_str(text) {
+    let frame = match ClientFrame::parse(text) {
         Ok(frame) => frame,
-        Err(e) => return error("bad_frame", format!("not a valid frame: {e}")),
+        Err(e) => return refused(e.refusal(), e.to_string()),
     };
-    match frame.kind.as_str() {
-        "ping" => Some(json!({"type": "pong"}).to_string()),
-        "subscribe" | "unsubscribe" if single => error(
-            "unsupported",
+    match frame {
+        ClientFrame::Ping => Some(Control::Pong),
+        ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. } if single => refused(
+            Refusal::Unsupported,
             "this socket watches one job; use /ws/jobs to subscribe to several".into(),
         ),
-        "subscribe" => {
-            let Some(job) = frame
-                .job_id
-                .as_deref()
-                .and_then(|j| j.parse::<JobId>().ok())
-            else {
-                return error("bad_frame", "subscribe needs a valid job_id".into());
-            };
-            let since = frame.since.map(|s| match s {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            });
-            let resume = match resume_of(since.as_deref(), frame.epoch.as_deref()) {
-                Ok(resume) => resume,
-                Err(e) => return error("bad_frame", e),
-            };
-            match session.subscribe(&job, resume, out).await {
+        ClientFrame::Subscribe {
+            job_id,
+            since,
+            epoch,
+        } => {
+            let resume = Resume::from_frame(since, epoch);
+            match session.subscribe(&job_id, resume, out).await {
                 Ok(()) => None,
                 Err(e) => {
                     let code = match &e {
-                        SubscribeError::NotFound(_) => "not_found",
-                        SubscribeError::Forbidden(_) => "forbidden",
-                        SubscribeError::TooMany(_) => "too_many_subscriptions",
-                        SubscribeError::Backend(_) => "unavailable",
+                        SubscribeError::NotFound(_) => Refusal::NotFound,
+                        SubscribeError::Forbidden(_) => Refusal::Forbidden,
+                        SubscribeError::TooMany(_) => Refusal::TooManySubscriptions,
+                        SubscribeError::Backend(_) => Refusal::Unavailable,
                     };
-                    Some(json!({"type": "error", "code": code, "job_id": job, "message": e.to_string()}).to_string())
+                    Some(Control::Refused {
+                        code,
+                        message: e.to_string(),
+                        job_id: Some(job_id),
+                    })
                 }
             }
         }
-        "unsubscribe" => match frame
-            .job_id
-            .as_deref()
-            .and_then(|j| j.parse::<JobId>().ok())
-        {
-            Some(job) => {
-                session.unsubscribe(&job);
-                Some(json!({"type": "unsubscribed", "job_id": job}).to_string())
-            }
-            None => error("bad_frame", "unsubscribe needs a valid job_id".into()),
-        },
-        "refresh" => match state.auth.verify(frame.token.as_deref()) {
+        ClientFrame::Unsubscribe { job_id } => {
+            session.unsubscribe(&job_id);
+            Some(Control::Unsubscribed { job_id })
+        }
+        ClientFrame::Refresh { token } => match state.auth.verify(Some(&token)) {
             Ok(p) if p.user == session.principal.user => {
                 *expires = deadline(&p);
                 let expires_at = p.expires_at;
                 session.principal = p;
-                Some(json!({"type": "refreshed", "expires_at": expires_at}).to_string())
+                Some(Control::Refreshed { expires_at })
             }
-            Ok(_) => error(
-                "forbidden",
+            Ok(_) => refused(
+                Refusal::Forbidden,
                 "a refreshed token must be for the same user".into(),
             ),
-            Err(e) => error("unauthorized", e.to_string()),
+            Err(e) => refused(Refusal::Unauthorized, e.to_string()),
         },
-        other => error("unknown_type", format!("unknown frame type {other:?}")),
     }
 }
 
@@ -489,24 +469,12 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-/// Parses `since` / `epoch` from a query or a subscribe frame.
-fn resume_of(since: Option<&str>, epoch: Option<&str>) -> Result<Option<Resume>, String> {
-    let Some(since) = since else {
-        return Ok(None);
-    };
-    let id: EventId = since
-        .parse()
-        .map_err(|e: jobwire_core::IdError| e.to_string())?;
-    let epoch = epoch
-        .map(|e| e.parse::<Epoch>())
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    Ok(Some(Resume { id, epoch }))
-}
-
+/// When the connection's token expires. A token without `exp` (auth
+/// disabled) or with one centuries away gets 100 years: an `exp` near 2^64
+/// would overflow the clock.
 fn deadline(principal: &Principal) -> Instant {
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
-    Instant::now() + principal.time_left().unwrap_or(far)
+    Instant::now() + principal.time_left().unwrap_or(far).min(far)
 }
 
 fn token_protocol(headers: &HeaderMap) -> Option<String> {

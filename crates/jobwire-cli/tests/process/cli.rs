@@ -52,7 +52,10 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
     ensure!(state["type"] == "current_state", "{state}");
     let events: Vec<&Value> = items
         .iter()
-        .filter(|i| i["id"].is_u64() && i["type"] != "current_state")
+        .filter(|i| {
+            i["id"].is_u64()
+                && !["current_state", "resumed"].contains(&i["type"].as_str().unwrap_or_default())
+        })
         .collect();
     let first = state["id"].as_u64().context("no id")?;
     for (i, e) in events.iter().enumerate() {
@@ -187,6 +190,117 @@ async fn the_client_commands_speak_https_and_wss() -> Result<()> {
     ensure!(
         untrusted.status.code() == Some(1) && stderr.to_lowercase().contains("certificate"),
         "{untrusted:?}"
+    );
+    Ok(())
+}
+
+/// What a terminal of `columns` shows of `script`'s capture: escape
+/// sequences dropped, cursor moves up or down taken as line breaks.
+fn screen_lines(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    let mut last = ' ';
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            last = c;
+                            break;
+                        }
+                    }
+                    if matches!(last, 'A' | 'B') {
+                        lines.push(String::new());
+                    }
+                }
+            }
+            '\r' | '\n' => lines.push(String::new()),
+            c => lines.last_mut().map(|l| l.push(c)).unwrap_or_default(),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|l| l.trim_end().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `submit --watch` on a terminal (a pseudo-terminal from `script`, 100
+/// columns): no line is wider than the terminal, and a failed job's bar
+/// stays where the job stopped instead of filling to 100%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_bars_fit_the_width_and_stop_where_the_job_stopped() -> Result<()> {
+    let server = Jobwire::start(&["dev"], &[])?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let watch = format!(
+        "stty cols 100 rows 30; {} submit demo -p steps=40 -p delay_ms=20 -p fail_at=7 --watch",
+        env!("CARGO_BIN_EXE_jobwire")
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &watch, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .env("JOBWIRE_URL", server.url(""))
+        .env("JOBWIRE_TOKEN", token())
+        .output()
+        .context("running script (util-linux)")?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    let lines = screen_lines(&out.stdout);
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    ensure!(widest <= 100, "a line of {widest} columns: {lines:#?}");
+    let bar = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains('[') && l.contains('%'))
+        .context("no bar drawn")?;
+    ensure!(
+        bar.contains("failed") && bar.contains("15%") && !bar.contains("100%"),
+        "the last bar: {bar}"
+    );
+    let summary = lines.iter().find(|l| l.contains("demo failed in"));
+    ensure!(
+        summary.is_some_and(|l| !l.contains('[')),
+        "the summary does not start a line of its own: {lines:#?}"
+    );
+    Ok(())
+}
+
+/// `watch` when no server ever answered gives up after
+/// `--connect-timeout` with one line and exit 1.
+#[test]
+fn watch_gives_up_when_no_server_ever_answered() -> Result<()> {
+    let port = jobwire_testkit::free_port()?;
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args([
+            "watch",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "--connect-timeout",
+            "1s",
+        ])
+        .env_clear()
+        .env("JOBWIRE_URL", format!("http://127.0.0.1:{port}"))
+        .env("JOBWIRE_TOKEN", token())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        stderr.trim().lines().count() == 1 && stderr.contains("gave up after 1s"),
+        "{stderr}"
+    );
+    // Bounded: not the reconnect loop's "for ever" (a generous margin for
+    // a loaded machine; the point is that it ends).
+    ensure!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
     );
     Ok(())
 }

@@ -144,7 +144,7 @@ async fn the_client_survives_kills_restarts_switches_and_token_expiry() -> Resul
             WatchEvent::Resumed { .. } => resumed += 1,
             WatchEvent::Status(ConnectionStatus::Disconnected { .. }) => disconnects += 1,
             WatchEvent::Status(_) => {}
-            WatchEvent::JobError { code, .. } => bail!("job error {code}"),
+            WatchEvent::Refused { code, .. } => bail!("refused: {}", code.as_str()),
         }
     }
     feed.await??;
@@ -199,6 +199,88 @@ async fn a_fixed_token_that_expires_ends_the_watch() -> Result<()> {
     ensure!(
         matches!(ended, Some(ClientError::Unauthorized(_))),
         "{ended:?}"
+    );
+    Ok(())
+}
+
+/// A job's own `error` events (a file it could not read) reach the Rust
+/// client as events, and the watch goes on to the job's end; a control
+/// message named like an event type cannot be published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_events_are_events_and_the_watch_goes_on() -> Result<()> {
+    let server = Jobwire::start(&["serve", "--memory"], &[])?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let worker = jobwire_server::mint_token(
+        SECRET,
+        "alice",
+        &[
+            jobwire_server::Scope::JobsRead,
+            jobwire_server::Scope::JobsWrite,
+            jobwire_server::Scope::Worker,
+        ],
+        Duration::from_secs(600),
+    )?;
+    let client = Client::new(server.url(""), worker)?;
+    let job = client.create_external_job("import", json!({})).await?;
+    let event = |kind: &str, data: serde_json::Value| jobwire_client::PublishEvent {
+        kind: kind.to_owned(),
+        data,
+        attempt: None,
+        n: None,
+    };
+    let mut watch = client.watch([job.id.clone()]);
+    let mut sent = vec![event("job_started", json!({"total_files": 4}))];
+    for i in 0..4 {
+        let file = format!("f{i}");
+        sent.push(if i % 2 == 0 {
+            event("error", json!({"file": file, "message": "unreadable"}))
+        } else {
+            event("file_completed", json!({"file": file}))
+        });
+    }
+    sent.push(event("job_completed", json!({"result": {"ok": 2}})));
+    // Subscribed first, so that every event comes live.
+    loop {
+        let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await?;
+        match first.transpose()? {
+            Some(WatchEvent::State { .. }) => break,
+            Some(_) => {}
+            None => bail!("the watch ended before the job's state"),
+        }
+    }
+    for e in &sent {
+        client.publish(&job.id, std::slice::from_ref(e)).await?;
+    }
+    // Control message names are not event types.
+    for reserved in ["refused", "gone", "current_state"] {
+        match client.publish(&job.id, &[event(reserved, json!({}))]).await {
+            Err(ClientError::Api { status: 422, .. }) => {}
+            other => bail!("publishing {reserved:?}: {other:?}"),
+        }
+    }
+    let mut kinds = Vec::new();
+    let items = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(item) = watch.next().await {
+            match item? {
+                WatchEvent::Event(e) => kinds.push(e.kind.as_str().to_owned()),
+                WatchEvent::Refused { code, message, .. } => {
+                    bail!("refused: {} {message}", code.as_str())
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    });
+    items.await.context("the watch did not end")??;
+    ensure!(
+        kinds.iter().filter(|k| *k == "error").count() == 2,
+        "{kinds:?}"
+    );
+    ensure!(
+        kinds.last().map(String::as_str) == Some("job_completed"),
+        "{kinds:?}"
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod external;
+mod readme;
 mod serve;
 mod worker;
 

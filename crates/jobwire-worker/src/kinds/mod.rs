@@ -1,4 +1,4 @@
-//! The built-in job kinds (SPEC §3): `scan` and `demo`.
+//! The built-in job kinds (docs/protocol.md): `scan` and `demo`.
 
 mod demo;
 mod scan;
