@@ -15,7 +15,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::ids::{EventId, JobId, Timestamp};
+use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::reducer::Counters;
 
 /// The type of an event. Unknown types are carried through untouched
@@ -194,6 +194,11 @@ impl Event {
 pub struct EventRecord {
     pub id: EventId,
     pub job_id: JobId,
+    /// The history the event belongs to (the job's epoch when it was
+    /// written). Not part of the wire JSON: a reader compares it with the
+    /// epoch of the position it continues from, and treats another epoch as
+    /// a resync, never as the next event.
+    pub epoch: Epoch,
     /// When it was published (for delivery-latency metrics).
     pub timestamp: Timestamp,
     /// The event in its wire shape (docs/protocol.md).
@@ -201,11 +206,12 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    /// Reads a record from wire JSON, checking only the routing fields.
+    /// Reads a record of the history `epoch` from wire JSON, checking only
+    /// the routing fields.
     ///
     /// # Errors
     /// When the JSON has no valid `id` and `job_id`.
-    pub fn from_json(json: &str) -> Result<EventRecord, serde_json::Error> {
+    pub fn from_json(json: &str, epoch: Epoch) -> Result<EventRecord, serde_json::Error> {
         #[derive(Deserialize)]
         struct Head {
             id: EventId,
@@ -216,16 +222,18 @@ impl EventRecord {
         Ok(EventRecord {
             id: head.id,
             job_id: head.job_id,
+            epoch,
             timestamp: head.timestamp,
             json: json.into(),
         })
     }
 
-    /// The record of a typed event.
-    pub fn of(event: &Event) -> EventRecord {
+    /// The record of a typed event of the history `epoch`.
+    pub fn of(event: &Event, epoch: Epoch) -> EventRecord {
         EventRecord {
             id: event.id,
             job_id: event.job_id.clone(),
+            epoch,
             timestamp: event.timestamp,
             json: event.to_json().into(),
         }
@@ -246,6 +254,8 @@ impl EventRecord {
 pub(crate) struct WireEvent<'a> {
     pub(crate) id: EventId,
     pub(crate) job_id: &'a JobId,
+    /// Not serialized: carried on the record.
+    pub(crate) epoch: &'a Epoch,
     pub(crate) kind: &'a EventType,
     pub(crate) timestamp: Timestamp,
     /// `timestamp`, pre-formatted (one publish shares one timestamp).
@@ -266,6 +276,7 @@ impl WireEvent<'_> {
         EventRecord {
             id: self.id,
             job_id: self.job_id.clone(),
+            epoch: self.epoch.clone(),
             timestamp: self.timestamp,
             json: json.into(),
         }

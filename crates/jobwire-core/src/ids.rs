@@ -130,16 +130,19 @@ impl fmt::Display for EventId {
     }
 }
 
-/// A random token written when a job's log is created. A different epoch for
-/// the same job id means the log was lost and rebuilt, so resume positions
-/// taken against the old log are meaningless.
+/// A random token naming one linear history of a job's log. It is written
+/// when the log is created, and replaced whenever the store may have lost
+/// acknowledged writes to the job (docs/design.md, "Exact through data
+/// loss"): events are never written twice under one `(epoch, id)`, so a
+/// different epoch means resume positions taken against the old one are
+/// meaningless. Cloning shares the text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Epoch(String);
+pub struct Epoch(Arc<str>);
 
 impl Epoch {
     /// A fresh random epoch (64 random bits, lowercase hex).
     pub fn generate() -> Self {
-        Epoch(format!("{:016x}", rand::random::<u64>()))
+        Epoch(format!("{:016x}", rand::random::<u64>()).into())
     }
 
     /// The epoch as text.
@@ -157,7 +160,7 @@ impl FromStr for Epoch {
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
         if valid {
-            Ok(Epoch(s.to_owned()))
+            Ok(Epoch(s.into()))
         } else {
             Err(IdError::Epoch(truncated(s, 40)))
         }

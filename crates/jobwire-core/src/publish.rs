@@ -26,6 +26,16 @@ pub struct LogHead {
     pub last_n: u64,
 }
 
+impl LogHead {
+    /// The same head under another epoch: the plan of a publish made from
+    /// it starts a new history of the job (docs/design.md, "Exact through
+    /// data loss"). Ids continue from the head's.
+    pub fn with_epoch(mut self, epoch: Epoch) -> LogHead {
+        self.state.epoch = epoch;
+        self
+    }
+}
+
 /// The outcome of planning: what to append and the state to store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -103,6 +113,7 @@ pub fn plan(
             WireEvent {
                 id,
                 job_id: &state.id,
+                epoch: &state.epoch,
                 kind: &new.kind,
                 timestamp: now,
                 timestamp_text: &timestamp,
@@ -159,6 +170,7 @@ pub fn plan_create(
     let record = WireEvent {
         id,
         job_id: &state.id,
+        epoch: &state.epoch,
         kind: &EventType::JobQueued,
         timestamp: now,
         timestamp_text: &now.to_string(),

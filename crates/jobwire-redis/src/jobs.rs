@@ -24,6 +24,12 @@ enum PublishReply {
     Moved {
         head: Box<LogHead>,
     },
+    /// The head is as planned, but Redis is in another history than the
+    /// job's last write (it restarted or failed over, and may have lost
+    /// writes): plan again under a new epoch.
+    NewHistory {
+        head: Box<LogHead>,
+    },
 }
 
 impl RedisBackend {
@@ -101,6 +107,9 @@ impl RedisBackend {
         // returned is trusted to refuse a batch.
         let mut head = self.cached_head(job);
         let mut fresh = false;
+        // Set when Redis asked for a new history (see `NewHistory`): the
+        // next plan is made under this epoch.
+        let mut new_epoch: Option<Epoch> = None;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             if attempt >= 2 {
                 // Lost the race repeatedly: step aside for a random moment so
@@ -112,7 +121,7 @@ impl RedisBackend {
             let Some(current) = head.take() else {
                 match self.cas(job, None).await? {
                     PublishReply::Missing => return Err(self.missing(job)),
-                    PublishReply::Moved { head: h } => {
+                    PublishReply::Moved { head: h } | PublishReply::NewHistory { head: h } => {
                         head = Some(*h);
                         fresh = true;
                         continue;
@@ -121,7 +130,12 @@ impl RedisBackend {
                     PublishReply::Applied { .. } => continue,
                 }
             };
-            let plan = match plan(&current, &events, Timestamp::now(), limits.retention) {
+            let stored_epoch = current.state.epoch.clone();
+            let planned_from = match new_epoch.take() {
+                Some(epoch) => current.with_epoch(epoch),
+                None => current,
+            };
+            let plan = match plan(&planned_from, &events, Timestamp::now(), limits.retention) {
                 Ok(plan) => plan,
                 Err(e) if fresh => return Err(BackendError::from_plan(job, e)),
                 Err(_) => {
@@ -129,7 +143,7 @@ impl RedisBackend {
                     continue;
                 }
             };
-            let expected = current.state.last_event_id;
+            let expected = (planned_from.state.last_event_id, &stored_epoch);
             match self.cas(job, Some((expected, &plan))).await? {
                 PublishReply::Applied { cancel } => {
                     let last_event_id = plan.state.last_event_id;
@@ -151,6 +165,14 @@ impl RedisBackend {
                     head = Some(*h);
                     fresh = true;
                 }
+                PublishReply::NewHistory { head: h } => {
+                    let epoch = Epoch::generate();
+                    tracing::debug!(job = %job, from = %h.state.epoch, to = %epoch,
+                        "Redis restarted or failed over since the job's last write: a new epoch");
+                    head = Some(*h);
+                    new_epoch = Some(epoch);
+                    fresh = true;
+                }
                 PublishReply::Missing => return Err(self.missing(job)),
             }
         }
@@ -169,7 +191,7 @@ impl RedisBackend {
     async fn cas(
         &self,
         job: &JobId,
-        planned: Option<(EventId, &jobwire_core::publish::Plan)>,
+        planned: Option<((EventId, &Epoch), &jobwire_core::publish::Plan)>,
     ) -> Result<PublishReply> {
         let keys = &self.shared.keys;
         let limits = &self.shared.config.backend;
@@ -184,13 +206,15 @@ impl RedisBackend {
                 invocation
                     .arg(0)
                     .arg("")
+                    .arg("")
+                    .arg("")
                     .arg(0)
                     .arg("")
                     .arg(0)
                     .arg(0)
                     .arg(0);
             }
-            Some((expected, plan)) => {
+            Some(((expected, epoch), plan)) => {
                 let retention_ms = if plan.state.status.is_terminal() {
                     limits.retention.as_millis().max(1)
                 } else {
@@ -198,6 +222,8 @@ impl RedisBackend {
                 };
                 invocation
                     .arg(expected.0)
+                    .arg(epoch.as_str())
+                    .arg(plan.state.epoch.as_str())
                     .arg(to_json(&plan.state)?)
                     .arg(plan.last_n)
                     .arg(plan.state.status.as_str())
@@ -219,7 +245,7 @@ impl RedisBackend {
             [Value::Int(1), cancel] => Ok(PublishReply::Applied {
                 cancel: is_set(cancel),
             }),
-            [Value::Int(2), seq, state, last_n, _cancel] => {
+            [Value::Int(code @ (2 | 3)), seq, state, last_n, _cancel] => {
                 let state: JobState = from_json(state)?;
                 let seq = parse_u64(seq)?;
                 if state.last_event_id.0 != seq {
@@ -228,11 +254,14 @@ impl RedisBackend {
                         state.last_event_id
                     )));
                 }
-                Ok(PublishReply::Moved {
-                    head: Box::new(LogHead {
-                        state,
-                        last_n: parse_u64(last_n)?,
-                    }),
+                let head = Box::new(LogHead {
+                    state,
+                    last_n: parse_u64(last_n)?,
+                });
+                Ok(if *code == 2 {
+                    PublishReply::Moved { head }
+                } else {
+                    PublishReply::NewHistory { head }
                 })
             }
             other => Err(unexpected("publish", other)),
@@ -275,9 +304,15 @@ impl RedisBackend {
             .map_err(backend_error)?;
         match reply.split_first() {
             Some((Value::Int(0), [])) => Err(BackendError::NotFound(job.clone())),
-            Some((Value::Int(1), events)) => Ok(EventsAfter::Events(
-                events.iter().map(record).collect::<Result<Vec<_>>>()?,
-            )),
+            Some((Value::Int(1), [epoch, events @ ..])) => {
+                let epoch: Epoch = parse_text(epoch)?.parse().map_err(corrupt)?;
+                Ok(EventsAfter::Events(
+                    events
+                        .iter()
+                        .map(|e| record(e, &epoch))
+                        .collect::<Result<Vec<_>>>()?,
+                ))
+            }
             Some((Value::Int(2), [epoch])) => {
                 let current: Epoch = parse_text(epoch)?.parse().map_err(corrupt)?;
                 Ok(EventsAfter::Resync(ResyncReason::EpochChanged { current }))
@@ -435,13 +470,13 @@ fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
     }
 }
 
-fn record(v: &Value) -> Result<EventRecord> {
+fn record(v: &Value, epoch: &Epoch) -> Result<EventRecord> {
     let text = std::str::from_utf8(match v {
         Value::BulkString(bytes) => bytes,
         other => return Err(unexpected("event", std::slice::from_ref(other))),
     })
     .map_err(corrupt)?;
-    EventRecord::from_json(text).map_err(corrupt)
+    EventRecord::from_json(text, epoch.clone()).map_err(corrupt)
 }
 
 fn parse_text(v: &Value) -> Result<String> {

@@ -8,12 +8,22 @@
 //! loses nothing; if entries after a position may have been trimmed meanwhile
 //! (the stream's first entry is past it), the tail reports a `Gap` so readers
 //! re-read the affected jobs' logs.
+//!
+//! Each connection also learns which Redis history it reads
+//! (`master_replid`, new whenever a server starts or a replica is promoted).
+//! When it changed, the streams may have lost entries, or hold entries with
+//! ids below the positions (a rolled-back stream, a promoted replica with
+//! another clock): the positions are moved to the streams' current ends and
+//! the tail reports a `Gap`, so readers re-read every watched job's log.
+//!
+//! A live entry holds one field per event, named by the job's epoch (see
+//! `lua/publish.lua`); each record carries it.
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jobwire_core::{BackendError, EventRecord, LiveBatch, LivePosition, LiveTail, TailFrom};
+use jobwire_core::{BackendError, Epoch, EventRecord, LiveBatch, LivePosition, LiveTail, TailFrom};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
@@ -36,14 +46,20 @@ pub(crate) struct RedisTail {
     ids: Vec<String>,
     /// Check for trimmed entries before the next read.
     check_gap: bool,
+    /// The Redis history (`master_replid`) the positions were taken in;
+    /// `None` when not known (a position handed over from another tail).
+    history: Option<String>,
 }
 
 impl RedisBackend {
     pub(crate) async fn open_tail(&self, from: TailFrom) -> Result<RedisTail> {
         let keys = &self.shared.keys;
         let streams: Vec<String> = (0..keys.partitions()).map(|p| keys.live(p)).collect();
-        let (ids, check_gap) = match from {
-            TailFrom::Now => (self.last_ids(&streams).await?, false),
+        let (ids, check_gap, history) = match from {
+            TailFrom::Now => {
+                let (history, ids) = ends(&streams, &mut self.shared.conns.command()).await?;
+                (ids, false, Some(history))
+            }
             TailFrom::After(LivePosition(position)) => {
                 let ids: Vec<String> = position.split(',').map(str::to_owned).collect();
                 if ids.len() != streams.len() || ids.iter().any(|id| parse_id(id).is_none()) {
@@ -52,7 +68,7 @@ impl RedisBackend {
                         streams.len()
                     )));
                 }
-                (ids, true)
+                (ids, true, None)
             }
         };
         Ok(RedisTail {
@@ -61,33 +77,50 @@ impl RedisBackend {
             streams,
             ids,
             check_gap,
+            history,
         })
     }
+}
 
-    /// The id of each stream's newest entry ("0-0" for an empty stream).
-    async fn last_ids(&self, streams: &[String]) -> Result<Vec<String>> {
-        let mut pipe = redis::pipe();
-        for stream in streams {
-            pipe.cmd("XREVRANGE")
-                .arg(stream)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let replies: Vec<Vec<(String, Value)>> = pipe
-            .query_async(&mut self.shared.conns.command())
-            .await
-            .map_err(backend_error)?;
-        Ok(replies
-            .into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .next()
-                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
-            })
-            .collect())
+/// The Redis history a connection is in, and the id of each stream's newest
+/// entry ("0-0" for an empty stream), read in one pipeline: one server
+/// answers all of it.
+async fn ends(
+    streams: &[String],
+    conn: &mut impl redis::aio::ConnectionLike,
+) -> Result<(String, Vec<String>)> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("INFO").arg("replication");
+    for stream in streams {
+        pipe.cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
     }
+    let mut replies: Vec<Value> = pipe.query_async(conn).await.map_err(backend_error)?;
+    let info: String = redis::from_redis_value(replies.remove(0)).map_err(corrupt)?;
+    let history = replication_id(&info)
+        .ok_or_else(|| BackendError::Data("INFO replication has no master_replid".to_owned()))?;
+    let ids = replies
+        .into_iter()
+        .map(|reply| {
+            let entries: Vec<(String, Value)> = redis::from_redis_value(reply).map_err(corrupt)?;
+            Ok(entries
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((history, ids))
+}
+
+/// `master_replid` out of `INFO replication`.
+fn replication_id(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("master_replid:"))
+        .map(str::to_owned)
 }
 
 impl RedisTail {
@@ -119,14 +152,24 @@ impl RedisTail {
 
     async fn read(&mut self) -> Result<LiveBatch> {
         if self.conn.is_none() {
-            let conn = self
+            let mut conn = self
                 .backend
                 .shared
                 .conns
                 .dedicated(BLOCK)
                 .await
                 .map_err(backend_error)?;
+            let (history, ends) = ends(&self.streams, &mut conn).await?;
             self.conn = Some(conn);
+            let known = self.history.replace(history.clone());
+            if known.is_some_and(|known| known != history) {
+                tracing::warn!(
+                    "Redis restarted or failed over (a new replication id): re-reading the watched jobs' logs"
+                );
+                self.ids = ends;
+                self.check_gap = false;
+                return Ok(LiveBatch::Gap);
+            }
         }
         if self.check_gap {
             let gap = self.gap().await?;
@@ -161,11 +204,8 @@ impl RedisTail {
                 self.check_gap = true;
             }
             for (id, fields) in entries {
-                for value in fields {
-                    match std::str::from_utf8(&value)
-                        .map_err(corrupt)
-                        .and_then(|json| EventRecord::from_json(json).map_err(corrupt))
-                    {
+                for (name, value) in fields {
+                    match record(&name, &value) {
                         Ok(record) => events.push(record),
                         Err(e) => {
                             tracing::error!(entry = %id, error = %e, "skipping unreadable live event")
@@ -199,8 +239,22 @@ impl LiveTail for RedisTail {
     }
 }
 
-/// A stream's entries as read: (entry id, the values of its `e` fields).
-type Entries = Vec<(String, Vec<Vec<u8>>)>;
+/// One live event: its field's name (the job's epoch) and value (the
+/// event's wire JSON). Entries written before fields were named by epoch
+/// are named `e`, which is never a job's epoch: a reader takes such an
+/// event for one of another history and re-reads the job's log (slower,
+/// never wrong).
+fn record(name: &[u8], value: &[u8]) -> Result<EventRecord> {
+    let epoch: Epoch = std::str::from_utf8(name)
+        .map_err(corrupt)?
+        .parse()
+        .map_err(corrupt)?;
+    let json = std::str::from_utf8(value).map_err(corrupt)?;
+    EventRecord::from_json(json, epoch).map_err(corrupt)
+}
+
+/// A stream's entries as read: (entry id, its (field, value) pairs).
+type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
 /// Takes apart an XREAD reply: `nil`, or per stream `[key, [[id, [field,
 /// value, ...]], ...]]` (a map of key to entries under RESP3).
@@ -242,16 +296,17 @@ fn streams_of(reply: Value) -> Result<Vec<(String, Entries)>> {
                     let Some(Value::Array(fields)) = parts.next() else {
                         return Err(bad("entry fields"));
                     };
-                    let values = fields
-                        .into_iter()
-                        .skip(1)
-                        .step_by(2)
-                        .filter_map(|v| match v {
-                            Value::BulkString(bytes) => Some(bytes),
-                            _ => None,
-                        })
-                        .collect();
-                    Ok((id, values))
+                    let mut fields = fields.into_iter().map(|v| match v {
+                        Value::BulkString(bytes) => Some(bytes),
+                        _ => None,
+                    });
+                    let mut pairs = Vec::new();
+                    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                        if let (Some(name), Some(value)) = (name, value) {
+                            pairs.push((name, value));
+                        }
+                    }
+                    Ok((id, pairs))
                 })
                 .collect::<Result<Entries>>()?;
             Ok((key, entries))

@@ -46,6 +46,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Frame {
     pub job_id: JobId,
     pub id: EventId,
+    /// The history the event belongs to: a watcher of another epoch takes
+    /// it as a sign to re-read the job, never as its next event.
+    pub epoch: Epoch,
     /// When it was published, for the delivery-latency histogram.
     pub published: jobwire_core::Timestamp,
     /// The wire JSON; cloning shares the bytes.
@@ -57,6 +60,7 @@ impl Frame {
         Frame {
             job_id: record.job_id.clone(),
             id: record.id,
+            epoch: record.epoch.clone(),
             published: record.timestamp,
             text: Utf8Bytes::from(record.json.to_string()),
         }
@@ -127,10 +131,9 @@ impl Outbox {
 pub struct Position {
     /// Read the log after this event.
     pub id: EventId,
-    /// The log's epoch, once a watcher told it (live events do not carry
-    /// it). Reading with it turns a rebuilt log into a resync, not into
-    /// events of another log.
-    pub epoch: Option<Epoch>,
+    /// The history `id` belongs to. Reading with it turns a rebuilt or
+    /// rolled-back log into a resync, not into events of another history.
+    pub epoch: Epoch,
 }
 
 #[derive(Debug)]
@@ -202,16 +205,15 @@ impl Hub {
         };
         watcher.started = true;
         match &mut watched.position {
-            Some(position) if position.epoch.as_ref().is_none_or(|e| e == epoch) => {
+            Some(position) if position.epoch == *epoch => {
                 position.id = position.id.min(last);
-                position.epoch = Some(epoch.clone());
             }
-            // Unknown, or of a log that has since been rebuilt: ids of the
-            // old log say nothing about the new one.
+            // Unknown, or of another history: ids of one history say
+            // nothing about another.
             other => {
                 *other = Some(Position {
                     id: last,
-                    epoch: Some(epoch.clone()),
+                    epoch: epoch.clone(),
                 });
             }
         }
@@ -239,11 +241,17 @@ impl Hub {
                 continue;
             };
             match &mut watched.position {
-                Some(position) => position.id = position.id.max(record.id),
-                None => {
-                    watched.position = Some(Position {
+                Some(position) if position.epoch == record.epoch => {
+                    position.id = position.id.max(record.id);
+                }
+                // The first event, or one of a new history (the store lost
+                // writes, or the job's log was rebuilt): every watcher is
+                // given this event, and a watcher of the old history
+                // re-reads the job when it meets it.
+                other => {
+                    *other = Some(Position {
                         id: record.id,
-                        epoch: None,
+                        epoch: record.epoch.clone(),
                     })
                 }
             }
@@ -319,6 +327,7 @@ mod tests {
         EventRecord {
             id: EventId(id),
             job_id: job.clone(),
+            epoch: "e1".parse().expect("epoch"),
             timestamp: jobwire_core::Timestamp::now(),
             json: Arc::from("{}"),
         }
@@ -354,7 +363,7 @@ mod tests {
         // Nobody was still subscribing: no one is asked to re-read.
         assert_eq!(rechecks(&mut a_rx) + rechecks(&mut b_rx), 0);
         let plan = hub.plan_recovery(None);
-        assert_eq!(plan[0].1.epoch.as_ref(), Some(&epoch));
+        assert_eq!(plan[0].1.epoch, epoch);
     }
 
     #[test]

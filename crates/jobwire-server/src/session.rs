@@ -45,13 +45,8 @@ pub enum Out {
         json: String,
         position: Option<(Epoch, EventId)>,
     },
-    /// An event of a job's log.
-    /// The epoch is shared by the subscription's events: cloning it is a
-    /// reference count, not an allocation per delivered event.
-    Event {
-        frame: Arc<Frame>,
-        epoch: Arc<Epoch>,
-    },
+    /// An event of a job's log (of the subscription's epoch).
+    Event { frame: Arc<Frame> },
 }
 
 impl Out {
@@ -89,7 +84,7 @@ impl From<BackendError> for SubscribeError {
 #[derive(Debug)]
 struct Sub {
     last: EventId,
-    epoch: Arc<Epoch>,
+    epoch: Epoch,
 }
 
 /// A connection's subscriptions.
@@ -162,6 +157,12 @@ impl Session {
         started
     }
 
+    /// Whether the connection watches no job (any more): a one-job socket
+    /// or SSE stream whose job is gone ends then.
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
     /// Stops a subscription; later events of the job are not sent.
     pub fn unsubscribe(&mut self, job: &JobId) {
         self.subs.remove(job);
@@ -180,7 +181,8 @@ impl Session {
         match self.deliver_now(delivery, out) {
             None => Ok(()),
             Some(Delivery::Event(frame)) => {
-                tracing::debug!(job = %frame.job_id, after = %frame.id, "hole in live events; re-reading the log");
+                tracing::debug!(job = %frame.job_id, after = %frame.id, epoch = %frame.epoch,
+                    "hole in live events, or another history; re-reading the log");
                 self.catch_up(&frame.job_id, out).await
             }
             Some(Delivery::Recheck(job)) => self.catch_up(&job, out).await,
@@ -195,6 +197,12 @@ impl Session {
             return Some(delivery);
         };
         let sub = self.subs.get_mut(&frame.job_id)?;
+        if frame.epoch != sub.epoch {
+            // Another history of the job (the store lost writes and the
+            // job went on under a new epoch, or its log was rebuilt): ids
+            // cannot be compared across histories. The re-read resyncs.
+            return Some(Delivery::Event(frame));
+        }
         if frame.id <= sub.last {
             return None;
         }
@@ -202,8 +210,7 @@ impl Session {
             return Some(Delivery::Event(frame));
         }
         sub.last = frame.id;
-        let epoch = Arc::clone(&sub.epoch);
-        out.push(Out::Event { frame, epoch });
+        out.push(Out::Event { frame });
         None
     }
 
@@ -216,7 +223,7 @@ impl Session {
         let state = self.backend.job(job).await?;
         let sub = Sub {
             last: state.last_event_id,
-            epoch: Arc::new(state.epoch.clone()),
+            epoch: state.epoch.clone(),
         };
         out.push(current_state(state, resync));
         self.subs.insert(job.clone(), sub);
@@ -236,10 +243,12 @@ impl Session {
         let EventsAfter::Events(records) = first else {
             return self.fresh(job, true, out).await;
         };
-        // The epoch the client holds is the job's (checked above when given).
-        let epoch = match resume.epoch {
-            Some(epoch) => epoch,
-            None => self.backend.job(job).await?.epoch,
+        // The epoch the client holds is the job's (checked above when
+        // given); without one, the history the events were read from.
+        let epoch = match (resume.epoch, records.first()) {
+            (Some(epoch), _) => epoch,
+            (None, Some(record)) => record.epoch.clone(),
+            (None, None) => self.backend.job(job).await?.epoch,
         };
         let resumed = Control::Resumed {
             job_id: job.clone(),
@@ -254,7 +263,7 @@ impl Session {
             job.clone(),
             Sub {
                 last: resume.id,
-                epoch: Arc::new(epoch),
+                epoch,
             },
         );
         let full = records.len() == CATCH_UP_PAGE;
@@ -313,22 +322,23 @@ impl Session {
             return;
         };
         for record in records {
-            if record.id == sub.last.next() {
+            if record.id == sub.last.next() && record.epoch == sub.epoch {
                 sub.last = record.id;
                 out.push(Out::Event {
                     frame: Arc::new(Frame::of(&record)),
-                    epoch: sub.epoch.clone(),
                 });
             }
         }
     }
 
-    /// The job disappeared (deleted or expired): tell the client and stop.
+    /// The job disappeared (deleted, expired, or its data was lost): tell
+    /// the client and stop.
     fn gone(&mut self, job: &JobId, out: &mut Vec<Out>) {
         if self.subs.contains_key(job) {
             out.push(Out::notice(&Control::Gone {
                 job_id: job.clone(),
-                message: "the job was deleted or has expired".to_owned(),
+                message: "no such job (any more): it was deleted, expired, or its data was lost"
+                    .to_owned(),
             }));
         }
         self.unsubscribe(job);

@@ -91,6 +91,7 @@ pub async fn stream(
             let _gauge = Gauge::new(&state.stats.sse_connections);
             let mut out = first;
             loop {
+                let ended = session.is_empty();
                 for item in out.drain(..) {
                     let published = match &item {
                         Out::Event { frame, .. } => Some(frame.published),
@@ -103,6 +104,10 @@ pub async fn stream(
                     if let Some(at) = published {
                         state.stats.delivered(at);
                     }
+                }
+                // The job is gone (its `gone` message was the last).
+                if ended {
+                    return;
                 }
                 tokio::select! {
                     biased;
@@ -132,8 +137,8 @@ pub async fn stream(
 
 fn to_sse(item: Out) -> Event {
     match item {
-        Out::Event { frame, epoch } => Event::default()
-            .id(format!("{epoch}:{}", frame.id))
+        Out::Event { frame } => Event::default()
+            .id(format!("{}:{}", frame.epoch, frame.id))
             .data(frame.text.as_str()),
         Out::Control { json, position } => {
             let event = Event::default().data(json);

@@ -240,7 +240,7 @@ async fn recover_job(
     loop {
         health.recovery_reads.fetch_add(1, Ordering::Relaxed);
         let page = backend
-            .events_after(job, after, from.epoch.as_ref(), RECOVERY_PAGE)
+            .events_after(job, after, Some(&from.epoch), RECOVERY_PAGE)
             .await;
         let why = match page {
             Ok(EventsAfter::Events(records)) => {

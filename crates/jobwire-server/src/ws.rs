@@ -37,6 +37,12 @@ pub mod close {
 
 /// How long a closing server waits for the client's Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long our Close frame may wait to be written. A slow consumer's socket
+/// buffer is full of events it has yet to read; the Close goes out behind
+/// them, and a client that reads on (slowly) must still learn why it was
+/// cut off (1013) rather than see the connection drop. A client that stopped
+/// reading altogether is dropped after this.
+const CLOSE_WRITE: Duration = Duration::from_secs(10);
 
 /// The subprotocol prefix that carries a token from browsers.
 const TOKEN_PROTOCOL: &str = "access_token.";
@@ -192,6 +198,7 @@ async fn run(
     // Fires on shutdown and on overflow (see `Outbox::stop`).
     let stop = outbox.stop.cancelled();
     tokio::pin!(stop);
+    let mut job_gone = false;
     let closing: Option<(u16, String)> = loop {
         if !out.is_empty() {
             let sent = out.len() as u64;
@@ -201,18 +208,21 @@ async fn run(
                 written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
                 () = &mut stop => {
                     let (code, reason) = stopped(&state);
-                    // The write was cut short, or the socket is full: try to
-                    // say why, briefly, then drop the connection.
+                    // The write was cut short, or the socket is full: say
+                    // why behind what the socket holds, then drop it.
                     let bye = Message::Close(Some(CloseFrame {
                         code,
                         reason: reason.into(),
                     }));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(bye)).await;
+                    let _ = tokio::time::timeout(CLOSE_WRITE, socket.send(bye)).await;
                     return;
                 }
             };
             if !written {
                 break None;
+            }
+            if job_gone {
+                break Some((close::NOT_FOUND, "no such job (any more)".into()));
             }
             Stats::add(&state.stats.messages_sent, sent);
             if sent <= 2 || out.capacity() > 256 {
@@ -269,6 +279,10 @@ async fn run(
                     tracing::warn!(error = %e, "cannot read a job log for a client");
                     break Some((close::TRY_AGAIN, "temporarily unable to read events: resume with since".into()));
                 }
+                // A one-job socket whose job is gone (deleted, expired, its
+                // data lost) ends with "no such job", once what is queued
+                // has been written.
+                job_gone = single && session.is_empty();
             }
             frame = socket.recv() => {
                 last_heard = Instant::now();
@@ -322,12 +336,13 @@ fn stopped(state: &AppState) -> (u16, &'static str) {
 
 /// Sends our Close frame and lets the client answer it.
 async fn close_gracefully(mut socket: WebSocket, code: u16, reason: String) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let bye = socket.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })));
+    if tokio::time::timeout(CLOSE_WRITE, bye).await.is_err() {
+        return;
+    }
     // The closing handshake: read (and drop) what the client still sends
     // until its Close, briefly. Dropping a socket with unread input makes
     // the kernel reset it, and the client would never see our code.

@@ -11,9 +11,11 @@
 //! kill/restart are refused (the harness does not own that process).
 //!
 //! [`jobs`] reads jobs back: waiting for a state, and the whole log checked
-//! for consecutive ids.
+//! for consecutive ids. [`lost_writes`] makes a server lose acknowledged
+//! writes on demand.
 
 pub mod jobs;
+pub mod lost_writes;
 pub mod tls;
 
 use std::io::{Read, Write};

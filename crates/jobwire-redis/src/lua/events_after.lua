@@ -3,7 +3,7 @@
 --
 -- KEYS[1] job hash, KEYS[2] event log
 -- ARGV[1] after (an event id), ARGV[2] limit, ARGV[3] expected epoch ('' = any)
--- Returns {0} no such job; {1, event JSON...} the events;
+-- Returns {0} no such job; {1, epoch, event JSON...} the events (of that epoch);
 -- {2, epoch} epoch changed; {3, seq} position beyond the log;
 -- {4, oldest} events after the position were trimmed.
 local head = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
@@ -19,7 +19,7 @@ if after > seq then
   return {3, head[1]}
 end
 if after == seq then
-  return {1}
+  return {1, head[2]}
 end
 local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 local oldest = seq + 1
@@ -30,8 +30,8 @@ if after + 1 < oldest then
   return {4, string.format('%d', oldest)}
 end
 local entries = redis.call('XRANGE', KEYS[2], string.format('%d-0', after + 1), '+', 'COUNT', ARGV[2])
-local out = {1}
+local out = {1, head[2]}
 for i, entry in ipairs(entries) do
-  out[i + 1] = entry[2][2]
+  out[i + 2] = entry[2][2]
 end
 return out

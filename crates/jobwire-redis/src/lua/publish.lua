@@ -1,41 +1,61 @@
 -- Appends planned events to a job's log atomically with its new state: a
--- compare-and-set on the job's sequence number. The events (with their ids)
--- and the state were computed by the caller from the head it last saw
--- (jobwire_core::publish::plan); if the head moved since, nothing is written
--- and the current head is returned so the caller can plan again.
+-- compare-and-set on the job's sequence number and epoch. The events (with
+-- their ids) and the state were computed by the caller from the head it last
+-- saw (jobwire_core::publish::plan); if the head moved since, nothing is
+-- written and the current head is returned so the caller can plan again.
+--
+-- Exact through data loss (docs/design.md): every write records in `inc`
+-- the replication id of the Redis history it extends (`master_replid`, new
+-- on every start of a server and every promotion of a replica: the only
+-- ways acknowledged writes can be lost). The first write to a job in
+-- another history must start a new epoch, so that no `(epoch, id)` is ever
+-- written twice: the script answers {3, ...} and the caller plans again
+-- under a fresh epoch.
 --
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream,
 -- KEYS[4] the partition's job counts: queued and running are gauges;
 -- completed, failed and cancelled count jobs that finished (they expire, so
 -- they are never decremented)
--- ARGV[1] expected seq, ARGV[2] new state JSON, ARGV[3] new last_n,
--- ARGV[4] new status, ARGV[5] log MAXLEN, ARGV[6] live MAXLEN,
--- ARGV[7] retention in ms (0: the job is not finished), ARGV[8..] event JSONs
--- A live entry holds the batch's events in order, one field `e` each.
+-- ARGV[1] expected seq, ARGV[2] expected epoch, ARGV[3] the plan's epoch
+-- (ARGV[2], or a fresh one when the plan starts a new history),
+-- ARGV[4] new state JSON, ARGV[5] new last_n, ARGV[6] new status,
+-- ARGV[7] log MAXLEN, ARGV[8] live MAXLEN,
+-- ARGV[9] retention in ms (0: the job is not finished), ARGV[10..] event JSONs
+-- A live entry holds the batch's events in order, one field each, named by
+-- the epoch (so a reader knows which history an event belongs to, and
+-- readers that only take values keep working).
 -- Returns {0} no such job; {1, cancel} applied;
--- {2, seq, state, last_n, cancel} the head moved.
-local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel', 'status')
+-- {2, seq, state, last_n, cancel} the head moved;
+-- {3, seq, state, last_n, cancel} the head is as expected but a new epoch
+-- is needed.
+local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel', 'status', 'epoch', 'inc')
 if not head[1] then
   return {0}
 end
-if head[1] ~= ARGV[1] then
+if head[1] ~= ARGV[1] or head[4] ~= ARGV[2] then
   local rest = redis.call('HMGET', KEYS[1], 'state', 'last_n')
   return {2, head[1], rest[1], rest[2], head[2]}
 end
-local n = #ARGV - 7
+local n = #ARGV - 9
 if n > 0 then
+  local inc = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
+  if head[5] ~= inc and ARGV[3] == ARGV[2] then
+    local rest = redis.call('HMGET', KEYS[1], 'state', 'last_n')
+    return {3, head[1], rest[1], rest[2], head[2]}
+  end
+  local epoch = ARGV[3]
   local seq = tonumber(ARGV[1])
   -- One live entry per publish (per 1000 events: unpack has a stack limit),
-  -- with one `e` field per event: the live stream is only a delivery path,
+  -- with one field per event: the live stream is only a delivery path,
   -- and an entry per event there would double the cost of a publish.
   local live = {}
   for i = 1, n do
     seq = seq + 1
-    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[7 + i])
-    live[#live + 1] = 'e'
-    live[#live + 1] = ARGV[7 + i]
+    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[9 + i])
+    live[#live + 1] = epoch
+    live[#live + 1] = ARGV[9 + i]
     if #live == 2000 or i == n then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(live))
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(live))
       live = {}
     end
   end
@@ -44,19 +64,19 @@ if n > 0 then
   -- trimming only drops whole 100-entry nodes anyway; the log stays within
   -- MAXLEN + 164 entries.
   if math.floor(seq / 64) ~= math.floor(tonumber(ARGV[1]) / 64) then
-    redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5])
+    redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[7])
   end
-  redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[2],
-    'last_n', ARGV[3], 'status', ARGV[4])
-  if head[3] ~= ARGV[4] then
+  redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[4],
+    'last_n', ARGV[5], 'status', ARGV[6], 'epoch', epoch, 'inc', inc)
+  if head[3] ~= ARGV[6] then
     if head[3] == 'queued' or head[3] == 'running' then
       redis.call('HINCRBY', KEYS[4], head[3], -1)
     end
-    redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+    redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
   end
-  if ARGV[7] ~= '0' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[7])
-    redis.call('PEXPIRE', KEYS[2], ARGV[7])
+  if ARGV[9] ~= '0' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[9])
+    redis.call('PEXPIRE', KEYS[2], ARGV[9])
   end
 end
 return {1, head[2]}

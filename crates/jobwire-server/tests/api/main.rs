@@ -2,6 +2,7 @@
 //! WebSocket / SSE / HTTP clients, real redis-server processes where several
 //! instances must share a Redis.
 
+mod data_loss;
 mod helpers;
 mod live;
 mod openapi;
