@@ -122,6 +122,25 @@ pub(crate) struct ServerFlags {
     #[arg(long, env = "JOBWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_connections_per_user: u32,
+    /// Plain HTTP connections open at once (WebSocket and SSE connections
+    /// count against --max-connections instead). Past it, a small reserve
+    /// still answers /healthz, /readyz and /metrics.
+    #[arg(long, env = "JOBWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_http_connections: u32,
+    /// Plain HTTP connections per client address (raise it behind a reverse
+    /// proxy, which connects from one address).
+    #[arg(long, env = "JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_http_connections_per_ip: u32,
+    /// A connection must send complete request headers within this, after
+    /// it opens and between requests (it also closes idle keep-alive
+    /// connections).
+    #[arg(long, env = "JOBWIRE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) header_timeout: Duration,
+    /// A request body must arrive within this.
+    #[arg(long, env = "JOBWIRE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) body_timeout: Duration,
     /// Outbound messages queued per connection before it counts as a slow consumer.
     #[arg(long, env = "JOBWIRE_CLIENT_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
@@ -235,6 +254,10 @@ impl ServerFlags {
             max_connections: self.max_connections as usize,
             max_connections_per_user: self.max_connections_per_user as usize,
             client_queue: self.client_queue as usize,
+            max_http_connections: self.max_http_connections as usize,
+            max_http_connections_per_ip: self.max_http_connections_per_ip as usize,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             ..defaults
         }
     }

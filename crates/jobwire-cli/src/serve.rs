@@ -140,13 +140,39 @@ async fn run(
     flags: &ServerFlags,
     shutdown: CancellationToken,
 ) -> Result<(), Failure> {
-    let state = AppState::new(backend, auth, flags.server_config(), shutdown);
+    let config = flags.server_config();
+    warn_if_too_few_files(&config);
+    let state = AppState::new(backend, auth, config, shutdown);
     tracing::info!(addr = ?listener.local_addr().ok(), "serving");
     jobwire_server::serve(listener, state)
         .await
         .map_err(|e| Failure::Runtime(anyhow!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Warns when the process may run out of file descriptors before its
+/// connection limits are reached: then accepting fails instead of the
+/// limits answering (and health checks fail with it).
+fn warn_if_too_few_files(config: &jobwire_server::ServerConfig) {
+    // Redis connections, the listener, files: a margin.
+    let needed = config.max_connections + config.max_http_connections + 64 + 256;
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|soft| soft.parse::<usize>().ok());
+    if let Some(soft) = soft.filter(|soft| *soft < needed) {
+        tracing::warn!(
+            open_files = soft,
+            needed,
+            "the open-file limit is below JOBWIRE_MAX_CONNECTIONS + JOBWIRE_MAX_HTTP_CONNECTIONS + a margin: raise it (ulimit -n, LimitNOFILE=) or lower those limits"
+        );
+    }
 }
 
 fn build_auth(config: &AuthConfig) -> Result<Auth, Failure> {
@@ -209,11 +235,19 @@ fn stand_in_server(
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, "waiting for Redis") });
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(cloned, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    }))
+    let defaults = jobwire_server::ServerConfig::default();
+    let limits = jobwire_server::listener::HttpLimits {
+        header_timeout: defaults.header_timeout,
+        max_http_connections: defaults.max_http_connections,
+        max_http_connections_per_ip: defaults.max_http_connections_per_ip,
+    };
+    Ok(tokio::spawn(jobwire_server::listener::run(
+        cloned,
+        router,
+        limits,
+        Default::default(),
+        stop,
+    )))
 }
 
 /// A second handle on the same listening socket.

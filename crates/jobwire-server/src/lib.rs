@@ -12,6 +12,7 @@
 //! - [`hub`]: which connections watch which job; fan-out of live events.
 //! - [`tailer`]: reads the backend's live feed into the Hub.
 //! - [`state`]: configuration, shared state, connection limits.
+//! - [`listener`]: accepts connections under timeouts and caps.
 //! - [`metrics`]: renders the Prometheus endpoint.
 //! - [`error`]: the JSON error shape.
 //! - `web`: the embedded web UI and `/jobwire.js`.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod error;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod session;
@@ -36,7 +38,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use jobwire_core::Backend;
 use tokio::net::TcpListener;
@@ -65,6 +66,7 @@ impl AppState {
             connections: Arc::default(),
             tailer: Arc::default(),
             stats: Arc::default(),
+            http: Arc::default(),
             shutdown,
             tasks: TaskTracker::new(),
         }
@@ -74,6 +76,7 @@ impl AppState {
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let body_timeout = state.config.body_timeout;
     Router::new()
         .route("/api/jobs", post(routes::create_job).get(routes::list_jobs))
         .route(
@@ -93,6 +96,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(web::routes())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            listener::body_deadline(body_timeout, body_limit, request, next)
+        }))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
@@ -114,16 +120,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     ));
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
-    // Small frames written back to back must not wait for the client's
-    // delayed ACK (Nagle's algorithm).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let limits = listener::HttpLimits {
+        header_timeout: state.config.header_timeout,
+        max_http_connections: state.config.max_http_connections,
+        max_http_connections_per_ip: state.config.max_http_connections_per_ip,
+    };
+    let counts = state.http.clone();
+    listener::run(listener, router(state), limits, counts, shutdown.clone()).await;
     // axum does not wait for upgraded sockets (tokio-rs/axum#3003): they
     // watch the same token and close with 1001; wait for them here.
     shutdown.cancel();
@@ -135,5 +138,5 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
     let _ = tailer.await;
-    served
+    Ok(())
 }

@@ -108,6 +108,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
                 r#"{transport="sse"}"#,
                 stats.sse_connections.load(Ordering::Relaxed),
             ),
+            (r#"{transport="http"}"#, state.http.open() as u64),
         ],
     );
     series(

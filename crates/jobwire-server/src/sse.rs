@@ -6,6 +6,7 @@
 //! response stream and ends on shutdown or overflow (the client reconnects).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -38,6 +39,7 @@ pub async fn stream(
     Path(job): Path<String>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
+    http_slot: Option<axum::Extension<Arc<crate::listener::ConnSlot>>>,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers).or(query.token);
     let principal = state.auth.verify(token.as_deref())?;
@@ -62,6 +64,11 @@ pub async fn stream(
                 e.to_string(),
             )
         })?;
+    // From here the connection is a live stream, counted by the live
+    // limits (just acquired), no longer as plain HTTP.
+    if let Some(axum::Extension(http_slot)) = http_slot {
+        http_slot.promote();
+    }
     let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
     let mut session = Session::new(
         state.backend.clone(),

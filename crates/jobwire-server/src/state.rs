@@ -39,6 +39,20 @@ pub struct ServerConfig {
     pub kinds: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// A connection must send complete request headers this soon after it
+    /// opens or finishes a request; it also bounds idle keep-alive
+    /// connections (`JOBWIRE_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// A request body must arrive within this (`JOBWIRE_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
+    /// Plain HTTP connections open at once; WebSocket and SSE connections
+    /// count against `max_connections` instead
+    /// (`JOBWIRE_MAX_HTTP_CONNECTIONS`).
+    pub max_http_connections: usize,
+    /// Plain HTTP connections per client address
+    /// (`JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP`; raise it behind a proxy,
+    /// which is one address).
+    pub max_http_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +71,10 @@ impl Default for ServerConfig {
                 .map(|k| (*k).to_owned())
                 .collect(),
             max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_http_connections: 2048,
+            max_http_connections_per_ip: 256,
         }
     }
 }
@@ -71,6 +89,8 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     pub tailer: Arc<TailerHealth>,
     pub stats: Arc<Stats>,
+    /// Open plain HTTP connections (see `listener`).
+    pub http: Arc<crate::listener::HttpConnections>,
     /// Cancelled on SIGTERM/SIGINT: sockets close with 1001.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

@@ -3,6 +3,7 @@
 //! instances must share a Redis.
 
 mod data_loss;
+mod hardening;
 mod helpers;
 mod live;
 mod openapi;
