@@ -191,8 +191,10 @@ pub(crate) struct WorkerFlags {
     /// worker-<pid>-<random>; must be unique per running worker).
     #[arg(long, env = "JOBWIRE_WORKER_NAME")]
     pub(crate) name: Option<String>,
-    /// Only directories under this one may be scanned by `scan` jobs
-    /// (relative job paths resolve against it). Default: any path.
+    /// The directory `scan` jobs are confined to (job paths resolve
+    /// against it; links out of it are not followed). Without it a worker
+    /// fails every `scan` job; `jobwire dev` defaults to the current
+    /// directory.
     #[arg(long, env = "JOBWIRE_SCAN_ROOT")]
     pub(crate) scan_root: Option<PathBuf>,
 }

@@ -98,6 +98,10 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
         .local_addr()
         .map_err(|e| Failure::Runtime(anyhow!("reading the bound address: {e}")))?;
     let mut worker_flags = args.worker;
+    if worker_flags.scan_root.is_none() {
+        // dev scans the directory it was started in, and what lies below.
+        worker_flags.scan_root = std::env::current_dir().ok();
+    }
     if flags.store.redis_url.is_none() {
         // Jobs in memory end with the process: waiting for them on Ctrl-C
         // would only delay the exit.

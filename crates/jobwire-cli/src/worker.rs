@@ -43,6 +43,9 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let Some(backend) = store::connect_redis(&args.store, &shutdown).await? else {
         return Ok(());
     };
+    if args.worker.scan_root.is_none() {
+        tracing::warn!("no JOBWIRE_SCAN_ROOT: this worker fails every scan job (set it to the directory scans may read)");
+    }
     let worker = build(backend, &args.worker)?;
     let _ = running.set(worker.clone());
     worker.run(shutdown).await;

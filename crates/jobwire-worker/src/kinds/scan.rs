@@ -5,13 +5,32 @@
 //! job failure. The job's result is a manifest summary: counts, totals and a
 //! digest over every file's path and hash.
 //!
-//! The walk and the hashing are blocking file-system work, done on a
-//! blocking thread that streams its findings to the async side, which
-//! reports them; the thread checks between files whether the job must stop.
+//! Confinement (docs/operations.md, "Security"): a scan reads only inside
+//! its root (`JOBWIRE_SCAN_ROOT`; `jobwire dev` uses the current directory).
+//! Without a root, `scan` jobs fail at once. Job paths resolve against the
+//! root; a path that is missing and one that lies outside it get the same
+//! answer, so a job cannot probe what exists elsewhere. Symlinks are
+//! followed only while they stay inside: a link to a directory outside is
+//! not entered, a link to a file outside is not read, and either is one
+//! per-file `error` named by the link (inside the root), never by its
+//! target.
+//!
+//! Bounds: the walk visits at most `max_entries` entries and `max_depth`
+//! levels (the job fails with a message saying which), it checks between
+//! entries whether the job must stop (cancel, shutdown), and while it walks
+//! it reports how far it got twice a second — which is also how it learns
+//! of a cancel, since a worker hears of one in the answer to a publish.
+//!
+//! The walk and the hashing are blocking file-system work, done on blocking
+//! threads that hand their findings to the async side, which reports them.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jobwire_core::kinds::ScanParams;
@@ -22,46 +41,74 @@ use walkdir::WalkDir;
 use crate::handler::{Handler, JobContext, JobError, JobOutcome};
 use crate::reporter::Reporter;
 
+/// How much one scan may walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// Entries (files, directories, links) visited, matching the glob or
+    /// not: bounds both the time and the memory a scan takes.
+    pub max_entries: u64,
+    /// Directory levels below the scanned directory.
+    pub max_depth: usize,
+}
+
+impl Default for ScanLimits {
+    fn default() -> Self {
+        ScanLimits {
+            max_entries: 200_000,
+            max_depth: 64,
+        }
+    }
+}
+
+/// How often a walk reports how far it got.
+const WALK_REPORT_EVERY: Duration = Duration::from_millis(500);
+
 /// The `scan` handler.
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
-    /// When set, only directories under it may be scanned, and files that
-    /// resolve outside it (through symlinks) are refused.
+    /// Only directories under it may be scanned; `None` disables `scan`.
     root: Option<PathBuf>,
+    limits: ScanLimits,
 }
 
 impl Scan {
-    /// A scanner limited to `root` (relative job paths resolve against it),
-    /// or unlimited with `None`.
+    /// A scanner confined to `root` (relative job paths resolve against
+    /// it). With `None` every scan job fails: a worker without a root must
+    /// not read whatever files it can.
     pub fn new(root: Option<PathBuf>) -> Scan {
-        Scan { root }
+        Scan {
+            root,
+            limits: ScanLimits::default(),
+        }
     }
 
-    /// The directory a job asks for, checked against the root.
-    fn resolve(&self, path: &str) -> Result<(PathBuf, Option<PathBuf>), JobError> {
-        let root = match &self.root {
-            Some(root) => Some(root.canonicalize().map_err(|e| {
-                JobError::msg(format!("the scan root {} is unusable: {e}", root.display()))
-            })?),
-            None => None,
+    /// The same scanner with other limits.
+    pub fn with_limits(mut self, limits: ScanLimits) -> Scan {
+        self.limits = limits;
+        self
+    }
+
+    /// The directory a job asks for, inside the root, and the root, both
+    /// canonical.
+    fn resolve(&self, path: &str) -> Result<(PathBuf, PathBuf), JobError> {
+        let Some(root) = &self.root else {
+            return Err(JobError::msg(
+                "scan is disabled on this worker: it has no scan root (set JOBWIRE_SCAN_ROOT to the directory scans may read)",
+            ));
         };
-        let asked = match &root {
-            Some(root) => root.join(path),
-            None => PathBuf::from(path),
+        let root = root.canonicalize().map_err(|e| {
+            JobError::msg(format!("the scan root {} is unusable: {e}", root.display()))
+        })?;
+        // Missing, outside the root, or not a directory: one answer.
+        let refused = || {
+            JobError::msg(format!(
+                "no directory {path:?} under the scan root {}",
+                root.display()
+            ))
         };
-        let dir = asked
-            .canonicalize()
-            .map_err(|e| JobError::msg(format!("cannot open {path}: {e}")))?;
-        if let Some(root) = &root {
-            if !dir.starts_with(root) {
-                return Err(JobError::msg(format!(
-                    "{path} is outside the scan root {}",
-                    root.display()
-                )));
-            }
-        }
-        if !dir.is_dir() {
-            return Err(JobError::msg(format!("{path} is not a directory")));
+        let dir = root.join(path).canonicalize().map_err(|_| refused())?;
+        if !dir.starts_with(&root) || !dir.is_dir() {
+            return Err(refused());
         }
         Ok((dir, root))
     }
@@ -80,16 +127,32 @@ impl Handler for Scan {
         };
         let reporter = job.reporter();
 
+        let visited = Arc::new(AtomicU64::new(0));
         let walk = {
-            let (dir, reporter) = (dir.clone(), reporter.clone());
+            let (dir, reporter, visited) = (dir.clone(), reporter.clone(), Arc::clone(&visited));
+            let limits = self.limits;
             tokio::task::spawn_blocking(move || {
-                find(&dir, root.as_deref(), pattern.as_ref(), &reporter)
+                find(&dir, &root, pattern.as_ref(), limits, &reporter, &visited)
             })
         };
-        let found = walk
-            .await
-            .map_err(|e| JobError::msg(format!("the directory walk crashed: {e}")))?;
+        tokio::pin!(walk);
+        let mut tick = tokio::time::interval(WALK_REPORT_EVERY);
+        tick.tick().await;
+        let found = loop {
+            tokio::select! {
+                found = &mut walk => {
+                    break found.map_err(|e| JobError::msg(format!("the directory walk crashed: {e}")))?;
+                }
+                _ = tick.tick() => {
+                    let n = visited.load(Ordering::Relaxed);
+                    // Also how a cancel reaches the walk: the answer to
+                    // this publish carries it, and the walker checks.
+                    reporter.progress(0, 0, &format!("walking: {n} entries so far")).await?;
+                }
+            }
+        };
         reporter.check()?;
+        let found = found.map_err(JobError::msg)?;
         let total = found.len() as u64;
         reporter
             .total_files(total, &format!("found {total} files"))
@@ -98,7 +161,8 @@ impl Handler for Scan {
         let (tx, mut rx) = mpsc::channel(1024);
         let hashing = {
             let reporter = reporter.clone();
-            tokio::task::spawn_blocking(move || hash_all(found, &tx, &reporter))
+            let root = self.resolve(&params.path)?.1;
+            tokio::task::spawn_blocking(move || hash_all(found, &root, &tx, &reporter))
         };
         let mut summary = Summary::default();
         while let Some(msg) = rx.recv().await {
@@ -148,14 +212,21 @@ enum Found {
     Broken { rel: String, message: String },
 }
 
-/// Walks `dir` in a stable order (by name), following symlinks; keeps the
-/// files matching `pattern` (relative to `dir`).
+/// Walks `dir` in a stable order (by name), following symlinks that stay
+/// inside `root`; keeps the files matching `pattern` (relative to `dir`).
+/// Counts visited entries in `visited`; stops (with what it found) when the
+/// job must stop.
+///
+/// # Errors
+/// A message when the tree exceeds the limits.
 fn find(
     dir: &Path,
-    root: Option<&Path>,
+    root: &Path,
     pattern: Option<&glob::Pattern>,
+    limits: ScanLimits,
     reporter: &Reporter,
-) -> Vec<Found> {
+    visited: &AtomicU64,
+) -> Result<Vec<Found>, String> {
     let mut found = Vec::new();
     let relative = |p: &Path| {
         p.strip_prefix(dir)
@@ -167,9 +238,40 @@ fn find(
         require_literal_separator: true,
         ..glob::MatchOptions::new()
     };
-    for entry in WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    let inside = |p: &Path| p.canonicalize().is_ok_and(|real| real.starts_with(root));
+    // Links that lead out of the root, met by the filter (which cannot
+    // yield them itself); reported in walk order, by the link's name.
+    let outside: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    let walk = WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .max_depth(limits.max_depth + 1)
+        .into_iter()
+        .filter_entry(|entry| {
+            // A link whose target exists outside the root. (A dangling
+            // link passes: the walk reports it as the error it is.)
+            if entry.path_is_symlink() && !inside(entry.path()) && entry.path().exists() {
+                outside.borrow_mut().push(relative(entry.path()));
+                return false;
+            }
+            true
+        });
+    for entry in walk {
+        for rel in outside.borrow_mut().drain(..) {
+            found.push(Found::Broken {
+                rel,
+                message: "a link to outside the scan root (not followed)".to_owned(),
+            });
+        }
         if reporter.is_stopped() {
             break;
+        }
+        let n = visited.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > limits.max_entries {
+            return Err(format!(
+                "more than {} entries under the scanned directory: scan a smaller part of it, or narrow the glob",
+                limits.max_entries
+            ));
         }
         let entry = match entry {
             Ok(entry) => entry,
@@ -186,6 +288,13 @@ fn find(
         };
         let file_type = entry.file_type();
         if file_type.is_dir() {
+            if entry.depth() > limits.max_depth {
+                return Err(format!(
+                    "the directory tree is deeper than {} levels ({})",
+                    limits.max_depth,
+                    relative(entry.path())
+                ));
+            }
             continue;
         }
         let rel = relative(entry.path());
@@ -199,25 +308,18 @@ fn find(
             });
             continue;
         }
-        if let Some(root) = root {
-            let inside = entry
-                .path()
-                .canonicalize()
-                .is_ok_and(|real| real.starts_with(root));
-            if !inside {
-                found.push(Found::Broken {
-                    rel,
-                    message: "resolves outside the scan root".to_owned(),
-                });
-                continue;
-            }
-        }
         found.push(Found::File {
             rel,
             path: entry.into_path(),
         });
     }
-    found
+    for rel in outside.borrow_mut().drain(..) {
+        found.push(Found::Broken {
+            rel,
+            message: "a link to outside the scan root (not followed)".to_owned(),
+        });
+    }
+    Ok(found)
 }
 
 enum Msg {
@@ -233,7 +335,7 @@ struct FileInfo {
 
 /// Hashes every found file in order, streaming the results; stops early
 /// when the job must stop or the receiver is gone.
-fn hash_all(found: Vec<Found>, tx: &mpsc::Sender<Msg>, reporter: &Reporter) {
+fn hash_all(found: Vec<Found>, root: &Path, tx: &mpsc::Sender<Msg>, reporter: &Reporter) {
     let mut buf = vec![0u8; 64 * 1024];
     for item in found {
         if reporter.is_stopped() {
@@ -245,7 +347,14 @@ fn hash_all(found: Vec<Found>, tx: &mpsc::Sender<Msg>, reporter: &Reporter) {
                 if tx.blocking_send(Msg::Processing(rel.clone())).is_err() {
                     return;
                 }
-                let result = hash_file(&path, &mut buf).map_err(|e| e.to_string());
+                // Checked again right before reading: the file may have
+                // been replaced by a link since the walk.
+                let inside = path.canonicalize().is_ok_and(|real| real.starts_with(root));
+                let result = if inside {
+                    hash_file(&path, &mut buf).map_err(|e| e.to_string())
+                } else {
+                    Err("a link to outside the scan root (not followed)".to_owned())
+                };
                 tx.blocking_send(Msg::Done(rel, result))
             }
         };
@@ -306,6 +415,35 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A walk stops as soon as the job must stop (here: cancelled), instead
+    /// of collecting the whole tree first.
+    #[tokio::test]
+    async fn the_walk_stops_when_the_job_must_stop() -> Result<(), Box<dyn std::error::Error>> {
+        use jobwire_core::{Backend, EventType, MemoryBackend, NewEvent, NewJob};
+        let dir = tempfile::tempdir()?;
+        for i in 0..2000 {
+            std::fs::write(dir.path().join(format!("f{i}")), "x")?;
+        }
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(Default::default()));
+        let job = backend
+            .create_job(NewJob::new("scan", json!({}), "alice"))
+            .await?;
+        backend
+            .publish(&job.id, vec![NewEvent::new(EventType::JobStarted, json!({}))])
+            .await?;
+        backend.cancel(&job.id).await?;
+        let reporter = Reporter::new(backend, job.id, 1, 16);
+        // The answer to a publish tells the reporter of the cancel.
+        let _ = reporter.progress(0, 0, "walking").await;
+        let _ = reporter.flush().await;
+        assert!(reporter.is_stopped());
+        let root = dir.path().canonicalize()?;
+        let visited = AtomicU64::new(0);
+        let walk = find(&root, &root, None, ScanLimits::default(), &reporter, &visited)?;
+        assert!(walk.is_empty(), "{} entries after the stop", walk.len());
+        Ok(())
+    }
 
     #[test]
     fn lines_count_a_last_line_without_newline() -> io::Result<()> {

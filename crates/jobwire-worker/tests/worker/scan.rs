@@ -80,7 +80,12 @@ async fn scan_counts_a_tree_of_ten_thousand_files() -> Result<()> {
     let expected = make_tree(tree.path())?;
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
-    let running = Running::start(support::builtin(&backend, config("w1")).build()?);
+    let worker = Worker::builder(backend.clone())
+        .config(config("w1"))
+        .builtin(Some(tree.path().to_path_buf()))
+        .build()?;
+    let running = Running::start(worker);
+    // An absolute path inside the root works as well as a relative one.
     let path = tree.path().to_string_lossy().into_owned();
 
     let state = scan(backend.as_ref(), json!({ "path": path })).await?;
@@ -191,6 +196,7 @@ async fn scan_refuses_paths_outside_its_root_and_missing_directories() -> Result
         result["files"] == json!(1) && result["failed"] == json!(1),
         "{result}"
     );
+    let first_scan = state.id.clone();
     let events = log(backend.as_ref(), &state.id).await?;
     ensure!(
         events.iter().any(|e| e.kind == EventType::Error
@@ -200,14 +206,83 @@ async fn scan_refuses_paths_outside_its_root_and_missing_directories() -> Result
         "{events:?}"
     );
 
+    // Outside, missing, or not a directory: one answer, so that a job
+    // cannot learn what exists outside the root.
+    for path in [
+        outside.path().to_string_lossy().into_owned(),
+        "../".to_owned(),
+        "nope".to_owned(),
+        "inside/a.txt".to_owned(),
+        "inside/escape".to_owned(),
+    ] {
+        let state = scan(backend.as_ref(), json!({ "path": path })).await?;
+        ensure!(state.status == JobStatus::Failed, "{path}: {state:?}");
+        let error = state.error.unwrap_or_default();
+        ensure!(
+            error.starts_with(&format!("no directory {path:?} under the scan root")),
+            "{path}: {error}"
+        );
+    }
+    // Nothing of the outside directory's content was named in any event.
+    let events = log(backend.as_ref(), &first_scan).await?;
+    ensure!(
+        !format!("{events:?}").contains("secret.txt"),
+        "a file outside the root was named: {events:?}"
+    );
+    running.shut_down().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_without_a_root_is_refused() -> Result<()> {
+    let server = RedisServer::start()?;
+    let backend = support::backend(&server).await?;
+    let running = Running::start(support::builtin(&backend, config("w1")).build()?);
+    let here = std::env::current_dir()?.to_string_lossy().into_owned();
+    let state = scan(backend.as_ref(), json!({ "path": here })).await?;
+    ensure!(state.status == JobStatus::Failed, "{state:?}");
+    ensure!(
+        state
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("scan is disabled") && e.contains("JOBWIRE_SCAN_ROOT")),
+        "{:?}",
+        state.error
+    );
+    ensure!(state.total_files == 0, "it walked: {state:?}");
+    running.shut_down().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_stops_at_its_entry_and_depth_limits() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let wide = root.path().join("wide");
+    std::fs::create_dir(&wide)?;
+    for i in 0..300 {
+        std::fs::write(wide.join(format!("f{i}")), "x")?;
+    }
+    let mut deep = root.path().join("deep");
+    for level in 0..12 {
+        deep = deep.join(format!("l{level}"));
+    }
+    std::fs::create_dir_all(&deep)?;
+    let server = RedisServer::start()?;
+    let backend = support::backend(&server).await?;
+    let scan_kind = jobwire_worker::kinds::Scan::new(Some(root.path().to_path_buf())).with_limits(
+        jobwire_worker::kinds::ScanLimits {
+            max_entries: 100,
+            max_depth: 8,
+        },
+    );
+    let worker = Worker::builder(backend.clone())
+        .config(config("w1"))
+        .handler("scan", scan_kind)
+        .build()?;
+    let running = Running::start(worker);
     for (path, expected) in [
-        (
-            outside.path().to_string_lossy().into_owned(),
-            "outside the scan root",
-        ),
-        ("../".to_owned(), "outside the scan root"),
-        ("nope".to_owned(), "cannot open nope"),
-        ("inside/a.txt".to_owned(), "not a directory"),
+        ("wide", "more than 100 entries"),
+        ("deep", "deeper than 8 levels"),
     ] {
         let state = scan(backend.as_ref(), json!({ "path": path })).await?;
         ensure!(state.status == JobStatus::Failed, "{path}: {state:?}");
