@@ -141,6 +141,19 @@ pub(crate) struct ServerFlags {
     /// A request body must arrive within this.
     #[arg(long, env = "JOBWIRE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) body_timeout: Duration,
+    /// Largest `params` of a job, in bytes (serialized JSON).
+    #[arg(long, env = "JOBWIRE_MAX_PARAMS_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(2..=1024 * 1024))]
+    pub(crate) max_params_bytes: u32,
+    /// Job creations per second per user, in bursts of five seconds' worth
+    /// (counted per instance).
+    #[arg(long, env = "JOBWIRE_CREATE_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) create_rate: u32,
+    /// Unfinished (queued or running) jobs per user.
+    #[arg(long, env = "JOBWIRE_MAX_UNFINISHED_JOBS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_unfinished_jobs: u64,
     /// Outbound messages queued per connection before it counts as a slow consumer.
     #[arg(long, env = "JOBWIRE_CLIENT_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(8..=1_000_000))]
@@ -260,6 +273,9 @@ impl ServerFlags {
             max_http_connections_per_ip: self.max_http_connections_per_ip as usize,
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
+            max_params_bytes: self.max_params_bytes as usize,
+            create_rate: self.create_rate,
+            max_unfinished_jobs: self.max_unfinished_jobs,
             ..defaults
         }
     }

@@ -354,6 +354,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         max: usize,
     ) -> Result<Vec<Reclaimed>>;
 
+    /// Jobs of `owner` not finished yet (queued or running), for the
+    /// per-user quota. Kept as a counter beside the jobs, so it is cheap;
+    /// it may lag a concurrent create by a moment.
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64>;
+
     /// Queue depth and pending (claimed, unacknowledged) entries.
     async fn queue_stats(&self) -> Result<QueueStats>;
 

@@ -54,6 +54,23 @@ impl EventType {
         }
     }
 
+    /// The name of a built-in type; `None` for a custom one.
+    pub fn builtin_name(&self) -> Option<&'static str> {
+        match self {
+            EventType::Custom(_) => None,
+            EventType::JobQueued => Some("job_queued"),
+            EventType::JobStarted => Some("job_started"),
+            EventType::FileProcessing => Some("file_processing"),
+            EventType::FileCompleted => Some("file_completed"),
+            EventType::Error => Some("error"),
+            EventType::Progress => Some("progress"),
+            EventType::JobCompleted => Some("job_completed"),
+            EventType::JobFailed => Some("job_failed"),
+            EventType::JobCancelled => Some("job_cancelled"),
+            EventType::JobRetrying => Some("job_retrying"),
+        }
+    }
+
     /// Parses a wire name. Custom names must be 1–64 characters of
     /// `[a-z0-9_.]` so they stay readable in logs and metrics labels.
     pub fn parse(s: &str) -> Result<EventType, String> {

@@ -67,6 +67,7 @@ macro_rules! backend_conformance_tests {
             delete_removes_everything,
             listing_is_paginated_newest_first,
             jobs_are_counted_by_status,
+            unfinished_jobs_are_counted_per_owner,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1087,5 +1088,51 @@ pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
         "deleted a running and a finished job",
     )
     .await?;
+    Ok(())
+}
+
+/// The per-user quota's counter: created jobs count until they finish or
+/// are deleted, per owner, whatever their partition.
+pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            b.create_job(NewJob::new("demo", json!({}), "alice"))
+                .await?
+                .id,
+        );
+    }
+    b.create_job(NewJob::new("demo", json!({}), "bob")).await?;
+    ensure!(b.unfinished_jobs("alice").await? == 6);
+    ensure!(b.unfinished_jobs("bob").await? == 1);
+    ensure!(b.unfinished_jobs("carol").await? == 0);
+    let start = || NewEvent::new(EventType::JobStarted, json!({}));
+    b.publish(&ids[0], vec![start()]).await?;
+    ensure!(
+        b.unfinished_jobs("alice").await? == 6,
+        "running is unfinished"
+    );
+    b.publish(
+        &ids[0],
+        vec![NewEvent::new(EventType::JobCompleted, json!({}))],
+    )
+    .await?;
+    b.cancel(&ids[1]).await?;
+    b.publish(&ids[2], vec![start()]).await?;
+    b.publish(
+        &ids[2],
+        vec![NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+    )
+    .await?;
+    b.publish(&ids[3], vec![start()]).await?;
+    b.delete(&ids[3]).await?;
+    b.delete(&ids[0]).await?;
+    ensure!(
+        b.unfinished_jobs("alice").await? == 2,
+        "after completing, cancelling, failing and deleting: {}",
+        b.unfinished_jobs("alice").await?
+    );
     Ok(())
 }

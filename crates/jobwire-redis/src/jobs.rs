@@ -43,12 +43,14 @@ impl RedisBackend {
             .key(keys.events(&new.id))
             .key(keys.live_of(&new.id))
             .key(keys.stats_of(&new.id))
+            .key(keys.unfinished_of(&new.id))
             .arg(to_json(&state)?)
             .arg(&*event.json)
             .arg(state.epoch.as_str())
             .arg(state.status.as_str())
             .arg(limits.stream_maxlen)
             .arg(limits.live_maxlen)
+            .arg(&new.owner)
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;
@@ -200,7 +202,8 @@ impl RedisBackend {
             .key(keys.job(job))
             .key(keys.events(job))
             .key(keys.live_of(job))
-            .key(keys.stats_of(job));
+            .key(keys.stats_of(job))
+            .key(keys.unfinished_of(job));
         match planned {
             None => {
                 invocation
@@ -327,6 +330,23 @@ impl RedisBackend {
         }
     }
 
+    /// The owner's unfinished jobs, summed over the partitions' counters.
+    pub(crate) async fn unfinished_of(&self, owner: &str) -> Result<u64> {
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        for p in 0..keys.partitions() {
+            pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
+        }
+        let counts: Vec<Option<i64>> = pipe
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(counts
+            .into_iter()
+            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+            .sum())
+    }
+
     pub(crate) async fn list(&self, query: &ListQuery) -> Result<JobPage> {
         let keys = &self.shared.keys;
         let index = match &query.owner {
@@ -438,6 +458,7 @@ impl RedisBackend {
             .key(keys.job(job))
             .key(keys.events(job))
             .key(keys.stats_of(job))
+            .key(keys.unfinished_of(job))
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;

@@ -10,6 +10,7 @@
 //! <prefix>:{p}:events:<id>         stream  the job's event log, ids <seq>-0
 //! <prefix>:{p}:live                stream  every event of partition p (delivery only)
 //! <prefix>:{p}:stats               hash    jobs of partition p by status
+//! <prefix>:{p}:unfinished          hash    owner -> unfinished jobs of partition p
 //! <prefix>:queue                   stream  the job queue, consumer group `workers`
 //! <prefix>:jobs                    zset    every job id (lexicographic = by creation)
 //! <prefix>:user:<sub>:jobs         zset    one user's job ids
@@ -79,6 +80,14 @@ impl Keys {
         format!("{}:{{{partition}}}:stats", self.prefix)
     }
 
+    pub(crate) fn unfinished_of(&self, id: &JobId) -> String {
+        self.unfinished(id.partition(self.partitions))
+    }
+
+    pub(crate) fn unfinished(&self, partition: u16) -> String {
+        format!("{}:{{{partition}}}:unfinished", self.prefix)
+    }
+
     pub(crate) fn queue(&self) -> String {
         format!("{}:queue", self.prefix)
     }
@@ -101,7 +110,13 @@ mod tests {
         let keys = Keys::new("jobwire", 16);
         let id: JobId = "01JDX000000000000000000000".parse().expect("valid id");
         let tag = format!("{{{}}}", id.partition(16));
-        for key in [keys.job(&id), keys.events(&id), keys.live_of(&id)] {
+        for key in [
+            keys.job(&id),
+            keys.events(&id),
+            keys.live_of(&id),
+            keys.stats_of(&id),
+            keys.unfinished_of(&id),
+        ] {
             assert!(key.contains(&tag), "{key} lacks {tag}");
         }
     }

@@ -379,6 +379,10 @@ impl Backend for RedisBackend {
         self.reclaim(consumer, min_idle, max_attempts, max).await
     }
 
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
+        self.unfinished_of(owner).await
+    }
+
     async fn queue_stats(&self) -> Result<QueueStats> {
         self.stats().await
     }

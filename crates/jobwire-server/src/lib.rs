@@ -13,6 +13,7 @@
 //! - [`tailer`]: reads the backend's live feed into the Hub.
 //! - [`state`]: configuration, shared state, connection limits.
 //! - [`listener`]: accepts connections under timeouts and caps.
+//! - [`quota`]: per-user limits on job creation.
 //! - [`metrics`]: renders the Prometheus endpoint.
 //! - [`error`]: the JSON error shape.
 //! - `web`: the embedded web UI and `/jobwire.js`.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
+pub mod quota;
 pub mod routes;
 pub mod session;
 pub mod sse;
@@ -67,6 +69,7 @@ impl AppState {
             tailer: Arc::default(),
             stats: Arc::default(),
             http: Arc::default(),
+            create_rate: Arc::default(),
             shutdown,
             tasks: TaskTracker::new(),
         }
@@ -95,10 +98,20 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(metrics::render))
         .merge(web::routes())
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                error::ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "no_route",
+                    format!("no route {method} {}", uri.path()),
+                )
+            },
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |request, next| {
             listener::body_deadline(body_timeout, body_limit, request, next)
         }))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,

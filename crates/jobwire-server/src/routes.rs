@@ -12,6 +12,8 @@ use jobwire_core::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use jobwire_core::protocol::truncated;
+
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -70,6 +72,13 @@ pub async fn create_job(
         Value::Object(map) => Value::Object(map),
         _ => return Err(ApiError::unprocessable("params must be a JSON object")),
     };
+    let size = params.to_string().len();
+    if size > state.config.max_params_bytes {
+        return Err(ApiError::unprocessable(format!(
+            "params are {size} bytes; at most {} are accepted",
+            state.config.max_params_bytes
+        )));
+    }
     if req.external {
         if !principal.has(Scope::Worker) {
             return Err(ApiError::forbidden("external jobs need the worker scope"));
@@ -77,18 +86,48 @@ pub async fn create_job(
         if EventType::parse(&req.kind).is_err() || req.kind.is_empty() {
             return Err(ApiError::unprocessable(format!(
                 "invalid kind {:?}",
-                req.kind
+                truncated(&req.kind, 64)
             )));
         }
     } else {
         if !state.config.kinds.contains(&req.kind) {
             return Err(ApiError::unprocessable(format!(
                 "unknown kind {:?}; known kinds: {}",
-                req.kind,
+                truncated(&req.kind, 64),
                 state.config.kinds.join(", ")
             )));
         }
         check_params(&req.kind, &params)?;
+    }
+    if let Err(wait) = state
+        .create_rate
+        .take(&principal.user, state.config.create_rate)
+    {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} job creations per second: retry in {wait:.1?}",
+                state.config.create_rate
+            ),
+        )
+        .into_response();
+        let secs = wait.as_secs() + 1;
+        if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+    let unfinished = state.backend.unfinished_jobs(&principal.user).await?;
+    if unfinished >= state.config.max_unfinished_jobs {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_jobs",
+            format!(
+                "{unfinished} of your jobs are queued or running (at most {}): wait for some to finish, or cancel some",
+                state.config.max_unfinished_jobs
+            ),
+        ));
     }
     let mut new = NewJob::new(req.kind, params, principal.user);
     new.external = req.external;
@@ -122,8 +161,11 @@ pub async fn list_jobs(
         .transpose()
         .map_err(ApiError::unprocessable)?;
     let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::unprocessable("limit must be from 1 to 500"));
+    if !(1..=state.config.max_page).contains(&limit) {
+        return Err(ApiError::unprocessable(format!(
+            "limit must be from 1 to {}",
+            state.config.max_page
+        )));
     }
     let cursor = params
         .cursor
@@ -309,6 +351,13 @@ pub async fn publish(
         if !matches!(item.data, Value::Object(_) | Value::Null) {
             return Err(ApiError::unprocessable("data must be a JSON object"));
         }
+        let size = item.data.to_string().len();
+        if size > state.config.max_event_bytes {
+            return Err(ApiError::unprocessable(format!(
+                "an event's data is {size} bytes; at most {} are accepted",
+                state.config.max_event_bytes
+            )));
+        }
         let mut event = NewEvent::new(kind, item.data);
         match (item.attempt, item.n) {
             (Some(attempt), Some(n)) => event = event.fenced(attempt, n),
@@ -317,7 +366,12 @@ pub async fn publish(
         }
         events.push(event);
     }
-    let types: Vec<String> = events.iter().map(|e| e.kind.to_string()).collect();
+    // Label values are bounded: the built-in types, and `other` for every
+    // custom one (a publisher could otherwise create a series per name).
+    let types: Vec<&'static str> = events
+        .iter()
+        .map(|e| e.kind.builtin_name().unwrap_or("other"))
+        .collect();
     let outcome = state.backend.publish(&id, events).await?;
     {
         let mut published = state

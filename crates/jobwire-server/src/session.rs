@@ -85,6 +85,9 @@ impl From<BackendError> for SubscribeError {
 struct Sub {
     last: EventId,
     epoch: Epoch,
+    /// The job's owner, to check the subscription again when the
+    /// connection's token changes.
+    owner: Arc<str>,
 }
 
 /// A connection's subscriptions.
@@ -135,8 +138,9 @@ impl Session {
             return Err(SubscribeError::Forbidden(job.clone()));
         }
         self.hub.watch(job, &self.outbox);
+        let owner: Arc<str> = state.owner.as_str().into();
         let started = match since {
-            Some(resume) => self.resume(job, resume, out).await,
+            Some(resume) => self.resume(job, resume, owner, out).await,
             None => self.fresh(job, false, out).await,
         };
         match &started {
@@ -155,6 +159,29 @@ impl Session {
             }
         }
         started
+    }
+
+    /// Takes a new principal for the connection (a refreshed token, already
+    /// checked like a new connection's), and ends the subscriptions it may
+    /// not see: each gets a `refused` with code `forbidden`.
+    pub fn reauthorize(&mut self, principal: Principal, out: &mut Vec<Out>) {
+        self.principal = principal;
+        let lost: Vec<JobId> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| !self.principal.may_see(&sub.owner))
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in lost {
+            out.push(Out::notice(&Control::Refused {
+                code: jobwire_core::Refusal::Forbidden,
+                message: format!(
+                    "job {job} belongs to another user (the refreshed token cannot see it)"
+                ),
+                job_id: Some(job.clone()),
+            }));
+            self.unsubscribe(&job);
+        }
     }
 
     /// Whether the connection watches no job (any more): a one-job socket
@@ -224,6 +251,7 @@ impl Session {
         let sub = Sub {
             last: state.last_event_id,
             epoch: state.epoch.clone(),
+            owner: state.owner.as_str().into(),
         };
         out.push(current_state(state, resync));
         self.subs.insert(job.clone(), sub);
@@ -234,6 +262,7 @@ impl Session {
         &mut self,
         job: &JobId,
         resume: Resume,
+        owner: Arc<str>,
         out: &mut Vec<Out>,
     ) -> Result<(), SubscribeError> {
         let first = self
@@ -264,6 +293,7 @@ impl Session {
             Sub {
                 last: resume.id,
                 epoch,
+                owner,
             },
         );
         let full = records.len() == CATCH_UP_PAGE;

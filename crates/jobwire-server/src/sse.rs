@@ -88,6 +88,9 @@ pub async fn stream(
             SubscribeError::Backend(e) => ApiError::from(e),
         })?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(state.config.client_queue.max(1));
+    // The stream ends when its token does, like a WebSocket (an
+    // `EventSource` then reconnects, and must present a valid token).
+    let expires = crate::ws::deadline(&session.principal);
     let task_state = state.clone();
     let span =
         tracing::info_span!("sse", conn = outbox.id, user = %session.principal.user, job = %job);
@@ -118,6 +121,15 @@ pub async fn stream(
                 }
                 tokio::select! {
                     biased;
+                    () = tokio::time::sleep_until(expires) => {
+                        let expired = jobwire_core::Control::Refused {
+                            code: jobwire_core::Refusal::Unauthorized,
+                            message: "token expired: reconnect with a fresh token".to_owned(),
+                            job_id: None,
+                        };
+                        let _ = tx.send(Ok(Event::default().data(expired.to_json()))).await;
+                        return;
+                    }
                     () = outbox.stop.cancelled() => {
                         if !state.shutdown.is_cancelled() {
                             Stats::add(&state.stats.slow_disconnects, 1);

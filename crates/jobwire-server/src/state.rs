@@ -53,6 +53,18 @@ pub struct ServerConfig {
     /// (`JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP`; raise it behind a proxy,
     /// which is one address).
     pub max_http_connections_per_ip: usize,
+    /// Largest `params` of a job, serialized (`JOBWIRE_MAX_PARAMS_BYTES`).
+    pub max_params_bytes: usize,
+    /// Largest `data` of one published event, serialized.
+    pub max_event_bytes: usize,
+    /// Job creations per second per user, in bursts of five seconds' worth
+    /// (`JOBWIRE_CREATE_RATE`; per instance).
+    pub create_rate: u32,
+    /// Unfinished (queued or running) jobs per user
+    /// (`JOBWIRE_MAX_UNFINISHED_JOBS`).
+    pub max_unfinished_jobs: u64,
+    /// Largest page of `GET /api/jobs`.
+    pub max_page: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +87,11 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             max_http_connections: 2048,
             max_http_connections_per_ip: 256,
+            max_params_bytes: 16 * 1024,
+            max_event_bytes: 64 * 1024,
+            create_rate: 20,
+            max_unfinished_jobs: 1000,
+            max_page: 200,
         }
     }
 }
@@ -91,6 +108,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// Open plain HTTP connections (see `listener`).
     pub http: Arc<crate::listener::HttpConnections>,
+    /// Job creations per user (see `quota`).
+    pub create_rate: Arc<crate::quota::CreateRate>,
     /// Cancelled on SIGTERM/SIGINT: sockets close with 1001.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
@@ -109,8 +128,9 @@ pub struct Stats {
     pub delivery_latency: crate::metrics::Histogram,
     /// Requests by (route, status).
     pub http_requests: Mutex<HashMap<(String, u16), u64>>,
-    /// Events published through the HTTP API, by type.
-    pub published: Mutex<HashMap<String, u64>>,
+    /// Events published through the HTTP API, by type (`other` for custom
+    /// types).
+    pub published: Mutex<HashMap<&'static str, u64>>,
 }
 
 impl Stats {

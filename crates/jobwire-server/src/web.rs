@@ -16,8 +16,9 @@ const APP: &str = include_str!("../../../web/app.js");
 const STYLE: &str = include_str!("../../../web/style.css");
 const CLIENT: &str = include_str!("../../../clients/js/jobwire.js");
 
-/// Scripts and styles from this server only; sockets and requests to it.
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+/// Scripts and styles from this server only; sockets and requests to it
+/// (`'self'` covers its own `ws:`/`wss:` URLs; `ws: wss:` would allow any host).
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 pub(crate) fn routes() -> Router<AppState> {

@@ -33,6 +33,8 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 4401;
     pub const FORBIDDEN: u16 = 4403;
     pub const NOT_FOUND: u16 = 4404;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
 }
 
 /// How long a closing server waits for the client's Close.
@@ -288,7 +290,7 @@ async fn run(
                 last_heard = Instant::now();
                 let message = match frame {
                     None => break None,
-                    Some(Err(e)) => break too_big(e).then(|| (close::TOO_BIG, "frame too large".to_owned())),
+                    Some(Err(e)) => break protocol_close(e),
                     Some(Ok(message)) => message,
                 };
                 if !bucket.take() {
@@ -300,6 +302,11 @@ async fn run(
                         timer.as_mut().reset(next_ping.min(expires));
                         if let Some(reply) = reply {
                             out.push(Out::notice(&reply));
+                        }
+                        // A refreshed token that may not see this socket's
+                        // one job ends it.
+                        if single && session.is_empty() {
+                            break Some((close::FORBIDDEN, "the refreshed token cannot see this job".into()));
                         }
                     }
                     Message::Binary(_) => break Some((close::UNSUPPORTED, "binary frames are not supported".into())),
@@ -409,17 +416,25 @@ async fn client_frame(
             session.unsubscribe(&job_id);
             Some(Control::Unsubscribed { job_id })
         }
+        // Checked like a new connection's token: same user, `jobs:read`;
+        // then every current subscription must still be allowed (an admin
+        // who refreshes to a user's token loses the others' jobs). A
+        // refused refresh changes nothing: the old token still expires.
         ClientFrame::Refresh { token } => match state.auth.verify(Some(&token)) {
-            Ok(p) if p.user == session.principal.user => {
-                *expires = deadline(&p);
-                let expires_at = p.expires_at;
-                session.principal = p;
-                Some(Control::Refreshed { expires_at })
-            }
-            Ok(_) => refused(
+            Ok(p) if p.user != session.principal.user => refused(
                 Refusal::Forbidden,
                 "a refreshed token must be for the same user".into(),
             ),
+            Ok(p) if !p.has(Scope::JobsRead) => refused(
+                Refusal::Forbidden,
+                "the refreshed token lacks the jobs:read scope".into(),
+            ),
+            Ok(p) => {
+                *expires = deadline(&p);
+                let expires_at = p.expires_at;
+                session.reauthorize(p, out);
+                Some(Control::Refreshed { expires_at })
+            }
             Err(e) => refused(Refusal::Unauthorized, e.to_string()),
         },
     }
@@ -452,10 +467,23 @@ where
 }
 
 /// Whether a read failed because the client's frame exceeded the limit.
-fn too_big(e: axum::Error) -> bool {
-    e.into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+/// How to close after a read failed: the client broke the protocol (1002),
+/// sent text that is not UTF-8 (1007) or a frame over the limit (1009). A
+/// connection that simply went away gets nothing.
+fn protocol_close(e: axum::Error) -> Option<(u16, String)> {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "frame too large".to_owned())),
+        tungstenite::Error::Utf8(_) => {
+            Some((close::INVALID_DATA, "text frame is not UTF-8".to_owned()))
+        }
+        tungstenite::Error::Protocol(p) => {
+            let mut reason = format!("protocol error: {p}");
+            reason.truncate(100);
+            Some((close::PROTOCOL, reason))
+        }
+        _ => None,
+    }
 }
 
 fn subscribe_close(e: &SubscribeError) -> (u16, String) {
@@ -487,7 +515,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
 /// When the connection's token expires. A token without `exp` (auth
 /// disabled) or with one centuries away gets 100 years: an `exp` near 2^64
 /// would overflow the clock.
-fn deadline(principal: &Principal) -> Instant {
+pub(crate) fn deadline(principal: &Principal) -> Instant {
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
     Instant::now() + principal.time_left().unwrap_or(far).min(far)
 }
@@ -512,8 +540,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-/// Browsers send `Origin`; it must be allowed, or match the host when no
-/// list is configured. Non-browser clients send none.
+/// Browsers send `Origin`; it must be in `JOBWIRE_ALLOWED_ORIGINS` (exact
+/// scheme, host and port), or, when none are configured, be the page's own
+/// origin on a host that cannot be rebound: an IP address or `localhost`.
+/// A DNS name is refused then, because a page of any site can make its own
+/// name resolve to this server (DNS rebinding) and would pass a plain
+/// Origin = Host check; deployments under a name list it.
 fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
         return true;
@@ -524,13 +556,29 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     {
         return true;
     }
-    let host = headers.get("host").and_then(|h| h.to_str().ok());
-    allowed.is_empty()
-        && host.is_some_and(|host| {
-            origin
-                .split_once("://")
-                .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
-        })
+    if !allowed.is_empty() {
+        return false;
+    }
+    let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let same = origin.split_once("://").is_some_and(|(scheme, rest)| {
+        matches!(scheme, "http" | "https") && rest.eq_ignore_ascii_case(host)
+    });
+    let same_and_fixed = same && not_rebindable(host);
+    if same && !same_and_fixed {
+        tracing::warn!(%origin, "a browser socket from a DNS-named origin was refused: list it in JOBWIRE_ALLOWED_ORIGINS");
+    }
+    same_and_fixed
+}
+
+/// `localhost` or an IP address (with an optional port).
+fn not_rebindable(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Client frames allowed per second, with bursts of twice that.

@@ -55,6 +55,8 @@ struct Shared {
     queue_ready: Notify,
     /// Jobs by status, kept as the Redis backend keeps them.
     counts: Mutex<JobCounts>,
+    /// Unfinished jobs per owner (the per-user quota).
+    unfinished: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +126,7 @@ impl MemoryBackend {
                 live_tx: watch::channel(0).0,
                 queue_ready: Notify::new(),
                 counts: Mutex::new(JobCounts::default()),
+                unfinished: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -155,16 +158,39 @@ impl MemoryBackend {
         f(&mut stored)
     }
 
-    /// Counts a job moving from `from` (none: created) to `to`.
-    fn count_move(&self, from: Option<JobStatus>, to: JobStatus) {
-        if from == Some(to) {
+    /// Counts a job of `owner` moving from `from` (none: created) to `to`
+    /// (none: deleted).
+    fn count_move(&self, owner: &str, from: Option<JobStatus>, to: Option<JobStatus>) {
+        if from == to {
             return;
         }
-        let mut counts = lock(&self.shared.counts);
-        if let Some(from) = from.filter(|s| !s.is_terminal()) {
-            counts.add(from, -1);
+        let unfinished = |s: Option<JobStatus>| s.is_some_and(|s| !s.is_terminal());
+        {
+            let mut counts = lock(&self.shared.counts);
+            if let Some(from) = from.filter(|s| !s.is_terminal()) {
+                counts.add(from, -1);
+            }
+            if let Some(to) = to {
+                counts.add(to, 1);
+            }
         }
-        counts.add(to, 1);
+        match (unfinished(from), unfinished(to)) {
+            (false, true) => {
+                *lock(&self.shared.unfinished)
+                    .entry(owner.to_owned())
+                    .or_default() += 1
+            }
+            (true, false) => {
+                let mut per_owner = lock(&self.shared.unfinished);
+                if let Some(n) = per_owner.get_mut(owner) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_owner.remove(owner);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     fn announce(&self, position: u64) {
@@ -204,7 +230,7 @@ impl Backend for MemoryBackend {
             }
         }
         let position = self.live().push(event);
-        self.count_move(None, JobStatus::Queued);
+        self.count_move(&new.owner, None, Some(JobStatus::Queued));
         drop(guard);
         self.announce(position);
         if !new.external {
@@ -219,7 +245,11 @@ impl Backend for MemoryBackend {
             let plan = plan(&stored.head, &events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
             let ids = plan.events.iter().map(|e| e.id).collect();
-            self.count_move(Some(stored.head.state.status), plan.state.status);
+            self.count_move(
+                &plan.state.owner,
+                Some(stored.head.state.status),
+                Some(plan.state.status),
+            );
             stored.log.extend(plan.events.iter().cloned());
             let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
             stored.log.drain(..excess);
@@ -369,9 +399,7 @@ impl Backend for MemoryBackend {
             Ok((stored.head.state.owner.clone(), stored.head.state.status))
         })?;
         if self.index().remove(job, &owner) {
-            if !status.is_terminal() {
-                lock(&self.shared.counts).add(status, -1);
-            }
+            self.count_move(&owner, Some(status), None);
             Ok(())
         } else {
             Err(BackendError::NotFound(job.clone()))
@@ -394,6 +422,13 @@ impl Backend for MemoryBackend {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
+        Ok(lock(&self.shared.unfinished)
+            .get(owner)
+            .copied()
+            .unwrap_or(0))
     }
 
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {

@@ -1,14 +1,18 @@
 -- Deletes a job's state and log, keeping the partition's job counts right.
 --
--- KEYS[1] job hash, KEYS[2] event log, KEYS[3] the partition's job counts
+-- KEYS[1] job hash, KEYS[2] event log, KEYS[3] the partition's job counts,
+-- KEYS[4] the partition's unfinished jobs per owner
 -- Returns false when there is no such job, else the job's owner-bearing
 -- state JSON (the caller removes the listing entries, in other slots).
-local head = redis.call('HMGET', KEYS[1], 'state', 'status')
+local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner')
 if not head[1] then
   return false
 end
 if head[2] == 'queued' or head[2] == 'running' then
   redis.call('HINCRBY', KEYS[3], head[2], -1)
+  if head[3] and redis.call('HINCRBY', KEYS[4], head[3], -1) <= 0 then
+    redis.call('HDEL', KEYS[4], head[3])
+  end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return head[1]

@@ -15,7 +15,8 @@
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream,
 -- KEYS[4] the partition's job counts: queued and running are gauges;
 -- completed, failed and cancelled count jobs that finished (they expire, so
--- they are never decremented)
+-- they are never decremented); KEYS[5] the partition's unfinished jobs per
+-- owner (the per-user quota)
 -- ARGV[1] expected seq, ARGV[2] expected epoch, ARGV[3] the plan's epoch
 -- (ARGV[2], or a fresh one when the plan starts a new history),
 -- ARGV[4] new state JSON, ARGV[5] new last_n, ARGV[6] new status,
@@ -69,10 +70,17 @@ if n > 0 then
   redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[4],
     'last_n', ARGV[5], 'status', ARGV[6], 'epoch', epoch, 'inc', inc)
   if head[3] ~= ARGV[6] then
-    if head[3] == 'queued' or head[3] == 'running' then
+    local was_open = head[3] == 'queued' or head[3] == 'running'
+    if was_open then
       redis.call('HINCRBY', KEYS[4], head[3], -1)
     end
     redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+    if was_open and ARGV[6] ~= 'queued' and ARGV[6] ~= 'running' then
+      local owner = redis.call('HGET', KEYS[1], 'owner')
+      if owner and redis.call('HINCRBY', KEYS[5], owner, -1) <= 0 then
+        redis.call('HDEL', KEYS[5], owner)
+      end
+    end
   end
   if ARGV[9] ~= '0' then
     redis.call('PEXPIRE', KEYS[1], ARGV[9])

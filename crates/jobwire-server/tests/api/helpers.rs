@@ -420,6 +420,10 @@ impl Backend for CountingBackend {
             .await
     }
 
+    async fn unfinished_jobs(&self, owner: &str) -> BackendResult<u64> {
+        self.inner.unfinished_jobs(owner).await
+    }
+
     async fn queue_stats(&self) -> BackendResult<jobwire_core::QueueStats> {
         self.inner.queue_stats().await
     }

@@ -430,7 +430,10 @@ mod tests {
             .create_job(NewJob::new("scan", json!({}), "alice"))
             .await?;
         backend
-            .publish(&job.id, vec![NewEvent::new(EventType::JobStarted, json!({}))])
+            .publish(
+                &job.id,
+                vec![NewEvent::new(EventType::JobStarted, json!({}))],
+            )
             .await?;
         backend.cancel(&job.id).await?;
         let reporter = Reporter::new(backend, job.id, 1, 16);
@@ -440,7 +443,14 @@ mod tests {
         assert!(reporter.is_stopped());
         let root = dir.path().canonicalize()?;
         let visited = AtomicU64::new(0);
-        let walk = find(&root, &root, None, ScanLimits::default(), &reporter, &visited)?;
+        let walk = find(
+            &root,
+            &root,
+            None,
+            ScanLimits::default(),
+            &reporter,
+            &visited,
+        )?;
         assert!(walk.is_empty(), "{} entries after the stop", walk.len());
         Ok(())
     }
