@@ -232,15 +232,15 @@ function openJob(id) {
   $("[data-testid=job-id]").textContent = id;
   $("[data-testid=job-error]").textContent = "";
   let backfilled = false;
-  // The log follows new events unless the reader has scrolled up
-  // ("stick to bottom"); scrolling back down sticks it again.
-  let stuck = true;
-  const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < 24;
-  log.onscroll = () => {
-    stuck = atBottom();
-  };
-  const follow = () => {
-    if (stuck) log.scrollTop = log.scrollHeight;
+  // The log follows new events unless the reader has scrolled up ("stick
+  // to bottom"): whether it was at the end is read *before* rows are added,
+  // so neither the new rows nor a scroll event still on its way can change
+  // the answer; scrolling back down to the end sticks it again.
+  const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < 32;
+  const adding = (add) => {
+    const stick = atBottom();
+    add();
+    if (stick) log.scrollTop = log.scrollHeight;
   };
   const updateCount = () => {
     const shown = log.querySelectorAll("[data-event-id]").length;
@@ -268,10 +268,11 @@ function openJob(id) {
       const since = Math.max(0, upTo - 200);
       const page = await client.history(id, { since, epoch, limit: 200 });
       const rows = page.events.filter((e) => e.id <= upTo).map(logRow);
-      log.prepend(...rows);
-      trim();
+      adding(() => {
+        log.prepend(...rows);
+        trim();
+      });
       updateCount();
-      follow();
     } catch {
       /* trimmed or gone: the live log is still exact */
     }
@@ -315,18 +316,18 @@ function openJob(id) {
       }
       if (resync) {
         notice("Some events could not be replayed (they were trimmed, or the job's log was rebuilt): showing the job's current state.");
-        log.append(el("li", { class: "job", "data-resync": "true" }, el("span", { class: "id" }, "…"), el("span", {}, ""), el("span", {}, "resync"), el("span", {}, "events before this point were skipped")));
-        follow();
+        adding(() => log.append(el("li", { class: "job", "data-resync": "true" }, el("span", { class: "id" }, "…"), el("span", {}, ""), el("span", {}, "resync"), el("span", {}, "events before this point were skipped"))));
       }
     },
     onEvent: (e) => {
       render(e.data);
       if (e.type === "job_failed") $("[data-testid=job-error]").textContent = e.data.error || e.data.message || "failed";
       if (e.type === "job_completed") showResult(e.data.result);
-      log.append(logRow(e));
-      trim();
+      adding(() => {
+        log.append(logRow(e));
+        trim();
+      });
       updateCount();
-      follow();
     },
     // The server ended the subscription (a job's own "error" events are
     // ordinary events, above).

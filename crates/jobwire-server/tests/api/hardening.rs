@@ -615,3 +615,29 @@ async fn published_event_types_do_not_grow_the_metrics_without_bound() -> Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_ui_may_connect_only_to_its_own_origin() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let page = reqwest::get(app.url("/")).await?;
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(csp.contains("connect-src 'self';"), "{csp}");
+    ensure!(!csp.contains("ws:") && !csp.contains("wss:"), "{csp}");
+    let garbage = reqwest::Client::new()
+        .get(app.url("/api/jobs"))
+        .bearer_auth("not-a-jwt")
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        garbage.contains("not a JWT") && garbage.len() < 200,
+        "{garbage}"
+    );
+    Ok(())
+}
