@@ -359,6 +359,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// it may lag a concurrent create by a moment.
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64>;
 
+    /// Up to `max` entries leased to `consumer`, oldest first. A worker
+    /// compares them with what it runs: one it does not run was lost track
+    /// of (its ack was among writes the store lost), and is settled like a
+    /// reclaimed entry at once rather than after the visibility timeout.
+    async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>>;
+
     /// Queue depth and pending (claimed, unacknowledged) entries.
     async fn queue_stats(&self) -> Result<QueueStats>;
 

@@ -68,6 +68,7 @@ macro_rules! backend_conformance_tests {
             listing_is_paginated_newest_first,
             jobs_are_counted_by_status,
             unfinished_jobs_are_counted_per_owner,
+            pending_of_lists_a_consumers_leased_entries,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1134,5 +1135,25 @@ pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Re
         "after completing, cancelling, failing and deleting: {}",
         b.unfinished_jobs("alice").await?
     );
+    Ok(())
+}
+
+/// A worker can list the entries leased to it (to find orphans).
+pub async fn pending_of_lists_a_consumers_leased_entries(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    for _ in 0..3 {
+        b.create_job(NewJob::new("demo", json!({}), "alice"))
+            .await?;
+    }
+    let mine = b.claim("c1", 2, Duration::from_secs(1)).await?;
+    let theirs = b.claim("c2", 1, Duration::from_secs(1)).await?;
+    ensure!(mine.len() == 2 && theirs.len() == 1);
+    let leased = b.pending_of("c1", 10).await?;
+    ensure!(leased == mine, "{leased:?} vs {mine:?}");
+    b.ack(&mine[0].entry).await?;
+    let leased = b.pending_of("c1", 10).await?;
+    ensure!(leased == mine[1..], "after an ack: {leased:?}");
+    ensure!(b.pending_of("nobody", 10).await?.is_empty());
     Ok(())
 }

@@ -379,6 +379,10 @@ impl Backend for RedisBackend {
         self.reclaim(consumer, min_idle, max_attempts, max).await
     }
 
+    async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
+        self.pending_entries(consumer, max).await
+    }
+
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
         self.unfinished_of(owner).await
     }

@@ -104,6 +104,35 @@ impl RedisBackend {
         Ok(claims)
     }
 
+    /// The consumer's own pending entries (XREADGROUP from id 0), oldest
+    /// first. Entries deleted meanwhile come back without fields and are
+    /// acked away (`to_claims`).
+    pub(crate) async fn pending_entries(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
+        let mut conn = self.shared.conns.command();
+        let reply: Option<StreamReadReply> = match redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max.max(1))
+            .arg("STREAMS")
+            .arg(self.shared.keys.queue())
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+            Err(e) => return Err(backend_error(e)),
+        };
+        let entries = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        self.to_claims(entries).await
+    }
+
     pub(crate) async fn renew_lease(&self, consumer: &str, entry: &str) -> Result<bool> {
         self.if_leased(&scripts::RENEW, consumer, entry).await
     }

@@ -19,12 +19,13 @@
 //! stopped and *released*: `job_retrying` is published and the entry goes
 //! back to the queue, where another worker takes it at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jobwire_core::settle::settle_all;
 use jobwire_core::{Backend, Reclaimed};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -168,6 +169,7 @@ impl WorkerBuilder {
                 release: CancellationToken::new(),
                 give_up: CancellationToken::new(),
                 jobs: TaskTracker::new(),
+                running: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -200,6 +202,17 @@ pub(crate) struct WorkerShared {
     /// an unreachable store end.
     pub(crate) give_up: CancellationToken,
     jobs: TaskTracker,
+    /// Queue entries this worker runs now; any other entry leased to it is
+    /// an orphan (see `reap`).
+    running: Mutex<HashSet<String>>,
+}
+
+impl WorkerShared {
+    fn running_entries(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Worker {
@@ -348,8 +361,11 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
 
 fn spawn_job(shared: &Arc<WorkerShared>, claim: jobwire_core::Claim, permit: OwnedSemaphorePermit) {
     let shared_job = Arc::clone(shared);
+    let entry = claim.entry.clone();
+    shared.running_entries().insert(entry.clone());
     shared.jobs.spawn(async move {
         execute::run(&shared_job, claim).await;
+        shared_job.running_entries().remove(&entry);
         drop(permit);
     });
 }
@@ -357,6 +373,13 @@ fn spawn_job(shared: &Arc<WorkerShared>, claim: jobwire_core::Claim, permit: Own
 /// Takes over up to `permits.len()` jobs whose workers stopped renewing
 /// their leases, and starts them with those permits: a taken entry is this
 /// worker's to run.
+///
+/// Then it settles its own orphans: entries leased to this worker that it
+/// does not run. That happens when the store lost writes (an ack, and maybe
+/// the job's end, were among them): the entry is this worker's again but
+/// nothing renews it. Settled at once (a finished job's entry is acked; an
+/// unfinished job gets `job_retrying` and runs here), instead of waiting a
+/// visibility timeout for another worker's reaper.
 async fn reap(
     shared: &Arc<WorkerShared>,
     permits: &mut Vec<OwnedSemaphorePermit>,
@@ -381,6 +404,48 @@ async fn reap(
             return;
         }
     };
+    take_over(shared, permits, reclaimed);
+    if permits.is_empty() {
+        return;
+    }
+    let max = permits.len() + shared.running_entries().len();
+    let orphans: Vec<_> = match shared
+        .backend
+        .pending_of(&shared.config.consumer, max)
+        .await
+    {
+        Ok(leased) => {
+            let running = shared.running_entries();
+            leased
+                .into_iter()
+                .filter(|claim| !running.contains(&claim.entry))
+                .take(permits.len())
+                .collect()
+        }
+        Err(e) => {
+            backoff.failed("read this worker's leased entries", &e);
+            return;
+        }
+    };
+    if orphans.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        entries = orphans.len(),
+        "queue entries leased to this worker that it does not run (the store lost writes?): settling them"
+    );
+    match settle_all(shared.backend.as_ref(), orphans, shared.config.max_attempts).await {
+        Ok(settled) => take_over(shared, permits, settled),
+        Err(e) => backoff.failed("settle orphaned entries", &e),
+    }
+}
+
+/// Starts what a reap took over, logs the rest.
+fn take_over(
+    shared: &Arc<WorkerShared>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    reclaimed: Vec<Reclaimed>,
+) {
     for outcome in reclaimed {
         match outcome {
             Reclaimed::Retry { claim, attempt } => {

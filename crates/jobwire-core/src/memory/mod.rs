@@ -424,6 +424,10 @@ impl Backend for MemoryBackend {
         }
     }
 
+    async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
+        Ok(self.index().queue.pending_of(consumer, max))
+    }
+
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
         Ok(lock(&self.shared.unfinished)
             .get(owner)

@@ -72,6 +72,20 @@ impl Queue {
             .collect()
     }
 
+    pub(super) fn pending_of(&self, consumer: &str, max: usize) -> Vec<Claim> {
+        let mut leased: Vec<&Lease> = self
+            .pending
+            .values()
+            .filter(|lease| lease.consumer == consumer)
+            .collect();
+        leased.sort_by_key(|lease| lease.entry.id);
+        leased
+            .iter()
+            .take(max)
+            .map(|lease| lease.entry.claim())
+            .collect()
+    }
+
     pub(super) fn renew(&mut self, consumer: &str, entry: &str) -> bool {
         let Ok(id) = entry.parse::<u64>() else {
             return false;

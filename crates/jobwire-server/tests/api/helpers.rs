@@ -420,6 +420,14 @@ impl Backend for CountingBackend {
             .await
     }
 
+    async fn pending_of(
+        &self,
+        consumer: &str,
+        max: usize,
+    ) -> BackendResult<Vec<jobwire_core::Claim>> {
+        self.inner.pending_of(consumer, max).await
+    }
+
     async fn unfinished_jobs(&self, owner: &str) -> BackendResult<u64> {
         self.inner.unfinished_jobs(owner).await
     }
