@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use jobwire_core::{Backend, BackendConfig, JobId, NewJob};
+use jobwire_core::{Backend, BackendConfig, JobId, JobStore, NewJob};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::Scope;
 use jobwire_testkit::{Persistence, RedisServer};

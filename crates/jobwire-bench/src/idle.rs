@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use jobwire_core::{Backend, BackendConfig, NewJob};
+use jobwire_core::{BackendConfig, JobStore, NewJob};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::Scope;
 use jobwire_testkit::{Persistence, RedisServer};

@@ -232,7 +232,7 @@ async fn backend_rate<B: Backend>(
         backend
             .publish(
                 &job.id,
-                vec![NewEvent::new(
+                &[NewEvent::new(
                     EventType::JobStarted,
                     json!({"total_files": 1_000_000_000u64}),
                 )],
@@ -253,7 +253,7 @@ async fn backend_rate<B: Backend>(
                     )
                 })
                 .collect();
-            let out = backend.publish(&ids[j], events).await?;
+            let out = backend.publish(&ids[j], &events).await?;
             Ok(out.ids.len() as u64)
         }
     })

@@ -1,11 +1,16 @@
 //! The storage contract every backend honours.
 //!
-//! A backend keeps, per job, a **state** and an **event log** that change
-//! together, atomically: after any successful [`Backend::publish`] the state's
-//! `last_event_id` equals the id of the log's last event, and ids are the
-//! consecutive integers 1, 2, 3 … Besides, a backend carries the **live feed**
-//! (every event of every job, for the gateways' fan-out) and the **job queue**
-//! (at-least-once delivery to workers with leases, reclaim and dead-lettering).
+//! A backend is three capabilities, each a trait that consumers take alone:
+//! - [`JobStore`]: per job, a **state** and an **event log** that change
+//!   together, atomically: after any successful [`JobStore::publish`] the
+//!   state's `last_event_id` equals the id of the log's last event, and ids
+//!   are the consecutive integers 1, 2, 3 …
+//! - [`LiveFeed`]: every event of every job, for the gateways' fan-out.
+//! - [`JobQueue`]: at-least-once delivery to workers with leases that are
+//!   taken over when they lapse.
+//!
+//! [`Backend`] is all three (one store holds them all; a job's creation
+//! writes its state, log, live entry and queue entry together).
 //!
 //! Implementations: `MemoryBackend` (this crate; one process) and
 //! `RedisBackend` (crate `jobwire-redis`). Both pass the one conformance suite
@@ -288,18 +293,20 @@ pub trait LiveTail: Send + fmt::Debug {
     fn position(&self) -> LivePosition;
 }
 
-/// The storage operations of jobwire. See the module docs for the contract.
+/// Jobs: each job's state and event log, changed together by one atomic
+/// publish; listing, cancel, delete; and the store's own health.
 #[async_trait]
-pub trait Backend: Send + Sync + fmt::Debug + 'static {
+pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// Creates a job with its `job_queued` event (id 1) and, unless it is
-    /// external, enqueues it for workers.
+    /// external, enqueues it for workers (in the same store: see
+    /// [`JobQueue`]).
     async fn create_job(&self, new: NewJob) -> Result<JobState>;
 
     /// Appends events to a job's log atomically with the state change, in
     /// order, with consecutive ids. Fenced events with an already-applied `n`
     /// are skipped; a stale attempt refuses the whole batch. An empty batch
     /// only reports the cancel flag.
-    async fn publish(&self, job: &JobId, events: Vec<NewEvent>) -> Result<PublishOutcome>;
+    async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome>;
 
     /// The job's state as of its last event.
     async fn job(&self, job: &JobId) -> Result<JobState>;
@@ -315,24 +322,58 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> Result<EventsAfter>;
 
-    /// Opens a reader of the live feed.
-    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>>;
-
     /// Lists jobs, newest first.
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage>;
 
-    /// Cancels a queued job at once, or asks a running one to stop.
-    async fn cancel(&self, job: &JobId) -> Result<CancelOutcome>;
+    /// Sets the job's cancel flag unless it has finished, and returns its
+    /// state (the primitive [`JobStore::cancel`] is built on).
+    async fn request_cancel(&self, job: &JobId) -> Result<JobState>;
+
+    /// Cancels a queued job at once, or asks a running one to stop (it sees
+    /// the flag in the answer to its next publish). Written once, on top of
+    /// [`JobStore::request_cancel`] and [`JobStore::publish`].
+    async fn cancel(&self, job: &JobId) -> Result<CancelOutcome> {
+        let state = self.request_cancel(job).await?;
+        crate::settle::finish_cancel(self, state).await
+    }
 
     /// Removes a job, its log and its listing entry.
     async fn delete(&self, job: &JobId) -> Result<()>;
 
+    /// Jobs of `owner` not finished yet (queued or running), for the
+    /// per-user quota. Kept as a counter beside the jobs, so it is cheap;
+    /// it may lag a concurrent create by a moment.
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64>;
+
+    /// Checks that the store is reachable.
+    async fn ping(&self) -> Result<()>;
+
+    /// Samples the store's own figures (memory, live feed length, jobs by
+    /// status).
+    async fn health(&self) -> Result<StoreHealth>;
+}
+
+/// The live feed: every event of every job, in publication order per job,
+/// for the gateways' fan-out. A delivery path only; the job logs are the
+/// source of truth.
+#[async_trait]
+pub trait LiveFeed: Send + Sync + fmt::Debug + 'static {
+    /// Opens a reader of the live feed.
+    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>>;
+}
+
+/// The job queue: at-least-once delivery of queue entries to workers, with
+/// leases that are renewed while a job runs and taken over when they lapse.
+/// What happens to a job whose lease lapsed (retry, dead letter) is decided
+/// on top of this and [`JobStore`], in [`crate::settle`].
+#[async_trait]
+pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Takes up to `max` queue entries for `consumer`, waiting up to `wait`
     /// for the first.
     async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>>;
 
     /// Extends `consumer`'s lease on an entry. `false` when the entry is no
-    /// longer this consumer's (it was reclaimed or acked): stop working on it.
+    /// longer this consumer's (it was taken over or acked): stop working on it.
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool>;
 
     /// Acknowledges (and removes) a queue entry.
@@ -343,34 +384,29 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// the entry is no longer `consumer`'s.
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool>;
 
-    /// Takes over entries idle for at least `min_idle` (their worker died):
-    /// each job gets `job_retrying` and a new attempt, or is dead-lettered
-    /// (`job_failed`, entry acked) once `max_attempts` attempts were made.
-    async fn reclaim_idle(
+    /// Leases to `consumer` up to `max` entries idle for at least
+    /// `min_idle` (their worker died or hangs). The caller settles them
+    /// ([`crate::settle::settle_all`]).
+    async fn take_over_idle(
         &self,
         consumer: &str,
         min_idle: Duration,
-        max_attempts: u32,
         max: usize,
-    ) -> Result<Vec<Reclaimed>>;
-
-    /// Jobs of `owner` not finished yet (queued or running), for the
-    /// per-user quota. Kept as a counter beside the jobs, so it is cheap;
-    /// it may lag a concurrent create by a moment.
-    async fn unfinished_jobs(&self, owner: &str) -> Result<u64>;
+    ) -> Result<Vec<Claim>>;
 
     /// Up to `max` entries leased to `consumer`, oldest first. A worker
     /// compares them with what it runs: one it does not run was lost track
     /// of (its ack was among writes the store lost), and is settled like a
-    /// reclaimed entry at once rather than after the visibility timeout.
+    /// taken-over entry at once rather than after the visibility timeout.
     async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>>;
 
     /// Queue depth and pending (claimed, unacknowledged) entries.
     async fn queue_stats(&self) -> Result<QueueStats>;
-
-    /// Checks that the store is reachable.
-    async fn ping(&self) -> Result<()>;
-
-    /// Samples the store's own figures (memory, live feed length).
-    async fn health(&self) -> Result<StoreHealth>;
 }
+
+/// A whole backend: jobs, the live feed and the queue in one store. Each
+/// consumer takes the part it needs (`Arc<dyn Backend>` coerces to
+/// `Arc<dyn JobStore>` and the others).
+pub trait Backend: JobStore + LiveFeed + JobQueue {}
+
+impl<T: JobStore + LiveFeed + JobQueue + ?Sized> Backend for T {}

@@ -11,8 +11,10 @@
 //! - [`publish`]: fencing, dedupe and enrichment of a publish, shared by backends.
 //! - [`protocol`]: the live protocol's control messages, client frames and
 //!   resume points, as types both ends use.
-//! - [`backend`]: the `Backend` trait and its types.
-//! - [`settle`]: reclaim and cancel follow-ups built on the trait, shared by backends.
+//! - [`backend`]: the backend traits (`JobStore`, `LiveFeed`, `JobQueue`,
+//!   and `Backend`, all three) and their types.
+//! - [`settle`]: what happens to a lapsed lease, and how a cancel finishes,
+//!   written once on top of the traits.
 //! - [`memory`]: `MemoryBackend`, the in-process backend.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend passes.
 
@@ -31,8 +33,8 @@ pub mod testsuite;
 
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, JobPage,
-    ListQuery, LiveBatch, LivePosition, LiveTail, PublishOutcome, QueueStats, Reclaimed,
-    ResyncReason, StoreHealth, TailFrom,
+    JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail, PublishOutcome,
+    QueueStats, Reclaimed, ResyncReason, StoreHealth, TailFrom,
 };
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};

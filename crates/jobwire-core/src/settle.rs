@@ -1,10 +1,11 @@
-//! Follow-up steps that every backend performs the same way on top of its own
-//! primitives: what happens to an abandoned queue entry, and how a cancel
-//! request finishes. Written once here so the backends cannot drift apart.
+//! Follow-up steps written once on top of the backend traits, so the
+//! backends cannot drift apart: what happens to a queue entry whose lease
+//! lapsed (the worker runtime calls it after [`JobQueue::take_over_idle`]),
+//! and how a cancel request finishes ([`JobStore::cancel`]'s default).
 
 use serde_json::json;
 
-use crate::backend::{Backend, BackendError, CancelOutcome, Claim, Reclaimed, Result};
+use crate::backend::{BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result};
 use crate::event::{EventType, NewEvent};
 use crate::job::{JobState, JobStatus};
 
@@ -17,21 +18,22 @@ use crate::job::{JobState, JobStatus};
 /// Backend errors other than "not found" and "rejected" (which mean the job
 /// moved on concurrently and are settled as `Dropped`).
 pub async fn settle_reclaimed(
-    backend: &dyn Backend,
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
     claim: Claim,
     max_attempts: u32,
 ) -> Result<Reclaimed> {
     let job_id = claim.job_id.clone();
-    let state = match backend.job(&job_id).await {
+    let state = match store.job(&job_id).await {
         Ok(state) => state,
         Err(BackendError::NotFound(_)) => {
-            backend.ack(&claim.entry).await?;
+            queue.ack(&claim.entry).await?;
             return Ok(Reclaimed::Dropped { job_id });
         }
         Err(e) => return Err(e),
     };
     if state.status.is_terminal() {
-        backend.ack(&claim.entry).await?;
+        queue.ack(&claim.entry).await?;
         return Ok(Reclaimed::Dropped { job_id });
     }
     if state.attempt >= max_attempts {
@@ -46,8 +48,8 @@ pub async fn settle_reclaimed(
                 "dead_letter": true,
             }),
         );
-        let outcome = backend.publish(&job_id, vec![failed]).await;
-        backend.ack(&claim.entry).await?;
+        let outcome = store.publish(&job_id, &[failed]).await;
+        queue.ack(&claim.entry).await?;
         return match outcome {
             Ok(_) => Ok(Reclaimed::DeadLettered { job_id, attempts }),
             Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
@@ -63,13 +65,13 @@ pub async fn settle_reclaimed(
             "previous_attempt": state.attempt,
         }),
     );
-    match backend.publish(&job_id, vec![retry]).await {
+    match store.publish(&job_id, &[retry]).await {
         Ok(_) => Ok(Reclaimed::Retry {
             claim,
             attempt: state.attempt + 1,
         }),
         Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
-            backend.ack(&claim.entry).await?;
+            queue.ack(&claim.entry).await?;
             Ok(Reclaimed::Dropped { job_id })
         }
         Err(e) => Err(e),
@@ -81,13 +83,14 @@ pub async fn settle_reclaimed(
 /// # Errors
 /// The first backend error.
 pub async fn settle_all(
-    backend: &dyn Backend,
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
     claims: Vec<Claim>,
     max_attempts: u32,
 ) -> Result<Vec<Reclaimed>> {
     let mut settled = Vec::with_capacity(claims.len());
     for claim in claims {
-        settled.push(settle_reclaimed(backend, claim, max_attempts).await?);
+        settled.push(settle_reclaimed(store, queue, claim, max_attempts).await?);
     }
     Ok(settled)
 }
@@ -98,18 +101,21 @@ pub async fn settle_all(
 ///
 /// # Errors
 /// Backend errors from publishing `job_cancelled`.
-pub async fn finish_cancel(backend: &dyn Backend, state: JobState) -> Result<CancelOutcome> {
+pub async fn finish_cancel<S: JobStore + ?Sized>(
+    store: &S,
+    state: JobState,
+) -> Result<CancelOutcome> {
     match state.status {
         JobStatus::Queued => {
             let cancelled = NewEvent::new(
                 EventType::JobCancelled,
                 json!({"reason": "cancelled before it started"}),
             );
-            match backend.publish(&state.id, vec![cancelled]).await {
+            match store.publish(&state.id, &[cancelled]).await {
                 Ok(_) => Ok(CancelOutcome::Cancelled),
                 // It started (or finished) in the meantime: the flag set by
                 // the caller stops it at its next report.
-                Err(BackendError::Rejected { .. }) => match backend.job(&state.id).await? {
+                Err(BackendError::Rejected { .. }) => match store.job(&state.id).await? {
                     s if s.status.is_terminal() => Ok(CancelOutcome::AlreadyFinished(s.status)),
                     _ => Ok(CancelOutcome::Requested),
                 },

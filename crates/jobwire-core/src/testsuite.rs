@@ -92,12 +92,21 @@ async fn started(b: &dyn Backend, owner: &str) -> Result<JobState> {
     let job = b
         .create_job(NewJob::new("demo", json!({"steps": 3}), owner))
         .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     Ok(b.job(&job.id).await?)
+}
+
+/// Takes over idle entries and settles them, as the worker runtime does.
+async fn reclaim(
+    b: &dyn Backend,
+    consumer: &str,
+    min_idle: Duration,
+    max_attempts: u32,
+    max: usize,
+) -> Result<Vec<Reclaimed>> {
+    let taken = b.take_over_idle(consumer, min_idle, max).await?;
+    Ok(crate::settle::settle_all(b, b, taken, max_attempts).await?)
 }
 
 fn progress(i: u64) -> NewEvent {
@@ -172,7 +181,7 @@ pub async fn ids_are_consecutive_and_in_order(f: &dyn BackendFactory) -> Result<
                 progress(i)
             })
             .collect();
-        let out = b.publish(&job.id, batch).await?;
+        let out = b.publish(&job.id, &batch).await?;
         ensure!(
             out.ids.len() == size,
             "batch of {size} appended {}",
@@ -213,7 +222,7 @@ pub async fn snapshot_tracks_the_log_after_every_publish(f: &dyn BackendFactory)
         NewEvent::new(EventType::JobCompleted, json!({"result": {"files": 3}})),
     ];
     for step in steps {
-        let out = b.publish(&job.id, vec![step]).await?;
+        let out = b.publish(&job.id, &[step]).await?;
         let snap = b.job(&job.id).await?;
         let events = all_events(b, &job.id).await?;
         let last = events.last().map(|e| e.id).context("empty log")?;
@@ -255,7 +264,8 @@ pub async fn since_reads_return_exactly_the_later_events(f: &dyn BackendFactory)
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     let job = started(b, "alice").await?;
-    b.publish(&job.id, (1..=20).map(progress).collect()).await?;
+    b.publish(&job.id, &(1..=20).map(progress).collect::<Vec<_>>())
+        .await?;
     let last = 22;
     for since in 0..=last {
         match b.events_after(&job.id, EventId(since), None, 1000).await? {
@@ -299,7 +309,9 @@ pub async fn trimmed_resume_point_and_wrong_epoch_are_reported(
     for chunk in 0..10 {
         b.publish(
             &job.id,
-            (1..=50).map(|i| progress(chunk * 50 + i)).collect(),
+            &(1..=50)
+                .map(|i| progress(chunk * 50 + i))
+                .collect::<Vec<_>>(),
         )
         .await?;
     }
@@ -352,20 +364,20 @@ pub async fn stale_attempt_is_refused_and_repeated_n_ignored(f: &dyn BackendFact
         NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1),
         progress(1).fenced(1, 2),
     ];
-    let first = b.publish(&job.id, batch.clone()).await?;
+    let first = b.publish(&job.id, &batch).await?;
     ensure!(first.ids.len() == 2 && first.duplicates == 0);
     // The same publish retried (say, after a timeout): applied once.
-    let again = b.publish(&job.id, batch).await?;
+    let again = b.publish(&job.id, &batch).await?;
     ensure!(again.ids.is_empty() && again.duplicates == 2, "{again:?}");
     // Partly new: only the new one is appended.
     let mixed = b
         .publish(
             &job.id,
-            vec![progress(1).fenced(1, 2), progress(2).fenced(1, 3)],
+            &[progress(1).fenced(1, 2), progress(2).fenced(1, 3)],
         )
         .await?;
     ensure!(mixed.ids == vec![EventId(4)] && mixed.duplicates == 1);
-    match b.publish(&job.id, vec![progress(3).fenced(0, 4)]).await {
+    match b.publish(&job.id, &[progress(3).fenced(0, 4)]).await {
         Err(BackendError::Fenced {
             sent: 0,
             current: 1,
@@ -384,7 +396,7 @@ pub async fn illegal_events_and_unknown_jobs_are_refused(f: &dyn BackendFactory)
     let b = t.backend.as_ref();
     let nobody = JobId::generate();
     ensure!(matches!(
-        b.publish(&nobody, vec![progress(1)]).await,
+        b.publish(&nobody, &[progress(1)]).await,
         Err(BackendError::NotFound(_))
     ));
     ensure!(matches!(
@@ -403,17 +415,14 @@ pub async fn illegal_events_and_unknown_jobs_are_refused(f: &dyn BackendFactory)
     ));
     // Progress before job_started is illegal; so is a bad payload.
     ensure!(matches!(
-        b.publish(&job.id, vec![progress(1)]).await,
+        b.publish(&job.id, &[progress(1)]).await,
         Err(BackendError::Rejected { .. })
     ));
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     let bad = NewEvent::new(EventType::FileProcessing, json!({"file": 42}));
     ensure!(matches!(
-        b.publish(&job.id, vec![progress(1), bad]).await,
+        b.publish(&job.id, &[progress(1), bad]).await,
         Err(BackendError::Rejected { .. })
     ));
     // The refused batch left nothing behind, not even its valid first event.
@@ -437,24 +446,24 @@ pub async fn cancel_flag_round_trips(f: &dyn BackendFactory) -> Result<()> {
     let running = started(b, "alice").await?;
     ensure!(!running.cancel_requested);
     ensure!(
-        !b.publish(&running.id, vec![progress(1)])
+        !b.publish(&running.id, &[progress(1)])
             .await?
             .cancel_requested
     );
     ensure!(b.cancel(&running.id).await? == CancelOutcome::Requested);
     ensure!(b.job(&running.id).await?.cancel_requested);
-    let out = b.publish(&running.id, vec![progress(2)]).await?;
+    let out = b.publish(&running.id, &[progress(2)]).await?;
     ensure!(
         out.cancel_requested,
         "publish did not report the cancel flag"
     );
     ensure!(
-        b.publish(&running.id, vec![]).await?.cancel_requested,
+        b.publish(&running.id, &[]).await?.cancel_requested,
         "empty publish lost the flag"
     );
     b.publish(
         &running.id,
-        vec![NewEvent::new(EventType::JobCancelled, json!({}))],
+        &[NewEvent::new(EventType::JobCancelled, json!({}))],
     )
     .await?;
     ensure!(b.job(&running.id).await?.status == JobStatus::Cancelled);
@@ -501,9 +510,7 @@ pub async fn queue_claim_and_ack(f: &dyn BackendFactory) -> Result<()> {
     }
     ensure!(b.queue_stats().await? == Default::default());
     ensure!(
-        b.reclaim_idle("w2", Duration::ZERO, 5, 10)
-            .await?
-            .is_empty(),
+        reclaim(b, "w2", Duration::ZERO, 5, 10).await?.is_empty(),
         "acked entries came back"
     );
     Ok(())
@@ -543,16 +550,16 @@ pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactor
         .context("no claim")?;
     b.publish(
         &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
+        &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
     )
     .await?;
     let idle = Duration::from_millis(300);
     ensure!(
-        b.reclaim_idle("w2", idle, 3, 10).await?.is_empty(),
+        reclaim(b, "w2", idle, 3, 10).await?.is_empty(),
         "reclaimed a fresh lease"
     );
     tokio::time::sleep(idle + Duration::from_millis(100)).await;
-    let reclaimed = b.reclaim_idle("w2", idle, 3, 10).await?;
+    let reclaimed = reclaim(b, "w2", idle, 3, 10).await?;
     match reclaimed.as_slice() {
         [Reclaimed::Retry {
             claim: c,
@@ -572,7 +579,7 @@ pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactor
     ensure!(b.renew("w2", &claim.entry).await?);
     ensure!(
         matches!(
-            b.publish(&job.id, vec![progress(1).fenced(1, 2)]).await,
+            b.publish(&job.id, &[progress(1).fenced(1, 2)]).await,
             Err(BackendError::Fenced {
                 sent: 1,
                 current: 2,
@@ -585,7 +592,7 @@ pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactor
     let out = b
         .publish(
             &job.id,
-            vec![NewEvent::new(EventType::JobStarted, json!({})).fenced(2, 1)],
+            &[NewEvent::new(EventType::JobStarted, json!({})).fenced(2, 1)],
         )
         .await?;
     ensure!(out.ids.len() == 1);
@@ -609,7 +616,7 @@ pub async fn renewed_lease_is_not_reclaimed(f: &dyn BackendFactory) -> Result<()
         ensure!(b.renew("w1", &claim.entry).await?, "renew refused");
     }
     ensure!(
-        b.reclaim_idle("w2", idle, 3, 10).await?.is_empty(),
+        reclaim(b, "w2", idle, 3, 10).await?.is_empty(),
         "a renewed lease was reclaimed"
     );
     Ok(())
@@ -669,13 +676,13 @@ pub async fn dead_letter_after_max_attempts(f: &dyn BackendFactory) -> Result<()
     b.claim("w1", 1, Duration::from_millis(100)).await?;
     let idle = Duration::from_millis(100);
     tokio::time::sleep(idle * 2).await;
-    let first = b.reclaim_idle("w2", idle, 2, 10).await?;
+    let first = reclaim(b, "w2", idle, 2, 10).await?;
     ensure!(
         matches!(first.as_slice(), [Reclaimed::Retry { attempt: 2, .. }]),
         "{first:?}"
     );
     tokio::time::sleep(idle * 2).await;
-    let second = b.reclaim_idle("w3", idle, 2, 10).await?;
+    let second = reclaim(b, "w3", idle, 2, 10).await?;
     ensure!(
         matches!(
             second.as_slice(),
@@ -714,7 +721,7 @@ pub async fn finished_jobs_expire_after_retention(f: &dyn BackendFactory) -> Res
     let out = b
         .publish(
             &done.id,
-            vec![NewEvent::new(EventType::JobCompleted, json!({}))],
+            &[NewEvent::new(EventType::JobCompleted, json!({}))],
         )
         .await?;
     let snap = b.job(&done.id).await?;
@@ -766,7 +773,7 @@ pub async fn live_tail_sees_every_event_in_order(f: &dyn BackendFactory) -> Resu
     ensure!(partitions.len() > 1, "test jobs all fell in one partition");
     for round in 1..=10 {
         for job in &jobs {
-            b.publish(job, vec![progress(round)]).await?;
+            b.publish(job, &[progress(round)]).await?;
         }
     }
     let expected = jobs.len() * 12;
@@ -799,7 +806,7 @@ pub async fn live_tail_sees_every_event_in_order(f: &dyn BackendFactory) -> Resu
     }
     // A second tail opened at the first one's position continues seamlessly.
     let position = tail.position();
-    b.publish(&jobs[0], vec![progress(99)]).await?;
+    b.publish(&jobs[0], &[progress(99)]).await?;
     let mut resumed = b.tail(TailFrom::After(position)).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -880,7 +887,7 @@ pub async fn concurrent_publishers_lose_nothing(f: &dyn BackendFactory) -> Resul
             for k in 0..EVENTS {
                 let job = &jobs[((p + k) % jobs.len() as u64) as usize];
                 let ev = NewEvent::new(EventType::Progress, json!({"p": p, "k": k}));
-                b.publish(job, vec![ev]).await?;
+                b.publish(job, &[ev]).await?;
             }
             Ok::<_, BackendError>(())
         }));
@@ -922,7 +929,8 @@ pub async fn delete_removes_everything(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     let job = started(b, "alice").await?;
-    b.publish(&job.id, (1..=5).map(progress).collect()).await?;
+    b.publish(&job.id, &(1..=5).map(progress).collect::<Vec<_>>())
+        .await?;
     b.delete(&job.id).await?;
     ensure!(matches!(
         b.job(&job.id).await,
@@ -933,7 +941,7 @@ pub async fn delete_removes_everything(f: &dyn BackendFactory) -> Result<()> {
         Err(BackendError::NotFound(_))
     ));
     ensure!(matches!(
-        b.publish(&job.id, vec![progress(6)]).await,
+        b.publish(&job.id, &[progress(6)]).await,
         Err(BackendError::NotFound(_))
     ));
     let page = b
@@ -969,7 +977,7 @@ pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result
     b.create_job(NewJob::new("demo", json!({}), "bob")).await?;
     b.publish(
         &alice[1],
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
+        &[NewEvent::new(EventType::JobStarted, json!({}))],
     )
     .await?;
     let mut listed = Vec::new();
@@ -1056,32 +1064,29 @@ pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
     let start = || NewEvent::new(EventType::JobStarted, json!({}));
     b.publish(
         &ids[0],
-        vec![start(), NewEvent::new(EventType::JobCompleted, json!({}))],
+        &[start(), NewEvent::new(EventType::JobCompleted, json!({}))],
     )
     .await?;
     check(counts(4, 0, 1, 0, 0), "started and completed in one batch").await?;
-    b.publish(&ids[1], vec![start()]).await?;
-    b.publish(&ids[1], vec![progress(1)]).await?;
+    b.publish(&ids[1], &[start()]).await?;
+    b.publish(&ids[1], &[progress(1)]).await?;
     check(counts(3, 1, 1, 0, 0), "running").await?;
     b.publish(
         &ids[1],
-        vec![NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+        &[NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
     )
     .await?;
     b.cancel(&ids[2]).await?;
     check(counts(2, 0, 1, 1, 1), "failed and cancelled").await?;
-    b.publish(&ids[3], vec![start()]).await?;
-    b.publish(
-        &ids[3],
-        vec![NewEvent::new(EventType::JobRetrying, json!({}))],
-    )
-    .await?;
+    b.publish(&ids[3], &[start()]).await?;
+    b.publish(&ids[3], &[NewEvent::new(EventType::JobRetrying, json!({}))])
+        .await?;
     check(
         counts(2, 0, 1, 1, 1),
         "started, then back to queued for a retry",
     )
     .await?;
-    b.publish(&ids[4], vec![start()]).await?;
+    b.publish(&ids[4], &[start()]).await?;
     b.delete(&ids[4]).await?;
     b.delete(&ids[0]).await?;
     check(
@@ -1110,24 +1115,24 @@ pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Re
     ensure!(b.unfinished_jobs("bob").await? == 1);
     ensure!(b.unfinished_jobs("carol").await? == 0);
     let start = || NewEvent::new(EventType::JobStarted, json!({}));
-    b.publish(&ids[0], vec![start()]).await?;
+    b.publish(&ids[0], &[start()]).await?;
     ensure!(
         b.unfinished_jobs("alice").await? == 6,
         "running is unfinished"
     );
     b.publish(
         &ids[0],
-        vec![NewEvent::new(EventType::JobCompleted, json!({}))],
+        &[NewEvent::new(EventType::JobCompleted, json!({}))],
     )
     .await?;
     b.cancel(&ids[1]).await?;
-    b.publish(&ids[2], vec![start()]).await?;
+    b.publish(&ids[2], &[start()]).await?;
     b.publish(
         &ids[2],
-        vec![NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+        &[NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
     )
     .await?;
-    b.publish(&ids[3], vec![start()]).await?;
+    b.publish(&ids[3], &[start()]).await?;
     b.delete(&ids[3]).await?;
     b.delete(&ids[0]).await?;
     ensure!(

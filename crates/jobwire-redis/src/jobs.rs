@@ -1,10 +1,11 @@
-//! Jobs on Redis: create, publish, snapshot, history, listing, cancel, delete.
+//! `RedisBackend` as a [`JobStore`]: create, publish, snapshot, history,
+//! listing, cancel, delete, the per-user counters and the store's health.
 
+use async_trait::async_trait;
 use jobwire_core::publish::{plan, plan_new_job, LogHead};
-use jobwire_core::settle::finish_cancel;
 use jobwire_core::{
-    BackendError, CancelOutcome, Epoch, EventId, EventRecord, EventsAfter, JobId, JobPage,
-    JobState, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, Timestamp,
+    BackendError, Epoch, EventId, EventRecord, EventsAfter, JobId, JobPage, JobState, JobStore,
+    ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, StoreHealth, Timestamp,
 };
 use redis::Value;
 
@@ -33,156 +34,6 @@ enum PublishReply {
 }
 
 impl RedisBackend {
-    pub(crate) async fn create(&self, new: NewJob) -> Result<JobState> {
-        let keys = &self.shared.keys;
-        let limits = &self.shared.config.backend;
-        let (state, event) = plan_new_job(&new)?;
-        let mut conn = self.shared.conns.command();
-        let created: i64 = scripts::CREATE
-            .key(keys.job(&new.id))
-            .key(keys.events(&new.id))
-            .key(keys.live_of(&new.id))
-            .key(keys.stats_of(&new.id))
-            .key(keys.unfinished_of(&new.id))
-            .arg(to_json(&state)?)
-            .arg(&*event.json)
-            .arg(state.epoch.as_str())
-            .arg(state.status.as_str())
-            .arg(limits.stream_maxlen)
-            .arg(limits.live_maxlen)
-            .arg(&new.owner)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
-        if created == 0 {
-            return Err(BackendError::AlreadyExists(new.id));
-        }
-        // The listing indexes and the queue live outside the job's slot, so
-        // they cannot join the script; they follow it. A crash in between
-        // leaves a job that is not listed or not queued, never the reverse
-        // (a queue entry without its job).
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(keys.all_jobs())
-            .arg(0)
-            .arg(new.id.as_str())
-            .ignore()
-            .cmd("ZADD")
-            .arg(keys.user_jobs(&new.owner))
-            .arg(0)
-            .arg(new.id.as_str())
-            .ignore();
-        if !new.external {
-            pipe.cmd("XADD")
-                .arg(keys.queue())
-                .arg("*")
-                .arg("job")
-                .arg(new.id.as_str())
-                .arg("kind")
-                .arg(&new.kind)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(backend_error)?;
-        self.cache_head(
-            &new.id,
-            Some(LogHead {
-                state: state.clone(),
-                last_n: 0,
-            }),
-        );
-        Ok(state)
-    }
-
-    pub(crate) async fn publish_batch(
-        &self,
-        job: &JobId,
-        events: Vec<NewEvent>,
-    ) -> Result<PublishOutcome> {
-        let limits = &self.shared.config.backend;
-        // Publishes to one job from this process take turns (in arrival
-        // order), so they never race each other's compare-and-set; only
-        // other processes can make it fail.
-        let _turn = self.shared.publish_turns[self.turn_of(job)].lock().await;
-        // A cached head may be stale; only a plan made from a head Redis just
-        // returned is trusted to refuse a batch.
-        let mut head = self.cached_head(job);
-        let mut fresh = false;
-        // Set when Redis asked for a new history (see `NewHistory`): the
-        // next plan is made under this epoch.
-        let mut new_epoch: Option<Epoch> = None;
-        for attempt in 0..MAX_CAS_ATTEMPTS {
-            if attempt >= 2 {
-                // Lost the race repeatedly: step aside for a random moment so
-                // that a tight loop of another publisher cannot starve us.
-                let ceiling = 1 + attempt.min(20) as u64 * 250;
-                let pause = rand::random::<u64>() % ceiling;
-                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
-            }
-            let Some(current) = head.take() else {
-                match self.cas(job, None).await? {
-                    PublishReply::Missing => return Err(self.missing(job)),
-                    PublishReply::Moved { head: h } | PublishReply::NewHistory { head: h } => {
-                        head = Some(*h);
-                        fresh = true;
-                        continue;
-                    }
-                    // Sequence 0 never matches a job; unreachable in practice.
-                    PublishReply::Applied { .. } => continue,
-                }
-            };
-            let stored_epoch = current.state.epoch.clone();
-            let planned_from = match new_epoch.take() {
-                Some(epoch) => current.with_epoch(epoch),
-                None => current,
-            };
-            let plan = match plan(&planned_from, &events, Timestamp::now(), limits.retention) {
-                Ok(plan) => plan,
-                Err(e) if fresh => return Err(BackendError::from_plan(job, e)),
-                Err(_) => {
-                    head = None;
-                    continue;
-                }
-            };
-            let expected = (planned_from.state.last_event_id, &stored_epoch);
-            match self.cas(job, Some((expected, &plan))).await? {
-                PublishReply::Applied { cancel } => {
-                    let last_event_id = plan.state.last_event_id;
-                    self.cache_head(
-                        job,
-                        Some(LogHead {
-                            state: plan.state,
-                            last_n: plan.last_n,
-                        }),
-                    );
-                    return Ok(PublishOutcome {
-                        ids: plan.events.iter().map(|e| e.id).collect(),
-                        duplicates: plan.duplicates,
-                        cancel_requested: cancel,
-                        last_event_id,
-                    });
-                }
-                PublishReply::Moved { head: h } => {
-                    head = Some(*h);
-                    fresh = true;
-                }
-                PublishReply::NewHistory { head: h } => {
-                    let epoch = Epoch::generate();
-                    tracing::debug!(job = %job, from = %h.state.epoch, to = %epoch,
-                        "Redis restarted or failed over since the job's last write: a new epoch");
-                    head = Some(*h);
-                    new_epoch = Some(epoch);
-                    fresh = true;
-                }
-                PublishReply::Missing => return Err(self.missing(job)),
-            }
-        }
-        Err(BackendError::Unavailable(format!(
-            "job {job}: gave up after {MAX_CAS_ATTEMPTS} concurrent-publish retries"
-        )))
-    }
-
     fn missing(&self, job: &JobId) -> BackendError {
         self.cache_head(job, None);
         BackendError::NotFound(job.clone())
@@ -271,7 +122,175 @@ impl RedisBackend {
         }
     }
 
-    pub(crate) async fn snapshot(&self, job: &JobId) -> Result<JobState> {
+    /// Drops expired jobs from the listing indexes (lazily, as listing finds
+    /// them: Redis expires the job's keys but not its index entries).
+    async fn forget(&self, expired: &[JobId], index: &str) {
+        if expired.is_empty() {
+            return;
+        }
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        for id in expired {
+            pipe.cmd("ZREM").arg(index).arg(id.as_str()).ignore();
+            pipe.cmd("ZREM")
+                .arg(keys.all_jobs())
+                .arg(id.as_str())
+                .ignore();
+        }
+        let mut conn = self.shared.conns.command();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "could not prune expired jobs from the listing");
+        }
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisBackend {
+    async fn create_job(&self, new: NewJob) -> Result<JobState> {
+        let keys = &self.shared.keys;
+        let limits = &self.shared.config.backend;
+        let (state, event) = plan_new_job(&new)?;
+        let mut conn = self.shared.conns.command();
+        let created: i64 = scripts::CREATE
+            .key(keys.job(&new.id))
+            .key(keys.events(&new.id))
+            .key(keys.live_of(&new.id))
+            .key(keys.stats_of(&new.id))
+            .key(keys.unfinished_of(&new.id))
+            .arg(to_json(&state)?)
+            .arg(&*event.json)
+            .arg(state.epoch.as_str())
+            .arg(state.status.as_str())
+            .arg(limits.stream_maxlen)
+            .arg(limits.live_maxlen)
+            .arg(&new.owner)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        if created == 0 {
+            return Err(BackendError::AlreadyExists(new.id));
+        }
+        // The listing indexes and the queue live outside the job's slot, so
+        // they cannot join the script; they follow it. A crash in between
+        // leaves a job that is not listed or not queued, never the reverse
+        // (a queue entry without its job).
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(keys.all_jobs())
+            .arg(0)
+            .arg(new.id.as_str())
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys.user_jobs(&new.owner))
+            .arg(0)
+            .arg(new.id.as_str())
+            .ignore();
+        if !new.external {
+            pipe.cmd("XADD")
+                .arg(keys.queue())
+                .arg("*")
+                .arg("job")
+                .arg(new.id.as_str())
+                .arg("kind")
+                .arg(&new.kind)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        self.cache_head(
+            &new.id,
+            Some(LogHead {
+                state: state.clone(),
+                last_n: 0,
+            }),
+        );
+        Ok(state)
+    }
+    async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
+        let limits = &self.shared.config.backend;
+        // Publishes to one job from this process take turns (in arrival
+        // order), so they never race each other's compare-and-set; only
+        // other processes can make it fail.
+        let _turn = self.shared.publish_turns[self.turn_of(job)].lock().await;
+        // A cached head may be stale; only a plan made from a head Redis just
+        // returned is trusted to refuse a batch.
+        let mut head = self.cached_head(job);
+        let mut fresh = false;
+        // Set when Redis asked for a new history (see `NewHistory`): the
+        // next plan is made under this epoch.
+        let mut new_epoch: Option<Epoch> = None;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            if attempt >= 2 {
+                // Lost the race repeatedly: step aside for a random moment so
+                // that a tight loop of another publisher cannot starve us.
+                let ceiling = 1 + attempt.min(20) as u64 * 250;
+                let pause = rand::random::<u64>() % ceiling;
+                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+            }
+            let Some(current) = head.take() else {
+                match self.cas(job, None).await? {
+                    PublishReply::Missing => return Err(self.missing(job)),
+                    PublishReply::Moved { head: h } | PublishReply::NewHistory { head: h } => {
+                        head = Some(*h);
+                        fresh = true;
+                        continue;
+                    }
+                    // Sequence 0 never matches a job; unreachable in practice.
+                    PublishReply::Applied { .. } => continue,
+                }
+            };
+            let stored_epoch = current.state.epoch.clone();
+            let planned_from = match new_epoch.take() {
+                Some(epoch) => current.with_epoch(epoch),
+                None => current,
+            };
+            let plan = match plan(&planned_from, events, Timestamp::now(), limits.retention) {
+                Ok(plan) => plan,
+                Err(e) if fresh => return Err(BackendError::from_plan(job, e)),
+                Err(_) => {
+                    head = None;
+                    continue;
+                }
+            };
+            let expected = (planned_from.state.last_event_id, &stored_epoch);
+            match self.cas(job, Some((expected, &plan))).await? {
+                PublishReply::Applied { cancel } => {
+                    let last_event_id = plan.state.last_event_id;
+                    self.cache_head(
+                        job,
+                        Some(LogHead {
+                            state: plan.state,
+                            last_n: plan.last_n,
+                        }),
+                    );
+                    return Ok(PublishOutcome {
+                        ids: plan.events.iter().map(|e| e.id).collect(),
+                        duplicates: plan.duplicates,
+                        cancel_requested: cancel,
+                        last_event_id,
+                    });
+                }
+                PublishReply::Moved { head: h } => {
+                    head = Some(*h);
+                    fresh = true;
+                }
+                PublishReply::NewHistory { head: h } => {
+                    let epoch = Epoch::generate();
+                    tracing::debug!(job = %job, from = %h.state.epoch, to = %epoch,
+                        "Redis restarted or failed over since the job's last write: a new epoch");
+                    head = Some(*h);
+                    new_epoch = Some(epoch);
+                    fresh = true;
+                }
+                PublishReply::Missing => return Err(self.missing(job)),
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "job {job}: gave up after {MAX_CAS_ATTEMPTS} concurrent-publish retries"
+        )))
+    }
+    async fn job(&self, job: &JobId) -> Result<JobState> {
         let mut conn = self.shared.conns.command();
         let (state, cancel): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
             .arg(self.shared.keys.job(job))
@@ -285,8 +304,7 @@ impl RedisBackend {
         state.cancel_requested = cancel.as_deref() == Some("1") && !state.status.is_terminal();
         Ok(state)
     }
-
-    pub(crate) async fn read_after(
+    async fn events_after(
         &self,
         job: &JobId,
         after: EventId,
@@ -329,25 +347,7 @@ impl RedisBackend {
             _ => Err(unexpected("events_after", &reply)),
         }
     }
-
-    /// The owner's unfinished jobs, summed over the partitions' counters.
-    pub(crate) async fn unfinished_of(&self, owner: &str) -> Result<u64> {
-        let keys = &self.shared.keys;
-        let mut pipe = redis::pipe();
-        for p in 0..keys.partitions() {
-            pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
-        }
-        let counts: Vec<Option<i64>> = pipe
-            .query_async(&mut self.shared.conns.command())
-            .await
-            .map_err(backend_error)?;
-        Ok(counts
-            .into_iter()
-            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
-            .sum())
-    }
-
-    pub(crate) async fn list(&self, query: &ListQuery) -> Result<JobPage> {
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
         let keys = &self.shared.keys;
         let index = match &query.owner {
             Some(owner) => keys.user_jobs(owner),
@@ -416,29 +416,7 @@ impl RedisBackend {
             self.forget(&expired, &index).await;
         }
     }
-
-    /// Drops expired jobs from the listing indexes (lazily, as listing finds
-    /// them: Redis expires the job's keys but not its index entries).
-    async fn forget(&self, expired: &[JobId], index: &str) {
-        if expired.is_empty() {
-            return;
-        }
-        let keys = &self.shared.keys;
-        let mut pipe = redis::pipe();
-        for id in expired {
-            pipe.cmd("ZREM").arg(index).arg(id.as_str()).ignore();
-            pipe.cmd("ZREM")
-                .arg(keys.all_jobs())
-                .arg(id.as_str())
-                .ignore();
-        }
-        let mut conn = self.shared.conns.command();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::debug!(error = %e, "could not prune expired jobs from the listing");
-        }
-    }
-
-    pub(crate) async fn request_cancel(&self, job: &JobId) -> Result<CancelOutcome> {
+    async fn request_cancel(&self, job: &JobId) -> Result<JobState> {
         let mut conn = self.shared.conns.command();
         let state: Option<Vec<u8>> = scripts::CANCEL
             .key(self.shared.keys.job(job))
@@ -448,10 +426,9 @@ impl RedisBackend {
         let state = state.ok_or_else(|| BackendError::NotFound(job.clone()))?;
         let mut state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
         state.cancel_requested = !state.status.is_terminal();
-        finish_cancel(self, state).await
+        Ok(state)
     }
-
-    pub(crate) async fn remove(&self, job: &JobId) -> Result<()> {
+    async fn delete(&self, job: &JobId) -> Result<()> {
         let keys = &self.shared.keys;
         let mut conn = self.shared.conns.command();
         let state: Option<Vec<u8>> = scripts::DELETE
@@ -477,6 +454,82 @@ impl RedisBackend {
             .query_async::<()>(&mut conn)
             .await
             .map_err(backend_error)
+    }
+    /// The owner's unfinished jobs, summed over the partitions' counters.
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        for p in 0..keys.partitions() {
+            pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
+        }
+        let counts: Vec<Option<i64>> = pipe
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(counts
+            .into_iter()
+            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+            .sum())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.shared.conns.command();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_error)
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        let keys = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("memory");
+        for p in 0..keys.partitions() {
+            pipe.cmd("XLEN").arg(keys.live(p));
+        }
+        for p in 0..keys.partitions() {
+            pipe.cmd("HGETALL").arg(keys.stats(p));
+        }
+        let mut conn = self.shared.conns.command();
+        let partitions = usize::from(keys.partitions());
+        let mut jobs = jobwire_core::JobCounts::default();
+        let (info, lengths): (String, Vec<u64>) = {
+            let mut replies: Vec<redis::Value> =
+                pipe.query_async(&mut conn).await.map_err(backend_error)?;
+            for counts in replies.drain(1 + partitions..) {
+                let counts: std::collections::HashMap<String, i64> =
+                    redis::FromRedisValue::from_redis_value(counts).map_err(|e| {
+                        jobwire_core::BackendError::Data(format!("job counts: {e}"))
+                    })?;
+                for (status, n) in counts {
+                    if let Ok(status) = status.parse::<jobwire_core::JobStatus>() {
+                        jobs.add(status, n);
+                    }
+                }
+            }
+            let info = match replies.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::VerbatimString { text, .. }) => text.clone(),
+                _ => String::new(),
+            };
+            let lengths = replies
+                .drain(1..)
+                .map(|v| match v {
+                    redis::Value::Int(n) => u64::try_from(n).unwrap_or(0),
+                    _ => 0,
+                })
+                .collect();
+            (info, lengths)
+        };
+        let used_memory_bytes = info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok());
+        Ok(StoreHealth {
+            used_memory_bytes,
+            live_entries: lengths.iter().sum(),
+            jobs,
+        })
     }
 }
 

@@ -1,11 +1,12 @@
-//! The job queue on a Redis Streams consumer group (`workers`): entries are
-//! delivered to one consumer each, stay pending until acked, and are taken
-//! over with XAUTOCLAIM once idle past the visibility timeout.
+//! `RedisBackend` as a [`JobQueue`], on a Redis Streams consumer group
+//! (`workers`): entries are delivered to one consumer each, stay pending
+//! until acked, and are taken over with XAUTOCLAIM once idle past the
+//! visibility timeout.
 
 use std::time::Duration;
 
-use jobwire_core::settle::settle_all;
-use jobwire_core::{BackendError, Claim, JobId, QueueStats, Reclaimed};
+use async_trait::async_trait;
+use jobwire_core::{BackendError, Claim, JobId, JobQueue, QueueStats};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{RedisError, Value};
 
@@ -39,12 +40,68 @@ impl RedisBackend {
         }
     }
 
-    pub(crate) async fn claim_entries(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Claim>> {
+    /// Turns stream entries into claims; entries that are not jobwire's
+    /// shape are acked and dropped with a warning rather than handed out.
+    async fn to_claims(&self, entries: Vec<StreamId>) -> Result<Vec<Claim>> {
+        let mut claims = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let job = field(&entry, "job").and_then(|s| s.parse::<JobId>().ok());
+            match (job, field(&entry, "kind")) {
+                (Some(job_id), Some(kind)) => claims.push(Claim {
+                    entry: entry.id,
+                    job_id,
+                    kind,
+                }),
+                _ => {
+                    tracing::warn!(entry = %entry.id, "dropping a malformed queue entry");
+                    self.ack(&entry.id).await?;
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Runs a script that acts on an entry only while `consumer` holds it;
+    /// `false` when it does not.
+    async fn if_leased(&self, script: &redis::Script, consumer: &str, entry: &str) -> Result<bool> {
+        let mut conn = self.shared.conns.command();
+        let done: i64 = script
+            .key(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(entry)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        Ok(done == 1)
+    }
+
+    /// Deletes consumers that hold nothing and were not seen for
+    /// [`PRUNE_AFTER`] visibility timeouts (at least [`PRUNE_FLOOR`]): the
+    /// processes behind them are gone. Run by the reaper. Deleting a live
+    /// consumer would be harmless (it holds nothing, and its next read
+    /// recreates it), only wasteful.
+    async fn prune_consumers(&self, consumer: &str, visibility: Duration) -> Result<()> {
+        let limit = (visibility * PRUNE_AFTER).max(PRUNE_FLOOR);
+        let mut conn = self.shared.conns.command();
+        let deleted: i64 = scripts::PRUNE
+            .key(self.shared.keys.queue())
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(limit.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        if deleted > 0 {
+            tracing::info!(deleted, idle_over = ?limit, "removed idle queue consumers of departed workers");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobQueue for RedisBackend {
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>> {
         let wait = wait.min(MAX_QUEUE_BLOCK);
         let mut conn = self
             .shared
@@ -82,32 +139,71 @@ impl RedisBackend {
             .collect();
         self.to_claims(entries).await
     }
-
-    /// Turns stream entries into claims; entries that are not jobwire's
-    /// shape are acked and dropped with a warning rather than handed out.
-    async fn to_claims(&self, entries: Vec<StreamId>) -> Result<Vec<Claim>> {
-        let mut claims = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let job = field(&entry, "job").and_then(|s| s.parse::<JobId>().ok());
-            match (job, field(&entry, "kind")) {
-                (Some(job_id), Some(kind)) => claims.push(Claim {
-                    entry: entry.id,
-                    job_id,
-                    kind,
-                }),
-                _ => {
-                    tracing::warn!(entry = %entry.id, "dropping a malformed queue entry");
-                    self.ack_entry(&entry.id).await?;
-                }
+    async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
+        self.if_leased(&scripts::RENEW, consumer, entry).await
+    }
+    async fn ack(&self, entry: &str) -> Result<()> {
+        let queue = self.shared.keys.queue();
+        let mut conn = self.shared.conns.command();
+        // XDEL too: the queue stream only holds work not yet done.
+        redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(&queue)
+            .arg(WORKERS_GROUP)
+            .arg(entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&queue)
+            .arg(entry)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(backend_error)
+    }
+    async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
+        self.if_leased(&scripts::RELEASE, consumer, entry).await
+    }
+    async fn take_over_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>> {
+        let max = max.max(1);
+        let mut conn = self.shared.conns.command();
+        let mut cursor = "0-0".to_owned();
+        let mut taken = Vec::new();
+        loop {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(self.shared.keys.queue())
+                .arg(WORKERS_GROUP)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max - taken.len())
+                .query_async(&mut conn)
+                .await
+                .map_err(backend_error)?;
+            taken.extend(reply.claimed);
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" || taken.len() >= max {
+                break;
             }
+        }
+        let claims = self.to_claims(taken).await?;
+        // Housekeeping only: a failure here (a Redis user without XINFO, a
+        // blip) must not lose the entries just taken over above.
+        if let Err(e) = self.prune_consumers(consumer, min_idle).await {
+            tracing::warn!(error = %e, "could not prune idle queue consumers");
         }
         Ok(claims)
     }
-
     /// The consumer's own pending entries (XREADGROUP from id 0), oldest
     /// first. Entries deleted meanwhile come back without fields and are
     /// acked away (`to_claims`).
-    pub(crate) async fn pending_entries(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
+    async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
         let mut conn = self.shared.conns.command();
         let reply: Option<StreamReadReply> = match redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -132,112 +228,7 @@ impl RedisBackend {
             .collect();
         self.to_claims(entries).await
     }
-
-    pub(crate) async fn renew_lease(&self, consumer: &str, entry: &str) -> Result<bool> {
-        self.if_leased(&scripts::RENEW, consumer, entry).await
-    }
-
-    pub(crate) async fn release_entry(&self, consumer: &str, entry: &str) -> Result<bool> {
-        self.if_leased(&scripts::RELEASE, consumer, entry).await
-    }
-
-    /// Runs a script that acts on an entry only while `consumer` holds it;
-    /// `false` when it does not.
-    async fn if_leased(&self, script: &redis::Script, consumer: &str, entry: &str) -> Result<bool> {
-        let mut conn = self.shared.conns.command();
-        let done: i64 = script
-            .key(self.shared.keys.queue())
-            .arg(WORKERS_GROUP)
-            .arg(consumer)
-            .arg(entry)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
-        Ok(done == 1)
-    }
-
-    pub(crate) async fn ack_entry(&self, entry: &str) -> Result<()> {
-        let queue = self.shared.keys.queue();
-        let mut conn = self.shared.conns.command();
-        // XDEL too: the queue stream only holds work not yet done.
-        redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(&queue)
-            .arg(WORKERS_GROUP)
-            .arg(entry)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&queue)
-            .arg(entry)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(backend_error)
-    }
-
-    pub(crate) async fn reclaim(
-        &self,
-        consumer: &str,
-        min_idle: Duration,
-        max_attempts: u32,
-        max: usize,
-    ) -> Result<Vec<Reclaimed>> {
-        let max = max.max(1);
-        let mut conn = self.shared.conns.command();
-        let mut cursor = "0-0".to_owned();
-        let mut taken = Vec::new();
-        loop {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(self.shared.keys.queue())
-                .arg(WORKERS_GROUP)
-                .arg(consumer)
-                .arg(min_idle.as_millis() as u64)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(max - taken.len())
-                .query_async(&mut conn)
-                .await
-                .map_err(backend_error)?;
-            taken.extend(reply.claimed);
-            cursor = reply.next_stream_id;
-            if cursor == "0-0" || taken.len() >= max {
-                break;
-            }
-        }
-        let claims = self.to_claims(taken).await?;
-        let reclaimed = settle_all(self, claims, max_attempts).await?;
-        // Housekeeping only: a failure here (a Redis user without XINFO, a
-        // blip) must not lose the entries just taken over above.
-        if let Err(e) = self.prune_consumers(consumer, min_idle).await {
-            tracing::warn!(error = %e, "could not prune idle queue consumers");
-        }
-        Ok(reclaimed)
-    }
-
-    /// Deletes consumers that hold nothing and were not seen for
-    /// [`PRUNE_AFTER`] visibility timeouts (at least [`PRUNE_FLOOR`]): the
-    /// processes behind them are gone. Run by the reaper. Deleting a live
-    /// consumer would be harmless (it holds nothing, and its next read
-    /// recreates it), only wasteful.
-    async fn prune_consumers(&self, consumer: &str, visibility: Duration) -> Result<()> {
-        let limit = (visibility * PRUNE_AFTER).max(PRUNE_FLOOR);
-        let mut conn = self.shared.conns.command();
-        let deleted: i64 = scripts::PRUNE
-            .key(self.shared.keys.queue())
-            .arg(WORKERS_GROUP)
-            .arg(consumer)
-            .arg(limit.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
-        if deleted > 0 {
-            tracing::info!(deleted, idle_over = ?limit, "removed idle queue consumers of departed workers");
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn stats(&self) -> Result<QueueStats> {
+    async fn queue_stats(&self) -> Result<QueueStats> {
         let queue = self.shared.keys.queue();
         let mut conn = self.shared.conns.command();
         let (len, pending): (u64, Value) = redis::pipe()

@@ -1,4 +1,4 @@
-//! The live tail: one dedicated connection reading every partition's live
+//! `RedisBackend` as a [`LiveFeed`]: one dedicated connection reading every partition's live
 //! stream with a single `XREAD BLOCK` (standalone Redis; the partition streams
 //! sit in different slots, so a Cluster deployment needs one read per
 //! partition: not supported yet).
@@ -23,7 +23,9 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jobwire_core::{BackendError, Epoch, EventRecord, LiveBatch, LivePosition, LiveTail, TailFrom};
+use jobwire_core::{
+    BackendError, Epoch, EventRecord, LiveBatch, LiveFeed, LivePosition, LiveTail, TailFrom,
+};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
@@ -51,8 +53,9 @@ pub(crate) struct RedisTail {
     history: Option<String>,
 }
 
-impl RedisBackend {
-    pub(crate) async fn open_tail(&self, from: TailFrom) -> Result<RedisTail> {
+#[async_trait]
+impl LiveFeed for RedisBackend {
+    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>> {
         let keys = &self.shared.keys;
         let streams: Vec<String> = (0..keys.partitions()).map(|p| keys.live(p)).collect();
         let (ids, check_gap, history) = match from {
@@ -71,14 +74,14 @@ impl RedisBackend {
                 (ids, true, None)
             }
         };
-        Ok(RedisTail {
+        Ok(Box::new(RedisTail {
             backend: self.clone(),
             conn: None,
             streams,
             ids,
             check_gap,
             history,
-        })
+        }))
     }
 }
 

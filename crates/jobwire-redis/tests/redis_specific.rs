@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use jobwire_core::{
-    Backend, BackendConfig, BackendError, EventId, EventType, EventsAfter, LiveBatch, NewEvent,
-    NewJob, TailFrom,
+    BackendConfig, BackendError, EventId, EventType, EventsAfter, JobQueue, JobStore, LiveBatch,
+    LiveFeed, NewEvent, NewJob, TailFrom,
 };
 use jobwire_redis::{ConnectError, RedisBackend, RedisConfig, TlsFiles};
 use jobwire_testkit::{Persistence, RedisServer};
@@ -50,14 +50,11 @@ async fn finished_jobs_get_a_ttl_on_state_and_log() -> Result<()> {
         redis_cmd::<i64>(&server, &ttl(state_key.clone())).await? == -1,
         "a queued job expires"
     );
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     b.publish(
         &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobCompleted, json!({}))],
+        &[NewEvent::new(EventType::JobCompleted, json!({}))],
     )
     .await?;
     for key in [state_key, log_key] {
@@ -80,11 +77,8 @@ async fn health_reports_memory_and_the_live_feed() -> Result<()> {
     let job = b
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     ensure!(
         b.health().await?.live_entries == 2,
         "one live entry per create and per publish"
@@ -133,27 +127,24 @@ async fn two_processes_share_jobs_through_stale_caches() -> Result<()> {
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
     // b learns the job while it is queued ...
-    b.publish(&job.id, vec![]).await?;
+    b.publish(&job.id, &[]).await?;
     // ... then a starts it: b's cached head says "queued", where progress
     // would be illegal. b must notice and succeed.
-    a.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
-    b.publish(&job.id, vec![progress(1)]).await?;
+    a.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    b.publish(&job.id, &[progress(1)]).await?;
     let (ta, tb) = (a.clone(), b.clone());
     let id = job.id.clone();
     let id2 = job.id.clone();
     let wa = tokio::spawn(async move {
         for i in 0..300 {
-            ta.publish(&id, vec![progress(i)]).await?;
+            ta.publish(&id, &[progress(i)]).await?;
         }
         Ok::<_, BackendError>(())
     });
     let wb = tokio::spawn(async move {
         for i in 0..300 {
-            tb.publish(&id2, vec![progress(i), progress(i)]).await?;
+            tb.publish(&id2, &[progress(i), progress(i)]).await?;
         }
         Ok::<_, BackendError>(())
     });
@@ -186,11 +177,8 @@ async fn redis_restart_loses_nothing_and_starts_a_new_history() -> Result<()> {
     let job = b
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     let mut tail = b.tail(TailFrom::Now).await?;
 
     let publish_until_ok = |i: u64| {
@@ -201,7 +189,7 @@ async fn redis_restart_loses_nothing_and_starts_a_new_history() -> Result<()> {
             // retry is fenced: a repeated n is applied once.
             let event = progress(i).fenced(1, i);
             for _ in 0..200 {
-                match b.publish(&id, vec![event.clone()]).await {
+                match b.publish(&id, std::slice::from_ref(&event)).await {
                     Ok(_) => return Ok(()),
                     Err(e) if e.is_retryable() => {
                         tokio::time::sleep(Duration::from_millis(50)).await
@@ -216,7 +204,7 @@ async fn redis_restart_loses_nothing_and_starts_a_new_history() -> Result<()> {
         publish_until_ok(i).await?;
     }
     server.kill()?;
-    let failed = b.publish(&job.id, vec![progress(0)]).await;
+    let failed = b.publish(&job.id, &[progress(0)]).await;
     ensure!(
         matches!(&failed, Err(e) if e.is_retryable()),
         "publish with Redis down: {failed:?}"
@@ -283,15 +271,17 @@ async fn a_trimmed_live_position_is_reported_as_a_gap() -> Result<()> {
     let job = b
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     let position = b.tail(TailFrom::Now).await?.position();
     for chunk in 0..10 {
-        b.publish(&job.id, (0..50).map(|i| progress(chunk * 50 + i)).collect())
-            .await?;
+        b.publish(
+            &job.id,
+            &(0..50)
+                .map(|i| progress(chunk * 50 + i))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
     }
     let mut resumed = b.tail(TailFrom::After(position)).await?;
     ensure!(
@@ -341,7 +331,7 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
         anyhow::Ok(names)
     };
     // Seen recently: nothing is pruned yet.
-    b.reclaim_idle("reaper", Duration::from_secs(3600), 3, 10)
+    b.take_over_idle("reaper", Duration::from_secs(3600), 10)
         .await?;
     ensure!(
         names().await? == ["crashed", "departed"],
@@ -350,7 +340,7 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     );
 
     tokio::time::sleep(Duration::from_millis(5300)).await;
-    b.reclaim_idle("reaper", Duration::from_secs(3600), 3, 10)
+    b.take_over_idle("reaper", Duration::from_secs(3600), 10)
         .await?;
     ensure!(
         names().await? == ["crashed", "departed"],
@@ -360,7 +350,7 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     // With a 100 ms visibility timeout both are long overdue. "crashed"
     // still holds an entry: the reaper takes it over first, and then
     // "crashed" holds nothing either. The reaper itself is kept.
-    let reclaimed = b.reclaim_idle("reaper", visibility, 3, 10).await?;
+    let reclaimed = b.take_over_idle("reaper", visibility, 10).await?;
     ensure!(reclaimed.len() == 1, "reclaimed {}", reclaimed.len());
     ensure!(names().await? == ["reaper"], "left: {:?}", names().await?);
     Ok(())
@@ -392,7 +382,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() -> Result<()> {
         .await?;
     b.publish(
         &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({})), progress(1)],
+        &[NewEvent::new(EventType::JobStarted, json!({})), progress(1)],
     )
     .await?;
     match b.events_after(&job.id, EventId(0), None, 10).await? {
@@ -446,7 +436,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() -> Result<()> {
 /// unreachable (a retried `n` is applied once).
 async fn publish_fenced(b: &RedisBackend, job: &jobwire_core::JobId, i: u64) -> Result<EventId> {
     for _ in 0..200 {
-        match b.publish(job, vec![progress(i).fenced(1, i)]).await {
+        match b.publish(job, &[progress(i).fenced(1, i)]).await {
             Ok(outcome) => return Ok(outcome.last_event_id),
             Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => return Err(e.into()),
@@ -467,11 +457,8 @@ async fn lost_writes_start_a_new_history_never_reuse_an_id() -> Result<()> {
     let job = b
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
-    b.publish(
-        &job.id,
-        vec![NewEvent::new(EventType::JobStarted, json!({}))],
-    )
-    .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
     for i in 1..=10 {
         publish_fenced(&b, &job.id, i).await?;
     }
@@ -541,12 +528,12 @@ async fn a_job_lost_with_its_creation_is_not_found() -> Result<()> {
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
     snapshot.lose_writes_since(&mut server).await?;
-    let mut outcome = b.publish(&job.id, vec![progress(1)]).await;
+    let mut outcome = b.publish(&job.id, &[progress(1)]).await;
     for _ in 0..100 {
         match &outcome {
             Err(e) if e.is_retryable() => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                outcome = b.publish(&job.id, vec![progress(1)]).await;
+                outcome = b.publish(&job.id, &[progress(1)]).await;
             }
             _ => break,
         }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use jobwire_core::Backend;
+use jobwire_core::{Backend, JobStore, LiveFeed};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,7 +61,9 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> AppState {
         AppState {
-            backend,
+            store: Arc::clone(&backend) as Arc<dyn JobStore>,
+            live: Arc::clone(&backend) as Arc<dyn LiveFeed>,
+            queue: backend,
             hub: Arc::default(),
             auth: Arc::new(auth),
             config: Arc::new(config),
@@ -126,7 +128,8 @@ pub fn router(state: AppState) -> Router {
 /// I/O errors of the listener.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let tailer = tokio::spawn(tailer::run(
-        state.backend.clone(),
+        state.live.clone(),
+        state.store.clone(),
         state.hub.clone(),
         state.tailer.clone(),
         state.shutdown.clone(),

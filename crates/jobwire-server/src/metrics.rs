@@ -174,7 +174,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         "1 while the live feed is being read.",
         &[("", u64::from(state.tailer.is_up()))],
     );
-    if let Ok(queue) = state.backend.queue_stats().await {
+    if let Ok(queue) = state.queue.queue_stats().await {
         series(
             &mut out,
             "jobwire_queue_waiting",
@@ -190,7 +190,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             &[("", queue.pending)],
         );
     }
-    if let Ok(health) = state.backend.health().await {
+    if let Ok(health) = state.store.health().await {
         if let Some(bytes) = health.used_memory_bytes {
             series(
                 &mut out,

@@ -41,7 +41,7 @@ async fn visible_job(
     principal: &Principal,
     id: &JobId,
 ) -> Result<JobState, ApiError> {
-    let job = state.backend.job(id).await?;
+    let job = state.store.job(id).await?;
     if principal.may_see(&job.owner) {
         Ok(job)
     } else {
@@ -118,7 +118,7 @@ pub async fn create_job(
         }
         return Ok(response);
     }
-    let unfinished = state.backend.unfinished_jobs(&principal.user).await?;
+    let unfinished = state.store.unfinished_jobs(&principal.user).await?;
     if unfinished >= state.config.max_unfinished_jobs {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -131,7 +131,7 @@ pub async fn create_job(
     }
     let mut new = NewJob::new(req.kind, params, principal.user);
     new.external = req.external;
-    let job = state.backend.create_job(new).await?;
+    let job = state.store.create_job(new).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
@@ -174,7 +174,7 @@ pub async fn list_jobs(
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let owner = (!principal.scopes.contains(&Scope::Admin)).then(|| principal.user.clone());
     let page = state
-        .backend
+        .store
         .list_jobs(&ListQuery {
             owner,
             status,
@@ -206,12 +206,12 @@ pub async fn cancel_job(
     let principal = caller(&state, &headers, Scope::JobsWrite)?;
     let id = job_id(&id)?;
     visible_job(&state, &principal, &id).await?;
-    let outcome = match state.backend.cancel(&id).await? {
+    let outcome = match state.store.cancel(&id).await? {
         CancelOutcome::Cancelled => "cancelled",
         CancelOutcome::Requested => "cancel_requested",
         CancelOutcome::AlreadyFinished(_) => "already_finished",
     };
-    let job = state.backend.job(&id).await?;
+    let job = state.store.job(&id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"outcome": outcome, "job": job})),
@@ -228,7 +228,7 @@ pub async fn delete_job(
     let principal = caller(&state, &headers, Scope::JobsWrite)?;
     let id = job_id(&id)?;
     visible_job(&state, &principal, &id).await?;
-    state.backend.delete(&id).await?;
+    state.store.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -261,7 +261,7 @@ pub async fn history(
         .map_err(|e: jobwire_core::IdError| ApiError::unprocessable(e.to_string()))?;
     let since = EventId(params.since.unwrap_or(0));
     match state
-        .backend
+        .store
         .events_after(&id, since, epoch.as_ref(), limit)
         .await?
     {
@@ -372,7 +372,7 @@ pub async fn publish(
         .iter()
         .map(|e| e.kind.builtin_name().unwrap_or("other"))
         .collect();
-    let outcome = state.backend.publish(&id, events).await?;
+    let outcome = state.store.publish(&id, &events).await?;
     {
         let mut published = state
             .stats
@@ -405,7 +405,7 @@ pub async fn healthz() -> &'static str {
 
 /// `GET /readyz`: the backend answers and the live feed is being read.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let backend = state.backend.ping().await;
+    let backend = state.store.ping().await;
     let tailing = state.tailer.is_up();
     match (backend, tailing) {
         (Ok(()), true) => (StatusCode::OK, "ready").into_response(),

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jobwire_core::{
-    Backend, BackendError, Control, Epoch, EventId, EventsAfter, JobId, JobState, Resume,
+    BackendError, Control, Epoch, EventId, EventsAfter, JobId, JobState, JobStore, Resume,
 };
 
 use crate::auth::Principal;
@@ -93,7 +93,7 @@ struct Sub {
 /// A connection's subscriptions.
 #[derive(Debug)]
 pub struct Session {
-    backend: Arc<dyn Backend>,
+    store: Arc<dyn JobStore>,
     hub: Arc<Hub>,
     outbox: Arc<Outbox>,
     pub principal: Principal,
@@ -103,14 +103,14 @@ pub struct Session {
 
 impl Session {
     pub fn new(
-        backend: Arc<dyn Backend>,
+        store: Arc<dyn JobStore>,
         hub: Arc<Hub>,
         outbox: Arc<Outbox>,
         principal: Principal,
         max_subscriptions: usize,
     ) -> Session {
         Session {
-            backend,
+            store,
             hub,
             outbox,
             principal,
@@ -133,7 +133,7 @@ impl Session {
         if !self.subs.contains_key(job) && self.subs.len() >= self.max_subscriptions {
             return Err(SubscribeError::TooMany(self.max_subscriptions));
         }
-        let state = self.backend.job(job).await?;
+        let state = self.store.job(job).await?;
         if !self.principal.may_see(&state.owner) {
             return Err(SubscribeError::Forbidden(job.clone()));
         }
@@ -247,7 +247,7 @@ impl Session {
         resync: bool,
         out: &mut Vec<Out>,
     ) -> Result<(), SubscribeError> {
-        let state = self.backend.job(job).await?;
+        let state = self.store.job(job).await?;
         let sub = Sub {
             last: state.last_event_id,
             epoch: state.epoch.clone(),
@@ -266,7 +266,7 @@ impl Session {
         out: &mut Vec<Out>,
     ) -> Result<(), SubscribeError> {
         let first = self
-            .backend
+            .store
             .events_after(job, resume.id, resume.epoch.as_ref(), CATCH_UP_PAGE)
             .await?;
         let EventsAfter::Events(records) = first else {
@@ -277,7 +277,7 @@ impl Session {
         let epoch = match (resume.epoch, records.first()) {
             (Some(epoch), _) => epoch,
             (None, Some(record)) => record.epoch.clone(),
-            (None, None) => self.backend.job(job).await?.epoch,
+            (None, None) => self.store.job(job).await?.epoch,
         };
         let resumed = Control::Resumed {
             job_id: job.clone(),
@@ -311,7 +311,7 @@ impl Session {
                 return Ok(());
             };
             let page = self
-                .backend
+                .store
                 .events_after(job, sub.last, Some(&sub.epoch), CATCH_UP_PAGE)
                 .await;
             match page {

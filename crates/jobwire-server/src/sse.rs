@@ -71,7 +71,7 @@ pub async fn stream(
     }
     let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
     let mut session = Session::new(
-        state.backend.clone(),
+        state.store.clone(),
         state.hub.clone(),
         outbox.clone(),
         principal,

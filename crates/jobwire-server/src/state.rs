@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobwire_core::Backend;
+use jobwire_core::{JobQueue, JobStore, LiveFeed};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -99,7 +99,12 @@ impl Default for ServerConfig {
 /// Everything a handler needs.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub backend: Arc<dyn Backend>,
+    /// Jobs and their logs (REST, subscribes, recovery reads).
+    pub store: Arc<dyn JobStore>,
+    /// The live feed the tailer reads.
+    pub live: Arc<dyn LiveFeed>,
+    /// The queue, for its gauges.
+    pub queue: Arc<dyn JobQueue>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Auth>,
     pub config: Arc<ServerConfig>,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use jobwire_core::{Backend, BackendError, EventsAfter, JobId, LiveBatch, TailFrom};
+use jobwire_core::{BackendError, EventsAfter, JobId, JobStore, LiveBatch, LiveFeed, TailFrom};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Position};
@@ -93,7 +93,8 @@ const RECOVERY_PAGE: usize = 500;
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(
-    backend: Arc<dyn Backend>,
+    live: Arc<dyn LiveFeed>,
+    store: Arc<dyn JobStore>,
     hub: Arc<Hub>,
     health: Arc<TailerHealth>,
     shutdown: CancellationToken,
@@ -102,7 +103,7 @@ pub async fn run(
     loop {
         let opened = tokio::select! {
             () = shutdown.cancelled() => return,
-            opened = backend.tail(TailFrom::Now) => opened,
+            opened = live.tail(TailFrom::Now) => opened,
         };
         let mut tail = match opened {
             Ok(tail) => tail,
@@ -122,7 +123,7 @@ pub async fn run(
             if let Some(pending) = recovery.take() {
                 let recovered = tokio::select! {
                     () = shutdown.cancelled() => return,
-                    recovered = recover(&*backend, &hub, &health, pending) => recovered,
+                    recovered = recover(&*store, &hub, &health, pending) => recovered,
                 };
                 if let Err((left, e)) = recovered {
                     health.failed();
@@ -183,7 +184,7 @@ enum Recovery {
 /// returned, to retry after a backoff (their positions have moved past
 /// whatever was dispatched meanwhile).
 async fn recover(
-    backend: &dyn Backend,
+    store: &dyn JobStore,
     hub: &Hub,
     health: &TailerHealth,
     pending: Recovery,
@@ -198,7 +199,7 @@ async fn recover(
     let mut left: HashSet<JobId> = plan.iter().map(|(job, _)| job.clone()).collect();
     let mut reads = futures_util::stream::iter(plan)
         .map(|(job, from)| async move {
-            let read = recover_job(backend, hub, health, &job, from).await;
+            let read = recover_job(store, hub, health, &job, from).await;
             (job, read)
         })
         .buffer_unordered(RECOVERY_CONCURRENCY);
@@ -230,7 +231,7 @@ async fn recover(
 /// # Errors
 /// Retryable store errors; anything else is settled with a per-job recheck.
 async fn recover_job(
-    backend: &dyn Backend,
+    store: &dyn JobStore,
     hub: &Hub,
     health: &TailerHealth,
     job: &JobId,
@@ -239,7 +240,7 @@ async fn recover_job(
     let mut after = from.id;
     loop {
         health.recovery_reads.fetch_add(1, Ordering::Relaxed);
-        let page = backend
+        let page = store
             .events_after(job, after, Some(&from.epoch), RECOVERY_PAGE)
             .await;
         let why = match page {

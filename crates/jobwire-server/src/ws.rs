@@ -149,7 +149,7 @@ async fn connection(
     };
     let (outbox, inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
     let mut session = Session::new(
-        state.backend.clone(),
+        state.store.clone(),
         state.hub.clone(),
         outbox.clone(),
         principal,

@@ -15,7 +15,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobwire_core::{Backend, BackendError, Claim, EventType, JobState, JobStatus, NewEvent};
+use jobwire_core::{
+    BackendError, Claim, EventType, JobQueue, JobState, JobStatus, JobStore, NewEvent,
+};
 use serde_json::{json, Value};
 use tokio::task::JoinError;
 use tracing::Instrument;
@@ -56,8 +58,12 @@ enum Ending {
 }
 
 impl Job {
-    fn backend(&self) -> &dyn Backend {
-        self.worker.backend.as_ref()
+    fn store(&self) -> &dyn JobStore {
+        self.worker.store.as_ref()
+    }
+
+    fn queue(&self) -> &dyn JobQueue {
+        self.worker.queue.as_ref()
     }
 
     fn consumer(&self) -> &str {
@@ -72,7 +78,7 @@ impl Job {
         tracing::debug!(attempt, "starting");
         let control = Arc::new(Control::default());
         let reporter = Reporter::with_control(
-            Arc::clone(&self.worker.backend),
+            Arc::clone(&self.worker.store),
             state.id.clone(),
             attempt,
             self.worker.config.report_buffer,
@@ -92,10 +98,7 @@ impl Job {
     /// run (the job is finished, deleted, or no longer this worker's).
     async fn prepare(&self) -> Option<JobState> {
         let id = &self.claim.job_id;
-        let state = match self
-            .retrying("read the job", || self.backend().job(id))
-            .await
-        {
+        let state = match self.retrying("read the job", || self.store().job(id)).await {
             Ok(state) => state,
             Err(BackendError::NotFound(_)) => {
                 tracing::info!("the job was deleted before it ran");
@@ -115,7 +118,7 @@ impl Job {
         let entry = &self.claim.entry;
         match self
             .retrying("renew the lease", || {
-                self.backend().renew(self.consumer(), entry)
+                self.queue().renew(self.consumer(), entry)
             })
             .await
         {
@@ -141,13 +144,13 @@ impl Job {
             );
             match self
                 .retrying("start a new attempt", || {
-                    self.backend().publish(id, vec![retry.clone()])
+                    self.store().publish(id, std::slice::from_ref(&retry))
                 })
                 .await
             {
                 Ok(_) => {
                     return self
-                        .retrying("read the job", || self.backend().job(id))
+                        .retrying("read the job", || self.store().job(id))
                         .await
                         .ok()
                 }
@@ -230,10 +233,7 @@ impl Job {
                 // here, say) or was deleted needs its entry acked; one that
                 // another worker runs does not.
                 let id = &self.claim.job_id;
-                match self
-                    .retrying("read the job", || self.backend().job(id))
-                    .await
-                {
+                match self.retrying("read the job", || self.store().job(id)).await {
                     Ok(state) if state.status.is_terminal() => self.ack().await,
                     Err(BackendError::NotFound(_)) => self.ack().await,
                     _ => {}
@@ -296,7 +296,7 @@ impl Job {
             let entry = &self.claim.entry;
             match self
                 .retrying("release the job", || {
-                    self.backend().release(self.consumer(), entry)
+                    self.queue().release(self.consumer(), entry)
                 })
                 .await
             {
@@ -315,7 +315,7 @@ impl Job {
     async fn ack(&self) {
         let entry = &self.claim.entry;
         if let Err(e) = self
-            .retrying("ack the job", || self.backend().ack(entry))
+            .retrying("ack the job", || self.queue().ack(entry))
             .await
         {
             tracing::warn!(error = %e, "cannot ack the job's queue entry; it will be dropped when reclaimed");
@@ -353,7 +353,7 @@ async fn keep_lease(worker: Arc<WorkerShared>, entry: String, control: Arc<Contr
     loop {
         tokio::time::sleep(every).await;
         loop {
-            match worker.backend.renew(&worker.config.consumer, &entry).await {
+            match worker.queue.renew(&worker.config.consumer, &entry).await {
                 Ok(true) => {
                     backoff.reset();
                     break;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use jobwire_core::{Backend, BackendError, EventType, Fence, JobId, NewEvent};
+use jobwire_core::{BackendError, EventType, Fence, JobId, JobStore, NewEvent};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -102,12 +102,12 @@ impl Reporter {
     ///
     /// The worker runtime makes one per job it runs; a program driving a
     /// job by other means (say, an external job) can make its own.
-    pub fn new(backend: Arc<dyn Backend>, job: JobId, attempt: u32, buffer: usize) -> Reporter {
-        Reporter::with_control(backend, job, attempt, buffer, Arc::default())
+    pub fn new(store: Arc<dyn JobStore>, job: JobId, attempt: u32, buffer: usize) -> Reporter {
+        Reporter::with_control(store, job, attempt, buffer, Arc::default())
     }
 
     pub(crate) fn with_control(
-        backend: Arc<dyn Backend>,
+        store: Arc<dyn JobStore>,
         job: JobId,
         attempt: u32,
         buffer: usize,
@@ -116,7 +116,7 @@ impl Reporter {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let (published_tx, published) = watch::channel(0);
         let publisher = Publisher {
-            backend,
+            store,
             job: job.clone(),
             attempt,
             control: Arc::clone(&control),
@@ -324,7 +324,7 @@ fn object(data: Value) -> Map<String, Value> {
 
 /// The task that publishes a reporter's buffer.
 struct Publisher {
-    backend: Arc<dyn Backend>,
+    store: Arc<dyn JobStore>,
     job: JobId,
     attempt: u32,
     control: Arc<Control>,
@@ -352,7 +352,7 @@ impl Publisher {
             }
             // The batch is kept until it is known to be published: a retry
             // sends the same fences, so nothing is applied twice.
-            match self.backend.publish(&self.job, batch.clone()).await {
+            match self.store.publish(&self.job, &batch).await {
                 Ok(outcome) => {
                     if failures > 0 {
                         tracing::info!(job = %self.job, failures, "publishing again after an outage");

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobwire_core::settle::settle_all;
-use jobwire_core::{Backend, Reclaimed};
+use jobwire_core::{Backend, JobQueue, JobStore, Reclaimed};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -162,7 +162,8 @@ impl WorkerBuilder {
         Ok(Worker {
             shared: Arc::new(WorkerShared {
                 permits: Arc::new(Semaphore::new(self.config.concurrency)),
-                backend: self.backend,
+                store: Arc::clone(&self.backend) as Arc<dyn JobStore>,
+                queue: self.backend,
                 config: self.config,
                 handlers: self.handlers,
                 stats: WorkerStats::default(),
@@ -191,7 +192,10 @@ impl fmt::Debug for Worker {
 
 /// What the worker's tasks share.
 pub(crate) struct WorkerShared {
-    pub(crate) backend: Arc<dyn Backend>,
+    /// Jobs: reading them, publishing their events.
+    pub(crate) store: Arc<dyn JobStore>,
+    /// Queue entries: claims, leases, acks.
+    pub(crate) queue: Arc<dyn JobQueue>,
     pub(crate) config: WorkerConfig,
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
     pub(crate) stats: WorkerStats,
@@ -322,7 +326,7 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
             }
         }
         let claims = match shared
-            .backend
+            .queue
             .claim(&shared.config.consumer, permits.len(), CLAIM_WAIT)
             .await
         {
@@ -343,7 +347,7 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
             // Claimed while shutting down: hand them straight back.
             for claim in claims {
                 if let Err(e) = shared
-                    .backend
+                    .queue
                     .release(&shared.config.consumer, &claim.entry)
                     .await
                 {
@@ -385,16 +389,27 @@ async fn reap(
     permits: &mut Vec<OwnedSemaphorePermit>,
     backoff: &mut Backoff,
 ) {
-    let reclaimed = match shared
-        .backend
-        .reclaim_idle(
+    let taken = shared
+        .queue
+        .take_over_idle(
             &shared.config.consumer,
             shared.config.visibility_timeout,
-            shared.config.max_attempts,
             permits.len(),
         )
-        .await
-    {
+        .await;
+    let settled = match taken {
+        Ok(taken) => {
+            settle_all(
+                shared.store.as_ref(),
+                shared.queue.as_ref(),
+                taken,
+                shared.config.max_attempts,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let reclaimed = match settled {
         Ok(r) => {
             backoff.reset();
             r
@@ -409,11 +424,7 @@ async fn reap(
         return;
     }
     let max = permits.len() + shared.running_entries().len();
-    let orphans: Vec<_> = match shared
-        .backend
-        .pending_of(&shared.config.consumer, max)
-        .await
-    {
+    let orphans: Vec<_> = match shared.queue.pending_of(&shared.config.consumer, max).await {
         Ok(leased) => {
             let running = shared.running_entries();
             leased
@@ -434,7 +445,14 @@ async fn reap(
         entries = orphans.len(),
         "queue entries leased to this worker that it does not run (the store lost writes?): settling them"
     );
-    match settle_all(shared.backend.as_ref(), orphans, shared.config.max_attempts).await {
+    let settled = settle_all(
+        shared.store.as_ref(),
+        shared.queue.as_ref(),
+        orphans,
+        shared.config.max_attempts,
+    )
+    .await;
+    match settled {
         Ok(settled) => take_over(shared, permits, settled),
         Err(e) => backoff.failed("settle orphaned entries", &e),
     }

@@ -47,7 +47,7 @@ fn publisher(
             // The store may be briefly busy; the publish path is the
             // backend's own, so just retry.
             loop {
-                match backend.publish(&job, vec![event.clone()]).await {
+                match backend.publish(&job, std::slice::from_ref(&event)).await {
                     Ok(_) => break,
                     Err(e) if e.is_retryable() => {
                         tokio::time::sleep(Duration::from_millis(20)).await
@@ -58,10 +58,7 @@ fn publisher(
             tokio::time::sleep(every).await;
         }
         backend
-            .publish(
-                &job,
-                vec![NewEvent::new(EventType::JobCompleted, json!({}))],
-            )
+            .publish(&job, &[NewEvent::new(EventType::JobCompleted, json!({}))])
             .await?;
         Ok(())
     })
@@ -82,10 +79,7 @@ async fn the_client_survives_kills_restarts_switches_and_token_expiry() -> Resul
         .create_job(NewJob::new("feed", json!({}), "alice").external())
         .await?;
     backend
-        .publish(
-            &job.id,
-            vec![NewEvent::new(EventType::JobStarted, json!({}))],
-        )
+        .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
         .await?;
 
     // Tokens live 3 s: the watch outlives several of them.

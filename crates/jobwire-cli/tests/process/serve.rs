@@ -156,10 +156,7 @@ async fn a_killed_instance_loses_its_clients_nothing() -> Result<()> {
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
     publisher
-        .publish(
-            &job.id,
-            vec![NewEvent::new(EventType::JobStarted, json!({}))],
-        )
+        .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
         .await?;
     let mut ws = watch(a.port, &format!("/ws/jobs/{}", job.id)).await?;
     let mut last = next(&mut ws)
@@ -169,7 +166,7 @@ async fn a_killed_instance_loses_its_clients_nothing() -> Result<()> {
         .context("id")?;
     let progress = |i: u64| NewEvent::new(EventType::Progress, json!({"current": i, "total": 100}));
     for i in 1..=10 {
-        publisher.publish(&job.id, vec![progress(i)]).await?;
+        publisher.publish(&job.id, &[progress(i)]).await?;
     }
     for _ in 0..5 {
         let e = next(&mut ws)
@@ -180,7 +177,7 @@ async fn a_killed_instance_loses_its_clients_nothing() -> Result<()> {
     }
     a.signal("KILL")?;
     for i in 11..=20 {
-        publisher.publish(&job.id, vec![progress(i)]).await?;
+        publisher.publish(&job.id, &[progress(i)]).await?;
     }
     // Whatever A still delivered before dying counts; then resume on B.
     while let Ok(Ok(e)) = next(&mut ws).await {

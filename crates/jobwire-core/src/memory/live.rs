@@ -1,5 +1,6 @@
 //! The in-memory live feed: a bounded ring of recent events with absolute
-//! positions, and the tail that reads it.
+//! positions, the tail that reads it, and `MemoryBackend` as a
+//! [`LiveFeed`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::backend::{LiveBatch, LivePosition, LiveTail, Result};
+use crate::backend::{BackendError, LiveBatch, LiveFeed, LivePosition, LiveTail, Result, TailFrom};
 use crate::event::EventRecord;
 
 use super::MemoryBackend;
@@ -18,16 +19,16 @@ const BATCH: usize = 1024;
 const WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-pub(super) struct LiveFeed {
+pub(super) struct Feed {
     /// Position of `ring[0]`.
     first: u64,
     ring: VecDeque<EventRecord>,
     capacity: usize,
 }
 
-impl LiveFeed {
-    pub(super) fn new(capacity: usize) -> LiveFeed {
-        LiveFeed {
+impl Feed {
+    pub(super) fn new(capacity: usize) -> Feed {
+        Feed {
             first: 0,
             ring: VecDeque::new(),
             capacity,
@@ -109,5 +110,22 @@ impl LiveTail for MemoryTail {
 
     fn position(&self) -> LivePosition {
         LivePosition(self.next.to_string())
+    }
+}
+
+#[async_trait]
+impl LiveFeed for MemoryBackend {
+    async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>> {
+        let start = match from {
+            TailFrom::Now => self.live().next_position(),
+            TailFrom::After(pos) => pos.0.parse::<u64>().map_err(|_| {
+                BackendError::Data(format!("not a memory live position: {:?}", pos.0))
+            })?,
+        };
+        Ok(Box::new(MemoryTail::new(
+            self.clone(),
+            start,
+            self.shared.live_tx.subscribe(),
+        )))
     }
 }

@@ -1,14 +1,18 @@
 //! The in-memory job queue: waiting entries, and entries leased to a consumer
-//! until acked or reclaimed after sitting idle (the semantics of a Redis
-//! Streams consumer group, which the Redis backend uses).
+//! until acked or taken over after sitting idle (the semantics of a Redis
+//! Streams consumer group, which the Redis backend uses); and
+//! `MemoryBackend` as a [`JobQueue`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{Claim, QueueStats};
+use crate::backend::{Claim, JobQueue, QueueStats, Result};
 use crate::ids::JobId;
+
+use super::MemoryBackend;
 
 #[derive(Debug, Default)]
 pub(super) struct Queue {
@@ -148,5 +152,60 @@ impl Queue {
             waiting: self.waiting.len() as u64,
             pending: self.pending.len() as u64,
         }
+    }
+}
+
+#[async_trait]
+impl JobQueue for MemoryBackend {
+    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an enqueue between the
+            // look and the wait still wakes us.
+            let ready = self.shared.queue_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let claims = self.index().queue.claim(consumer, max.max(1));
+            if !claims.is_empty() {
+                return Ok(claims);
+            }
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
+        Ok(self.index().queue.renew(consumer, entry))
+    }
+
+    async fn ack(&self, entry: &str) -> Result<()> {
+        self.index().queue.ack(entry);
+        Ok(())
+    }
+
+    async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
+        let released = self.index().queue.release(consumer, entry);
+        if released {
+            self.shared.queue_ready.notify_waiters();
+        }
+        Ok(released)
+    }
+
+    async fn take_over_idle(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Claim>> {
+        Ok(self.index().queue.take_idle(consumer, min_idle, max.max(1)))
+    }
+
+    async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
+        Ok(self.index().queue.pending_of(consumer, max))
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        Ok(self.index().queue.stats())
     }
 }

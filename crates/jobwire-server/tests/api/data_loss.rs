@@ -91,7 +91,7 @@ async fn publish(
         let event = NewEvent::new(EventType::Progress, json!({"current": i})).fenced(1, i);
         let mut tries = 0;
         loop {
-            match backend.publish(job, vec![event.clone()]).await {
+            match backend.publish(job, std::slice::from_ref(&event)).await {
                 Ok(_) => break,
                 Err(e) if e.is_retryable() && tries < 300 => {
                     tries += 1;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use jobwire_core::{
-    Backend, BackendConfig, BackendError, EventType, JobId, JobState, MemoryBackend, NewEvent,
-    NewJob,
+    Backend, BackendConfig, BackendError, EventType, JobId, JobState, JobStore, MemoryBackend,
+    NewEvent, NewJob,
 };
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::{mint_token, AppState, Auth, AuthConfig, Scope, ServerConfig};
@@ -37,8 +37,25 @@ pub(crate) async fn spawn_app(backend: Arc<dyn Backend>) -> Result<TestApp> {
     spawn_app_with(backend, ServerConfig::default()).await
 }
 
+/// A server on `backend` whose job reads go through `store` (a test double
+/// wrapping the backend's own store).
+pub(crate) async fn spawn_app_with_store(
+    backend: Arc<dyn Backend>,
+    store: Arc<dyn JobStore>,
+) -> Result<TestApp> {
+    spawn(backend, Some(store), ServerConfig::default()).await
+}
+
 pub(crate) async fn spawn_app_with(
     backend: Arc<dyn Backend>,
+    config: ServerConfig,
+) -> Result<TestApp> {
+    spawn(backend, None, config).await
+}
+
+async fn spawn(
+    backend: Arc<dyn Backend>,
+    store: Option<Arc<dyn JobStore>>,
     config: ServerConfig,
 ) -> Result<TestApp> {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -54,7 +71,10 @@ pub(crate) async fn spawn_app_with(
         ..AuthConfig::default()
     })?;
     let shutdown = CancellationToken::new();
-    let state = AppState::new(backend.clone(), auth, config, shutdown.clone());
+    let mut state = AppState::new(backend.clone(), auth, config, shutdown.clone());
+    if let Some(store) = store {
+        state.store = store;
+    }
     let served = tokio::spawn(jobwire_server::serve(listener, state));
     let app = TestApp {
         addr,
@@ -120,10 +140,7 @@ pub(crate) async fn running_job(backend: &Arc<dyn Backend>, owner: &str) -> Resu
         .create_job(NewJob::new("demo", json!({}), owner))
         .await?;
     backend
-        .publish(
-            &job.id,
-            vec![NewEvent::new(EventType::JobStarted, json!({}))],
-        )
+        .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
         .await?;
     Ok(backend.job(&job.id).await?)
 }
@@ -132,7 +149,7 @@ pub(crate) async fn progress(backend: &Arc<dyn Backend>, job: &JobId, i: u64) ->
     backend
         .publish(
             job,
-            vec![NewEvent::new(
+            &[NewEvent::new(
                 EventType::Progress,
                 json!({"current": i, "total": 1_000_000}),
             )],
@@ -300,19 +317,20 @@ async fn follow(
     Ok(())
 }
 
-/// A real backend that counts its job-log reads (`events_after`), and can be
+/// A real store that counts its job-log reads (`events_after`), and can be
 /// told to fail them as an unreachable store would. Everything else passes
-/// straight through.
+/// straight through. (It wraps the one trait it needs to: the live feed and
+/// the queue are the backend's own.)
 #[derive(Debug)]
-pub(crate) struct CountingBackend {
-    inner: Arc<dyn Backend>,
+pub(crate) struct CountingStore {
+    inner: Arc<dyn JobStore>,
     log_reads: AtomicU64,
     fail_log_reads: AtomicBool,
 }
 
-impl CountingBackend {
-    pub(crate) fn new(inner: Arc<dyn Backend>) -> Arc<CountingBackend> {
-        Arc::new(CountingBackend {
+impl CountingStore {
+    pub(crate) fn new(inner: Arc<dyn JobStore>) -> Arc<CountingStore> {
+        Arc::new(CountingStore {
             inner,
             log_reads: AtomicU64::new(0),
             fail_log_reads: AtomicBool::new(false),
@@ -329,23 +347,23 @@ impl CountingBackend {
     }
 }
 
-type BackendResult<T> = std::result::Result<T, BackendError>;
+type StoreResult<T> = std::result::Result<T, BackendError>;
 
 #[async_trait::async_trait]
-impl Backend for CountingBackend {
-    async fn create_job(&self, new: NewJob) -> BackendResult<JobState> {
+impl JobStore for CountingStore {
+    async fn create_job(&self, new: NewJob) -> StoreResult<JobState> {
         self.inner.create_job(new).await
     }
 
     async fn publish(
         &self,
         job: &JobId,
-        events: Vec<NewEvent>,
-    ) -> BackendResult<jobwire_core::PublishOutcome> {
+        events: &[NewEvent],
+    ) -> StoreResult<jobwire_core::PublishOutcome> {
         self.inner.publish(job, events).await
     }
 
-    async fn job(&self, job: &JobId) -> BackendResult<JobState> {
+    async fn job(&self, job: &JobId) -> StoreResult<JobState> {
         self.inner.job(job).await
     }
 
@@ -355,92 +373,38 @@ impl Backend for CountingBackend {
         after: jobwire_core::EventId,
         epoch: Option<&jobwire_core::Epoch>,
         limit: usize,
-    ) -> BackendResult<jobwire_core::EventsAfter> {
+    ) -> StoreResult<jobwire_core::EventsAfter> {
         self.log_reads.fetch_add(1, Ordering::SeqCst);
         if self.fail_log_reads.load(Ordering::SeqCst) {
-            return Err(BackendError::Unavailable(
-                "log reads switched off by the test".into(),
-            ));
+            return Err(BackendError::Unavailable("log reads are failing".into()));
         }
         self.inner.events_after(job, after, epoch, limit).await
-    }
-
-    async fn tail(
-        &self,
-        from: jobwire_core::TailFrom,
-    ) -> BackendResult<Box<dyn jobwire_core::LiveTail>> {
-        self.inner.tail(from).await
     }
 
     async fn list_jobs(
         &self,
         query: &jobwire_core::ListQuery,
-    ) -> BackendResult<jobwire_core::JobPage> {
+    ) -> StoreResult<jobwire_core::JobPage> {
         self.inner.list_jobs(query).await
     }
 
-    async fn cancel(&self, job: &JobId) -> BackendResult<jobwire_core::CancelOutcome> {
-        self.inner.cancel(job).await
+    async fn request_cancel(&self, job: &JobId) -> StoreResult<JobState> {
+        self.inner.request_cancel(job).await
     }
 
-    async fn delete(&self, job: &JobId) -> BackendResult<()> {
+    async fn delete(&self, job: &JobId) -> StoreResult<()> {
         self.inner.delete(job).await
     }
 
-    async fn claim(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> BackendResult<Vec<jobwire_core::Claim>> {
-        self.inner.claim(consumer, max, wait).await
-    }
-
-    async fn renew(&self, consumer: &str, entry: &str) -> BackendResult<bool> {
-        self.inner.renew(consumer, entry).await
-    }
-
-    async fn ack(&self, entry: &str) -> BackendResult<()> {
-        self.inner.ack(entry).await
-    }
-
-    async fn release(&self, consumer: &str, entry: &str) -> BackendResult<bool> {
-        self.inner.release(consumer, entry).await
-    }
-
-    async fn reclaim_idle(
-        &self,
-        consumer: &str,
-        min_idle: Duration,
-        max_attempts: u32,
-        max: usize,
-    ) -> BackendResult<Vec<jobwire_core::Reclaimed>> {
-        self.inner
-            .reclaim_idle(consumer, min_idle, max_attempts, max)
-            .await
-    }
-
-    async fn pending_of(
-        &self,
-        consumer: &str,
-        max: usize,
-    ) -> BackendResult<Vec<jobwire_core::Claim>> {
-        self.inner.pending_of(consumer, max).await
-    }
-
-    async fn unfinished_jobs(&self, owner: &str) -> BackendResult<u64> {
+    async fn unfinished_jobs(&self, owner: &str) -> StoreResult<u64> {
         self.inner.unfinished_jobs(owner).await
     }
 
-    async fn queue_stats(&self) -> BackendResult<jobwire_core::QueueStats> {
-        self.inner.queue_stats().await
-    }
-
-    async fn ping(&self) -> BackendResult<()> {
+    async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
 
-    async fn health(&self) -> BackendResult<jobwire_core::StoreHealth> {
+    async fn health(&self) -> StoreResult<jobwire_core::StoreHealth> {
         self.inner.health().await
     }
 }

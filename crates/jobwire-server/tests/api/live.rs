@@ -464,7 +464,7 @@ async fn a_reader_that_stops_reading_is_closed_with_1013_and_resumes() -> Result
         app.backend
             .publish(
                 &job.id,
-                vec![jobwire_core::NewEvent::new(
+                &[jobwire_core::NewEvent::new(
                     jobwire_core::EventType::Progress,
                     json!({"blob": blob}),
                 )],
@@ -537,7 +537,7 @@ async fn redis_restart_under_the_gateway_loses_nothing() -> Result<()> {
             )
             .fenced(1, i);
             for _ in 0..300 {
-                match publisher.publish(&id, vec![event.clone()]).await {
+                match publisher.publish(&id, std::slice::from_ref(&event)).await {
                     Ok(_) => return Ok(()),
                     Err(e) if e.is_retryable() => {
                         tokio::time::sleep(Duration::from_millis(50)).await

@@ -21,12 +21,14 @@ use crate::helpers::*;
 const OVERRUN: u64 = 70_000;
 
 /// A memory backend whose job logs keep every event of these tests (so a
-/// recovery never meets a trimmed log), behind a read counter.
-fn counted_memory() -> Arc<CountingBackend> {
-    CountingBackend::new(Arc::new(MemoryBackend::new(BackendConfig {
+/// recovery never meets a trimmed log), and its store behind a read counter.
+fn counted_memory() -> (Arc<dyn Backend>, Arc<CountingStore>) {
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig {
         stream_maxlen: 200_000,
         ..BackendConfig::default()
-    })))
+    }));
+    let counting = CountingStore::new(backend.clone());
+    (backend, counting)
 }
 
 /// `n` progress events for each of `jobs`, then one batch of [`OVERRUN`]
@@ -46,8 +48,8 @@ async fn publish_across_a_gap(
     }
     let batch = (0..OVERRUN)
         .map(|i| NewEvent::new(EventType::Progress, json!({"current": i, "total": OVERRUN})))
-        .collect();
-    backend.publish(filler, batch).await?;
+        .collect::<Vec<_>>();
+    backend.publish(filler, &batch).await?;
     Ok(())
 }
 
@@ -93,9 +95,8 @@ async fn watchers(app: &TestApp, clients: usize, jobs: &[JobId]) -> Result<Vec<W
 /// a handful of log reads, not one per connection and job (150).
 #[tokio::test]
 async fn a_live_feed_gap_is_recovered_with_one_log_read_per_job() -> Result<()> {
-    let counting = counted_memory();
-    let backend: Arc<dyn Backend> = counting.clone();
-    let app = spawn_app(backend.clone()).await?;
+    let (backend, counting) = counted_memory();
+    let app = spawn_app_with_store(backend.clone(), counting.clone()).await?;
     let mut jobs = Vec::new();
     for _ in 0..3 {
         jobs.push(running_job(&backend, "alice").await?.id);
@@ -144,9 +145,8 @@ async fn a_live_feed_gap_is_recovered_with_one_log_read_per_job() -> Result<()> 
 /// again every client gets every event exactly once, in order.
 #[tokio::test]
 async fn a_recovery_that_cannot_read_the_logs_retries_and_loses_nothing() -> Result<()> {
-    let counting = counted_memory();
-    let backend: Arc<dyn Backend> = counting.clone();
-    let app = spawn_app(backend.clone()).await?;
+    let (backend, counting) = counted_memory();
+    let app = spawn_app_with_store(backend.clone(), counting.clone()).await?;
     let mut jobs = Vec::new();
     for _ in 0..2 {
         jobs.push(running_job(&backend, "alice").await?.id);

@@ -430,10 +430,7 @@ mod tests {
             .create_job(NewJob::new("scan", json!({}), "alice"))
             .await?;
         backend
-            .publish(
-                &job.id,
-                vec![NewEvent::new(EventType::JobStarted, json!({}))],
-            )
+            .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
             .await?;
         backend.cancel(&job.id).await?;
         let reporter = Reporter::new(backend, job.id, 1, 16);

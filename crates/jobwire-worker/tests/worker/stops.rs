@@ -54,19 +54,17 @@ async fn a_reporter_of_a_superseded_attempt_is_fenced() -> Result<()> {
     let job = create_demo(backend.as_ref(), json!({})).await?;
     backend.claim("w1", 1, Duration::from_millis(100)).await?;
     backend
-        .publish(
-            &job.id,
-            vec![NewEvent::new(EventType::JobStarted, json!({}))],
-        )
+        .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
         .await?;
-    let reporter = Reporter::new(Arc::clone(&backend), job.id.clone(), 1, 100);
+    let reporter = Reporter::new(backend.clone(), job.id.clone(), 1, 100);
     reporter.progress(1, 3, "").await?;
     reporter.flush().await?;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let taken = backend
-        .reclaim_idle("w2", Duration::from_millis(200), 5, 10)
+        .take_over_idle("w2", Duration::from_millis(200), 10)
         .await?;
+    let taken = jobwire_core::settle::settle_all(&*backend, &*backend, taken, 5).await?;
     ensure!(
         matches!(taken.as_slice(), [Reclaimed::Retry { attempt: 2, .. }]),
         "{taken:?}"

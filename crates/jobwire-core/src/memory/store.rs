@@ -1,0 +1,232 @@
+//! `MemoryBackend` as a [`JobStore`]: jobs, their logs, listing, cancel,
+//! delete, and the counters the Redis backend keeps beside them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::backend::{
+    BackendError, EventsAfter, JobPage, JobStore, ListQuery, PublishOutcome, Result, ResyncReason,
+    StoreHealth,
+};
+use crate::event::NewEvent;
+use crate::ids::{Epoch, EventId, JobId, Timestamp};
+use crate::job::{JobState, JobStatus, NewJob};
+use crate::publish::{plan, plan_new_job, LogHead};
+
+use super::{lock, MemoryBackend, StoredJob};
+
+#[async_trait]
+impl JobStore for MemoryBackend {
+    async fn create_job(&self, new: NewJob) -> Result<JobState> {
+        let (state, event) = plan_new_job(&new)?;
+        let job = Arc::new(Mutex::new(StoredJob {
+            head: LogHead {
+                state: state.clone(),
+                last_n: 0,
+            },
+            log: VecDeque::from([event.clone()]),
+            cancel: false,
+        }));
+        // Hold the new job's lock until its first event is on the live feed,
+        // so no later event of it can overtake `job_queued` there.
+        let guard = lock(&job);
+        {
+            let mut index = self.index();
+            if index.jobs.contains_key(&new.id) {
+                return Err(BackendError::AlreadyExists(new.id));
+            }
+            index.jobs.insert(new.id.clone(), Arc::clone(&job));
+            index.all_jobs.insert(new.id.clone());
+            index
+                .by_owner
+                .entry(new.owner.clone())
+                .or_default()
+                .insert(new.id.clone());
+            if !new.external {
+                index.queue.enqueue(new.id.clone(), new.kind.clone());
+            }
+        }
+        let position = self.live().push(event);
+        self.count_move(&new.owner, None, Some(JobStatus::Queued));
+        drop(guard);
+        self.announce(position);
+        if !new.external {
+            self.shared.queue_ready.notify_waiters();
+        }
+        Ok(state)
+    }
+
+    async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
+        let config = &self.shared.config;
+        let (outcome, position) = self.with_job(job, |stored| {
+            let plan = plan(&stored.head, events, Timestamp::now(), config.retention)
+                .map_err(|e| BackendError::from_plan(job, e))?;
+            let ids = plan.events.iter().map(|e| e.id).collect();
+            self.count_move(
+                &plan.state.owner,
+                Some(stored.head.state.status),
+                Some(plan.state.status),
+            );
+            stored.log.extend(plan.events.iter().cloned());
+            let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
+            stored.log.drain(..excess);
+            stored.head = LogHead {
+                state: plan.state,
+                last_n: plan.last_n,
+            };
+            // Still under the job's lock: the job's events reach the live
+            // feed in id order.
+            let position = if plan.events.is_empty() {
+                None
+            } else {
+                let mut live = self.live();
+                plan.events.into_iter().map(|e| live.push(e)).last()
+            };
+            let outcome = PublishOutcome {
+                ids,
+                duplicates: plan.duplicates,
+                cancel_requested: stored.cancel,
+                last_event_id: stored.head.state.last_event_id,
+            };
+            Ok((outcome, position))
+        })?;
+        if let Some(position) = position {
+            self.announce(position);
+        }
+        Ok(outcome)
+    }
+
+    async fn job(&self, job: &JobId) -> Result<JobState> {
+        self.with_job(job, |stored| Ok(stored.snapshot()))
+    }
+
+    async fn events_after(
+        &self,
+        job: &JobId,
+        after: EventId,
+        epoch: Option<&Epoch>,
+        limit: usize,
+    ) -> Result<EventsAfter> {
+        self.with_job(job, |stored| {
+            let state = &stored.head.state;
+            if let Some(epoch) = epoch {
+                if *epoch != state.epoch {
+                    return Ok(EventsAfter::Resync(ResyncReason::EpochChanged {
+                        current: state.epoch.clone(),
+                    }));
+                }
+            }
+            let last = state.last_event_id;
+            if after > last {
+                return Ok(EventsAfter::Resync(ResyncReason::Ahead { last }));
+            }
+            let oldest = stored.log.front().map_or(last.next(), |e| e.id);
+            if after.next() < oldest {
+                return Ok(EventsAfter::Resync(ResyncReason::Trimmed { oldest }));
+            }
+            // Ids are consecutive, so the event after `after` sits at a known index.
+            let skip = (after.next().0 - oldest.0) as usize;
+            Ok(EventsAfter::Events(
+                stored.log.iter().skip(skip).take(limit).cloned().collect(),
+            ))
+        })
+    }
+
+    async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
+        let now = Timestamp::now();
+        let limit = query.limit.max(1);
+        let mut index = self.index();
+        let ids: Vec<JobId> = {
+            let set = match &query.owner {
+                Some(owner) => match index.by_owner.get(owner) {
+                    Some(set) => set,
+                    None => {
+                        return Ok(JobPage {
+                            jobs: Vec::new(),
+                            next_cursor: None,
+                        })
+                    }
+                },
+                None => &index.all_jobs,
+            };
+            let newest_first: Box<dyn Iterator<Item = &JobId>> = match &query.cursor {
+                Some(cursor) => Box::new(set.range(..cursor).rev()),
+                None => Box::new(set.iter().rev()),
+            };
+            newest_first.cloned().collect()
+        };
+        let mut jobs = Vec::with_capacity(limit);
+        let mut more = false;
+        let mut expired = Vec::new();
+        for id in ids {
+            let Some(job) = index.jobs.get(&id) else {
+                continue;
+            };
+            let stored = lock(job);
+            if stored.expired(now) {
+                expired.push((id, stored.head.state.owner.clone()));
+                continue;
+            }
+            if query.status.is_some_and(|s| s != stored.head.state.status) {
+                continue;
+            }
+            if jobs.len() == limit {
+                more = true;
+                break;
+            }
+            jobs.push(stored.snapshot());
+        }
+        for (id, owner) in expired {
+            index.remove(&id, &owner);
+        }
+        let next_cursor = if more {
+            jobs.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn request_cancel(&self, job: &JobId) -> Result<JobState> {
+        let state = self.with_job(job, |stored| {
+            if !stored.head.state.status.is_terminal() {
+                stored.cancel = true;
+            }
+            Ok(stored.snapshot())
+        })?;
+        Ok(state)
+    }
+
+    async fn delete(&self, job: &JobId) -> Result<()> {
+        let (owner, status) = self.with_job(job, |stored| {
+            Ok((stored.head.state.owner.clone(), stored.head.state.status))
+        })?;
+        if self.index().remove(job, &owner) {
+            self.count_move(&owner, Some(status), None);
+            Ok(())
+        } else {
+            Err(BackendError::NotFound(job.clone()))
+        }
+    }
+
+    async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
+        Ok(lock(&self.shared.unfinished)
+            .get(owner)
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<StoreHealth> {
+        Ok(StoreHealth {
+            used_memory_bytes: None,
+            live_entries: self.live().len() as u64,
+            jobs: *lock(&self.shared.counts),
+        })
+    }
+}
