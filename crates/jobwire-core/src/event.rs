@@ -9,7 +9,8 @@
 //! route it. Nothing on the delivery path serializes an event again.
 
 use std::fmt;
-use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -218,8 +219,10 @@ pub struct EventRecord {
     pub epoch: Epoch,
     /// When it was published (for delivery-latency metrics).
     pub timestamp: Timestamp,
-    /// The event in its wire shape (docs/protocol.md).
-    pub json: Arc<str>,
+    /// The event in its wire shape (docs/protocol.md): UTF-8 JSON, in
+    /// shared bytes that travel from the store's reply to every socket
+    /// without a copy (a clone is a reference count).
+    pub json: Bytes,
 }
 
 impl EventRecord {
@@ -229,19 +232,28 @@ impl EventRecord {
     /// # Errors
     /// When the JSON has no valid `id` and `job_id`.
     pub fn from_json(json: &str, epoch: Epoch) -> Result<EventRecord, serde_json::Error> {
+        EventRecord::from_bytes(Bytes::copy_from_slice(json.as_bytes()), epoch)
+    }
+
+    /// As [`EventRecord::from_json`], keeping `json` (bytes as the store
+    /// returned them) without a copy.
+    ///
+    /// # Errors
+    /// When the JSON has no valid `id` and `job_id`.
+    pub fn from_bytes(json: Bytes, epoch: Epoch) -> Result<EventRecord, serde_json::Error> {
         #[derive(Deserialize)]
         struct Head {
             id: EventId,
             job_id: JobId,
             timestamp: Timestamp,
         }
-        let head: Head = serde_json::from_str(json)?;
+        let head: Head = serde_json::from_slice(&json)?;
         Ok(EventRecord {
             id: head.id,
             job_id: head.job_id,
             epoch,
             timestamp: head.timestamp,
-            json: json.into(),
+            json,
         })
     }
 
@@ -252,7 +264,7 @@ impl EventRecord {
             job_id: event.job_id.clone(),
             epoch,
             timestamp: event.timestamp,
-            json: event.to_json().into(),
+            json: Bytes::from(event.to_json()),
         }
     }
 
@@ -261,7 +273,7 @@ impl EventRecord {
     /// # Errors
     /// When the JSON is not an event (it was not written by jobwire).
     pub fn parse(&self) -> Result<Event, serde_json::Error> {
-        serde_json::from_str(&self.json)
+        serde_json::from_slice(&self.json)
     }
 }
 
@@ -295,7 +307,7 @@ impl WireEvent<'_> {
             job_id: self.job_id.clone(),
             epoch: self.epoch.clone(),
             timestamp: self.timestamp,
-            json: json.into(),
+            json: Bytes::from(json),
         }
     }
 }

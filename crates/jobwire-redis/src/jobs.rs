@@ -85,7 +85,7 @@ impl RedisBackend {
                     .arg(limits.live_maxlen)
                     .arg(retention_ms.to_string());
                 for event in &plan.events {
-                    invocation.arg(&*event.json);
+                    invocation.arg(&event.json[..]);
                 }
             }
         }
@@ -158,7 +158,7 @@ impl JobStore for RedisBackend {
             .key(keys.stats_of(&new.id))
             .key(keys.unfinished_of(&new.id))
             .arg(to_json(&state)?)
-            .arg(&*event.json)
+            .arg(&event.json[..])
             .arg(state.epoch.as_str())
             .arg(state.status.as_str())
             .arg(limits.stream_maxlen)
@@ -215,7 +215,7 @@ impl JobStore for RedisBackend {
         let _turn = self.shared.publish_turns[self.turn_of(job)].lock().await;
         // A cached head may be stale; only a plan made from a head Redis just
         // returned is trusted to refuse a batch.
-        let mut head = self.cached_head(job);
+        let mut head = self.take_cached_head(job);
         let mut fresh = false;
         // Set when Redis asked for a new history (see `NewHistory`): the
         // next plan is made under this epoch.
@@ -325,11 +325,13 @@ impl JobStore for RedisBackend {
             .map_err(backend_error)?;
         match reply.split_first() {
             Some((Value::Int(0), [])) => Err(BackendError::NotFound(job.clone())),
-            Some((Value::Int(1), [epoch, events @ ..])) => {
+            Some((Value::Int(1), [epoch, ..])) => {
                 let epoch: Epoch = parse_text(epoch)?.parse().map_err(corrupt)?;
+                // The replies' bytes become the records' without a copy.
                 Ok(EventsAfter::Events(
-                    events
-                        .iter()
+                    reply
+                        .into_iter()
+                        .skip(2)
                         .map(|e| record(e, &epoch))
                         .collect::<Result<Vec<_>>>()?,
                 ))
@@ -544,13 +546,13 @@ fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T> {
     }
 }
 
-fn record(v: &Value, epoch: &Epoch) -> Result<EventRecord> {
-    let text = std::str::from_utf8(match v {
-        Value::BulkString(bytes) => bytes,
-        other => return Err(unexpected("event", std::slice::from_ref(other))),
-    })
-    .map_err(corrupt)?;
-    EventRecord::from_json(text, epoch.clone()).map_err(corrupt)
+fn record(v: Value, epoch: &Epoch) -> Result<EventRecord> {
+    match v {
+        Value::BulkString(bytes) => {
+            EventRecord::from_bytes(bytes::Bytes::from(bytes), epoch.clone()).map_err(corrupt)
+        }
+        other => Err(unexpected("event", std::slice::from_ref(&other))),
+    }
 }
 
 fn parse_text(v: &Value) -> Result<String> {

@@ -278,8 +278,10 @@ impl RedisBackend {
         usize::from(job.partition(u16::MAX)) % PUBLISH_TURNS
     }
 
-    fn cached_head(&self, job: &JobId) -> Option<LogHead> {
-        self.heads().get(job).cloned()
+    /// Takes the job's cached head out of the cache (no clone: the caller
+    /// holds the job's publish turn, and puts the new head back).
+    fn take_cached_head(&self, job: &JobId) -> Option<LogHead> {
+        self.heads().remove(job)
     }
 
     fn cache_head(&self, job: &JobId, head: Option<LogHead>) {

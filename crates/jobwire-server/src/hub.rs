@@ -32,12 +32,14 @@
 //! duplicate events (sessions drop them) but never leaves a watcher behind
 //! with no later event to show it the hole.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use jobwire_core::{Epoch, EventId, EventRecord, JobId};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +64,10 @@ impl Frame {
             id: record.id,
             epoch: record.epoch.clone(),
             published: record.timestamp,
-            text: Utf8Bytes::from(record.json.to_string()),
+            // Shares the record's bytes (validated as UTF-8, not copied).
+            text: Utf8Bytes::try_from(record.json.clone()).unwrap_or_else(|_| {
+                Utf8Bytes::from(String::from_utf8_lossy(&record.json).into_owned())
+            }),
         }
     }
 }
@@ -163,17 +168,32 @@ impl Watched {
     }
 }
 
+/// Shards of the Hub's map: a dispatch locks only the shards of the jobs it
+/// delivers, so subscribes, unsubscribes and dispatches of other jobs do not
+/// wait for it (centrifuge's hub has 64 too).
+const SHARDS: usize = 64;
+
+type Shard = RwLock<FxHashMap<JobId, Watched>>;
+
 /// Job id → the connections watching it, and its recovery position.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
-    jobs: RwLock<HashMap<JobId, Watched>>,
+    shards: Box<[Shard]>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
 }
 
 impl Hub {
     /// Starts delivering `job`'s live events to `outbox`. The connection
     /// then reads the job and reports where it starts with [`Hub::started`].
     pub fn watch(&self, job: &JobId, outbox: &Arc<Outbox>) {
-        let mut jobs = self.write();
+        let mut jobs = self.write(job);
         let watched = jobs.entry(job.clone()).or_default();
         match watched
             .watchers
@@ -192,7 +212,7 @@ impl Hub {
     /// The connection `outbox_id` has sent `job`'s events up to `last` (of
     /// the log `epoch`) and passes on live events from here.
     pub fn started(&self, job: &JobId, outbox_id: u64, last: EventId, epoch: &Epoch) {
-        let mut jobs = self.write();
+        let mut jobs = self.write(job);
         let Some(watched) = jobs.get_mut(job) else {
             return;
         };
@@ -221,7 +241,7 @@ impl Hub {
 
     /// Stops delivering `job`'s events to the outbox `outbox_id`.
     pub fn unwatch(&self, job: &JobId, outbox_id: u64) {
-        let mut jobs = self.write();
+        let mut jobs = self.write(job);
         if let Some(watched) = jobs.get_mut(job) {
             watched.watchers.retain(|w| w.outbox.id != outbox_id);
             if watched.watchers.is_empty() {
@@ -233,10 +253,21 @@ impl Hub {
     /// Offers events (live, or read for a recovery) to their watchers, each
     /// event serialized once, and moves the jobs' positions past them.
     pub fn dispatch(&self, records: &[EventRecord]) {
-        // The write lock: positions move. Only subscribes and unsubscribes
-        // (writers anyway) and the metrics scrape contend for it.
-        let mut jobs = self.write();
+        // The shard's write lock: positions move. A batch's records of one
+        // shard (often one job's run) share one lock.
+        let mut held: Option<(
+            usize,
+            std::sync::RwLockWriteGuard<'_, FxHashMap<JobId, Watched>>,
+        )> = None;
         for record in records {
+            let index = shard_of(&record.job_id);
+            let jobs = match &mut held {
+                Some((i, guard)) if *i == index => guard,
+                _ => {
+                    held = None;
+                    &mut held.insert((index, write_lock(&self.shards[index]))).1
+                }
+            };
             let Some(watched) = jobs.get_mut(&record.job_id) else {
                 continue;
             };
@@ -266,7 +297,7 @@ impl Hub {
 
     /// Asks every connection watching `job` to re-read its log by itself.
     pub fn recheck(&self, job: &JobId) {
-        if let Some(watched) = self.read().get(job) {
+        if let Some(watched) = read_lock(&self.shards[shard_of(job)]).get(job) {
             watched.recheck(job, false);
         }
     }
@@ -276,7 +307,6 @@ impl Hub {
     /// are asked to re-read by themselves (see the module docs), here, under
     /// the lock, so that none falls between the plan and its report.
     pub fn plan_recovery(&self, jobs: Option<&HashSet<JobId>>) -> Vec<(JobId, Position)> {
-        let watched = self.read();
         let mut plan = Vec::new();
         let mut plan_one = |job: &JobId, w: &Watched| {
             w.recheck(job, true);
@@ -287,14 +317,16 @@ impl Hub {
         match jobs {
             Some(jobs) => {
                 for job in jobs {
-                    if let Some(w) = watched.get(job) {
+                    if let Some(w) = read_lock(&self.shards[shard_of(job)]).get(job) {
                         plan_one(job, w);
                     }
                 }
             }
             None => {
-                for (job, w) in watched.iter() {
-                    plan_one(job, w);
+                for shard in self.shards.iter() {
+                    for (job, w) in read_lock(shard).iter() {
+                        plan_one(job, w);
+                    }
                 }
             }
         }
@@ -303,20 +335,30 @@ impl Hub {
 
     /// Jobs with at least one watcher here.
     pub fn watched_jobs(&self) -> usize {
-        self.read().len()
+        self.shards.iter().map(|shard| read_lock(shard).len()).sum()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<JobId, Watched>> {
-        self.jobs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn write(&self, job: &JobId) -> std::sync::RwLockWriteGuard<'_, FxHashMap<JobId, Watched>> {
+        write_lock(&self.shards[shard_of(job)])
     }
+}
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<JobId, Watched>> {
-        self.jobs
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn shard_of(job: &JobId) -> usize {
+    let mut hasher = rustc_hash::FxHasher::default();
+    job.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+fn read_lock(shard: &Shard) -> std::sync::RwLockReadGuard<'_, FxHashMap<JobId, Watched>> {
+    shard
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock(shard: &Shard) -> std::sync::RwLockWriteGuard<'_, FxHashMap<JobId, Watched>> {
+    shard
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -329,7 +371,7 @@ mod tests {
             job_id: job.clone(),
             epoch: "e1".parse().expect("epoch"),
             timestamp: jobwire_core::Timestamp::now(),
-            json: Arc::from("{}"),
+            json: "{}".into(),
         }
     }
 

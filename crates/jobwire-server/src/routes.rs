@@ -266,20 +266,23 @@ pub async fn history(
         .await?
     {
         EventsAfter::Events(records) => {
+            // The history the events were read from (the job's epoch may
+            // have changed since it was read above).
+            let epoch = records.first().map_or(&job.epoch, |r| &r.epoch);
             let mut body =
-                String::with_capacity(64 + records.iter().map(|r| r.json.len() + 1).sum::<usize>());
-            body.push_str(r#"{"job_id":""#);
-            body.push_str(id.as_str());
-            body.push_str(r#"","epoch":""#);
-            body.push_str(job.epoch.as_str());
-            body.push_str(r#"","events":["#);
+                Vec::with_capacity(64 + records.iter().map(|r| r.json.len() + 1).sum::<usize>());
+            body.extend_from_slice(br#"{"job_id":""#);
+            body.extend_from_slice(id.as_str().as_bytes());
+            body.extend_from_slice(br#"","epoch":""#);
+            body.extend_from_slice(epoch.as_str().as_bytes());
+            body.extend_from_slice(br#"","events":["#);
             for (i, record) in records.iter().enumerate() {
                 if i > 0 {
-                    body.push(',');
+                    body.push(b',');
                 }
-                body.push_str(&record.json);
+                body.extend_from_slice(&record.json);
             }
-            body.push_str("]}");
+            body.extend_from_slice(b"]}");
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         EventsAfter::Resync(reason) => {

@@ -23,7 +23,7 @@
 //! registration happens before the first read, every event after the first
 //! message's position reaches the client exactly once, in order.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use jobwire_core::{
@@ -97,7 +97,7 @@ pub struct Session {
     hub: Arc<Hub>,
     outbox: Arc<Outbox>,
     pub principal: Principal,
-    subs: HashMap<JobId, Sub>,
+    subs: FxHashMap<JobId, Sub>,
     max_subscriptions: usize,
 }
 
@@ -114,7 +114,7 @@ impl Session {
             hub,
             outbox,
             principal,
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             max_subscriptions,
         }
     }
