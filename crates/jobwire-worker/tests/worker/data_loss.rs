@@ -38,6 +38,8 @@ async fn a_job_whose_end_was_lost_runs_again_without_waiting_for_the_lease() -> 
     })
     .await?;
     let snapshot = Snapshot::take(&server).await?;
+    // (The job must still have been running when the snapshot was taken:
+    // 100 steps of 20 ms leave time on a loaded machine.)
     let done = wait_finished(backend.as_ref(), &job.id).await?;
     ensure!(done.status == JobStatus::Completed, "{done:?}");
 
