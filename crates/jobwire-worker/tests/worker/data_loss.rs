@@ -29,7 +29,7 @@ async fn a_job_whose_end_was_lost_runs_again_without_waiting_for_the_lease() -> 
     let job = backend
         .create_job(NewJob::new(
             "demo",
-            json!({"steps": 20, "delay_ms": 20}),
+            json!({"steps": 100, "delay_ms": 20}),
             "alice",
         ))
         .await?;
