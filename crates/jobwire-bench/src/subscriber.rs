@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures_util::StreamExt;
-use serde_json::Value;
+use jobwire_core::{Control, ServerMessage};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,11 +74,10 @@ impl Subscriber {
     /// Connects and reads the first message (`current_state`).
     pub(crate) async fn open(target: Target, token: &str) -> Result<Subscriber> {
         let (feed, first) = connect(&target, token, None).await?;
-        let last = first["id"].as_u64().context("current_state without id")?;
-        let epoch = first["epoch"]
-            .as_str()
-            .context("current_state without epoch")?
-            .to_owned();
+        let Control::CurrentState { id, epoch, .. } = first else {
+            bail!("a fresh subscribe was answered with {first:?}");
+        };
+        let (last, epoch) = (id.0, epoch.as_str().to_owned());
         Ok(Subscriber {
             target,
             feed,
@@ -117,7 +116,7 @@ impl Subscriber {
                     match connect(&self.target, &token, Some(resume)).await {
                         Ok((feed, first)) => {
                             self.feed = feed;
-                            seen.not_resumed = first["type"] != "resumed";
+                            seen.not_resumed = !matches!(first, Control::Resumed { .. });
                             continue;
                         }
                         Err(_) => {
@@ -173,7 +172,7 @@ async fn connect(
     target: &Target,
     token: &str,
     resume: Option<(u64, String)>,
-) -> Result<(Feed, Value)> {
+) -> Result<(Feed, Control)> {
     let mut feed = match target.transport {
         Transport::Ws => {
             let mut url = format!("ws://{}/ws/jobs/{}", target.addr, target.job);
@@ -185,7 +184,10 @@ async fn connect(
         Transport::Sse => Feed::Sse(SseFeed::open(target, token, resume).await?),
     };
     let first = match tokio::time::timeout(Duration::from_secs(10), feed.next()).await {
-        Ok(Some(Incoming::Text(text))) => serde_json::from_str(&text)?,
+        Ok(Some(Incoming::Text(text))) => match ServerMessage::parse(&text)? {
+            ServerMessage::Control(first) => first,
+            other => bail!("a subscribe was answered with {other:?}"),
+        },
         other => bail!("subscriber got no first message: {}", other.is_ok()),
     };
     Ok((feed, first))
