@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobwire_core::Backend;
+use jobwire_core::{Backend, Backoff};
 use jobwire_redis::{ConnectError, RedisBackend};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,7 @@ pub(crate) async fn connect_redis(
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<dyn Backend>>, Failure> {
     let config = store.redis_config();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match RedisBackend::connect(config.clone()).await {
             Ok(backend) => return Ok(Some(Arc::new(backend))),
@@ -26,12 +26,12 @@ pub(crate) async fn connect_redis(
                 e @ (ConnectError::Url { .. } | ConnectError::Layout(_) | ConnectError::Tls(_)),
             ) => return Err(Failure::Usage(e.into())),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "waiting for Redis");
+                let wait = backoff.failed();
+                tracing::warn!(error = %e, retry_in = ?wait, "waiting for Redis");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

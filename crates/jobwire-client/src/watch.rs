@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use jobwire_core::{
-    ClientFrame, Control, Epoch, Event, EventId, JobId, JobState, Refusal, ServerMessage,
+    Backoff, ClientFrame, Control, Epoch, Event, EventId, JobId, JobState, Refusal, ServerMessage,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -199,7 +199,7 @@ type Ws =
 
 impl Runner {
     async fn run(mut self) {
-        let mut delay = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         let mut token_refused = false;
         loop {
             if self.all_done() {
@@ -265,7 +265,7 @@ impl Runner {
                     } => {
                         token_refused = false;
                         if started.elapsed() > Duration::from_secs(5) {
-                            delay = BACKOFF_FIRST; // it worked for a while
+                            backoff.reset(); // it worked for a while
                         }
                         reason = r;
                         slow_down = s;
@@ -276,11 +276,13 @@ impl Runner {
             if self.all_done() {
                 return;
             }
+            let nominal = backoff.failed();
             let ceiling = if slow_down {
-                delay.max(Duration::from_secs(5))
+                nominal.max(Duration::from_secs(5))
             } else {
-                delay
+                nominal
             };
+            // Jittered: clients that lost the same server spread out.
             let wait = ceiling.mul_f64(rand::random::<f64>());
             let status = ConnectionStatus::Disconnected {
                 reason,
@@ -290,7 +292,6 @@ impl Runner {
                 return;
             }
             tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(BACKOFF_MAX);
         }
     }
 

@@ -13,12 +13,14 @@
 //!   resume points, as types both ends use.
 //! - [`backend`]: the backend traits (`JobStore`, `LiveFeed`, `JobQueue`,
 //!   and `Backend`, all three) and their types.
+//! - [`backoff`]: the one exponential backoff, for every retry loop.
 //! - [`settle`]: what happens to a lapsed lease, and how a cancel finishes,
 //!   written once on top of the traits.
 //! - [`memory`]: `MemoryBackend`, the in-process backend.
 //! - `testsuite` (feature `testsuite`): the conformance suite every backend passes.
 
 pub mod backend;
+pub mod backoff;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -36,6 +38,7 @@ pub use backend::{
     JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail, PublishOutcome,
     QueueStats, Reclaimed, ResyncReason, StoreHealth, TailFrom,
 };
+pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
 pub use job::{JobState, JobStatus, NewJob};

@@ -157,7 +157,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = jobwire_core::Backoff::new(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
     // One in-flight reserve connection counts towards the reserve.
     let reserve = Arc::new(AtomicUsize::new(0));
     loop {
@@ -167,19 +167,21 @@ pub async fn run(
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => {
-                backoff = Duration::from_millis(5);
+                backoff.reset();
                 accepted
             }
             // The peer gave up before we accepted it: nothing to do.
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, pause = ?backoff,
-                    "cannot accept connections (out of file descriptors?); pausing");
+                let pause = backoff.failed();
+                if backoff.worth_logging() {
+                    tracing::warn!(error = %e, ?pause, failures = backoff.failures(),
+                        "cannot accept connections (out of file descriptors?); pausing");
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 continue;
             }
         };

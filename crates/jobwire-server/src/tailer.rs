@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use jobwire_core::{BackendError, EventsAfter, JobId, JobStore, LiveBatch, LiveFeed, TailFrom};
+use jobwire_core::{
+    BackendError, Backoff, EventsAfter, JobId, JobStore, LiveBatch, LiveFeed, TailFrom,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Position};
@@ -99,7 +101,7 @@ pub async fn run(
     health: Arc<TailerHealth>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let opened = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -109,7 +111,7 @@ pub async fn run(
             Ok(tail) => tail,
             Err(e) => {
                 health.failed();
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
+                tracing::warn!(error = %e, retry_in = ?backoff.peek(), "cannot open the live feed");
                 if back_off(&mut backoff, &shutdown).await {
                     return;
                 }
@@ -127,7 +129,7 @@ pub async fn run(
                 };
                 if let Err((left, e)) = recovered {
                     health.failed();
-                    tracing::warn!(error = %e, jobs = left.len(), retry_in = ?backoff,
+                    tracing::warn!(error = %e, jobs = left.len(), retry_in = ?backoff.peek(),
                         "cannot re-read job logs after a live-feed gap");
                     recovery = Some(Recovery::Jobs(left));
                     if back_off(&mut backoff, &shutdown).await {
@@ -153,7 +155,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     health.failed();
-                    tracing::warn!(error = %e, retry_in = ?backoff, "live feed read failed");
+                    tracing::warn!(error = %e, retry_in = ?backoff.peek(), "live feed read failed");
                     if back_off(&mut backoff, &shutdown).await {
                         return;
                     }
@@ -163,10 +165,10 @@ pub async fn run(
     }
 }
 
-fn mark_up(health: &TailerHealth, backoff: &mut Duration) {
+fn mark_up(health: &TailerHealth, backoff: &mut Backoff) {
     if !health.is_up() {
         health.set(true);
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
     }
 }
 
@@ -269,13 +271,11 @@ async fn recover_job(
     }
 }
 
-/// Sleeps for `backoff`, then doubles it (up to the maximum); `true` when
-/// shutdown came first.
-async fn back_off(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
-    let stopped = tokio::select! {
+/// Sleeps for the backoff's next wait; `true` when shutdown came first.
+async fn back_off(backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+    let wait = backoff.failed();
+    tokio::select! {
         () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(*backoff) => false,
-    };
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    stopped
+        () = tokio::time::sleep(wait) => false,
+    }
 }

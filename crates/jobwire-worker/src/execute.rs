@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::handler::{JobContext, JobOutcome, StopReason, Stopped};
 use crate::reporter::{Control, Reporter};
-use crate::runtime::{Backoff, WorkerShared};
+use crate::runtime::{Retries, WorkerShared};
 
 /// After the shutdown deadline, how long a handler has to notice that it must
 /// stop before its task is aborted.
@@ -329,7 +329,7 @@ impl Job {
         F: FnMut() -> Fut + 'a,
         Fut: std::future::Future<Output = Result<T, BackendError>> + 'a,
     {
-        let mut backoff = Backoff::default();
+        let mut backoff = Retries::default();
         loop {
             match op().await {
                 Err(e) if e.is_retryable() && !self.worker.give_up.is_cancelled() => {
@@ -349,7 +349,7 @@ impl Job {
 /// another worker took the job over, and this attempt stops.
 async fn keep_lease(worker: Arc<WorkerShared>, entry: String, control: Arc<Control>) {
     let every = worker.config.visibility_timeout / 3;
-    let mut backoff = Backoff::default();
+    let mut backoff = Retries::default();
     loop {
         tokio::time::sleep(every).await;
         loop {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use jobwire_core::{BackendError, EventType, Fence, JobId, JobStore, NewEvent};
+use jobwire_core::{BackendError, Backoff, EventType, Fence, JobId, JobStore, NewEvent};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -335,8 +335,7 @@ impl Publisher {
     async fn run(self, mut rx: mpsc::Receiver<NewEvent>) {
         let mut n = 0u64;
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut delay = RETRY_FIRST;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         loop {
             if batch.is_empty() {
                 if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -354,11 +353,10 @@ impl Publisher {
             // sends the same fences, so nothing is applied twice.
             match self.store.publish(&self.job, &batch).await {
                 Ok(outcome) => {
+                    let failures = backoff.reset();
                     if failures > 0 {
                         tracing::info!(job = %self.job, failures, "publishing again after an outage");
                     }
-                    failures = 0;
-                    delay = RETRY_FIRST;
                     let count = batch.len() as u64;
                     batch.clear();
                     self.published.send_modify(|p| *p += count);
@@ -367,14 +365,13 @@ impl Publisher {
                     }
                 }
                 Err(e) if e.is_retryable() => {
-                    failures += 1;
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(job = %self.job, failures, error = %e,
+                    let wait = backoff.failed();
+                    if backoff.worth_logging() {
+                        tracing::warn!(job = %self.job, failures = backoff.failures(), error = %e,
                             buffered = batch.len() + rx.len(),
                             "cannot publish progress; keeping it and retrying");
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     let reason = match &e {

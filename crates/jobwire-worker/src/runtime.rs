@@ -304,7 +304,7 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
     let vt = shared.config.visibility_timeout;
     let reap_every = (vt / 2).clamp(Duration::from_millis(200), Duration::from_secs(10));
     let mut next_reap = tokio::time::Instant::now();
-    let (mut claim_backoff, mut reap_backoff) = (Backoff::default(), Backoff::default());
+    let (mut claim_backoff, mut reap_backoff) = (Retries::default(), Retries::default());
     loop {
         let first = tokio::select! {
             biased;
@@ -387,7 +387,7 @@ fn spawn_job(shared: &Arc<WorkerShared>, claim: jobwire_core::Claim, permit: Own
 async fn reap(
     shared: &Arc<WorkerShared>,
     permits: &mut Vec<OwnedSemaphorePermit>,
-    backoff: &mut Backoff,
+    backoff: &mut Retries,
 ) {
     let taken = shared
         .queue
@@ -483,43 +483,43 @@ fn take_over(
     }
 }
 
-/// Exponential backoff with a log line at the first failure and then at
-/// every doubling, so an outage is visible but does not flood the log.
+/// The worker's store retries: the one [`jobwire_core::Backoff`] (100 ms
+/// doubling to 5 s), with a log line at the first failure and then at every
+/// doubling, so an outage is visible but does not flood the log.
 #[derive(Debug)]
-pub(crate) struct Backoff {
-    delay: Duration,
-    failures: u32,
+pub(crate) struct Retries {
+    backoff: jobwire_core::Backoff,
+    /// The wait the last failure asked for.
+    next: Duration,
 }
 
-impl Default for Backoff {
+impl Default for Retries {
     fn default() -> Self {
-        Backoff {
-            delay: Duration::from_millis(100),
-            failures: 0,
+        Retries {
+            backoff: jobwire_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            next: Duration::ZERO,
         }
     }
 }
 
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(5);
-
+impl Retries {
+    /// Counts a failure of `what`; [`Retries::wait`] then waits for it.
     pub(crate) fn failed(&mut self, what: &str, error: &dyn fmt::Display) {
-        self.failures += 1;
-        if self.failures == 1 || self.failures.is_power_of_two() {
-            tracing::warn!(failures = self.failures, %error, "cannot {what}; retrying");
+        self.next = self.backoff.failed();
+        if self.backoff.worth_logging() {
+            tracing::warn!(failures = self.backoff.failures(), %error, "cannot {what}; retrying");
         }
     }
 
     pub(crate) fn reset(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "the store is reachable again");
+        let failures = self.backoff.reset();
+        if failures > 0 {
+            tracing::info!(failures, "the store is reachable again");
         }
-        *self = Backoff::default();
     }
 
     pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Self::MAX);
+        tokio::time::sleep(self.next).await;
     }
 }
 
