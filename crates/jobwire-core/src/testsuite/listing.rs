@@ -1,0 +1,187 @@
+//! Conformance cases of listing and the counters kept beside the jobs.
+
+use super::*;
+
+/// Listing: a user's jobs only, newest first, in pages that add up exactly;
+/// a status filter; everyone's jobs for an admin query.
+pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let mut alice = Vec::new();
+    for i in 0..5 {
+        alice.push(
+            b.create_job(NewJob::new("demo", json!({"i": i}), "alice"))
+                .await?
+                .id,
+        );
+        // ULIDs created within one millisecond may not sort by creation.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    b.create_job(NewJob::new("demo", json!({}), "bob")).await?;
+    b.publish(
+        &alice[1],
+        &[NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = b
+            .list_jobs(&ListQuery {
+                owner: Some("alice".into()),
+                limit: 2,
+                cursor,
+                status: None,
+            })
+            .await?;
+        pages += 1;
+        ensure!(
+            page.jobs.iter().all(|j| j.owner == "alice"),
+            "another user's job listed"
+        );
+        listed.extend(page.jobs.into_iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        ensure!(pages < 10, "pagination does not end");
+    }
+    let newest_first: Vec<_> = alice.iter().rev().cloned().collect();
+    ensure!(listed == newest_first, "listed {listed:?}");
+    ensure!(pages == 3);
+    let running = b
+        .list_jobs(&ListQuery {
+            owner: Some("alice".into()),
+            status: Some(JobStatus::Running),
+            limit: 10,
+            cursor: None,
+        })
+        .await?;
+    ensure!(running.jobs.len() == 1 && running.jobs[0].id == alice[1]);
+    let everyone = b
+        .list_jobs(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await?;
+    ensure!(everyone.jobs.len() == 6 && everyone.next_cursor.is_none());
+    let nobody = b
+        .list_jobs(&ListQuery {
+            owner: Some("carol".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    ensure!(nobody.jobs.is_empty() && nobody.next_cursor.is_none());
+    Ok(())
+}
+
+/// `health().jobs` follows every status change: creation, start, each way
+/// of finishing, a retry, and deletion of an unfinished job.
+pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let counts = |q, r, c, fl, x| JobCounts {
+        queued: q,
+        running: r,
+        completed: c,
+        failed: fl,
+        cancelled: x,
+    };
+    let check = |expected: JobCounts, step: &'static str| async move {
+        let got = b.health().await?.jobs;
+        ensure!(got == expected, "{step}: {got:?}, expected {expected:?}");
+        Ok::<_, anyhow::Error>(())
+    };
+    check(counts(0, 0, 0, 0, 0), "empty").await?;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            b.create_job(NewJob::new("demo", json!({}), "alice"))
+                .await?
+                .id,
+        );
+    }
+    check(counts(5, 0, 0, 0, 0), "created").await?;
+    let start = || NewEvent::new(EventType::JobStarted, json!({}));
+    b.publish(
+        &ids[0],
+        &[start(), NewEvent::new(EventType::JobCompleted, json!({}))],
+    )
+    .await?;
+    check(counts(4, 0, 1, 0, 0), "started and completed in one batch").await?;
+    b.publish(&ids[1], &[start()]).await?;
+    b.publish(&ids[1], &[progress(1)]).await?;
+    check(counts(3, 1, 1, 0, 0), "running").await?;
+    b.publish(
+        &ids[1],
+        &[NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+    )
+    .await?;
+    b.cancel(&ids[2]).await?;
+    check(counts(2, 0, 1, 1, 1), "failed and cancelled").await?;
+    b.publish(&ids[3], &[start()]).await?;
+    b.publish(&ids[3], &[NewEvent::new(EventType::JobRetrying, json!({}))])
+        .await?;
+    check(
+        counts(2, 0, 1, 1, 1),
+        "started, then back to queued for a retry",
+    )
+    .await?;
+    b.publish(&ids[4], &[start()]).await?;
+    b.delete(&ids[4]).await?;
+    b.delete(&ids[0]).await?;
+    check(
+        counts(1, 0, 1, 1, 1),
+        "deleted a running and a finished job",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The per-user quota's counter: created jobs count until they finish or
+/// are deleted, per owner, whatever their partition.
+pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            b.create_job(NewJob::new("demo", json!({}), "alice"))
+                .await?
+                .id,
+        );
+    }
+    b.create_job(NewJob::new("demo", json!({}), "bob")).await?;
+    ensure!(b.unfinished_jobs("alice").await? == 6);
+    ensure!(b.unfinished_jobs("bob").await? == 1);
+    ensure!(b.unfinished_jobs("carol").await? == 0);
+    let start = || NewEvent::new(EventType::JobStarted, json!({}));
+    b.publish(&ids[0], &[start()]).await?;
+    ensure!(
+        b.unfinished_jobs("alice").await? == 6,
+        "running is unfinished"
+    );
+    b.publish(
+        &ids[0],
+        &[NewEvent::new(EventType::JobCompleted, json!({}))],
+    )
+    .await?;
+    b.cancel(&ids[1]).await?;
+    b.publish(&ids[2], &[start()]).await?;
+    b.publish(
+        &ids[2],
+        &[NewEvent::new(EventType::JobFailed, json!({"error": "x"}))],
+    )
+    .await?;
+    b.publish(&ids[3], &[start()]).await?;
+    b.delete(&ids[3]).await?;
+    b.delete(&ids[0]).await?;
+    ensure!(
+        b.unfinished_jobs("alice").await? == 2,
+        "after completing, cancelling, failing and deleting: {}",
+        b.unfinished_jobs("alice").await?
+    );
+    Ok(())
+}

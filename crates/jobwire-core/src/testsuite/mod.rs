@@ -1,0 +1,179 @@
+//! The backend conformance suite: one set of behaviours, run against every
+//! `Backend` implementation (`MemoryBackend` here, `RedisBackend` against a
+//! real redis-server in `jobwire-redis`).
+//!
+//! A backend's test file instantiates it with one line:
+//!
+//! ```ignore
+//! jobwire_core::backend_conformance_tests!(MyFactory);
+//! ```
+//!
+//! which expands to one `#[tokio::test]` per case, so failures name the case.
+//! Every case checks a guarantee with an assertion that fails if it breaks:
+//! ids are compared as complete sequences, not sampled.
+
+mod listing;
+mod live;
+mod log;
+mod queue;
+
+pub use listing::*;
+pub use live::*;
+pub use log::*;
+pub use queue::*;
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use async_trait::async_trait;
+use serde_json::json;
+
+use crate::backend::{
+    Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, JobCounts, ListQuery,
+    LiveBatch, QueueStats, Reclaimed, ResyncReason, TailFrom,
+};
+use crate::event::{Event, EventRecord, EventType, NewEvent};
+use crate::ids::{Epoch, EventId, JobId};
+use crate::job::{JobState, JobStatus, NewJob};
+
+/// A backend under test, with whatever must outlive it (a redis-server).
+#[allow(missing_debug_implementations)]
+pub struct TestBackend {
+    pub backend: Arc<dyn Backend>,
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+/// Makes fresh, empty backends for the suite.
+#[async_trait]
+pub trait BackendFactory: Sync {
+    /// A new backend with the given limits and no data.
+    async fn create(&self, config: BackendConfig) -> Result<TestBackend>;
+}
+
+/// Expands to one `#[tokio::test]` per conformance case for `$factory`.
+#[macro_export]
+macro_rules! backend_conformance_tests {
+    ($factory:expr) => {
+        $crate::backend_conformance_tests!(@cases $factory;
+            ids_are_consecutive_and_in_order,
+            snapshot_tracks_the_log_after_every_publish,
+            since_reads_return_exactly_the_later_events,
+            trimmed_resume_point_and_wrong_epoch_are_reported,
+            stale_attempt_is_refused_and_repeated_n_ignored,
+            illegal_events_and_unknown_jobs_are_refused,
+            cancel_flag_round_trips,
+            queue_claim_and_ack,
+            claim_waits_for_an_enqueue,
+            unacked_claim_is_reclaimed_with_a_new_attempt,
+            renewed_lease_is_not_reclaimed,
+            released_entry_goes_to_the_next_claim,
+            dead_letter_after_max_attempts,
+            finished_jobs_expire_after_retention,
+            live_tail_sees_every_event_in_order,
+            concurrent_publishers_lose_nothing,
+            delete_removes_everything,
+            listing_is_paginated_newest_first,
+            jobs_are_counted_by_status,
+            unfinished_jobs_are_counted_per_owner,
+            pending_of_lists_a_consumers_leased_entries,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> ::anyhow::Result<()> {
+                $crate::testsuite::$case(&$factory).await
+            }
+        )*
+    };
+}
+
+fn small_config() -> BackendConfig {
+    BackendConfig {
+        partitions: 4,
+        ..BackendConfig::default()
+    }
+}
+
+async fn started(b: &dyn Backend, owner: &str) -> Result<JobState> {
+    let job = b
+        .create_job(NewJob::new("demo", json!({"steps": 3}), owner))
+        .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    Ok(b.job(&job.id).await?)
+}
+
+/// Takes over idle entries and settles them, as the worker runtime does.
+async fn reclaim(
+    b: &dyn Backend,
+    consumer: &str,
+    min_idle: Duration,
+    max_attempts: u32,
+    max: usize,
+) -> Result<Vec<Reclaimed>> {
+    let taken = b.take_over_idle(consumer, min_idle, max).await?;
+    Ok(crate::settle::settle_all(b, b, taken, max_attempts).await?)
+}
+
+fn progress(i: u64) -> NewEvent {
+    NewEvent::new(
+        EventType::Progress,
+        json!({"current": i, "total": 1_000_000, "i": i}),
+    )
+}
+
+async fn all_events(b: &dyn Backend, job: &JobId) -> Result<Vec<Event>> {
+    match b.events_after(job, EventId::ZERO, None, usize::MAX).await? {
+        EventsAfter::Events(records) => parse(&records),
+        EventsAfter::Resync(r) => bail!("expected events, got resync {r:?}"),
+    }
+}
+
+/// Parses records, checking that their routing fields match their JSON.
+fn parse(records: &[EventRecord]) -> Result<Vec<Event>> {
+    records
+        .iter()
+        .map(|r| {
+            let e = r.parse().context("record is not an event")?;
+            ensure!(
+                e.id == r.id && e.job_id == r.job_id,
+                "record {r:?} disagrees with its JSON"
+            );
+            Ok(e)
+        })
+        .collect()
+}
+
+/// Anything with an event id.
+trait HasId {
+    fn event_id(&self) -> EventId;
+}
+
+impl HasId for Event {
+    fn event_id(&self) -> EventId {
+        self.id
+    }
+}
+
+impl HasId for EventRecord {
+    fn event_id(&self) -> EventId {
+        self.id
+    }
+}
+
+fn assert_consecutive<E: HasId>(events: &[E], first: u64) -> Result<()> {
+    for (i, e) in events.iter().enumerate() {
+        ensure!(
+            e.event_id() == EventId(first + i as u64),
+            "event #{i} has id {}, expected {} (ids: {:?})",
+            e.event_id(),
+            first + i as u64,
+            events.iter().map(|e| e.event_id().0).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
