@@ -5,15 +5,18 @@
 //! # Layout
 //!
 //! - [`auth`]: JWT verification, scopes, token minting.
+//! - [`credentials`]: where a request's token is found, and the Origin
+//!   rule, for every transport.
 //! - [`routes`]: the REST endpoints, health checks.
 //! - [`ws`], [`sse`]: the two live transports.
 //! - [`session`]: one connection's subscriptions and the subscribe algorithm
 //!   (the part that makes delivery exact).
 //! - [`hub`]: which connections watch which job; fan-out of live events.
 //! - [`tailer`]: reads the backend's live feed into the Hub.
-//! - [`state`]: configuration, shared state, connection limits.
+//! - [`state`]: configuration and shared state.
+//! - [`limits`]: live connections per instance and user, frame and creation
+//!   rates.
 //! - [`listener`]: accepts connections under timeouts and caps.
-//! - [`quota`]: per-user limits on job creation.
 //! - [`metrics`]: renders the Prometheus endpoint.
 //! - [`error`]: the JSON error shape.
 //! - `web`: the embedded web UI and `/jobwire.js`.
@@ -22,11 +25,12 @@
 //! so tests run real servers on port 0.
 
 pub mod auth;
+pub mod credentials;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
-pub mod quota;
 pub mod routes;
 pub mod session;
 pub mod sse;

@@ -2,7 +2,7 @@
 //! workers in any language, plus health endpoints.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jobwire_core::{
@@ -15,13 +15,17 @@ use serde_json::{json, Map, Value};
 use jobwire_core::protocol::truncated;
 
 use crate::auth::{Principal, Scope};
+use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::ws::bearer;
 
 /// Authenticates a request and checks it holds `scope`.
-fn caller(state: &AppState, headers: &HeaderMap, scope: Scope) -> Result<Principal, ApiError> {
-    let principal = state.auth.verify(bearer(headers).as_deref())?;
+fn caller(
+    state: &AppState,
+    credentials: &Credentials,
+    scope: Scope,
+) -> Result<Principal, ApiError> {
+    let principal = credentials.rest(state)?;
     if !principal.has(scope) {
         return Err(ApiError::forbidden(format!(
             "the token lacks the {scope} scope"
@@ -62,10 +66,10 @@ pub struct CreateJob {
 /// `POST /api/jobs`.
 pub async fn create_job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let principal = caller(&state, &credentials, Scope::JobsWrite)?;
     let Json(req) = body?;
     let params = match req.params {
         Value::Null => Value::Object(Map::new()),
@@ -151,10 +155,10 @@ pub struct ListParams {
 /// `GET /api/jobs`.
 pub async fn list_jobs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    let principal = caller(&state, &credentials, Scope::JobsRead)?;
     let status = params
         .status
         .map(|s| s.parse::<JobStatus>())
@@ -190,20 +194,20 @@ pub async fn list_jobs(
 /// `GET /api/jobs/{id}`.
 pub async fn get_job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
 ) -> Result<Json<JobState>, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    let principal = caller(&state, &credentials, Scope::JobsRead)?;
     Ok(Json(visible_job(&state, &principal, &job_id(&id)?).await?))
 }
 
 /// `POST /api/jobs/{id}/cancel`.
 pub async fn cancel_job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let principal = caller(&state, &credentials, Scope::JobsWrite)?;
     let id = job_id(&id)?;
     visible_job(&state, &principal, &id).await?;
     let outcome = match state.store.cancel(&id).await? {
@@ -222,10 +226,10 @@ pub async fn cancel_job(
 /// `DELETE /api/jobs/{id}`.
 pub async fn delete_job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsWrite)?;
+    let principal = caller(&state, &credentials, Scope::JobsWrite)?;
     let id = job_id(&id)?;
     visible_job(&state, &principal, &id).await?;
     state.store.delete(&id).await?;
@@ -243,11 +247,11 @@ pub struct HistoryParams {
 /// are written out as stored, without being decoded.
 pub async fn history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let principal = caller(&state, &headers, Scope::JobsRead)?;
+    let principal = caller(&state, &credentials, Scope::JobsRead)?;
     let id = job_id(&id)?;
     let job = visible_job(&state, &principal, &id).await?;
     let limit = params.limit.unwrap_or(100);
@@ -327,11 +331,11 @@ const MAX_PUBLISH_BATCH: usize = 1000;
 /// path as jobwire's own workers.
 pub async fn publish(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    credentials: Credentials,
     Path(id): Path<String>,
     body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Scope::Worker)?;
+    caller(&state, &credentials, Scope::Worker)?;
     let id = job_id(&id)?;
     let Json(body) = body?;
     let (items, single) = match body {

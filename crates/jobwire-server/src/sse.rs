@@ -20,17 +20,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
 use crate::auth::Scope;
+use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::hub::Outbox;
 use crate::session::{Out, Session, SubscribeError};
 use crate::state::{AppState, Gauge, Stats};
-use crate::ws::bearer;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
     since: Option<String>,
     epoch: Option<String>,
-    token: Option<String>,
 }
 
 /// `GET /api/jobs/{id}/stream`.
@@ -39,10 +38,10 @@ pub async fn stream(
     Path(job): Path<String>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
+    credentials: Credentials,
     http_slot: Option<axum::Extension<Arc<crate::listener::ConnSlot>>>,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers).or(query.token);
-    let principal = state.auth.verify(token.as_deref())?;
+    let principal = credentials.stream(&state)?;
     if !principal.has(Scope::JobsRead) {
         return Err(ApiError::forbidden("the token lacks the jobs:read scope"));
     }

@@ -108,13 +108,13 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub auth: Arc<Auth>,
     pub config: Arc<ServerConfig>,
-    pub connections: Arc<Connections>,
+    pub connections: Arc<crate::limits::Connections>,
     pub tailer: Arc<TailerHealth>,
     pub stats: Arc<Stats>,
     /// Open plain HTTP connections (see `listener`).
     pub http: Arc<crate::listener::HttpConnections>,
-    /// Job creations per user (see `quota`).
-    pub create_rate: Arc<crate::quota::CreateRate>,
+    /// Job creations per user (see `limits`).
+    pub create_rate: Arc<crate::limits::CreateRate>,
     /// Cancelled on SIGTERM/SIGINT: sockets close with 1001.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
@@ -165,71 +165,5 @@ impl<'a> Gauge<'a> {
 impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Why a connection was refused by the limits.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LimitError {
-    #[error("this server is at its connection limit ({0})")]
-    Instance(usize),
-    #[error("too many connections for this user (at most {0})")]
-    User(usize),
-}
-
-/// Counts open connections, per instance and per user.
-#[derive(Debug, Default)]
-pub struct Connections {
-    open: Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// Holds one connection slot; released on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    connections: Arc<Connections>,
-    user: String,
-}
-
-impl Connections {
-    /// Takes a slot for `user`, within the limits.
-    ///
-    /// # Errors
-    /// [`LimitError`] when the instance or the user is at the limit.
-    pub fn acquire(
-        self: &Arc<Self>,
-        user: &str,
-        config: &ServerConfig,
-    ) -> Result<ConnectionSlot, LimitError> {
-        let mut open = self.lock();
-        if open.0 >= config.max_connections {
-            return Err(LimitError::Instance(config.max_connections));
-        }
-        let mine = open.1.get(user).copied().unwrap_or(0);
-        if mine >= config.max_connections_per_user {
-            return Err(LimitError::User(config.max_connections_per_user));
-        }
-        open.0 += 1;
-        open.1.insert(user.to_owned(), mine + 1);
-        Ok(ConnectionSlot {
-            connections: Arc::clone(self),
-            user: user.to_owned(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, HashMap<String, usize>)> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = self.connections.lock();
-        open.0 = open.0.saturating_sub(1);
-        if let Some(n) = open.1.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.user);
-            }
-        }
     }
 }

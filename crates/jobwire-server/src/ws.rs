@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
 use jobwire_core::{ClientFrame, Control, JobId, Refusal, Resume};
@@ -19,7 +18,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, Principal, Scope};
+use crate::credentials::Credentials;
 use crate::hub::Outbox;
+use crate::limits::TokenBucket;
 use crate::session::{Out, Session, SubscribeError};
 use crate::state::{AppState, Gauge, Stats};
 
@@ -46,14 +47,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// reading altogether is dropped after this.
 const CLOSE_WRITE: Duration = Duration::from_secs(10);
 
-/// The subprotocol prefix that carries a token from browsers.
-const TOKEN_PROTOCOL: &str = "access_token.";
-
 #[derive(Debug, Default, Deserialize)]
 pub struct WsQuery {
     since: Option<String>,
     epoch: Option<String>,
-    token: Option<String>,
 }
 
 /// `GET /ws/jobs/{id}`.
@@ -61,7 +58,7 @@ pub async fn one_job(
     State(state): State<AppState>,
     Path(job): Path<String>,
     Query(query): Query<WsQuery>,
-    headers: HeaderMap,
+    credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let first = match job.parse::<JobId>() {
@@ -70,37 +67,28 @@ pub async fn one_job(
             .map_err(|e| (close::POLICY, e)),
         Err(e) => Err((close::NOT_FOUND, e.to_string())),
     };
-    accept(state, query.token, headers, upgrade, Some(first))
+    accept(state, credentials, upgrade, Some(first))
 }
 
 /// `GET /ws/jobs`.
 pub async fn many_jobs(
     State(state): State<AppState>,
-    Query(query): Query<WsQuery>,
-    headers: HeaderMap,
+    credentials: Credentials,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    accept(state, query.token, headers, upgrade, None)
+    accept(state, credentials, upgrade, None)
 }
 
 type FirstJob = Option<Result<(JobId, Option<Resume>), (u16, String)>>;
 
 fn accept(
     state: AppState,
-    query_token: Option<String>,
-    headers: HeaderMap,
+    credentials: Credentials,
     upgrade: WebSocketUpgrade,
     first: FirstJob,
 ) -> Response {
-    let protocol = token_protocol(&headers);
-    let token = protocol
-        .as_deref()
-        .and_then(|p| p.strip_prefix(TOKEN_PROTOCOL))
-        .map(str::to_owned)
-        .or_else(|| bearer(&headers))
-        .or(query_token);
-    let principal = state.auth.verify(token.as_deref());
-    let origin_ok = origin_allowed(&headers, &state.config.allowed_origins);
+    let principal = credentials.socket(&state);
+    let origin_ok = credentials.origin_allowed();
     let limit = state.config.max_frame_bytes;
     // Every idle connection keeps its read buffer. Client frames are small
     // (subscribe, ping, refresh); a larger one is read in several chunks.
@@ -109,9 +97,9 @@ fn accept(
         .write_buffer_size(4096)
         .max_message_size(limit)
         .max_frame_size(limit);
-    if let Some(protocol) = protocol {
+    if let Some(protocol) = credentials.protocol() {
         // Echo the token subprotocol: browsers fail the handshake otherwise.
-        upgrade = upgrade.protocols([protocol]);
+        upgrade = upgrade.protocols([protocol.to_owned()]);
     }
     // Run the connection inside axum's upgrade task (tracked for shutdown)
     // rather than in a task of its own: one task per socket, not two.
@@ -195,7 +183,9 @@ async fn run(
     let mut last_heard = Instant::now();
     let timer = tokio::time::sleep_until(next_ping.min(expires));
     tokio::pin!(timer);
-    let mut bucket = TokenBucket::new(state.config.max_frames_per_second);
+    // Client frames per second, in bursts of twice that.
+    let rate = state.config.max_frames_per_second;
+    let mut bucket = TokenBucket::new(rate, rate.saturating_mul(2));
     // Made once, not on every turn of the loop (measurable per message).
     // Fires on shutdown and on overflow (see `Outbox::stop`).
     let stop = outbox.stop.cancelled();
@@ -293,7 +283,7 @@ async fn run(
                     Some(Err(e)) => break protocol_close(e),
                     Some(Ok(message)) => message,
                 };
-                if !bucket.take() {
+                if bucket.take().is_err() {
                     break Some((close::POLICY, "too many messages".into()));
                 }
                 match message {
@@ -518,96 +508,4 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
 pub(crate) fn deadline(principal: &Principal) -> Instant {
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
     Instant::now() + principal.time_left().unwrap_or(far).min(far)
-}
-
-fn token_protocol(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find(|p| p.starts_with(TOKEN_PROTOCOL))
-        .map(str::to_owned)
-}
-
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
-/// Browsers send `Origin`; it must be in `JOBWIRE_ALLOWED_ORIGINS` (exact
-/// scheme, host and port), or, when none are configured, be the page's own
-/// origin on a host that cannot be rebound: an IP address or `localhost`.
-/// A DNS name is refused then, because a page of any site can make its own
-/// name resolve to this server (DNS rebinding) and would pass a plain
-/// Origin = Host check; deployments under a name list it.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    if !allowed.is_empty() {
-        return false;
-    }
-    let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let same = origin.split_once("://").is_some_and(|(scheme, rest)| {
-        matches!(scheme, "http" | "https") && rest.eq_ignore_ascii_case(host)
-    });
-    let same_and_fixed = same && not_rebindable(host);
-    if same && !same_and_fixed {
-        tracing::warn!(%origin, "a browser socket from a DNS-named origin was refused: list it in JOBWIRE_ALLOWED_ORIGINS");
-    }
-    same_and_fixed
-}
-
-/// `localhost` or an IP address (with an optional port).
-fn not_rebindable(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-}
-
-/// Client frames allowed per second, with bursts of twice that.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(per_second: u32) -> TokenBucket {
-        let rate = f64::from(per_second.max(1));
-        TokenBucket {
-            rate,
-            tokens: rate * 2.0,
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
-            .min(self.rate * 2.0);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
