@@ -13,6 +13,7 @@ use jobwire_core::{
 };
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::{mint_token, AppState, Auth, AuthConfig, Scope, ServerConfig};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -87,6 +88,52 @@ async fn spawn(
 }
 
 impl TestApp {
+    /// `GET path`, with a bearer token when given: the status and the JSON
+    /// body (`null` when there is none).
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// `POST path` with a JSON body when given.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::POST, path, token, body).await
+    }
+
+    /// `DELETE path`.
+    pub(crate) async fn delete(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::DELETE, path, token, None)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = reqwest::Client::new().request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -3,135 +3,64 @@
 
 use anyhow::{ensure, Result};
 use jobwire_server::Scope;
-use reqwest::{Client, StatusCode};
-use serde_json::{json, Value};
+use reqwest::Client;
+use serde_json::json;
 
 use crate::helpers::*;
-
-async fn call(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Result<(StatusCode, Value)> {
-    let mut req = Client::new().request(method, app.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-}
 
 #[tokio::test]
 async fn jobs_are_created_read_listed_cancelled_and_deleted() -> Result<()> {
     let app = spawn_app(memory()).await?;
     let alice = user_token("alice");
-    let post = reqwest::Method::POST;
-    let (status, job) = call(
-        &app,
-        post.clone(),
-        "/api/jobs",
-        Some(&alice),
-        Some(json!({"kind": "demo", "params": {"steps": 5}})),
-    )
-    .await?;
+    let (status, job) = app
+        .post(
+            "/api/jobs",
+            Some(&alice),
+            Some(json!({"kind": "demo", "params": {"steps": 5}})),
+        )
+        .await?;
     ensure!(
         status == 201 && job["status"] == "queued" && job["owner"] == "alice",
         "{status} {job}"
     );
     let id = job["id"].as_str().unwrap_or_default().to_owned();
-    let (status, got) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, got) = app.get(&format!("/api/jobs/{id}"), Some(&alice)).await?;
     ensure!(status == 200 && got["id"] == id.as_str());
-    let (status, err) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs/{id}"),
-        Some(&user_token("mallory")),
-        None,
-    )
-    .await?;
+    let (status, err) = app
+        .get(&format!("/api/jobs/{id}"), Some(&user_token("mallory")))
+        .await?;
     ensure!(
         status == 404 && err["error"]["code"] == "not_found",
         "another user's job: {status} {err}"
     );
     for _ in 0..4 {
-        call(
-            &app,
-            post.clone(),
-            "/api/jobs",
-            Some(&alice),
-            Some(json!({"kind": "demo"})),
-        )
-        .await?;
+        app.post("/api/jobs", Some(&alice), Some(json!({"kind": "demo"})))
+            .await?;
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    let (status, page) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/jobs?limit=3",
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, page) = app.get("/api/jobs?limit=3", Some(&alice)).await?;
     ensure!(
         status == 200 && page["jobs"].as_array().map(Vec::len) == Some(3),
         "{page}"
     );
     let cursor = page["next_cursor"].as_str().unwrap_or_default().to_owned();
-    let (_, rest) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs?limit=3&cursor={cursor}"),
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (_, rest) = app
+        .get(&format!("/api/jobs?limit=3&cursor={cursor}"), Some(&alice))
+        .await?;
     ensure!(
         rest["jobs"].as_array().map(Vec::len) == Some(2) && rest["next_cursor"].is_null(),
         "{rest}"
     );
-    let (status, cancelled) = call(
-        &app,
-        post.clone(),
-        &format!("/api/jobs/{id}/cancel"),
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, cancelled) = app
+        .post(&format!("/api/jobs/{id}/cancel"), Some(&alice), None)
+        .await?;
     ensure!(
         status == 202 && cancelled["job"]["status"] == "cancelled",
         "{status} {cancelled}"
     );
-    let (status, _) = call(
-        &app,
-        reqwest::Method::DELETE,
-        &format!("/api/jobs/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, _) = app.delete(&format!("/api/jobs/{id}"), Some(&alice)).await?;
     ensure!(status == 204);
-    let (status, _) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs/{id}"),
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, _) = app.get(&format!("/api/jobs/{id}"), Some(&alice)).await?;
     ensure!(status == 404);
     Ok(())
 }
@@ -140,7 +69,6 @@ async fn jobs_are_created_read_listed_cancelled_and_deleted() -> Result<()> {
 async fn bad_requests_get_clear_errors() -> Result<()> {
     let app = spawn_app(memory()).await?;
     let alice = user_token("alice");
-    let post = reqwest::Method::POST;
     let cases = [
         (None, json!({"kind": "demo"}), 401, "unauthorized"),
         (
@@ -187,14 +115,9 @@ async fn bad_requests_get_clear_errors() -> Result<()> {
         ),
     ];
     for (token, body, status, code) in cases {
-        let (got, err) = call(
-            &app,
-            post.clone(),
-            "/api/jobs",
-            token.as_deref(),
-            Some(body.clone()),
-        )
-        .await?;
+        let (got, err) = app
+            .post("/api/jobs", token.as_deref(), Some(body.clone()))
+            .await?;
         ensure!(
             got.as_u16() == status && err["error"]["code"] == code,
             "{body}: {got} {err}"
@@ -203,23 +126,9 @@ async fn bad_requests_get_clear_errors() -> Result<()> {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
-    let (status, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/jobs?limit=0",
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, _) = app.get("/api/jobs?limit=0", Some(&alice)).await?;
     ensure!(status == 422);
-    let (status, _) = call(
-        &app,
-        reqwest::Method::GET,
-        "/api/jobs?status=dreaming",
-        Some(&alice),
-        None,
-    )
-    .await?;
+    let (status, _) = app.get("/api/jobs?status=dreaming", Some(&alice)).await?;
     ensure!(status == 422);
     let raw = Client::new()
         .post(app.url("/api/jobs"))
@@ -250,29 +159,22 @@ async fn external_workers_publish_through_the_api_exactly_once() -> Result<()> {
         "celery",
         &[Scope::JobsRead, Scope::JobsWrite, Scope::Worker],
     );
-    let post = reqwest::Method::POST;
-    let (status, job) = call(
-        &app,
-        post.clone(),
-        "/api/jobs",
-        Some(&worker),
-        Some(json!({"kind": "celery.index", "external": true})),
-    )
-    .await?;
+    let (status, job) = app
+        .post(
+            "/api/jobs",
+            Some(&worker),
+            Some(json!({"kind": "celery.index", "external": true})),
+        )
+        .await?;
     ensure!(status == 201 && job["external"] == true, "{status} {job}");
     let id = job["id"].as_str().unwrap_or_default().to_owned();
     let path = format!("/api/jobs/{id}/events");
     let started = json!({"type": "job_started", "data": {"total_files": 2}, "attempt": 1, "n": 1});
-    let (status, r) = call(
-        &app,
-        post.clone(),
-        &path,
-        Some(&worker),
-        Some(started.clone()),
-    )
-    .await?;
+    let (status, r) = app
+        .post(&path, Some(&worker), Some(started.clone()))
+        .await?;
     ensure!(status == 201 && r["id"] == 2, "{status} {r}");
-    let (status, r) = call(&app, post.clone(), &path, Some(&worker), Some(started)).await?;
+    let (status, r) = app.post(&path, Some(&worker), Some(started)).await?;
     ensure!(
         status == 200 && r["duplicate"] == true,
         "a repeated n: {status} {r}"
@@ -282,66 +184,47 @@ async fn external_workers_publish_through_the_api_exactly_once() -> Result<()> {
         {"type": "file_completed", "data": {"file": "b"}, "attempt": 1, "n": 3},
         {"type": "job_completed", "data": {"result": {"ok": true}}, "attempt": 1, "n": 4}
     ]);
-    let (status, r) = call(&app, post.clone(), &path, Some(&worker), Some(batch)).await?;
+    let (status, r) = app.post(&path, Some(&worker), Some(batch)).await?;
     ensure!(
         status == 201 && r["ids"] == json!([3, 4, 5]),
         "{status} {r}"
     );
-    let (status, r) = call(
-        &app,
-        post.clone(),
-        &path,
-        Some(&worker),
-        Some(json!({"type": "progress", "attempt": 0, "n": 9})),
-    )
-    .await?;
+    let (status, r) = app
+        .post(
+            &path,
+            Some(&worker),
+            Some(json!({"type": "progress", "attempt": 0, "n": 9})),
+        )
+        .await?;
     ensure!(
         status == 409 && r["error"]["code"] == "stale_attempt",
         "{status} {r}"
     );
-    let (status, r) = call(
-        &app,
-        post.clone(),
-        &path,
-        Some(&user_token("alice")),
-        Some(json!({"type": "progress"})),
-    )
-    .await?;
+    let (status, r) = app
+        .post(
+            &path,
+            Some(&user_token("alice")),
+            Some(json!({"type": "progress"})),
+        )
+        .await?;
     ensure!(
         status == 403,
         "publish without the worker scope: {status} {r}"
     );
-    let (status, r) = call(
-        &app,
-        post.clone(),
-        &path,
-        Some(&worker),
-        Some(json!({"type": "Not A Type"})),
-    )
-    .await?;
+    let (status, r) = app
+        .post(&path, Some(&worker), Some(json!({"type": "Not A Type"})))
+        .await?;
     ensure!(status == 422, "{status} {r}");
-    let (status, history) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs/{id}/events?since=2"),
-        Some(&worker),
-        None,
-    )
-    .await?;
+    let (status, history) = app
+        .get(&format!("/api/jobs/{id}/events?since=2"), Some(&worker))
+        .await?;
     let ids: Vec<u64> = history["events"]
         .as_array()
         .map(|a| a.iter().filter_map(|e| e["id"].as_u64()).collect())
         .unwrap_or_default();
     ensure!(status == 200 && ids == vec![3, 4, 5], "{status} {history}");
     ensure!(history["events"][2]["data"]["status"] == "completed");
-    let (_, job) = call(
-        &app,
-        reqwest::Method::GET,
-        &format!("/api/jobs/{id}"),
-        Some(&worker),
-        None,
-    )
-    .await?;
+    let (_, job) = app.get(&format!("/api/jobs/{id}"), Some(&worker)).await?;
     ensure!(
         job["status"] == "completed" && job["processed_files"] == 2 && job["result"]["ok"] == true,
         "{job}"
@@ -352,9 +235,9 @@ async fn external_workers_publish_through_the_api_exactly_once() -> Result<()> {
 #[tokio::test]
 async fn health_and_metrics_answer() -> Result<()> {
     let app = spawn_app(memory()).await?;
-    let (status, _) = call(&app, reqwest::Method::GET, "/healthz", None, None).await?;
+    let (status, _) = app.get("/healthz", None).await?;
     ensure!(status == 200);
-    let (status, _) = call(&app, reqwest::Method::GET, "/readyz", None, None).await?;
+    let (status, _) = app.get("/readyz", None).await?;
     ensure!(status == 200);
     let job = running_job(&app.backend, "alice").await?;
     let (mut ws, _) = connect(
