@@ -57,23 +57,29 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 /// `done`.
 fn serve_metrics(listener: TcpListener, worker: Arc<OnceLock<Worker>>, done: CancellationToken) {
     let addr = listener.local_addr().ok();
-    let router =
-        Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let text = worker.get().map(Worker::render_metrics);
-                    async move {
-                        match text {
-                            Some(text) => ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-                                .into_response(),
-                            None => (StatusCode::SERVICE_UNAVAILABLE, "waiting for Redis")
-                                .into_response(),
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = worker.get().map(Worker::render_metrics);
+                async move {
+                    match text {
+                        Some(text) => (
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                            .into_response(),
+                        None => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "waiting for Redis").into_response()
                         }
                     }
-                }),
-            )
-            .route("/healthz", get(|| async { "ok" }));
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
     tracing::info!(?addr, "serving worker metrics");
     tokio::spawn(async move {
         let served = axum::serve(listener, router)

@@ -1,25 +1,38 @@
-//! `GET /metrics` in the Prometheus text format, and the request counter
-//! middleware.
+//! `GET /metrics` in the Prometheus (OpenMetrics) text format, rendered by
+//! `prometheus-client` from a registry of this instance, and the request
+//! counter middleware.
 //!
 //! Series: connections by transport, messages sent, the end-to-end delivery
 //! latency histogram (publish → written to a socket), slow-consumer
 //! disconnects, live-feed errors and recoveries (with the log reads they
 //! made), events published through the API by type, HTTP requests by route
-//! and status, watched jobs, queue depth and pending entries.
+//! and status, watched jobs, queue depth and pending entries, jobs by
+//! status, and the store's memory and live-feed length.
 //!
-//! Why not the `metrics` crate: its recorder is process-global, and the
-//! tests run several servers in one process and check each one's figures.
-//! Per-instance atomics in `AppState` keep them apart, and the text format
-//! is a few lines to write.
+//! A registry per instance, not the `metrics` crate's process-global
+//! recorder: tests run several servers in one process and check each one's
+//! figures. Figures that other parts already count (the tailer's health,
+//! the Hub, the listener) or that live in the store are sampled at each
+//! scrape by a collector; the delivery histogram is lock-free atomics (it is
+//! observed for every message written), encoded through the registry.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use jobwire_core::{QueueStats, StoreHealth};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use crate::state::AppState;
 
@@ -28,7 +41,9 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A Prometheus histogram with fixed buckets.
+/// A Prometheus histogram with fixed buckets, on atomics: observed for
+/// every message written, so no lock (`prometheus-client`'s own histogram
+/// takes one per observation).
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative), the last one for +Inf.
@@ -47,18 +62,347 @@ impl Histogram {
         self.sum_micros
             .fetch_add((seconds * 1e6).max(0.0) as u64, Ordering::Relaxed);
     }
+}
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Per bucket, not cumulative: the encoder sums them up; the last
+        // bound is `f64::MAX`, which it writes as `+Inf`.
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(&self.counts)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum Transport {
+    websocket,
+    sse,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+/// This instance's metrics.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    connections: Family<TransportLabel, Gauge>,
+    messages_sent: Counter,
+    slow_disconnects: Counter,
+    delivery_latency: Arc<Histogram>,
+    http_requests: Family<RequestLabels, Counter>,
+    published: Family<TypeLabel, Counter>,
+    sampled: Arc<Sampled>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        let mut registry = Registry::default();
+        let connections = Family::<TransportLabel, Gauge>::default();
+        let messages_sent = Counter::default();
+        let slow_disconnects = Counter::default();
+        let delivery_latency = Arc::<Histogram>::default();
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let published = Family::<TypeLabel, Counter>::default();
+        let sampled = Arc::<Sampled>::default();
+        registry.register(
+            "jobwire_connections",
+            "Open client connections, by transport",
+            connections.clone(),
+        );
+        registry.register(
+            "jobwire_messages_sent",
+            "Messages written to client connections",
+            messages_sent.clone(),
+        );
+        registry.register(
+            "jobwire_slow_consumer_disconnects",
+            "Connections closed because their outbound queue overflowed",
+            slow_disconnects.clone(),
+        );
+        registry.register(
+            "jobwire_delivery_latency_seconds",
+            "From publish to written to a client socket",
+            ArcMetric(Arc::clone(&delivery_latency)),
+        );
+        registry.register(
+            "jobwire_http_requests",
+            "HTTP requests by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "jobwire_events_published",
+            "Events published through the HTTP API, by type (built-in types; every custom one counts as other)",
+            published.clone(),
+        );
+        registry.register_collector(Box::new(Arc::clone(&sampled)));
+        Stats {
+            registry,
+            connections,
+            messages_sent,
+            slow_disconnects,
+            delivery_latency,
+            http_requests,
+            published,
+            sampled,
+        }
+    }
+}
+
+/// An `Arc` of a metric, registered while the owner keeps observing it.
+#[derive(Debug)]
+struct ArcMetric<M>(Arc<M>);
+
+impl<M: EncodeMetric> EncodeMetric for ArcMetric<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// Counts one open connection while it lives.
+#[derive(Debug)]
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Stats {
+    /// A WebSocket connection, counted until the guard drops.
+    pub fn websocket(&self) -> ConnectionGauge {
+        self.connection(Transport::websocket)
+    }
+
+    /// An SSE stream, counted until the guard drops.
+    pub fn sse(&self) -> ConnectionGauge {
+        self.connection(Transport::sse)
+    }
+
+    fn connection(&self, transport: Transport) -> ConnectionGauge {
+        let gauge = self
+            .connections
+            .get_or_create(&TransportLabel { transport })
+            .clone();
+        gauge.inc();
+        ConnectionGauge(gauge)
+    }
+
+    /// `n` messages were written to a client.
+    pub fn sent(&self, n: u64) {
+        self.messages_sent.inc_by(n);
+    }
+
+    /// A slow consumer was cut off.
+    pub fn slow_disconnect(&self) {
+        self.slow_disconnects.inc();
+    }
+
+    /// An event published at `published` reached a socket now.
+    pub fn delivered(&self, published: jobwire_core::Timestamp) {
+        let now = jobwire_core::Timestamp::now().unix_millis();
+        let ms = (now - published.unix_millis()).max(0) as f64;
+        self.delivery_latency.observe(ms / 1000.0);
+    }
+
+    /// Events of `kind` (a built-in type's name, or `other`) were published.
+    pub fn published(&self, kind: &'static str) {
+        self.published
+            .get_or_create(&TypeLabel { r#type: kind })
+            .inc();
+    }
+}
+
+/// Figures counted elsewhere or kept in the store, taken at each scrape.
+#[derive(Debug, Default)]
+struct Sampled {
+    at_scrape: Mutex<Snapshot>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    http_connections: u64,
+    tailer: [u64; 5],
+    watched_jobs: u64,
+    live_feed_up: bool,
+    queue: Option<QueueStats>,
+    store: Option<StoreHealth>,
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self
+            .at_scrape
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut gauge = |name: &str, help: &str, labels: &[(&str, &str)], value: u64| {
+            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let mut described =
+                encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            if labels.is_empty() {
+                metric.encode(described)
+            } else {
+                let labels: Vec<(String, String)> = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                metric.encode(described.encode_family(&labels)?)
+            }
+        };
+        gauge(
+            "jobwire_http_connections",
+            "Open plain HTTP connections (WebSocket and SSE ones are jobwire_connections)",
+            &[],
+            s.http_connections,
+        )?;
+        gauge(
+            "jobwire_watched_jobs",
+            "Jobs with at least one watcher on this instance",
+            &[],
+            s.watched_jobs,
+        )?;
+        gauge(
+            "jobwire_live_feed_up",
+            "1 while the live feed is being read",
+            &[],
+            u64::from(s.live_feed_up),
+        )?;
+        if let Some(queue) = s.queue {
+            gauge(
+                "jobwire_queue_waiting",
+                "Queued jobs not yet claimed by a worker",
+                &[],
+                queue.waiting,
+            )?;
+            gauge(
+                "jobwire_queue_pending",
+                "Claimed, unacknowledged queue entries",
+                &[],
+                queue.pending,
+            )?;
+        }
+        if let Some(store) = &s.store {
+            if let Some(bytes) = store.used_memory_bytes {
+                gauge(
+                    "jobwire_store_used_memory_bytes",
+                    "Memory the store reports using (Redis used_memory), sampled at each scrape",
+                    &[],
+                    bytes,
+                )?;
+            }
+            gauge(
+                "jobwire_live_feed_entries",
+                "Entries in the live feed over all partitions, sampled at each scrape",
+                &[],
+                store.live_entries,
+            )?;
+            for (status, n) in [
+                ("queued", store.jobs.queued),
+                ("running", store.jobs.running),
+            ] {
+                gauge(
+                    "jobwire_jobs",
+                    "Unfinished jobs, by status",
+                    &[("status", status)],
+                    n,
+                )?;
+            }
+        }
+        let mut counter = |name: &str, help: &str, labels: &[(&str, &str)], value: u64| {
+            let metric = ConstCounter::new(value);
+            let mut described =
+                encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            if labels.is_empty() {
+                metric.encode(described)
+            } else {
+                let labels: Vec<(String, String)> = labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                metric.encode(described.encode_family(&labels)?)
+            }
+        };
+        let [errors, reconnects, recoveries, reads, rechecks] = s.tailer;
+        counter(
+            "jobwire_live_feed_errors",
+            "Failed reads of the live feed (Redis errors; each is retried)",
+            &[],
+            errors,
+        )?;
+        counter(
+            "jobwire_live_feed_reconnects",
+            "Times the live feed was read again after failing (Redis came back)",
+            &[],
+            reconnects,
+        )?;
+        counter(
+            "jobwire_live_feed_recoveries",
+            "Times live events that may have been missed (a feed gap, a reopened feed) were re-read from the watched jobs' logs",
+            &[],
+            recoveries,
+        )?;
+        counter(
+            "jobwire_recovery_log_reads",
+            "Job log reads made by those recoveries: about one per watched job, whatever the number of connections",
+            &[],
+            reads,
+        )?;
+        counter(
+            "jobwire_recovery_rechecks",
+            "Jobs a recovery could not read for all of their watchers (resume point trimmed, job deleted), so each watcher re-read it by itself",
+            &[],
+            rechecks,
+        )?;
+        if let Some(store) = &s.store {
+            for (status, n) in [
+                ("completed", store.jobs.completed),
+                ("failed", store.jobs.failed),
+                ("cancelled", store.jobs.cancelled),
+            ] {
+                counter(
+                    "jobwire_jobs_finished",
+                    "Jobs that finished, by status",
+                    &[("status", status)],
+                    n,
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -74,195 +418,47 @@ pub async fn count_requests(
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    *lock(&state.stats.http_requests)
-        .entry((route, status))
-        .or_default() += 1;
+    state
+        .stats
+        .http_requests
+        .get_or_create(&RequestLabels { route, status })
+        .inc();
     response
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `GET /metrics`.
 pub async fn render(State(state): State<AppState>) -> Response {
-    let stats = &state.stats;
-    let mut out = String::with_capacity(4096);
-    let series = |out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    series(
-        &mut out,
-        "jobwire_connections",
-        "gauge",
-        "Open client connections, by transport.",
-        &[
-            (
-                r#"{transport="websocket"}"#,
-                stats.ws_connections.load(Ordering::Relaxed),
-            ),
-            (
-                r#"{transport="sse"}"#,
-                stats.sse_connections.load(Ordering::Relaxed),
-            ),
-            (r#"{transport="http"}"#, state.http.open() as u64),
+    let tailer = &state.tailer;
+    let snapshot = Snapshot {
+        http_connections: state.http.open() as u64,
+        tailer: [
+            tailer.errors(),
+            tailer.reconnects(),
+            tailer.recoveries(),
+            tailer.recovery_reads(),
+            tailer.recovery_rechecks(),
         ],
-    );
-    series(
-        &mut out,
-        "jobwire_messages_sent_total",
-        "counter",
-        "Messages written to client connections.",
-        &[("", stats.messages_sent.load(Ordering::Relaxed))],
-    );
-    series(
-        &mut out,
-        "jobwire_slow_consumer_disconnects_total",
-        "counter",
-        "Connections closed because their outbound queue overflowed.",
-        &[("", stats.slow_disconnects.load(Ordering::Relaxed))],
-    );
-    series(
-        &mut out,
-        "jobwire_live_feed_errors_total",
-        "counter",
-        "Failed reads of the live feed (Redis errors; each is retried).",
-        &[("", state.tailer.errors())],
-    );
-    series(
-        &mut out,
-        "jobwire_live_feed_reconnects_total",
-        "counter",
-        "Times the live feed was read again after failing (Redis came back).",
-        &[("", state.tailer.reconnects())],
-    );
-    series(
-        &mut out,
-        "jobwire_live_feed_recoveries_total",
-        "counter",
-        "Times live events that may have been missed (a feed gap, a reopened feed) were re-read from the watched jobs' logs.",
-        &[("", state.tailer.recoveries())],
-    );
-    series(
-        &mut out,
-        "jobwire_recovery_log_reads_total",
-        "counter",
-        "Job log reads made by those recoveries: about one per watched job, whatever the number of connections.",
-        &[("", state.tailer.recovery_reads())],
-    );
-    series(
-        &mut out,
-        "jobwire_recovery_rechecks_total",
-        "counter",
-        "Jobs a recovery could not read for all of their watchers (resume point trimmed, job deleted), so each watcher re-read it by itself.",
-        &[("", state.tailer.recovery_rechecks())],
-    );
-    series(
-        &mut out,
-        "jobwire_watched_jobs",
-        "gauge",
-        "Jobs with at least one watcher on this instance.",
-        &[("", state.hub.watched_jobs() as u64)],
-    );
-    series(
-        &mut out,
-        "jobwire_live_feed_up",
-        "gauge",
-        "1 while the live feed is being read.",
-        &[("", u64::from(state.tailer.is_up()))],
-    );
-    if let Ok(queue) = state.queue.queue_stats().await {
-        series(
-            &mut out,
-            "jobwire_queue_waiting",
-            "gauge",
-            "Queued jobs not yet claimed by a worker.",
-            &[("", queue.waiting)],
-        );
-        series(
-            &mut out,
-            "jobwire_queue_pending",
-            "gauge",
-            "Claimed, unacknowledged queue entries.",
-            &[("", queue.pending)],
-        );
+        watched_jobs: state.hub.watched_jobs() as u64,
+        live_feed_up: tailer.is_up(),
+        queue: state.queue.queue_stats().await.ok(),
+        store: state.store.health().await.ok(),
+    };
+    *state
+        .stats
+        .sampled
+        .at_scrape
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
+    let mut out = String::with_capacity(8192);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.stats.registry) {
+        tracing::error!(error = %e, "cannot render the metrics");
     }
-    if let Ok(health) = state.store.health().await {
-        if let Some(bytes) = health.used_memory_bytes {
-            series(
-                &mut out,
-                "jobwire_store_used_memory_bytes",
-                "gauge",
-                "Memory the store reports using (Redis used_memory), sampled at each scrape.",
-                &[("", bytes)],
-            );
-        }
-        let jobs = health.jobs;
-        series(
-            &mut out,
-            "jobwire_jobs",
-            "gauge",
-            "Unfinished jobs, by status.",
-            &[
-                (r#"{status="queued"}"#, jobs.queued),
-                (r#"{status="running"}"#, jobs.running),
-            ],
-        );
-        series(
-            &mut out,
-            "jobwire_jobs_finished_total",
-            "counter",
-            "Jobs that finished, by status.",
-            &[
-                (r#"{status="completed"}"#, jobs.completed),
-                (r#"{status="failed"}"#, jobs.failed),
-                (r#"{status="cancelled"}"#, jobs.cancelled),
-            ],
-        );
-        series(
-            &mut out,
-            "jobwire_live_feed_entries",
-            "gauge",
-            "Entries in the live feed over all partitions, sampled at each scrape.",
-            &[("", health.live_entries)],
-        );
-    }
-    stats.delivery_latency.render(
-        &mut out,
-        "jobwire_delivery_latency_seconds",
-        "From publish to written to a client socket.",
-    );
-    labelled(
-        &mut out,
-        "jobwire_events_published_total",
-        "Events published through the HTTP API, by type.",
-        lock(&stats.published)
-            .iter()
-            .map(|(kind, n)| (format!("type=\"{kind}\""), *n)),
-    );
-    labelled(
-        &mut out,
-        "jobwire_http_requests_total",
-        "HTTP requests by route and status.",
-        lock(&stats.http_requests)
-            .iter()
-            .map(|((route, status), n)| (format!("route=\"{route}\",status=\"{status}\""), *n)),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-/// A counter with one sample per label set.
-fn labelled(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    samples: impl Iterator<Item = (String, u64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (labels, n) in samples {
-        let _ = writeln!(out, "{name}{{{labels}}} {n}");
-    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

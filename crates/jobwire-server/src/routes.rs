@@ -380,15 +380,8 @@ pub async fn publish(
         .map(|e| e.kind.builtin_name().unwrap_or("other"))
         .collect();
     let outcome = state.store.publish(&id, &events).await?;
-    {
-        let mut published = state
-            .stats
-            .published
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for kind in types {
-            *published.entry(kind).or_default() += 1;
-        }
+    for kind in types {
+        state.stats.published(kind);
     }
     let status = if outcome.ids.is_empty() {
         StatusCode::OK

@@ -24,7 +24,7 @@ use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::hub::Outbox;
 use crate::session::{Out, Session, SubscribeError};
-use crate::state::{AppState, Gauge, Stats};
+use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
@@ -97,7 +97,7 @@ pub async fn stream(
         async move {
             let state = task_state;
             let _slot = slot;
-            let _gauge = Gauge::new(&state.stats.sse_connections);
+            let _gauge = state.stats.sse();
             let mut out = first;
             loop {
                 let ended = session.is_empty();
@@ -109,7 +109,7 @@ pub async fn stream(
                     if tx.send(Ok(to_sse(item))).await.is_err() {
                         return;
                     }
-                    Stats::add(&state.stats.messages_sent, 1);
+                    state.stats.sent(1);
                     if let Some(at) = published {
                         state.stats.delivered(at);
                     }
@@ -131,7 +131,7 @@ pub async fn stream(
                     }
                     () = outbox.stop.cancelled() => {
                         if !state.shutdown.is_cancelled() {
-                            Stats::add(&state.stats.slow_disconnects, 1);
+                            state.stats.slow_disconnect();
                         }
                         return;
                     }

@@ -1,9 +1,7 @@
 //! The server's configuration and the state shared by every request
 //! (passed with `with_state`, never global).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jobwire_core::{JobQueue, JobStore, LiveFeed};
@@ -110,7 +108,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub connections: Arc<crate::limits::Connections>,
     pub tailer: Arc<TailerHealth>,
-    pub stats: Arc<Stats>,
+    pub stats: Arc<crate::metrics::Stats>,
     /// Open plain HTTP connections (see `listener`).
     pub http: Arc<crate::listener::HttpConnections>,
     /// Job creations per user (see `limits`).
@@ -119,51 +117,4 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-}
-
-/// Counters for `/metrics`, per instance (see `metrics.rs` for why they
-/// are not a global recorder).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub messages_sent: AtomicU64,
-    pub ws_connections: AtomicU64,
-    pub sse_connections: AtomicU64,
-    pub slow_disconnects: AtomicU64,
-    /// Publish → written to a socket.
-    pub delivery_latency: crate::metrics::Histogram,
-    /// Requests by (route, status).
-    pub http_requests: Mutex<HashMap<(String, u16), u64>>,
-    /// Events published through the HTTP API, by type (`other` for custom
-    /// types).
-    pub published: Mutex<HashMap<&'static str, u64>>,
-}
-
-impl Stats {
-    /// Records that an event published at `published` reached a socket now.
-    pub fn delivered(&self, published: jobwire_core::Timestamp) {
-        let now = jobwire_core::Timestamp::now().unix_millis();
-        let ms = (now - published.unix_millis()).max(0) as f64;
-        self.delivery_latency.observe(ms / 1000.0);
-    }
-
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Counts one open connection in a gauge while it lives.
-#[derive(Debug)]
-pub struct Gauge<'a>(&'a AtomicU64);
-
-impl<'a> Gauge<'a> {
-    pub fn new(gauge: &'a AtomicU64) -> Gauge<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Gauge(gauge)
-    }
-}
-
-impl Drop for Gauge<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -21,8 +21,9 @@ use crate::auth::{AuthError, Principal, Scope};
 use crate::credentials::Credentials;
 use crate::hub::Outbox;
 use crate::limits::TokenBucket;
+use crate::metrics::Stats;
 use crate::session::{Out, Session, SubscribeError};
-use crate::state::{AppState, Gauge, Stats};
+use crate::state::AppState;
 
 /// Close codes of docs/protocol.md.
 pub mod close {
@@ -171,7 +172,7 @@ async fn run(
     mut out: Vec<Out>,
     single: bool,
 ) {
-    let _gauge = Gauge::new(&state.stats.ws_connections);
+    let _gauge = state.stats.websocket();
     tracing::debug!("connected");
     // The socket is not split: reads and writes never overlap in this loop,
     // and a split socket pays a lock on every read and write.
@@ -216,7 +217,7 @@ async fn run(
             if job_gone {
                 break Some((close::NOT_FOUND, "no such job (any more)".into()));
             }
-            Stats::add(&state.stats.messages_sent, sent);
+            state.stats.sent(sent);
             if sent <= 2 || out.capacity() > 256 {
                 // Most sockets sit idle between messages: keeping a
                 // batch's capacity would cost every idle connection ~250
@@ -323,7 +324,7 @@ fn stopped(state: &AppState) -> (u16, &'static str) {
             "server shutting down: resume on another instance",
         )
     } else {
-        Stats::add(&state.stats.slow_disconnects, 1);
+        state.stats.slow_disconnect();
         (
             close::TRY_AGAIN,
             "slow consumer: reconnect and resume with since",

@@ -1,76 +1,96 @@
-//! A worker's counters in the Prometheus text format. `jobwire worker
+//! A worker's counters in the Prometheus (OpenMetrics) text format, rendered
+//! by `prometheus-client`. `jobwire worker
 //! --metrics-bind` serves them; a program embedding a [`crate::Worker`] can
 //! serve [`crate::Worker::render_metrics`] from its own endpoint.
 
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::runtime::StatsSnapshot;
 
-pub(crate) fn render(stats: &StatsSnapshot, running: usize, concurrency: usize) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP jobwire_worker_claims_total Jobs this worker took: from the queue, or taken over from unresponsive workers (reclaimed).\n\
-         # TYPE jobwire_worker_claims_total counter\n\
-         jobwire_worker_claims_total{{source=\"queue\"}} {}\n\
-         jobwire_worker_claims_total{{source=\"reclaimed\"}} {}",
-        stats.claimed, stats.reclaimed
-    );
-    let outcomes = [
-        ("completed", stats.completed, "completed"),
-        ("failed", stats.failed, "failed"),
-        ("cancelled", stats.cancelled, "cancelled while running"),
-        (
-            "lost",
-            stats.lost,
-            "taken over by another worker, or deleted, while running here",
-        ),
-        (
-            "released",
-            stats.released,
-            "handed back to the queue at shutdown",
-        ),
-        (
-            "dead_lettered",
-            stats.dead_lettered,
-            "failed by this worker's reaper after too many attempts",
-        ),
-    ];
-    let _ = writeln!(
-        out,
-        "# HELP jobwire_worker_jobs_total Jobs by how they ended here: {}.",
-        outcomes
-            .iter()
-            .map(|(name, _, help)| format!("{name} = {help}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    let _ = writeln!(out, "# TYPE jobwire_worker_jobs_total counter");
-    for (name, value, _) in outcomes {
-        let _ = writeln!(
-            out,
-            "jobwire_worker_jobs_total{{outcome=\"{name}\"}} {value}"
-        );
+/// The worker's figures at one moment, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Figures {
+    stats: StatsSnapshot,
+    running: usize,
+    concurrency: usize,
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let mut family = |name: &str, help: &str, label: &str, samples: &[(&str, u64)]| {
+            let mut described = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (value, n) in samples {
+                let labels = [(label.to_owned(), (*value).to_owned())];
+                ConstCounter::new(*n).encode(described.encode_family(&labels)?)?;
+            }
+            Ok::<_, std::fmt::Error>(())
+        };
+        family(
+            "jobwire_worker_claims",
+            "Jobs this worker took: from the queue, or taken over from unresponsive workers (reclaimed)",
+            "source",
+            &[("queue", s.claimed), ("reclaimed", s.reclaimed)],
+        )?;
+        family(
+            "jobwire_worker_jobs",
+            "Jobs by how they ended here: completed; failed; cancelled while running; lost = taken over by another worker, or deleted, while running here; released = handed back to the queue at shutdown; dead_lettered = failed by this worker's reaper after too many attempts",
+            "outcome",
+            &[
+                ("completed", s.completed),
+                ("failed", s.failed),
+                ("cancelled", s.cancelled),
+                ("lost", s.lost),
+                ("released", s.released),
+                ("dead_lettered", s.dead_lettered),
+            ],
+        )?;
+        let events = ConstCounter::new(s.events);
+        events.encode(encoder.encode_descriptor(
+            "jobwire_worker_events_published",
+            "Events published by this worker's jobs",
+            None,
+            events.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "jobwire_worker_running_jobs",
+                "Jobs running now",
+                self.running,
+            ),
+            (
+                "jobwire_worker_concurrency",
+                "Jobs this worker runs at once at most",
+                self.concurrency,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
-    let _ = writeln!(
-        out,
-        "# HELP jobwire_worker_events_published_total Events published by this worker's jobs.\n\
-         # TYPE jobwire_worker_events_published_total counter\n\
-         jobwire_worker_events_published_total {}",
-        stats.events
-    );
-    let _ = writeln!(
-        out,
-        "# HELP jobwire_worker_running_jobs Jobs running now.\n\
-         # TYPE jobwire_worker_running_jobs gauge\n\
-         jobwire_worker_running_jobs {running}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP jobwire_worker_concurrency Jobs this worker runs at once at most.\n\
-         # TYPE jobwire_worker_concurrency gauge\n\
-         jobwire_worker_concurrency {concurrency}"
-    );
+}
+
+pub(crate) fn render(stats: &StatsSnapshot, running: usize, concurrency: usize) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Figures {
+        stats: *stats,
+        running,
+        concurrency,
+    }));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "cannot render the worker's metrics");
+    }
     out
 }
 

@@ -129,11 +129,11 @@ async fn a_flood_of_connections_is_capped_and_health_checks_still_answer() -> Re
     );
     let metrics = reqwest::get(app.url("/metrics")).await?.text().await?;
     ensure!(
-        metrics.contains("jobwire_connections{transport=\"http\"} 15"),
+        metrics.contains("jobwire_http_connections 15"),
         "the per-address cap counts: {}",
         metrics
             .lines()
-            .filter(|l| l.starts_with("jobwire_connections"))
+            .filter(|l| l.starts_with("jobwire_http_connections"))
             .collect::<Vec<_>>()
             .join("\n")
     );
