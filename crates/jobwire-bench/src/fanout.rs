@@ -158,7 +158,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         PublishPath::Http => http_path(&gateways, &jobs)?,
     };
 
-    let token = gateway::token(Scope::JobsRead)?;
+    let token = gateway::token(&[Scope::JobsRead])?;
     let connect_started = std::time::Instant::now();
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
@@ -375,7 +375,7 @@ async fn reporter_path(
 
 /// Publishes with `POST /api/jobs/{id}/events`, job j on gateway j % N.
 fn http_path(gateways: &[Gateway], jobs: &[JobId]) -> Result<PublishFn> {
-    let token = gateway::token(Scope::Worker)?;
+    let token = gateway::token(&[Scope::Worker])?;
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let urls: Arc<Vec<String>> = Arc::new(
         jobs.iter()

@@ -75,6 +75,11 @@ pub(crate) async fn start(
             .env("JOBWIRE_JWT_SECRET", SECRET)
             .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")
             .env("JOBWIRE_MAX_CONNECTIONS", "1000000")
+            // One load generator on one address: the per-client caps and
+            // quotas are for hostile clients, not for the benchmark.
+            .env("JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP", "1000000")
+            .env("JOBWIRE_CREATE_RATE", "1000000")
+            .env("JOBWIRE_MAX_UNFINISHED_JOBS", "100000000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -90,12 +95,12 @@ pub(crate) async fn start(
 }
 
 /// A token for the benchmark's subscribers (`jobs:read`) or publishers
-/// (`worker`).
-pub(crate) fn token(scope: Scope) -> Result<String> {
+/// (`worker`, and `jobs:write` to create external jobs).
+pub(crate) fn token(scopes: &[Scope]) -> Result<String> {
     Ok(jobwire_server::mint_token(
         SECRET,
         "bench",
-        &[scope],
+        scopes,
         Duration::from_secs(3600),
     )?)
 }

@@ -76,7 +76,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 .to_string(),
         );
     }
-    let token = gateway::token(Scope::JobsRead)?;
+    let token = gateway::token(&[Scope::JobsRead])?;
     let mut holders = Vec::new();
     for k in 0..processes {
         holders.push(Holder::start(k, &server.addr(), &jobs, &token)?);

@@ -5,6 +5,7 @@
 mod baseline;
 mod fanout;
 mod gateway;
+mod http;
 mod idle;
 mod measure;
 mod publish;
@@ -36,6 +37,9 @@ enum Scenario {
     /// processes, latency, loss and duplicates, server RSS and CPU. Also
     /// the throughput (`--step`) and resume-storm (`--storm-at`) scenarios.
     Fanout(fanout::Args),
+    /// The HTTP publish path: POSTs/s, events/s and latency with N requests
+    /// in flight, single events and arrays, against 1 and 2 gateways.
+    Http(http::Args),
     /// The floor for fan-out: raw XADD and one blocked XREAD connection per
     /// subscriber on the same Redis, at the same rate.
     Baseline(baseline::Args),
@@ -68,6 +72,7 @@ async fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::Publish(args) => publish::run(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Http(args) => http::run(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Hold(args) => idle::hold(args).await,

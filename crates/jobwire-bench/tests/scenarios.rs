@@ -121,3 +121,31 @@ fn density_counts_connections_held_by_several_processes() {
     assert!(out.contains("20 idle subscribed WebSockets"), "{out}");
     assert!(out.contains("40 idle subscribed WebSockets"), "{out}");
 }
+
+#[test]
+fn http_publish_measures_single_events_and_arrays_without_errors() {
+    let out = bench(&[
+        "http",
+        "--gateways",
+        "1,2",
+        "--batches",
+        "1,10",
+        "--in-flight",
+        "4",
+        "--seconds",
+        "1",
+    ]);
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 2 |"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[9], "0", "errors in {row}");
+        assert!(
+            cells[3].parse::<f64>().is_ok_and(|posts| posts > 0.0),
+            "{row}"
+        );
+    }
+}
