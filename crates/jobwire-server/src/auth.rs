@@ -4,7 +4,9 @@
 //! and `exp` is always enforced. Auth can be switched off only explicitly
 //! (`JOBWIRE_AUTH=disabled`), for local use.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -166,7 +168,15 @@ impl fmt::Debug for AuthConfig {
 pub struct Auth {
     verifiers: Vec<(DecodingKey, Validation)>,
     disabled: bool,
+    /// Tokens that verified, with their caller: a worker sends the same
+    /// token with every publish, and checking a signature costs more than
+    /// the rest of a small request. A hit still checks `exp`. Only
+    /// successes are kept, and the whole map is dropped when full.
+    verified: Arc<Mutex<HashMap<String, Principal>>>,
 }
+
+/// Verified tokens kept at most.
+const VERIFIED_CAPACITY: usize = 4096;
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -194,6 +204,7 @@ impl Auth {
             return Ok(Auth {
                 verifiers: Vec::new(),
                 disabled: true,
+                verified: Arc::default(),
             });
         }
         let validation = |alg| {
@@ -233,6 +244,7 @@ impl Auth {
         Ok(Auth {
             verifiers,
             disabled: false,
+            verified: Arc::default(),
         })
     }
 
@@ -255,10 +267,21 @@ impl Auth {
             });
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        if let Some(known) = self.cached(token) {
+            return known;
+        }
         let mut last = AuthError::Invalid("no key accepted it");
         for (key, validation) in &self.verifiers {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => {
+                    let verified = principal(data.claims)?;
+                    let mut cache = self.verified_tokens();
+                    if cache.len() >= VERIFIED_CAPACITY {
+                        cache.clear();
+                    }
+                    cache.insert(token.to_owned(), verified.clone());
+                    return Ok(verified);
+                }
                 Err(e) => {
                     last = AuthError::of(&e);
                     if matches!(last, AuthError::Expired | AuthError::NotYetValid) {
@@ -268,6 +291,32 @@ impl Auth {
             }
         }
         Err(last)
+    }
+}
+
+impl Auth {
+    /// A token verified before: its caller while it has not expired (with
+    /// the same leeway as a full check; its `nbf` had passed already).
+    fn cached(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        let mut cache = self.verified_tokens();
+        let known = cache.get(token)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if known
+            .expires_at
+            .is_some_and(|exp| exp.saturating_add(LEEWAY_SECS) < now)
+        {
+            cache.remove(token);
+            return Some(Err(AuthError::Expired));
+        }
+        Some(Ok(known.clone()))
+    }
+
+    fn verified_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, Principal>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -384,6 +433,41 @@ mod tests {
         let p = auth().verify(Some(&token)).expect("valid");
         assert_eq!(p.user, "alice");
         assert!(p.has(Scope::JobsRead) && p.has(Scope::JobsWrite) && !p.has(Scope::Worker));
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let auth = auth();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = |exp: u64| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({"sub": "alice", "scope": "jobs:read", "exp": exp}),
+                &EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
+            )
+            .expect("encode")
+        };
+        let token = claims(now + 60);
+        let first = auth.verify(Some(&token)).expect("valid");
+        assert_eq!(auth.verify(Some(&token)), Ok(first));
+        assert_eq!(auth.verified_tokens().len(), 1);
+        // A remembered token whose exp has passed (leeway included) is
+        // refused as expired, and forgotten.
+        auth.verified_tokens().insert(
+            "stale".to_owned(),
+            Principal {
+                user: "alice".to_owned(),
+                scopes: vec![Scope::JobsRead],
+                expires_at: Some(now - LEEWAY_SECS - 10),
+            },
+        );
+        assert_eq!(auth.verify(Some("stale")), Err(AuthError::Expired));
+        assert_eq!(auth.verified_tokens().len(), 1);
+        // Failures are not remembered.
+        assert!(auth.verify(Some("garbage")).is_err());
+        assert_eq!(auth.verified_tokens().len(), 1);
     }
 
     #[test]
