@@ -317,13 +317,6 @@ pub struct PublishItem {
     n: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum PublishBody {
-    One(PublishItem),
-    Many(Vec<PublishItem>),
-}
-
 /// Most events in one `POST /api/jobs/{id}/events`.
 const MAX_PUBLISH_BATCH: usize = 1000;
 
@@ -333,15 +326,12 @@ pub async fn publish(
     State(state): State<AppState>,
     credentials: Credentials,
     Path(id): Path<String>,
-    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller(&state, &credentials, Scope::Worker)?;
     let id = job_id(&id)?;
-    let Json(body) = body?;
-    let (items, single) = match body {
-        PublishBody::One(item) => (vec![item], true),
-        PublishBody::Many(items) => (items, false),
-    };
+    let (items, single) = publish_items(&headers, &body)?;
     if items.is_empty() || items.len() > MAX_PUBLISH_BATCH {
         return Err(ApiError::unprocessable(format!(
             "send 1 to {MAX_PUBLISH_BATCH} events"
@@ -358,12 +348,16 @@ pub async fn publish(
         if !matches!(item.data, Value::Object(_) | Value::Null) {
             return Err(ApiError::unprocessable("data must be a JSON object"));
         }
-        let size = item.data.to_string().len();
-        if size > state.config.max_event_bytes {
-            return Err(ApiError::unprocessable(format!(
-                "an event's data is {size} bytes; at most {} are accepted",
-                state.config.max_event_bytes
-            )));
+        // A body within the limit holds no event over it: measure an
+        // event's data only when the body is larger.
+        if body.len() > state.config.max_event_bytes {
+            let size = item.data.to_string().len();
+            if size > state.config.max_event_bytes {
+                return Err(ApiError::unprocessable(format!(
+                    "an event's data is {size} bytes; at most {} are accepted",
+                    state.config.max_event_bytes
+                )));
+            }
         }
         let mut event = NewEvent::new(kind, item.data);
         match (item.attempt, item.n) {
@@ -396,6 +390,37 @@ pub async fn publish(
                "cancel_requested": outcome.cancel_requested})
     };
     Ok((status, Json(body)).into_response())
+}
+
+/// The events of a publish body: one event object, or an array of them
+/// (then `single` is false). Read by the body's first character, not with
+/// an untagged enum, which would parse the whole body twice.
+fn publish_items(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(Vec<PublishItem>, bool), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json") || v.ends_with("+json")
+        });
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a body of Content-Type: application/json",
+        ));
+    }
+    let malformed = |e: serde_json::Error| {
+        ApiError::unprocessable(format!("not an event or an array of events: {e}"))
+    };
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Ok((serde_json::from_slice(body).map_err(malformed)?, false)),
+        _ => Ok((vec![serde_json::from_slice(body).map_err(malformed)?], true)),
+    }
 }
 
 /// `GET /healthz`: the process is alive.
