@@ -266,144 +266,171 @@ struct Snapshot {
 
 impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
         let s = self
             .at_scrape
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut gauge = |name: &str, help: &str, labels: &[(&str, &str)], value: u64| {
-            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            let mut described =
-                encoder.encode_descriptor(name, help, None, metric.metric_type())?;
-            if labels.is_empty() {
-                metric.encode(described)
-            } else {
-                let labels: Vec<(String, String)> = labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect();
-                metric.encode(described.encode_family(&labels)?)
-            }
-        };
-        gauge(
+        let e = &mut encoder;
+        one(
+            e,
+            Gauge,
             "jobwire_http_connections",
             "Open plain HTTP connections (WebSocket and SSE ones are jobwire_connections)",
-            &[],
             s.http_connections,
         )?;
-        gauge(
+        one(
+            e,
+            Gauge,
             "jobwire_watched_jobs",
             "Jobs with at least one watcher on this instance",
-            &[],
             s.watched_jobs,
         )?;
-        gauge(
+        one(
+            e,
+            Gauge,
             "jobwire_live_feed_up",
             "1 while the live feed is being read",
-            &[],
             u64::from(s.live_feed_up),
         )?;
         if let Some(queue) = s.queue {
-            gauge(
+            one(
+                e,
+                Gauge,
                 "jobwire_queue_waiting",
                 "Queued jobs not yet claimed by a worker",
-                &[],
                 queue.waiting,
             )?;
-            gauge(
+            one(
+                e,
+                Gauge,
                 "jobwire_queue_pending",
                 "Claimed, unacknowledged queue entries",
-                &[],
                 queue.pending,
             )?;
         }
         if let Some(store) = &s.store {
             if let Some(bytes) = store.used_memory_bytes {
-                gauge(
+                one(
+                    e,
+                    Gauge,
                     "jobwire_store_used_memory_bytes",
                     "Memory the store reports using (Redis used_memory), sampled at each scrape",
-                    &[],
                     bytes,
                 )?;
             }
-            gauge(
+            one(
+                e,
+                Gauge,
                 "jobwire_live_feed_entries",
                 "Entries in the live feed over all partitions, sampled at each scrape",
-                &[],
                 store.live_entries,
             )?;
-            for (status, n) in [
-                ("queued", store.jobs.queued),
-                ("running", store.jobs.running),
-            ] {
-                gauge(
-                    "jobwire_jobs",
-                    "Unfinished jobs, by status",
-                    &[("status", status)],
-                    n,
-                )?;
-            }
+            by_status(
+                e,
+                Gauge,
+                "jobwire_jobs",
+                "Unfinished jobs, by status",
+                &[
+                    ("queued", store.jobs.queued),
+                    ("running", store.jobs.running),
+                ],
+            )?;
         }
-        let mut counter = |name: &str, help: &str, labels: &[(&str, &str)], value: u64| {
-            let metric = ConstCounter::new(value);
-            let mut described =
-                encoder.encode_descriptor(name, help, None, metric.metric_type())?;
-            if labels.is_empty() {
-                metric.encode(described)
-            } else {
-                let labels: Vec<(String, String)> = labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect();
-                metric.encode(described.encode_family(&labels)?)
-            }
-        };
         let [errors, reconnects, recoveries, reads, rechecks] = s.tailer;
-        counter(
+        one(
+            e,
+            Counter,
             "jobwire_live_feed_errors",
             "Failed reads of the live feed (Redis errors; each is retried)",
-            &[],
             errors,
         )?;
-        counter(
+        one(
+            e,
+            Counter,
             "jobwire_live_feed_reconnects",
             "Times the live feed was read again after failing (Redis came back)",
-            &[],
             reconnects,
         )?;
-        counter(
+        one(
+            e,
+            Counter,
             "jobwire_live_feed_recoveries",
             "Times live events that may have been missed (a feed gap, a reopened feed) were re-read from the watched jobs' logs",
-            &[],
             recoveries,
         )?;
-        counter(
+        one(
+            e,
+            Counter,
             "jobwire_recovery_log_reads",
             "Job log reads made by those recoveries: about one per watched job, whatever the number of connections",
-            &[],
             reads,
         )?;
-        counter(
+        one(
+            e,
+            Counter,
             "jobwire_recovery_rechecks",
             "Jobs a recovery could not read for all of their watchers (resume point trimmed, job deleted), so each watcher re-read it by itself",
-            &[],
             rechecks,
         )?;
         if let Some(store) = &s.store {
-            for (status, n) in [
-                ("completed", store.jobs.completed),
-                ("failed", store.jobs.failed),
-                ("cancelled", store.jobs.cancelled),
-            ] {
-                counter(
-                    "jobwire_jobs_finished",
-                    "Jobs that finished, by status",
-                    &[("status", status)],
-                    n,
-                )?;
-            }
+            by_status(
+                e,
+                Counter,
+                "jobwire_jobs_finished",
+                "Jobs that finished, by status",
+                &[
+                    ("completed", store.jobs.completed),
+                    ("failed", store.jobs.failed),
+                    ("cancelled", store.jobs.cancelled),
+                ],
+            )?;
         }
         Ok(())
     }
+}
+
+/// One sampled value as a gauge or a counter.
+fn sample(kind: MetricType, value: u64, to: MetricEncoder) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(to),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(to),
+    }
+}
+
+/// A family with one unlabelled sample.
+fn one(
+    encoder: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    sample(
+        kind,
+        value,
+        encoder.encode_descriptor(name, help, None, kind)?,
+    )
+}
+
+/// A family with a sample per status: described once (a second HELP/TYPE
+/// for the same name would make the whole page invalid to Prometheus).
+fn by_status(
+    encoder: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    samples: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut described = encoder.encode_descriptor(name, help, None, kind)?;
+    for (status, value) in samples {
+        sample(
+            kind,
+            *value,
+            described.encode_family(&[("status", *status)])?,
+        )?;
+    }
+    Ok(())
 }
 
 /// Counts every request by its route (the pattern, not the path) and status.

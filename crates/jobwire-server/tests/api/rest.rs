@@ -273,5 +273,15 @@ async fn health_and_metrics_answer() -> Result<()> {
         text.contains(r#"jobwire_http_requests_total{route="/readyz",status="200"}"#),
         "{text}"
     );
+    ensure!(
+        text.contains(r#"jobwire_jobs{status="running"} 1"#),
+        "{text}"
+    );
+    // Prometheus rejects a whole page that describes one family twice.
+    let mut described = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        ensure!(described.insert(line), "described twice: {line}");
+    }
+    ensure!(text.trim_end().ends_with("# EOF"), "{text}");
     Ok(())
 }
