@@ -27,14 +27,23 @@ impl Snapshot {
     /// When the server cannot be read.
     pub async fn take(server: &RedisServer) -> Result<Snapshot> {
         let mut conn = connect(server).await?;
-        let mut keys = Vec::new();
-        for key in all_keys(&mut conn).await? {
-            let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&key).query_async(&mut conn).await?;
-            let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
-            if let Some(dump) = dump {
-                keys.push((key, dump, ttl.max(0)));
-            }
-        }
+        // One script, so the copy is of one moment: copied key by key, a
+        // job's log could be taken before a publish and its state after.
+        let keys: Vec<(Vec<u8>, Vec<u8>, i64)> = redis::Script::new(
+            r"
+            local out = {}
+            for _, key in ipairs(redis.call('KEYS', '*')) do
+                local dump = redis.call('DUMP', key)
+                if dump then
+                    out[#out + 1] = {key, dump, math.max(redis.call('PTTL', key), 0)}
+                end
+            end
+            return out
+            ",
+        )
+        .invoke_async(&mut conn)
+        .await
+        .context("copying every key")?;
         Ok(Snapshot { keys })
     }
 
