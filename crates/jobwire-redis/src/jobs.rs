@@ -45,6 +45,7 @@ impl RedisBackend {
         &self,
         job: &JobId,
         planned: Option<((EventId, &Epoch), &jobwire_core::publish::Plan)>,
+        claim_priority: bool,
     ) -> Result<PublishReply> {
         let keys = &self.shared.keys;
         let limits = &self.shared.config.backend;
@@ -54,7 +55,8 @@ impl RedisBackend {
             .key(keys.events(job))
             .key(keys.live_of(job))
             .key(keys.stats_of(job))
-            .key(keys.unfinished_of(job));
+            .key(keys.unfinished_of(job))
+            .key(keys.priority(job));
         match planned {
             None => {
                 invocation
@@ -66,7 +68,9 @@ impl RedisBackend {
                     .arg("")
                     .arg(0)
                     .arg(0)
-                    .arg(0);
+                    .arg(0)
+                    .arg(&self.shared.publisher)
+                    .arg(u8::from(claim_priority));
             }
             Some(((expected, epoch), plan)) => {
                 let retention_ms = if plan.state.status.is_terminal() {
@@ -83,7 +87,9 @@ impl RedisBackend {
                     .arg(plan.state.status.as_str())
                     .arg(limits.stream_maxlen)
                     .arg(limits.live_maxlen)
-                    .arg(retention_ms.to_string());
+                    .arg(retention_ms.to_string())
+                    .arg(&self.shared.publisher)
+                    .arg(u8::from(claim_priority));
                 for event in &plan.events {
                     invocation.arg(&event.json[..]);
                 }
@@ -220,16 +226,10 @@ impl JobStore for RedisBackend {
         // Set when Redis asked for a new history (see `NewHistory`): the
         // next plan is made under this epoch.
         let mut new_epoch: Option<Epoch> = None;
-        for attempt in 0..MAX_CAS_ATTEMPTS {
-            if attempt >= 2 {
-                // Lost the race repeatedly: step aside for a random moment so
-                // that a tight loop of another publisher cannot starve us.
-                let ceiling = 1 + attempt.min(20) as u64 * 250;
-                let pause = rand::random::<u64>() % ceiling;
-                tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
-            }
+        let mut races_lost = 0u64;
+        for _ in 0..MAX_CAS_ATTEMPTS {
             let Some(current) = head.take() else {
-                match self.cas(job, None).await? {
+                match self.cas(job, None, races_lost >= 2).await? {
                     PublishReply::Missing => return Err(self.missing(job)),
                     PublishReply::Moved { head: h } | PublishReply::NewHistory { head: h } => {
                         head = Some(*h);
@@ -254,7 +254,10 @@ impl JobStore for RedisBackend {
                 }
             };
             let expected = (planned_from.state.last_event_id, &stored_epoch);
-            match self.cas(job, Some((expected, &plan))).await? {
+            match self
+                .cas(job, Some((expected, &plan)), races_lost >= 2)
+                .await?
+            {
                 PublishReply::Applied { cancel } => {
                     let last_event_id = plan.state.last_event_id;
                     self.cache_head(
@@ -272,8 +275,19 @@ impl JobStore for RedisBackend {
                     });
                 }
                 PublishReply::Moved { head: h } => {
-                    head = Some(*h);
-                    fresh = true;
+                    races_lost += 1;
+                    if races_lost < 2 {
+                        head = Some(*h);
+                        fresh = true;
+                    } else {
+                        // Lost the race again: another process publishes
+                        // to this job in a tight loop. Claim the priority
+                        // (publish.lua) with a fresh read of the head after
+                        // a random moment (so two such processes fall out
+                        // of step); the other's writes wait while we hold it.
+                        let pause = rand::random::<u64>() % (1 + races_lost.min(20) * 250);
+                        tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+                    }
                 }
                 PublishReply::NewHistory { head: h } => {
                     let epoch = Epoch::generate();

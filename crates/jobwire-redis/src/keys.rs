@@ -64,6 +64,15 @@ impl Keys {
         )
     }
 
+    /// Which publisher goes first on a contended job (publish.lua).
+    pub(crate) fn priority(&self, id: &JobId) -> String {
+        format!(
+            "{}:{{{}}}:priority:{id}",
+            self.prefix,
+            id.partition(self.partitions)
+        )
+    }
+
     pub(crate) fn live_of(&self, id: &JobId) -> String {
         self.live(id.partition(self.partitions))
     }

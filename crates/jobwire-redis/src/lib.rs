@@ -172,7 +172,9 @@ struct Shared {
     /// Last known head of jobs this process publishes to, so a publish is one
     /// round trip. Only a hint: the script's compare-and-set decides.
     heads: Mutex<HashMap<JobId, LogHead>>,
-    /// Striped per-job turns for publishing (see `publish_batch`). Unrelated
+    /// This process among the publishers of a job (publish.lua's priority).
+    publisher: String,
+    /// Striped per-job turns for publishing (see `publish`). Unrelated
     /// jobs sharing a stripe just take turns, which is harmless.
     publish_turns: Box<[tokio::sync::Mutex<()>]>,
 }
@@ -199,6 +201,7 @@ impl RedisBackend {
                 keys,
                 conns,
                 heads: Mutex::new(HashMap::new()),
+                publisher: format!("{:016x}", rand::random::<u64>()),
                 publish_turns: (0..PUBLISH_TURNS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),

@@ -16,12 +16,16 @@
 -- KEYS[4] the partition's job counts: queued and running are gauges;
 -- completed, failed and cancelled count jobs that finished (they expire, so
 -- they are never decremented); KEYS[5] the partition's unfinished jobs per
--- owner (the per-user quota)
+-- owner (the per-user quota); KEYS[6] the job's priority: a publisher
+-- that lost the race repeatedly claims it (ARGV[11] = '1') and, while it
+-- holds it, others' writes are refused as if the head had moved, so a tight
+-- loop of one process cannot starve another; it lapses after 50 ms.
 -- ARGV[1] expected seq, ARGV[2] expected epoch, ARGV[3] the plan's epoch
 -- (ARGV[2], or a fresh one when the plan starts a new history),
 -- ARGV[4] new state JSON, ARGV[5] new last_n, ARGV[6] new status,
 -- ARGV[7] log MAXLEN, ARGV[8] live MAXLEN,
--- ARGV[9] retention in ms (0: the job is not finished), ARGV[10..] event JSONs
+-- ARGV[9] retention in ms (0: the job is not finished), ARGV[10] this
+-- publisher's id, ARGV[11] '1' to claim the priority, ARGV[12..] event JSONs
 -- A live entry holds the batch's events in order, one field each, named by
 -- the epoch (so a reader knows which history an event belongs to, and
 -- readers that only take values keep working).
@@ -33,16 +37,23 @@ local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel', 'status', 'epoch', 'i
 if not head[1] then
   return {0}
 end
-if head[1] ~= ARGV[1] or head[4] ~= ARGV[2] then
+local n = #ARGV - 11
+local first = redis.call('GET', KEYS[6])
+if head[1] ~= ARGV[1] or head[4] ~= ARGV[2] or (n > 0 and first and first ~= ARGV[10]) then
+  if ARGV[11] == '1' and (not first or first == ARGV[10]) then
+    redis.call('SET', KEYS[6], ARGV[10], 'PX', 50)
+  end
   local rest = redis.call('HMGET', KEYS[1], 'state', 'last_n')
   return {2, head[1], rest[1], rest[2], head[2]}
 end
-local n = #ARGV - 9
 if n > 0 then
   local inc = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
   if head[5] ~= inc and ARGV[3] == ARGV[2] then
     local rest = redis.call('HMGET', KEYS[1], 'state', 'last_n')
     return {3, head[1], rest[1], rest[2], head[2]}
+  end
+  if first then
+    redis.call('DEL', KEYS[6])
   end
   local epoch = ARGV[3]
   local seq = tonumber(ARGV[1])
@@ -52,9 +63,9 @@ if n > 0 then
   local live = {}
   for i = 1, n do
     seq = seq + 1
-    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[9 + i])
+    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[11 + i])
     live[#live + 1] = epoch
-    live[#live + 1] = ARGV[9 + i]
+    live[#live + 1] = ARGV[11 + i]
     if #live == 2000 or i == n then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(live))
       live = {}
