@@ -38,9 +38,33 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every built-in type, in the order of a job's life.
+    pub const BUILTIN: [EventType; 10] = [
+        EventType::JobQueued,
+        EventType::JobStarted,
+        EventType::FileProcessing,
+        EventType::FileCompleted,
+        EventType::Error,
+        EventType::Progress,
+        EventType::JobCompleted,
+        EventType::JobFailed,
+        EventType::JobCancelled,
+        EventType::JobRetrying,
+    ];
+
     /// The type as written on the wire.
     pub fn as_str(&self) -> &str {
         match self {
+            EventType::Custom(s) => s,
+            // Every other variant has a built-in name.
+            builtin => builtin.builtin_name().unwrap_or_default(),
+        }
+    }
+
+    /// The name of a built-in type; `None` for a custom one.
+    pub fn builtin_name(&self) -> Option<&'static str> {
+        Some(match self {
+            EventType::Custom(_) => return None,
             EventType::JobQueued => "job_queued",
             EventType::JobStarted => "job_started",
             EventType::FileProcessing => "file_processing",
@@ -51,41 +75,16 @@ impl EventType {
             EventType::JobFailed => "job_failed",
             EventType::JobCancelled => "job_cancelled",
             EventType::JobRetrying => "job_retrying",
-            EventType::Custom(s) => s,
-        }
-    }
-
-    /// The name of a built-in type; `None` for a custom one.
-    pub fn builtin_name(&self) -> Option<&'static str> {
-        match self {
-            EventType::Custom(_) => None,
-            EventType::JobQueued => Some("job_queued"),
-            EventType::JobStarted => Some("job_started"),
-            EventType::FileProcessing => Some("file_processing"),
-            EventType::FileCompleted => Some("file_completed"),
-            EventType::Error => Some("error"),
-            EventType::Progress => Some("progress"),
-            EventType::JobCompleted => Some("job_completed"),
-            EventType::JobFailed => Some("job_failed"),
-            EventType::JobCancelled => Some("job_cancelled"),
-            EventType::JobRetrying => Some("job_retrying"),
-        }
+        })
     }
 
     /// Parses a wire name. Custom names must be 1–64 characters of
     /// `[a-z0-9_.]` so they stay readable in logs and metrics labels.
     pub fn parse(s: &str) -> Result<EventType, String> {
+        if let Some(builtin) = Self::BUILTIN.iter().find(|t| t.as_str() == s) {
+            return Ok(builtin.clone());
+        }
         Ok(match s {
-            "job_queued" => EventType::JobQueued,
-            "job_started" => EventType::JobStarted,
-            "file_processing" => EventType::FileProcessing,
-            "file_completed" => EventType::FileCompleted,
-            "error" => EventType::Error,
-            "progress" => EventType::Progress,
-            "job_completed" => EventType::JobCompleted,
-            "job_failed" => EventType::JobFailed,
-            "job_cancelled" => EventType::JobCancelled,
-            "job_retrying" => EventType::JobRetrying,
             other if crate::protocol::RESERVED_TYPES.contains(&other) => {
                 return Err(format!(
                     "{other:?} is a control message of the live protocol, not an event type"
@@ -356,19 +355,12 @@ mod tests {
 
     #[test]
     fn known_and_custom_types_round_trip() {
-        for name in [
-            "job_queued",
-            "job_started",
-            "file_processing",
-            "file_completed",
-            "error",
-            "progress",
-            "job_completed",
-            "job_failed",
-            "job_cancelled",
-            "job_retrying",
-            "thumbnail.ready",
-        ] {
+        let builtin = EventType::BUILTIN.map(|t| t.as_str().to_owned());
+        for name in builtin
+            .iter()
+            .map(String::as_str)
+            .chain(["thumbnail.ready"])
+        {
             let t = EventType::parse(name).expect("valid type");
             assert_eq!(t.as_str(), name);
         }

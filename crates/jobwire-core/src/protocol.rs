@@ -376,19 +376,8 @@ mod tests {
                 "{name} must not be an event type"
             );
         }
-        for known in [
-            "job_queued",
-            "job_started",
-            "file_processing",
-            "file_completed",
-            "error",
-            "progress",
-            "job_completed",
-            "job_failed",
-            "job_cancelled",
-            "job_retrying",
-        ] {
-            assert!(!RESERVED_TYPES.contains(&known));
+        for known in EventType::BUILTIN {
+            assert!(!RESERVED_TYPES.contains(&known.as_str()));
         }
     }
 

@@ -132,12 +132,7 @@ impl JobQueue for RedisBackend {
             Err(e) => return Err(backend_error(e)),
         };
         self.shared.conns.give_back(conn);
-        let entries = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect();
-        self.to_claims(entries).await
+        self.to_claims(read_entries(reply)).await
     }
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
         self.if_leased(&scripts::RENEW, consumer, entry).await
@@ -221,12 +216,7 @@ impl JobQueue for RedisBackend {
             Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
             Err(e) => return Err(backend_error(e)),
         };
-        let entries = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .collect();
-        self.to_claims(entries).await
+        self.to_claims(read_entries(reply)).await
     }
     async fn queue_stats(&self) -> Result<QueueStats> {
         let queue = self.shared.keys.queue();
@@ -264,4 +254,14 @@ fn field(entry: &StreamId, name: &str) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         _ => None,
     }
+}
+
+/// The entries of an XREADGROUP reply on the one queue stream (none when
+/// the read timed out).
+fn read_entries(reply: Option<StreamReadReply>) -> Vec<StreamId> {
+    reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .collect()
 }

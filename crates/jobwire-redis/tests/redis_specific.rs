@@ -23,6 +23,16 @@ fn config(server: &RedisServer) -> RedisConfig {
     }
 }
 
+/// A job of alice's that has started.
+async fn started_job(b: &RedisBackend) -> Result<jobwire_core::JobState> {
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    Ok(job)
+}
+
 async fn redis_cmd<T: redis::FromRedisValue>(server: &RedisServer, cmd: &redis::Cmd) -> Result<T> {
     let client = redis::Client::open(server.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -74,11 +84,7 @@ async fn health_reports_memory_and_the_live_feed() -> Result<()> {
     let empty = b.health().await?;
     ensure!(empty.used_memory_bytes.is_some_and(|m| m > 0), "{empty:?}");
     ensure!(empty.live_entries == 0, "{empty:?}");
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
-        .await?;
+    started_job(&b).await?;
     ensure!(
         b.health().await?.live_entries == 2,
         "one live entry per create and per publish"
@@ -174,11 +180,7 @@ async fn two_processes_share_jobs_through_stale_caches() -> Result<()> {
 async fn redis_restart_loses_nothing_and_starts_a_new_history() -> Result<()> {
     let mut server = RedisServer::start_private(Persistence::Aof)?;
     let b = RedisBackend::connect(config(&server)).await?;
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
-        .await?;
+    let job = started_job(&b).await?;
     let mut tail = b.tail(TailFrom::Now).await?;
 
     let publish_until_ok = |i: u64| {
@@ -268,11 +270,7 @@ async fn a_trimmed_live_position_is_reported_as_a_gap() -> Result<()> {
     cfg.backend.live_maxlen = 10;
     cfg.backend.partitions = 1;
     let b = RedisBackend::connect(cfg).await?;
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
-        .await?;
+    let job = started_job(&b).await?;
     let position = b.tail(TailFrom::Now).await?.position();
     for chunk in 0..10 {
         b.publish(
@@ -454,11 +452,7 @@ async fn publish_fenced(b: &RedisBackend, job: &jobwire_core::JobId, i: u64) -> 
 async fn lost_writes_start_a_new_history_never_reuse_an_id() -> Result<()> {
     let mut server = RedisServer::start_private(Persistence::Aof)?;
     let b = RedisBackend::connect(config(&server)).await?;
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
-        .await?;
+    let job = started_job(&b).await?;
     for i in 1..=10 {
         publish_fenced(&b, &job.id, i).await?;
     }

@@ -97,11 +97,7 @@ pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
     check(counts(0, 0, 0, 0, 0), "empty").await?;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(
-            b.create_job(NewJob::new("demo", json!({}), "alice"))
-                .await?
-                .id,
-        );
+        ids.push(demo_job(b).await?.id);
     }
     check(counts(5, 0, 0, 0, 0), "created").await?;
     let start = || NewEvent::new(EventType::JobStarted, json!({}));
@@ -147,11 +143,7 @@ pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Re
     let b = t.backend.as_ref();
     let mut ids = Vec::new();
     for _ in 0..6 {
-        ids.push(
-            b.create_job(NewJob::new("demo", json!({}), "alice"))
-                .await?
-                .id,
-        );
+        ids.push(demo_job(b).await?.id);
     }
     b.create_job(NewJob::new("demo", json!({}), "bob")).await?;
     ensure!(b.unfinished_jobs("alice").await? == 6);

@@ -193,9 +193,7 @@ pub async fn trimmed_resume_point_and_wrong_epoch_are_reported(
 pub async fn stale_attempt_is_refused_and_repeated_n_ignored(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let job = demo_job(b).await?;
     let batch = vec![
         NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1),
         progress(1).fenced(1, 2),
@@ -272,9 +270,7 @@ pub async fn illegal_events_and_unknown_jobs_are_refused(f: &dyn BackendFactory)
 pub async fn cancel_flag_round_trips(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let queued = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let queued = demo_job(b).await?;
     ensure!(b.cancel(&queued.id).await? == CancelOutcome::Cancelled);
     let snap = b.job(&queued.id).await?;
     ensure!(snap.status == JobStatus::Cancelled && snap.expires_at.is_some());

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::backend::{
-    Backend, BackendConfig, BackendError, CancelOutcome, EventsAfter, JobCounts, ListQuery,
+    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, ListQuery,
     LiveBatch, QueueStats, Reclaimed, ResyncReason, TailFrom,
 };
 use crate::event::{Event, EventRecord, EventType, NewEvent};
@@ -96,6 +96,20 @@ fn small_config() -> BackendConfig {
         partitions: 4,
         ..BackendConfig::default()
     }
+}
+
+/// A job with no parameters, owned by alice.
+async fn demo_job(b: &dyn Backend) -> Result<JobState> {
+    Ok(b.create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?)
+}
+
+/// The next claim for `consumer`, which must exist.
+async fn claim_one(b: &dyn Backend, consumer: &str) -> Result<Claim> {
+    b.claim(consumer, 1, Duration::from_millis(100))
+        .await?
+        .pop()
+        .context("no claim")
 }
 
 async fn started(b: &dyn Backend, owner: &str) -> Result<JobState> {

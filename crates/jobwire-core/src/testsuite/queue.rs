@@ -9,11 +9,7 @@ pub async fn queue_claim_and_ack(f: &dyn BackendFactory) -> Result<()> {
     let b = t.backend.as_ref();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            b.create_job(NewJob::new("demo", json!({}), "alice"))
-                .await?
-                .id,
-        );
+        ids.push(demo_job(b).await?.id);
     }
     b.create_job(NewJob::new("celery.task", json!({}), "alice").external())
         .await?;
@@ -53,9 +49,7 @@ pub async fn claim_waits_for_an_enqueue(f: &dyn BackendFactory) -> Result<()> {
         async move { b.claim("w1", 1, Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let job = demo_job(b.as_ref()).await?;
     let claims = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .context("claim did not wake")???;
@@ -68,14 +62,8 @@ pub async fn claim_waits_for_an_enqueue(f: &dyn BackendFactory) -> Result<()> {
 pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    let claim = b
-        .claim("w1", 1, Duration::from_millis(100))
-        .await?
-        .pop()
-        .context("no claim")?;
+    let job = demo_job(b).await?;
+    let claim = claim_one(b, "w1").await?;
     b.publish(
         &job.id,
         &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
@@ -131,13 +119,8 @@ pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactor
 pub async fn renewed_lease_is_not_reclaimed(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    b.create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    let claim = b
-        .claim("w1", 1, Duration::from_millis(100))
-        .await?
-        .pop()
-        .context("no claim")?;
+    demo_job(b).await?;
+    let claim = claim_one(b, "w1").await?;
     let idle = Duration::from_millis(400);
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -154,14 +137,8 @@ pub async fn renewed_lease_is_not_reclaimed(f: &dyn BackendFactory) -> Result<()
 pub async fn released_entry_goes_to_the_next_claim(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
-    let claim = b
-        .claim("w1", 1, Duration::from_millis(100))
-        .await?
-        .pop()
-        .context("no claim")?;
+    let job = demo_job(b).await?;
+    let claim = claim_one(b, "w1").await?;
     ensure!(
         !b.release("w2", &claim.entry).await?,
         "another consumer released w1's entry"
@@ -198,9 +175,7 @@ pub async fn released_entry_goes_to_the_next_claim(f: &dyn BackendFactory) -> Re
 pub async fn dead_letter_after_max_attempts(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = b
-        .create_job(NewJob::new("demo", json!({}), "alice"))
-        .await?;
+    let job = demo_job(b).await?;
     b.claim("w1", 1, Duration::from_millis(100)).await?;
     let idle = Duration::from_millis(100);
     tokio::time::sleep(idle * 2).await;
@@ -239,8 +214,7 @@ pub async fn pending_of_lists_a_consumers_leased_entries(f: &dyn BackendFactory)
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     for _ in 0..3 {
-        b.create_job(NewJob::new("demo", json!({}), "alice"))
-            .await?;
+        demo_job(b).await?;
     }
     let mine = b.claim("c1", 2, Duration::from_secs(1)).await?;
     let theirs = b.claim("c2", 1, Duration::from_secs(1)).await?;

@@ -65,6 +65,19 @@ impl Seen {
 }
 
 /// Reads `ws` (one job's messages) until it is at `(epoch, last)`.
+/// A one-job WebSocket on `job` and a multiplexed one subscribed to it.
+async fn watch_both(app: &TestApp, job: &JobId, token: &str) -> Result<(Ws, Ws)> {
+    let (single, _) = connect(
+        &app.ws_url(&format!("/ws/jobs/{job}")),
+        Some(token),
+        Via::Bearer,
+    )
+    .await?;
+    let (mut multi, _) = connect(&app.ws_url("/ws/jobs"), Some(token), Via::Bearer).await?;
+    send(&mut multi, json!({"type": "subscribe", "job_id": job})).await?;
+    Ok((single, multi))
+}
+
 async fn read_until(ws: &mut Ws, seen: &mut Seen, epoch: &str, last: u64) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.epoch() != Some(epoch) || seen.last() < last {
@@ -112,14 +125,7 @@ async fn watchers_are_resynced_through_lost_writes_and_never_get_an_id_twice() -
     let worker = redis(&redis_server.url()).await?;
     let job = running_job(&worker, "alice").await?;
     let token = user_token("alice");
-    let (mut single, _) = connect(
-        &app.ws_url(&format!("/ws/jobs/{}", job.id)),
-        Some(&token),
-        Via::Bearer,
-    )
-    .await?;
-    let (mut multi, _) = connect(&app.ws_url("/ws/jobs"), Some(&token), Via::Bearer).await?;
-    send(&mut multi, json!({"type": "subscribe", "job_id": job.id})).await?;
+    let (mut single, mut multi) = watch_both(&app, &job.id, &token).await?;
     let (mut single_seen, mut multi_seen) = (Seen::default(), Seen::default());
     let old = job.epoch.as_str().to_owned();
 
@@ -197,14 +203,7 @@ async fn watchers_of_a_job_lost_entirely_are_told_it_is_gone() -> Result<()> {
     let snapshot = Snapshot::take(&redis_server).await?;
     let job = running_job(&app.backend, "alice").await?;
     let token = user_token("alice");
-    let (mut single, _) = connect(
-        &app.ws_url(&format!("/ws/jobs/{}", job.id)),
-        Some(&token),
-        Via::Bearer,
-    )
-    .await?;
-    let (mut multi, _) = connect(&app.ws_url("/ws/jobs"), Some(&token), Via::Bearer).await?;
-    send(&mut multi, json!({"type": "subscribe", "job_id": job.id})).await?;
+    let (mut single, mut multi) = watch_both(&app, &job.id, &token).await?;
     ensure!(next_json(&mut single).await?["type"] == "current_state");
     ensure!(next_json(&mut multi).await?["type"] == "current_state");
 
