@@ -137,6 +137,9 @@ test("a scan with unreadable files shows its error events and its result, and co
   await p.click("[data-testid=start]");
   await p.waitForURL(/#\/jobs\//);
   await p.waitForFunction(() => document.querySelector("[data-testid=job-status]").textContent === "completed", null, { timeout: 30000 });
+  // A scan this small may finish before the page subscribes: its events then
+  // arrive by the history backfill, just after the state that says completed.
+  await p.waitForSelector("[data-type=job_completed]", { timeout: 10000 });
   const types = await p.$$eval("[data-event-id]", (rows) => rows.map((r) => r.dataset.type));
   assert.equal(types.filter((t) => t === "error").length, 2, types.join());
   assert.equal(types.at(-1), "job_completed");
