@@ -80,6 +80,36 @@ pub(crate) struct Args {
     jobwire: Option<std::path::PathBuf>,
 }
 
+impl Args {
+    /// One round at `rate`, WebSocket subscribers, published through the
+    /// reporter: the load `baseline` puts on jobwire and on the floor.
+    pub(crate) fn one_round(
+        instances: usize,
+        subscribers: usize,
+        jobs: usize,
+        rate: f64,
+        seconds: f64,
+        jobwire: Option<std::path::PathBuf>,
+    ) -> Args {
+        Args {
+            instances,
+            gateway_threads: None,
+            subscribers,
+            sse_percent: 0,
+            jobs,
+            rate,
+            seconds: Some(seconds),
+            publish: PublishPath::Reporter,
+            step: false,
+            factor: 1.5,
+            max_steps: 1,
+            csv: None,
+            storm_at: None,
+            jobwire,
+        }
+    }
+}
+
 /// The publish path under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum PublishPath {
@@ -92,24 +122,25 @@ pub(crate) enum PublishPath {
 
 /// One round at one rate.
 #[derive(Debug)]
-struct Round {
+pub(crate) struct Round {
     rate: f64,
     achieved: f64,
     published: u64,
     expected: u64,
     delivered: u64,
-    lost: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    delivered_per_s: f64,
+    pub(crate) lost: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) delivered_per_s: f64,
     drain_s: f64,
-    latency_ms: Percentiles,
+    pub(crate) latency_ms: Percentiles,
     /// Share of deliveries within 1, 5 and 10 ms of publishing: as the
     /// subscribers received them, and as the gateways wrote them (from
     /// their `/metrics`), which tells the gateways' part from the rest.
     client_within: [f64; 3],
-    gateway_within: [f64; 3],
-    processes: Vec<Usage>,
+    /// None when the servers have no jobwire `/metrics`.
+    gateway_within: Option<[f64; 3]>,
+    pub(crate) processes: Vec<Usage>,
 }
 
 const WITHIN_MS: [f64; 3] = [1.0, 5.0, 10.0];
@@ -124,7 +155,9 @@ impl Round {
     }
 }
 
-pub(crate) async fn run(args: Args) -> Result<()> {
+/// Runs the scenario against `jobwire serve` processes; returns the last
+/// clean round (the highest clean rate with `--step`).
+pub(crate) async fn run(args: Args) -> Result<Option<Round>> {
     if args.storm_at.is_some() && args.step {
         bail!("--storm-at and --step are separate scenarios; pick one");
     }
@@ -158,6 +191,52 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         PublishPath::Http => http_path(&gateways, &jobs)?,
     };
 
+    let mut processes: Vec<(String, u32)> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("gateway {i}"), g.child.id()))
+        .collect();
+    processes.extend(redis.pid().map(|pid| ("redis-server".to_owned(), pid)));
+    let under = Under {
+        addrs: gateways.iter().map(Gateway::addr).collect(),
+        processes,
+        jobs: jobs.iter().map(ToString::to_string).collect(),
+        publish,
+        path: format!("the {:?} path", args.publish),
+        metrics: true,
+    };
+    let best = measure(&args, under).await;
+    stop_worker.cancel();
+    best
+}
+
+/// What a measurement runs against: jobwire's gateways, or the floor
+/// server of `jobwire-bench baseline`.
+pub(crate) struct Under {
+    /// `127.0.0.1:port` of each server; subscriber i connects to i % N.
+    pub(crate) addrs: Vec<String>,
+    /// The server processes to meter (and redis-server), by name.
+    pub(crate) processes: Vec<(String, u32)>,
+    /// The jobs; subscriber i watches i % J.
+    pub(crate) jobs: Vec<String>,
+    pub(crate) publish: PublishFn,
+    /// How `publish` publishes, for the report.
+    pub(crate) path: String,
+    /// The servers serve jobwire's `/metrics` (delivery latency as written).
+    pub(crate) metrics: bool,
+}
+
+/// Connects the subscribers, publishes round after round, and prints each.
+pub(crate) async fn measure(args: &Args, under: Under) -> Result<Option<Round>> {
+    let Under {
+        addrs,
+        processes,
+        jobs,
+        publish,
+        path,
+        metrics,
+    } = under;
+    let scraped: &[String] = if metrics { &addrs } else { &[] };
     let token = gateway::token(&[Scope::JobsRead])?;
     let connect_started = std::time::Instant::now();
     let mut subscribers = Vec::new();
@@ -171,8 +250,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             Transport::Ws
         };
         let target = Target {
-            addr: gateways[i % gateways.len()].addr(),
-            job: jobs[i % jobs.len()].to_string(),
+            addr: addrs[i % addrs.len()].clone(),
+            job: jobs[i % jobs.len()].clone(),
             transport,
         };
         subscribers.push(
@@ -183,12 +262,11 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     let sse = subscribers.len() * usize::from(args.sse_percent) / 100;
     println!(
-        "{} subscribers ({} WebSocket, {sse} SSE) connected to {} instances in {:.1} s; publishing through the {:?} path",
+        "{} subscribers ({} WebSocket, {sse} SSE) connected to {} instances in {:.1} s; publishing through {path}",
         subscribers.len(),
         subscribers.len() - sse,
-        gateways.len(),
+        addrs.len(),
         connect_started.elapsed().as_secs_f64(),
-        args.publish,
     );
 
     let recorder = Recorder::new()?;
@@ -212,13 +290,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         });
     }
 
-    let mut meters = measure::meters(
-        gateways
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (format!("gateway {i}"), g.child.id()))
-            .chain(redis.pid().map(|pid| ("redis-server".to_owned(), pid))),
-    );
+    let mut meters = measure::meters(processes);
     let mut csv = match &args.csv {
         Some(path) => Some(csv_file(path)?),
         None => None,
@@ -230,7 +302,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let mut expected_so_far = 0;
     let mut rate = args.rate;
     let mut best: Option<Round> = None;
-    let mut written_before = gateway_buckets(&gateways).await;
+    let mut written_before = gateway_buckets(scraped).await;
     for _ in 0..steps {
         for meter in &mut meters {
             meter.read();
@@ -247,10 +319,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         let client_within = WITHIN_MS.map(|ms| {
             histogram.count_between(0, (ms * 1000.0) as u64) as f64 / histogram.len().max(1) as f64
         });
-        let written = gateway_buckets(&gateways).await;
-        let gateway_within = std::array::from_fn(|i| {
-            let total = written.total - written_before.total;
-            (written.within[i] - written_before.within[i]) as f64 / total.max(1) as f64
+        let written = gateway_buckets(scraped).await;
+        let gateway_within = metrics.then(|| {
+            std::array::from_fn(|i| {
+                let total = written.total - written_before.total;
+                (written.within[i] - written_before.within[i]) as f64 / total.max(1) as f64
+            })
         });
         written_before = written;
         let published: u64 = counts.iter().sum();
@@ -275,15 +349,17 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             write_csv(file, &round)?;
         }
         let clean = round.clean();
-        if clean {
+        // A single round is returned clean or not (the caller compares it);
+        // a step returns its highest clean round.
+        if clean || !args.step {
             best = Some(round);
-        } else {
+        }
+        if !clean {
             break;
         }
         rate *= args.factor;
     }
     stop.cancel();
-    stop_worker.cancel();
     let mut closes: HashMap<u16, u64> = HashMap::new();
     let mut caught_up = Vec::new();
     let mut not_resumed = 0;
@@ -304,7 +380,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         print_storm(caught_up, args.subscribers, not_resumed);
     }
     if args.step {
-        match best {
+        match &best {
             Some(best) => println!(
                 "highest clean rate: {:.0} events/s asked ({:.0} achieved), {:.0} delivered messages/s, p99 {:.2} ms",
                 best.rate, best.achieved, best.delivered_per_s, best.latency_ms.p99
@@ -312,7 +388,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             None => println!("no clean round: even the first rate lost events or was too slow"),
         }
     }
-    Ok(())
+    Ok(best)
 }
 
 /// Runs every job in a jobwire `Worker` whose handler reports one event per
@@ -408,10 +484,10 @@ struct Written {
     within: [u64; 3],
 }
 
-async fn gateway_buckets(gateways: &[Gateway]) -> Written {
+async fn gateway_buckets(addrs: &[String]) -> Written {
     let mut written = Written::default();
-    for g in gateways {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", g.addr())).await else {
+    for addr in addrs {
+        let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
             continue;
         };
         let Ok(text) = response.text().await else {
@@ -462,10 +538,9 @@ fn print_round(round: &Round) {
         "  received by subscribers: {}",
         shares(&round.client_within)
     );
-    println!(
-        "  written by gateways:     {}",
-        shares(&round.gateway_within)
-    );
+    if let Some(written) = &round.gateway_within {
+        println!("  written by gateways:     {}", shares(written));
+    }
     print!("  ");
     measure::print_usage(&round.processes);
 }

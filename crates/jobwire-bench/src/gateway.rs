@@ -105,7 +105,7 @@ pub(crate) fn token(scopes: &[Scope]) -> Result<String> {
     )?)
 }
 
-async fn wait_ready(port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(port: u16) -> Result<()> {
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
             if r.status().is_success() {

@@ -4,6 +4,7 @@
 
 mod baseline;
 mod fanout;
+mod floor;
 mod gateway;
 mod http;
 mod idle;
@@ -40,9 +41,13 @@ enum Scenario {
     /// The HTTP publish path: POSTs/s, events/s and latency with N requests
     /// in flight, single events and arrays, against 1 and 2 gateways.
     Http(http::Args),
-    /// The floor for fan-out: raw XADD and one blocked XREAD connection per
-    /// subscriber on the same Redis, at the same rate.
+    /// jobwire against two floors at the same load, in one run: Redis alone
+    /// (one blocked XREAD connection per subscriber) and a minimal fan-out
+    /// server (one XREAD loop feeding WebSockets); prints the ratios.
     Baseline(baseline::Args),
+    /// (Internal) one floor server process for `baseline`.
+    #[command(hide = true)]
+    Floor(floor::ServeArgs),
     /// Density: memory per idle, subscribed WebSocket on one `jobwire
     /// serve`, held by several load-generator processes.
     Idle(idle::Args),
@@ -71,9 +76,10 @@ fn redis(url: Option<&str>) -> Result<(Option<RedisServer>, String)> {
 async fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::Publish(args) => publish::run(args).await,
-        Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await.map(drop),
         Scenario::Http(args) => http::run(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,
+        Scenario::Floor(args) => floor::serve(args).await,
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Hold(args) => idle::hold(args).await,
         Scenario::Worker(args) => worker::run(args).await,

@@ -102,9 +102,13 @@ fn resume_storm_resumes_everyone() {
 }
 
 #[test]
-fn baseline_delivers_everything() {
+fn baseline_delivers_everything_and_compares_with_the_floor() {
     let out = small("baseline", "1", &[]);
     assert_exact(&out);
+    // Three runs: Redis alone, the floor server, jobwire; then the ratios.
+    let rounds = out.lines().filter(|l| l.starts_with("rate ")).count();
+    assert_eq!(rounds, 3, "{out}");
+    assert!(out.contains("jobwire/floor: p50 "), "{out}");
 }
 
 #[test]
