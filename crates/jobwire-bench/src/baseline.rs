@@ -62,7 +62,7 @@ fn job_ids(jobs: usize) -> Vec<String> {
 /// A jobwire event as a gateway sends it, with the same fields and size.
 pub(crate) fn event_json(job: &str, id: u64) -> String {
     format!(
-        r#"{{"id":{id},"job_id":"{job}","type":"bench.tick","timestamp":"2026-11-28T18:00:00.000000Z","epoch":"0123456789abcdef","attempt":1,"n":{id},"data":{{"t_us":{}}}}}"#,
+        r#"{{"id":{id},"job_id":"{job}","type":"bench.tick","timestamp":"2026-11-28T18:00:00.000000Z","attempt":1,"n":{id},"data":{{"t_us":{}}}}}"#,
         now_us()
     )
 }

@@ -48,8 +48,12 @@ fn stream(p: usize) -> String {
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     let client = redis::Client::open(args.redis.as_str())?;
+    // The reply to a blocked read may take the whole block: the response
+    // timeout (500 ms by default) must exceed it.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     let conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .context("connecting to Redis")?;
     let watchers = Watchers::default();
@@ -113,10 +117,11 @@ async fn watch(mut socket: WebSocket, job: String, watchers: Watchers) {
     }
 }
 
-/// The one read loop: `XREAD BLOCK` on every partition stream from the
-/// moment the server started, each entry to its job's sockets.
+/// The one read loop: `XREAD BLOCK` on every partition stream from their
+/// start (the benchmark's Redis is its own, its streams new), each entry to
+/// its job's sockets.
 async fn tail(mut conn: redis::aio::MultiplexedConnection, partitions: usize, watchers: Watchers) {
-    let mut positions = vec!["$".to_owned(); partitions];
+    let mut positions = vec!["0-0".to_owned(); partitions];
     loop {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
