@@ -86,7 +86,11 @@ impl TailerHealth {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most a second between attempts: live delivery resumes within about a
+/// second of Redis coming back (a restart, a Sentinel failover), not after
+/// a backoff that grew through the outage. One connection attempt per
+/// gateway per second is nothing for Redis.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Job logs a recovery reads at the same time: enough to recover thousands
 /// of jobs in a few round trips, few enough not to flood the store.
 const RECOVERY_CONCURRENCY: usize = 16;
