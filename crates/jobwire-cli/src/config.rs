@@ -32,7 +32,8 @@ pub(crate) enum AuthMode {
 /// agree on (`serve`, `dev` and `worker`).
 #[derive(Debug, Args)]
 pub(crate) struct StoreFlags {
-    /// Redis URL (redis:// or rediss://). Its value is never shown: it may
+    /// Redis URL (redis://, rediss://, or redis+sentinel://host:port,…/MASTER
+    /// for a master behind Sentinel). Its value is never shown: it may
     /// hold a password.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,

@@ -23,7 +23,10 @@ pub(crate) async fn connect_redis(
         match RedisBackend::connect(config.clone()).await {
             Ok(backend) => return Ok(Some(Arc::new(backend))),
             Err(
-                e @ (ConnectError::Url { .. } | ConnectError::Layout(_) | ConnectError::Tls(_)),
+                e @ (ConnectError::Url { .. }
+                | ConnectError::Sentinel { .. }
+                | ConnectError::Layout(_)
+                | ConnectError::Tls(_)),
             ) => return Err(Failure::Usage(e.into())),
             Err(e) => {
                 let wait = backoff.failed();

@@ -25,6 +25,7 @@ mod jobs;
 mod keys;
 mod queue;
 mod scripts;
+mod sentinel;
 mod tail;
 
 use std::collections::HashMap;
@@ -44,7 +45,8 @@ type Result<T, E = jobwire_core::BackendError> = std::result::Result<T, E>;
 /// password.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL, or `redis+sentinel://` (also
+    /// `rediss+sentinel://`) sentinels and a master name.
     pub url: String,
     /// Shared multiplexed connections for ordinary commands
     /// (`JOBWIRE_REDIS_POOL_SIZE`); blocking reads get their own.
@@ -156,6 +158,9 @@ pub enum ConnectError {
     /// The TLS settings cannot be used.
     #[error("{0}")]
     Tls(String),
+    /// A `redis+sentinel://` URL that cannot be used.
+    #[error("invalid REDIS_URL {url}: {why}; expected redis+sentinel://[[user]:password@]host[:port],host[:port]…/master[/db]")]
+    Sentinel { url: String, why: String },
 }
 
 /// The Redis backend. Cheap to clone; clones share connections and cache.

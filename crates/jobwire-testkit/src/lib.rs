@@ -12,10 +12,12 @@
 //!
 //! [`jobs`] reads jobs back: waiting for a state, and the whole log checked
 //! for consecutive ids. [`lost_writes`] makes a server lose acknowledged
-//! writes on demand.
+//! writes on demand. [`sentinel`] runs a master, a replica and three
+//! sentinels, for failover tests.
 
 pub mod jobs;
 pub mod lost_writes;
+pub mod sentinel;
 pub mod tls;
 
 use std::io::{Read, Write};

@@ -1,11 +1,12 @@
 //! The `jobwire` binary as a process: configuration errors, waiting for
 //! Redis, SIGTERM, an instance killed under its clients, and workers killed
-//! or stopped mid-job.
+//! or stopped mid-job, a Redis master lost behind Sentinel.
 
 mod cli;
 mod client;
 mod external;
 mod readme;
+mod sentinel;
 mod serve;
 mod worker;
 

@@ -14,7 +14,7 @@ use crate::{next, redis_backend, token, watch, Jobwire, SECRET};
 fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
     /// Arguments, environment, and a word the error must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         (&["serve"], &[], "REDIS_URL"),
         (
             &["serve", "--memory"],
@@ -42,6 +42,11 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
             "JOBWIRE_RETENTION=\"soon\": expected a duration",
         ),
         (&["serve"], &[("REDIS_URL", "http://nope")], "REDIS_URL"),
+        (
+            &["serve"],
+            &[("REDIS_URL", "redis+sentinel://127.0.0.1:1")],
+            "the master's name is missing",
+        ),
         (&["worker"], &[], "REDIS_URL"),
         (
             &["serve"],
