@@ -115,6 +115,14 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
             !stderr.contains("s3cret"),
             "{args:?} {env:?}: a secret was printed: {stderr}"
         );
+        // A cause is said once (an error chained to its own message
+        // printed it twice).
+        for part in stderr.trim_end().split(": ") {
+            ensure!(
+                part.len() < 12 || stderr.matches(part).count() == 1,
+                "{args:?} {env:?}: {part:?} said twice: {stderr}"
+            );
+        }
     }
     Ok(())
 }
