@@ -1,7 +1,9 @@
 //! The floor server: the least a fan-out server over Redis Streams can do,
 //! to measure jobwire against. Each process runs one `XREAD` loop on the
 //! partition streams and writes every entry to the WebSockets of its job:
-//! no state, no auth, no resume, no epochs, no heartbeats, no limits.
+//! no state, no auth, no resume, no epochs, no heartbeats, no limits. It
+//! does batch its writes as jobwire does (what is queued for a socket goes
+//! out in one write), so that it is a floor, not a straw man.
 //!
 //! It speaks just enough of jobwire's protocol for the benchmark's own
 //! subscribers (a first `current_state`, then the event JSON as published),
@@ -18,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use futures_util::SinkExt;
 use jobwire_core::{Control, Epoch, EventId, JobId, JobState, NewJob, Timestamp};
 use redis::Value;
 use serde_json::json;
@@ -106,7 +109,21 @@ async fn watch(mut socket: WebSocket, job: String, watchers: Watchers) {
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Some(text) => if socket.send(Message::Text(text)).await.is_err() { return },
+                // What is queued goes out in one write (as jobwire batches),
+                // not one write and flush per event.
+                Some(text) => {
+                    if socket.feed(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                    while let Ok(text) = rx.try_recv() {
+                        if socket.feed(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if socket.flush().await.is_err() {
+                        return;
+                    }
+                }
                 None => return,
             },
             incoming = socket.recv() => match incoming {
