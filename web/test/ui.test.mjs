@@ -27,7 +27,10 @@ before(async () => {
     args: ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
 });
-after(async () => browser && (await browser.close()));
+after(async () => {
+  Server.killAll();
+  if (browser) await browser.close();
+});
 
 async function page(url, viewport = { width: 1200, height: 900 }) {
   const p = await browser.newPage({ viewport });

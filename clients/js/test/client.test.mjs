@@ -12,7 +12,10 @@ let redis;
 before(async () => {
   redis = await Redis.start();
 });
-after(() => redis && redis.stop());
+after(() => {
+  Server.killAll();
+  if (redis) redis.stop();
+});
 
 const serve = (port) => Server.start(["serve"], { REDIS_URL: redis.url }, port);
 

@@ -53,6 +53,9 @@ export class Redis {
   }
 }
 
+/** Every `jobwire` process still running, for `Server.killAll`. */
+const running = new Set();
+
 export class Server {
   /** Starts `jobwire ARGS…`; waits for /readyz unless `ready` is false (a worker serves no HTTP). */
   static async start(args, env = {}, port, { ready = true } = {}) {
@@ -62,7 +65,13 @@ export class Server {
       env: { PATH: process.env.PATH, JOBWIRE_BIND: `127.0.0.1:${s.port}`, JOBWIRE_JWT_SECRET: SECRET, JOBWIRE_PARTITIONS: "4", RUST_LOG: "warn", ...env },
       stdio: "ignore",
     });
-    s.exited = new Promise((r) => s.proc.on("exit", (code) => r(code)));
+    running.add(s);
+    s.exited = new Promise((r) =>
+      s.proc.on("exit", (code) => {
+        running.delete(s);
+        r(code);
+      }),
+    );
     if (ready) await waitFor(async () => (await fetch(s.url + "/readyz")).ok, "jobwire " + args.join(" "));
     return s;
   }
@@ -72,6 +81,10 @@ export class Server {
   kill(signal = "SIGKILL") {
     this.proc.kill(signal);
     return this.exited;
+  }
+  /** Kills what a failed test left running (call it from an `after` hook). */
+  static killAll() {
+    for (const s of running) s.proc.kill("SIGKILL");
   }
 }
 
