@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use futures_util::StreamExt;
 use jobwire_server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,6 +177,48 @@ async fn websockets_are_not_held_to_the_http_connection_caps() -> Result<()> {
         sockets.push(ws);
     }
     ensure!(get_status(&app, "/healthz").await? == 200);
+    Ok(())
+}
+
+/// SSE streams are long-lived like WebSockets: once streaming they leave
+/// the plain-HTTP caps (40 streams under a cap of 20) and are held to the
+/// live-connection limits instead (the per-user limit answers 429).
+#[tokio::test]
+async fn sse_streams_leave_the_http_caps_for_the_live_limits() -> Result<()> {
+    let app = spawn_app_with(
+        memory(),
+        ServerConfig {
+            max_connections_per_user: 40,
+            ..tight()
+        },
+    )
+    .await?;
+    let job = running_job(&app.backend, "alice").await?;
+    let client = reqwest::Client::new();
+    let open = || {
+        client
+            .get(app.url(&format!("/api/jobs/{}/stream", job.id)))
+            .bearer_auth(user_token("alice"))
+            .send()
+    };
+    let mut streams = Vec::new();
+    for i in 0..40 {
+        let response = open().await?;
+        ensure!(
+            response.status() == 200,
+            "stream {i}: {}",
+            response.status()
+        );
+        let mut body = response.bytes_stream();
+        // Streaming: its first message has arrived.
+        tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await?
+            .context("the stream ended")??;
+        streams.push(body);
+    }
+    ensure!(get_status(&app, "/healthz").await? == 200);
+    let past = open().await?;
+    ensure!(past.status() == 429, "the 41st stream: {}", past.status());
     Ok(())
 }
 
@@ -612,6 +655,33 @@ async fn published_event_types_do_not_grow_the_metrics_without_bound() -> Result
     ensure!(
         series == ["jobwire_events_published_total{type=\"other\"} 50"],
         "{series:?}"
+    );
+
+    // An event's data is at most 64 KiB (serialized): a larger one is
+    // refused with a short answer, and nothing of the batch is written.
+    let big = serde_json::json!([
+        {"type": "progress", "data": {"current": 1}},
+        {"type": "custom.big", "data": {"pad": "x".repeat(70 * 1024)}},
+    ]);
+    let r = client
+        .post(app.url(&format!("/api/jobs/{id}/events")))
+        .bearer_auth(&worker)
+        .json(&big)
+        .send()
+        .await?;
+    ensure!(r.status() == 422 || r.status() == 413, "{}", r.status());
+    let body = r.text().await?;
+    ensure!(body.len() < 300, "a long answer: {} bytes", body.len());
+    let job: serde_json::Value = client
+        .get(app.url(&format!("/api/jobs/{id}")))
+        .bearer_auth(&worker)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        job["last_event_id"] == 51,
+        "a refused batch was written: {job}"
     );
     Ok(())
 }
