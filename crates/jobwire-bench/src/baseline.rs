@@ -307,31 +307,13 @@ async fn read(
     }
 }
 
-/// The (entry id, `e` field) pairs of an `XREAD` reply for one stream:
-/// `[[key, [[id, [field, value, …]], …]]]`, or nil on timeout.
+/// The (entry id, `e` field) pairs of an `XREAD` reply for one stream.
 fn entries(reply: &Value) -> Vec<(String, &[u8])> {
-    let mut out = Vec::new();
-    let Value::Array(streams) = reply else {
-        return out;
-    };
-    for stream in streams {
-        let Value::Array(parts) = stream else {
-            continue;
-        };
-        let Some(Value::Array(items)) = parts.get(1) else {
-            continue;
-        };
-        for item in items {
-            let Value::Array(pair) = item else { continue };
-            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
-                (pair.first(), pair.get(1))
-            else {
-                continue;
-            };
-            if let Some(Value::BulkString(event)) = fields.get(1) {
-                out.push((String::from_utf8_lossy(id).into_owned(), event.as_slice()));
-            }
-        }
-    }
-    out
+    measure::xread_entries(reply)
+        .into_iter()
+        .filter_map(|entry| match entry.fields.get(1) {
+            Some(Value::BulkString(event)) => Some((entry.id, event.as_slice())),
+            _ => None,
+        })
+        .collect()
 }

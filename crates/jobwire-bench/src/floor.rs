@@ -157,22 +157,11 @@ async fn tail(mut conn: redis::aio::MultiplexedConnection, partitions: usize, wa
                 continue;
             }
         };
-        let Value::Array(streams) = reply else {
-            continue;
-        };
         let Ok(watchers) = watchers.read() else {
             return;
         };
-        for stream in streams {
-            let Value::Array(parts) = stream else {
-                continue;
-            };
-            let (Some(Value::BulkString(key)), Some(Value::Array(items))) =
-                (parts.first(), parts.get(1))
-            else {
-                continue;
-            };
-            let Some(p) = std::str::from_utf8(key)
+        for entry in crate::measure::xread_entries(&reply) {
+            let Some(p) = std::str::from_utf8(entry.stream)
                 .ok()
                 .and_then(|k| k.strip_prefix("floor:"))
                 .and_then(|p| p.parse::<usize>().ok())
@@ -180,30 +169,21 @@ async fn tail(mut conn: redis::aio::MultiplexedConnection, partitions: usize, wa
             else {
                 continue;
             };
-            for item in items {
-                let Value::Array(pair) = item else { continue };
-                let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
-                    (pair.first(), pair.get(1))
-                else {
-                    continue;
-                };
-                positions[p] = String::from_utf8_lossy(id).into_owned();
-                // Fields: j <job id> e <event JSON>.
-                let (Some(Value::BulkString(job)), Some(Value::BulkString(event))) =
-                    (fields.get(1), fields.get(3))
-                else {
-                    continue;
-                };
-                let Some(sockets) = std::str::from_utf8(job).ok().and_then(|j| watchers.get(j))
-                else {
-                    continue;
-                };
-                let Ok(text) = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(event)) else {
-                    continue;
-                };
-                for socket in sockets {
-                    let _ = socket.send(text.clone());
-                }
+            positions[p] = entry.id;
+            // Fields: j <job id> e <event JSON>.
+            let (Some(Value::BulkString(job)), Some(Value::BulkString(event))) =
+                (entry.fields.get(1), entry.fields.get(3))
+            else {
+                continue;
+            };
+            let Some(sockets) = std::str::from_utf8(job).ok().and_then(|j| watchers.get(j)) else {
+                continue;
+            };
+            let Ok(text) = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(event)) else {
+                continue;
+            };
+            for socket in sockets {
+                let _ = socket.send(text.clone());
             }
         }
     }

@@ -281,3 +281,44 @@ pub(crate) async fn paced(
     }
     Ok(counts)
 }
+
+/// One entry of an `XREAD` reply.
+pub(crate) struct XEntry<'a> {
+    pub(crate) stream: &'a [u8],
+    pub(crate) id: String,
+    /// `[field, value, …]` as stored.
+    pub(crate) fields: &'a [redis::Value],
+}
+
+/// The entries of an `XREAD` reply, `[[key, [[id, [field, value, …]], …]],
+/// …]` (nil on timeout: none), in order; malformed parts are skipped.
+pub(crate) fn xread_entries(reply: &redis::Value) -> Vec<XEntry<'_>> {
+    use redis::Value;
+    let mut out = Vec::new();
+    let Value::Array(streams) = reply else {
+        return out;
+    };
+    for stream in streams {
+        let Value::Array(parts) = stream else {
+            continue;
+        };
+        let (Some(Value::BulkString(key)), Some(Value::Array(items))) =
+            (parts.first(), parts.get(1))
+        else {
+            continue;
+        };
+        for item in items {
+            let Value::Array(pair) = item else { continue };
+            if let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+                (pair.first(), pair.get(1))
+            {
+                out.push(XEntry {
+                    stream: key,
+                    id: String::from_utf8_lossy(id).into_owned(),
+                    fields,
+                });
+            }
+        }
+    }
+    out
+}
