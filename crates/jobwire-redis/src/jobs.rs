@@ -163,6 +163,9 @@ impl JobStore for RedisBackend {
             .key(keys.live_of(&new.id))
             .key(keys.stats_of(&new.id))
             .key(keys.unfinished_of(&new.id))
+            .key(keys.all_jobs())
+            .key(keys.user_jobs(&new.owner))
+            .key(keys.queue())
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())
@@ -170,40 +173,15 @@ impl JobStore for RedisBackend {
             .arg(limits.stream_maxlen)
             .arg(limits.live_maxlen)
             .arg(&new.owner)
+            .arg(new.id.as_str())
+            .arg(&new.kind)
+            .arg(u8::from(!new.external))
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;
         if created == 0 {
             return Err(BackendError::AlreadyExists(new.id));
         }
-        // The listing indexes and the queue live outside the job's slot, so
-        // they cannot join the script; they follow it. A crash in between
-        // leaves a job that is not listed or not queued, never the reverse
-        // (a queue entry without its job).
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(keys.all_jobs())
-            .arg(0)
-            .arg(new.id.as_str())
-            .ignore()
-            .cmd("ZADD")
-            .arg(keys.user_jobs(&new.owner))
-            .arg(0)
-            .arg(new.id.as_str())
-            .ignore();
-        if !new.external {
-            pipe.cmd("XADD")
-                .arg(keys.queue())
-                .arg("*")
-                .arg("job")
-                .arg(new.id.as_str())
-                .arg("kind")
-                .arg(&new.kind)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(backend_error)?;
         self.cache_head(
             &new.id,
             Some(LogHead {

@@ -1,13 +1,21 @@
--- Creates a job: its state hash, its event log holding `job_queued` (id 1-0),
--- and the copy of that event on the partition's live stream. All keys share
--- the job's partition hash tag, so this runs in one slot (Redis Cluster safe).
--- `inc` records the Redis history the job was written in (publish.lua).
+-- Creates a job in one step: its state hash, its event log holding
+-- `job_queued` (id 1-0), the copy of that event on the partition's live
+-- stream, its listing entries and (unless external) its queue entry. One
+-- script is one record in the AOF and one unit of replication, so a crash
+-- or a failover keeps all of it or none: never a job that is neither
+-- listed nor queued. The listing and queue keys are outside the job's
+-- slot; Redis Cluster (not supported yet) will need them moved into the
+-- partition's slot. `inc` records the Redis history the job was written
+-- in (publish.lua).
 --
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream,
 -- KEYS[4] the partition's job counts (a hash: status -> count),
--- KEYS[5] the partition's unfinished jobs per owner (a hash)
+-- KEYS[5] the partition's unfinished jobs per owner (a hash),
+-- KEYS[6] all jobs (sorted set), KEYS[7] the owner's jobs (sorted set),
+-- KEYS[8] the queue stream
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
--- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner
+-- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
+-- ARGV[9] kind, ARGV[10] '1' to queue the job (not external)
 -- Returns 1 when created, 0 when the job already exists.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -20,4 +28,9 @@ redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '1-0', 'e', ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[6], 0, ARGV[8])
+redis.call('ZADD', KEYS[7], 0, ARGV[8])
+if ARGV[10] == '1' then
+  redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
+end
 return 1
