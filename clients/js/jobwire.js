@@ -400,6 +400,10 @@ export class Watch {
       case "refused":
       case "gone": {
         if (!w) return true; // a refused frame of no job's
+        // The server could not read the job just now (its store was
+        // unavailable): not an answer about the job. Drop the connection;
+        // the reconnect subscribes again from the cursor.
+        if (msg.type === "refused" && msg.code === "unavailable") return false;
         w.done = true;
         this.emit("onRefused", id, { code: msg.code || "not_found", message: msg.message });
         return true;
@@ -566,6 +570,8 @@ class SseConnection {
     if (response.status === 401) return this.drop("401", { unauthorized: true });
     if (!response.ok) {
       const { code, message } = await errorOf(response);
+      // Unavailable (503): try again later, as for a refused subscribe.
+      if (response.status === 503 || code === "unavailable") return this.drop(`${response.status} ${message || code}`);
       this.streams.delete(jobId);
       this.watch.onMessage({ type: "refused", job_id: jobId, code, message });
       return;

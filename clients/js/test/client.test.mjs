@@ -139,6 +139,43 @@ test("auto falls back to SSE when WebSockets are blocked", async () => {
   await a.kill();
 });
 
+test("a subscribe refused as unavailable is subscribed again, not ended", async () => {
+  // A scripted server: the first connection's subscribe is refused with
+  // `unavailable` (its store could not be read); the next one answers.
+  const job = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+  let connections = 0;
+  class Scripted {
+    constructor() {
+      this.n = ++connections;
+      this.readyState = 0;
+      setTimeout(() => {
+        this.readyState = 1;
+        this.onopen && this.onopen();
+      });
+    }
+    reply(msg) {
+      setTimeout(() => this.onmessage && this.onmessage({ data: JSON.stringify(msg) }));
+    }
+    send(text) {
+      const frame = JSON.parse(text);
+      if (frame.type !== "subscribe") return;
+      if (this.n === 1) return this.reply({ type: "refused", job_id: job, code: "unavailable", message: "the job store is unavailable" });
+      const data = { id: job, status: "running", last_event_id: 1, epoch: "e1" };
+      this.reply({ type: "current_state", job_id: job, id: 1, epoch: "e1", data });
+      this.reply({ id: 2, job_id: job, type: "job_completed", timestamp: new Date().toISOString(), data: { status: "completed" } });
+    }
+    close() {
+      this.readyState = 3;
+      setTimeout(() => this.onclose && this.onclose({ code: 1000, reason: "" }));
+    }
+  }
+  const client = new JobwireClient({ url: "http://127.0.0.1:9", token: token(), WebSocket: Scripted, transport: "websocket" });
+  const seen = await collect(client, job, { timeout: 20000 });
+  assert.equal(seen.refused, null, JSON.stringify(seen.refused));
+  assert.deepEqual(seen.types, ["job_completed"]);
+  assert.ok(connections >= 2, `connections ${connections}`);
+});
+
 test("a fixed token that expires stops the watch with onError", async () => {
   const a = await serve();
   const client = new JobwireClient({ url: a.url, token: token({ ttl: "2s" }) });
