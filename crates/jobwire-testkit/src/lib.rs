@@ -33,6 +33,10 @@ pub enum Persistence {
     None,
     /// Append-only file with fsync every write: a restart keeps everything.
     Aof,
+    /// Append-only file with fsync once a second (Redis' default): what
+    /// production runs, and what a crash can cut short (see
+    /// [`RedisServer::kill_and_cut_aof`]).
+    AofEverysec,
 }
 
 /// A `redis-server` owned by a test.
@@ -209,6 +213,139 @@ impl RedisServer {
         self.spawn()
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`, …) to the server, as
+    /// `kill -SIGNAL` does: for pausing it (SIGSTOP/SIGCONT) or stopping it
+    /// cleanly.
+    ///
+    /// # Errors
+    /// When the server is not running (or is external), or `kill` fails.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?
+            .success();
+        if !ok {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Stops the server cleanly (SIGTERM: with AOF it flushes and fsyncs
+    /// before exiting), waiting up to `within`; SIGKILL after that. Start it
+    /// again with [`RedisServer::restart`].
+    ///
+    /// # Errors
+    /// For an external server, or when the signal cannot be sent.
+    pub fn terminate(&mut self, within: Duration) -> Result<()> {
+        if self.external_url.is_some() {
+            bail!("cannot stop an external redis (JOBWIRE_TEST_REDIS_URL)");
+        }
+        // A stopped (SIGSTOP) server would ignore SIGTERM until continued.
+        let _ = self.signal("CONT");
+        self.signal("TERM")?;
+        let deadline = Instant::now() + within;
+        if let Some(mut child) = self.child.take() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Crashes the server (SIGKILL) and cuts up to `bytes` off the end of
+    /// its append-only file, as a power loss does to the last second of an
+    /// `appendfsync everysec` AOF; then starts it again. Redis 7 keeps a
+    /// multi-part AOF (`appendonlydir/`, listed in its manifest); the cut is
+    /// made in the last incremental file, which is where the newest writes
+    /// are. Redis loads a file that ends mid-command by dropping the partial
+    /// command (`aof-load-truncated yes`, the default); should it refuse
+    /// anyway, `redis-check-aof --fix` truncates to the last whole command.
+    /// Returns how many bytes were cut.
+    ///
+    /// # Errors
+    /// Without AOF persistence, when the AOF cannot be found or cut, or the
+    /// server does not come back.
+    pub fn kill_and_cut_aof(&mut self, bytes: u64) -> Result<u64> {
+        if !matches!(
+            self.persistence,
+            Persistence::Aof | Persistence::AofEverysec
+        ) {
+            bail!("kill_and_cut_aof needs AOF persistence");
+        }
+        self.kill()?;
+        let dir = self.data_dir()?.join("appendonlydir");
+        let manifest = find_manifest(&dir)?;
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        // Lines are `file NAME seq N type b|h|i`; the last `i` is the file
+        // being written.
+        let incr = text
+            .lines()
+            .filter(|l| l.ends_with("type i"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .last()
+            .context("the AOF manifest lists no incremental file")?;
+        let path = dir.join(incr);
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        let cut = bytes.min(len);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len - cut))
+            .with_context(|| format!("truncating {}", path.display()))?;
+        if self.spawn().is_err() {
+            let fixed = Command::new("redis-check-aof")
+                .arg("--fix")
+                .arg(&manifest)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .and_then(|mut child| {
+                    if let Some(stdin) = child.stdin.as_mut() {
+                        stdin.write_all(b"y\n")?;
+                    }
+                    child.wait()
+                })
+                .context("running redis-check-aof --fix")?;
+            if !fixed.success() {
+                bail!("redis-check-aof --fix failed on {}", manifest.display());
+            }
+            self.spawn()?;
+        }
+        Ok(cut)
+    }
+
+    /// Crashes the server (SIGKILL), deletes everything it had on disk and
+    /// starts it again, empty: every key is gone, as after losing the
+    /// machine and its disk.
+    ///
+    /// # Errors
+    /// When the files cannot be removed or the server does not come back.
+    pub fn wipe_and_restart(&mut self) -> Result<()> {
+        self.kill()?;
+        let dir = self.data_dir()?.to_path_buf();
+        let aof = dir.join("appendonlydir");
+        if aof.exists() {
+            std::fs::remove_dir_all(&aof).with_context(|| format!("removing {}", aof.display()))?;
+        }
+        let rdb = dir.join("dump.rdb");
+        if rdb.exists() {
+            std::fs::remove_file(&rdb).with_context(|| format!("removing {}", rdb.display()))?;
+        }
+        self.spawn()
+    }
+
     fn data_dir(&self) -> Result<&Path> {
         self.dir
             .as_ref()
@@ -236,6 +373,9 @@ impl RedisServer {
         match self.persistence {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+            Persistence::AofEverysec => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            }
         };
         if let Some(tls_port) = self.tls_port {
             cmd.arg("--tls-port")
@@ -400,6 +540,15 @@ pub fn make_test_certs(dir: &std::path::Path) -> Result<TestCerts> {
     })
 }
 
+/// The manifest of a Redis 7 multi-part AOF directory.
+fn find_manifest(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .with_context(|| format!("no AOF manifest in {}", dir.display()))
+}
+
 /// A port that was free a moment ago.
 ///
 /// # Errors
@@ -432,6 +581,54 @@ mod tests {
         assert!(ping(addr));
         redis.kill()?;
         assert!(!ping(addr), "killed server still answers");
+        redis.restart()?;
+        assert!(ping(addr));
+        Ok(())
+    }
+
+    fn set_and_count(addr: SocketAddr, key: &str) -> usize {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+            return usize::MAX;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = stream.write_all(format!("SET {key} 1\r\nDBSIZE\r\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        text.rsplit(':')
+            .next()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn cutting_the_aof_loses_the_last_writes_and_wiping_loses_all() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        for i in 0..10 {
+            set_and_count(addr, &format!("k{i}"));
+        }
+        // Each SET is ~30 bytes in the AOF: cutting 100 loses a few.
+        let cut = redis.kill_and_cut_aof(100)?;
+        assert_eq!(cut, 100);
+        let after = set_and_count(addr, "probe");
+        assert!(after < 11 && after > 1, "{after} keys after the cut");
+        redis.wipe_and_restart()?;
+        assert_eq!(set_and_count(addr, "probe"), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn sigstop_pauses_and_terminate_stops() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        redis.signal("STOP")?;
+        assert!(!ping(addr), "a stopped server answered");
+        redis.signal("CONT")?;
+        assert!(ping(addr));
+        redis.terminate(Duration::from_secs(10))?;
+        assert!(!ping(addr));
         redis.restart()?;
         assert!(ping(addr));
         Ok(())
