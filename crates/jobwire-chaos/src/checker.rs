@@ -1,0 +1,319 @@
+//! The checker: what every client received against the contract and
+//! against the final logs (docs/reliability.md lists the rules).
+//!
+//! Per (client, job) — a [`WatchLog`]:
+//! - after each start (`current_state`, `resumed`, resync) ids are
+//!   consecutive (`gap`, `out_of_order`); no (epoch, id) twice
+//!   (`duplicate`); a `resumed` is where the client asked (`bad_resume`);
+//!   a resume is answered with `resumed` or a resync, never a plain
+//!   `current_state` (`resume_not_honoured`); an SSE message's `id:` names
+//!   the stream's epoch (`wrong_epoch`);
+//! - nothing of an epoch after its terminal event (`ran_after_terminal`);
+//! - the watcher ends, within [`Bounds::watcher`] of the job's end
+//!   (`watcher_never_ended`, `watcher_late`), and was not told "gone" of a
+//!   job that exists (`false_gone`).
+//!
+//! Across clients: one content per (job, epoch, id)
+//! (`conflicting_content`). Against the final log: an event received under
+//! the job's final epoch is the log's event of that id (`content_mismatch`,
+//! `not_in_log`); events of earlier epochs were written in a history that
+//! may since have been rolled back, so only the cross-client rule applies
+//! to them. Per job: the log's ids are 1, 2, 3 … (`log_gap`), nothing
+//! follows a terminal event (`ran_after_terminal`), and the job ended
+//! (`not_terminal`, `unreadable`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use jobwire_core::{Epoch, Event, EventId, JobId};
+use serde::Serialize;
+
+use crate::load::Final;
+use crate::record::{Obs, StartKind, WatchLog};
+
+/// One breach of the contract.
+#[derive(Clone, Debug, Serialize)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub job: String,
+    pub client: Option<String>,
+    pub detail: String,
+}
+
+/// How long a watcher may take to end after its job did.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub watcher: Duration,
+}
+
+/// Checks everything; returns every violation found.
+pub fn check(
+    logs: &[WatchLog],
+    finals: &HashMap<JobId, Final>,
+    ends: &HashMap<JobId, Option<Duration>>,
+    bounds: Bounds,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for log in logs {
+        check_watch(log, finals, ends, bounds, &mut out);
+    }
+    check_across(logs, finals, &mut out);
+    let mut jobs: Vec<&JobId> = finals.keys().collect();
+    jobs.sort();
+    for job in jobs {
+        check_final(job, &finals[job], &mut out);
+    }
+    out
+}
+
+fn violation(kind: &'static str, log: &WatchLog, detail: String) -> Violation {
+    Violation {
+        kind,
+        job: log.job.to_string(),
+        client: Some(log.client.clone()),
+        detail,
+    }
+}
+
+fn check_watch(
+    log: &WatchLog,
+    finals: &HashMap<JobId, Final>,
+    ends: &HashMap<JobId, Option<Duration>>,
+    bounds: Bounds,
+    out: &mut Vec<Violation>,
+) {
+    let mut held: Option<(Epoch, EventId)> = None;
+    let mut seen: HashSet<(Epoch, EventId)> = HashSet::new();
+    let mut finished: HashSet<Epoch> = HashSet::new();
+    let mut told_gone = false;
+    for obs in &log.obs {
+        match obs {
+            Obs::Start {
+                kind,
+                epoch,
+                id,
+                asked,
+                ..
+            } => {
+                match kind {
+                    StartKind::StateOnResume => out.push(violation(
+                        "resume_not_honoured",
+                        log,
+                        format!("asked to resume after {asked:?}, got a current_state at {epoch}:{id} without resync"),
+                    )),
+                    StartKind::Resumed if asked.as_ref() != Some(&(epoch.clone(), *id)) => out.push(violation(
+                        "bad_resume",
+                        log,
+                        format!("asked to resume after {asked:?}, resumed at {epoch}:{id}"),
+                    )),
+                    _ => {}
+                }
+                held = Some((epoch.clone(), *id));
+            }
+            Obs::Event {
+                epoch,
+                event,
+                labelled,
+                ..
+            } => {
+                let Some((held_epoch, last)) = &mut held else {
+                    out.push(violation(
+                        "event_before_start",
+                        log,
+                        format!("event {} before any state", event.id),
+                    ));
+                    continue;
+                };
+                if let Some(l) = labelled.as_ref().filter(|l| *l != epoch) {
+                    out.push(violation(
+                        "wrong_epoch",
+                        log,
+                        format!("event {} labelled {l} on a stream of epoch {epoch}", event.id),
+                    ));
+                }
+                if finished.contains(epoch) {
+                    out.push(violation(
+                        "ran_after_terminal",
+                        log,
+                        format!("event {} ({}) after a terminal event of epoch {epoch}", event.id, event.kind),
+                    ));
+                }
+                if !seen.insert((epoch.clone(), event.id)) {
+                    out.push(violation(
+                        "duplicate",
+                        log,
+                        format!("event {epoch}:{} received twice", event.id),
+                    ));
+                } else if event.id <= *last {
+                    out.push(violation(
+                        "out_of_order",
+                        log,
+                        format!("event {} after {}", event.id, last),
+                    ));
+                } else if event.id != last.next() {
+                    out.push(violation(
+                        "gap",
+                        log,
+                        format!("event {} after {} (epoch {held_epoch})", event.id, last),
+                    ));
+                }
+                if event.id > *last {
+                    *last = event.id;
+                }
+                if event.kind.is_terminal() {
+                    finished.insert(epoch.clone());
+                }
+            }
+            Obs::Gone { .. } => told_gone = true,
+            Obs::Anomaly { what, .. } => {
+                out.push(violation("client_anomaly", log, what.clone()));
+            }
+            Obs::Reconnect { .. } => {}
+        }
+    }
+    let final_state = finals.get(&log.job);
+    if told_gone && matches!(final_state, Some(Final::Present { .. })) {
+        out.push(violation(
+            "false_gone",
+            log,
+            "told the job is gone, but it exists at the end".to_owned(),
+        ));
+    }
+    let end = ends.get(&log.job).copied().flatten();
+    match (log.ended, end) {
+        (None, _) => out.push(violation(
+            "watcher_never_ended",
+            log,
+            format!(
+                "still waiting at the end of the run (job ended at {:?}; last seen: {:?})",
+                end,
+                log.obs.last()
+            ),
+        )),
+        (Some(ended), Some(end)) if ended > end + bounds.watcher => out.push(violation(
+            "watcher_late",
+            log,
+            format!("ended at {ended:?}, {:?} after the job did", ended - end),
+        )),
+        _ => {}
+    }
+}
+
+fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec<Violation>) {
+    let mut first: HashMap<(JobId, Epoch, EventId), (&Event, &str)> = HashMap::new();
+    for log in logs {
+        let final_log = match finals.get(&log.job) {
+            Some(Final::Present { epoch, events, .. }) => Some((epoch, events)),
+            _ => None,
+        };
+        for obs in &log.obs {
+            let Obs::Event { epoch, event, .. } = obs else {
+                continue;
+            };
+            let key = (log.job.clone(), epoch.clone(), event.id);
+            match first.get(&key) {
+                Some((other, who)) if *other != event => out.push(violation(
+                    "conflicting_content",
+                    log,
+                    format!(
+                        "{epoch}:{} differs from what {who} got: {} vs {}",
+                        event.id,
+                        event.to_json(),
+                        other.to_json()
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    first.insert(key, (event, &log.client));
+                }
+            }
+            let Some((final_epoch, events)) = final_log else {
+                continue;
+            };
+            if epoch != final_epoch {
+                continue;
+            }
+            let at = usize::try_from(event.id.0).unwrap_or(usize::MAX);
+            match at.checked_sub(1).and_then(|i| events.get(i)) {
+                None => out.push(violation(
+                    "not_in_log",
+                    log,
+                    format!(
+                        "{epoch}:{} was received but the final log (same epoch) has {} events",
+                        event.id,
+                        events.len()
+                    ),
+                )),
+                Some(logged) if logged != event => out.push(violation(
+                    "content_mismatch",
+                    log,
+                    format!(
+                        "{epoch}:{} received {} but the log has {}",
+                        event.id,
+                        event.to_json(),
+                        logged.to_json()
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+fn check_final(job: &JobId, f: &Final, out: &mut Vec<Violation>) {
+    let v = |kind, detail: String| Violation {
+        kind,
+        job: job.to_string(),
+        client: None,
+        detail,
+    };
+    match f {
+        Final::Gone => {}
+        Final::Unreadable(e) => out.push(v("unreadable", format!("cannot read the job at the end: {e}"))),
+        Final::Present { state, events, .. } => {
+            if !state.status.is_terminal() {
+                out.push(v(
+                    "not_terminal",
+                    format!("{} at the end (attempt {}, event {})", state.status.as_str(), state.attempt, state.last_event_id),
+                ));
+            }
+            for (i, e) in events.iter().enumerate() {
+                if e.id.0 != i as u64 + 1 {
+                    out.push(v("log_gap", format!("event {} at position {}", e.id, i + 1)));
+                    break;
+                }
+            }
+            if let Some(t) = events.iter().position(|e| e.kind.is_terminal()) {
+                if let Some(after) = events.get(t + 1) {
+                    out.push(v(
+                        "ran_after_terminal",
+                        format!(
+                            "the log has {} ({}) after the terminal {} ({})",
+                            after.id, after.kind, events[t].id, events[t].kind
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Violations by kind: how many, and the first as an example.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub count: usize,
+    pub example: Violation,
+}
+
+pub fn summarize(violations: &[Violation]) -> BTreeMap<String, Summary> {
+    let mut out: BTreeMap<String, Summary> = BTreeMap::new();
+    for v in violations {
+        out.entry(v.kind.to_owned())
+            .and_modify(|s| s.count += 1)
+            .or_insert_with(|| Summary {
+                count: 1,
+                example: v.clone(),
+            });
+    }
+    out
+}
