@@ -128,14 +128,20 @@ fn check_watch(
                     out.push(violation(
                         "wrong_epoch",
                         log,
-                        format!("event {} labelled {l} on a stream of epoch {epoch}", event.id),
+                        format!(
+                            "event {} labelled {l} on a stream of epoch {epoch}",
+                            event.id
+                        ),
                     ));
                 }
                 if finished.contains(epoch) {
                     out.push(violation(
                         "ran_after_terminal",
                         log,
-                        format!("event {} ({}) after a terminal event of epoch {epoch}", event.id, event.kind),
+                        format!(
+                            "event {} ({}) after a terminal event of epoch {epoch}",
+                            event.id, event.kind
+                        ),
                     ));
                 }
                 if !seen.insert((epoch.clone(), event.id)) {
@@ -269,17 +275,28 @@ fn check_final(job: &JobId, f: &Final, out: &mut Vec<Violation>) {
     };
     match f {
         Final::Gone => {}
-        Final::Unreadable(e) => out.push(v("unreadable", format!("cannot read the job at the end: {e}"))),
+        Final::Unreadable(e) => out.push(v(
+            "unreadable",
+            format!("cannot read the job at the end: {e}"),
+        )),
         Final::Present { state, events, .. } => {
             if !state.status.is_terminal() {
                 out.push(v(
                     "not_terminal",
-                    format!("{} at the end (attempt {}, event {})", state.status.as_str(), state.attempt, state.last_event_id),
+                    format!(
+                        "{} at the end (attempt {}, event {})",
+                        state.status.as_str(),
+                        state.attempt,
+                        state.last_event_id
+                    ),
                 ));
             }
             for (i, e) in events.iter().enumerate() {
                 if e.id.0 != i as u64 + 1 {
-                    out.push(v("log_gap", format!("event {} at position {}", e.id, i + 1)));
+                    out.push(v(
+                        "log_gap",
+                        format!("event {} at position {}", e.id, i + 1),
+                    ));
                     break;
                 }
             }

@@ -235,8 +235,8 @@ impl Cluster {
             .config
             .log_dir
             .join(format!("{}.{}.log", slot.name, slot.starts));
-        let stderr = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let stderr =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg(sub)
             .env("REDIS_URL", self.redis.url())

@@ -154,10 +154,12 @@ pub fn plan(schedule: Schedule, duration: Duration, rng: &mut StdRng) -> Vec<Pla
         Schedule::Short => {
             let mut kinds = FaultKind::ALL.to_vec();
             kinds.shuffle(rng);
-            // A wipe makes every job gone: run it last so that the other
-            // faults act on live jobs, and end with jobs created after it.
+            // A wipe makes every job so far gone: run it in the first half,
+            // so that the jobs created after it meet the other faults and
+            // the final logs have something to check against.
             kinds.retain(|k| *k != FaultKind::RedisWipe);
-            kinds.push(FaultKind::RedisWipe);
+            let at = rng.random_range(1..=kinds.len() / 3);
+            kinds.insert(at, FaultKind::RedisWipe);
             kinds
         }
         Schedule::Mixed => {
@@ -255,7 +257,8 @@ async fn inject(
     env: &Env,
     rng: &mut StdRng,
 ) -> Result<String> {
-    let pause = |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
+    let pause =
+        |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
     match kind {
         FaultKind::GatewayKill => {
             let mut c = cluster.lock().await;

@@ -197,8 +197,7 @@ pub async fn run(config: Config) -> Result<Report> {
     }
 
     let finals = load::read_finals(&env, &jobs).await;
-    let ends: HashMap<JobId, Option<Duration>> =
-        ends.lock().map(|e| e.clone()).unwrap_or_default();
+    let ends: HashMap<JobId, Option<Duration>> = ends.lock().map(|e| e.clone()).unwrap_or_default();
     let violations = checker::check(
         &logs,
         &finals,
@@ -208,9 +207,6 @@ pub async fn run(config: Config) -> Result<Report> {
         },
     );
     let log_dir = cluster.lock().await.log_dir().display().to_string();
-    let created: HashMap<&JobId, &serde_json::Value> =
-        submissions.jobs.iter().map(|s| (&s.id, &s.params)).collect();
-    let _ = created;
     Ok(build_report(
         &config,
         wall,
@@ -260,7 +256,9 @@ fn build_report(
     let mut created_epochs = HashMap::new();
     for log in logs {
         if let Some(Obs::Start { epoch, .. }) = log.obs.first() {
-            created_epochs.entry(log.job.clone()).or_insert(epoch.clone());
+            created_epochs
+                .entry(log.job.clone())
+                .or_insert(epoch.clone());
         }
     }
     jobs.epoch_changed = finals
@@ -274,6 +272,7 @@ fn build_report(
     let mut events = BTreeMap::new();
     let mut deliveries = Vec::new();
     let (mut reconnects, mut resyncs, mut gone) = (0, 0, 0);
+    let mut causes = BTreeMap::new();
     for log in logs {
         let kind = serde_json::to_value(log.kind)
             .ok()
@@ -287,6 +286,9 @@ fn build_report(
             match obs {
                 Obs::Event { at, .. } => deliveries.push(at.as_secs_f64()),
                 Obs::Gone { .. } => gone += 1,
+                Obs::Reconnect { reason, .. } => {
+                    *causes.entry(report::cause(reason)).or_insert(0) += 1;
+                }
                 _ => {}
             }
         }
@@ -304,6 +306,7 @@ fn build_report(
         events_total: deliveries.len(),
         events,
         reconnects,
+        reconnect_causes: causes,
         resyncs,
         gone_notices: gone,
         faults: faults::counts(&fault_log),

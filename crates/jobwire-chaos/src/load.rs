@@ -69,7 +69,10 @@ pub fn start_mux(
     env: &Arc<Env>,
     config: &LoadConfig,
     tasks: &mut JoinSet<Vec<WatchLog>>,
-) -> (Vec<mpsc::UnboundedSender<JobId>>, Vec<mpsc::UnboundedSender<JobId>>) {
+) -> (
+    Vec<mpsc::UnboundedSender<JobId>>,
+    Vec<mpsc::UnboundedSender<JobId>>,
+) {
     let mut start = |kind: ClientKind, count: usize, prefix: &str| {
         (0..count)
             .map(|i| {
@@ -160,7 +163,9 @@ async fn create(client: &Client, params: &Value) -> Option<JobState> {
         match client.create_job("demo", params.clone()).await {
             Ok(state) => return Some(state),
             // 4xx other than 429 will not get better.
-            Err(ClientError::Api { status, .. }) if (400..500).contains(&status) && status != 429 => {
+            Err(ClientError::Api { status, .. })
+                if (400..500).contains(&status) && status != 429 =>
+            {
                 return None
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -174,7 +179,12 @@ async fn create(client: &Client, params: &Value) -> Option<JobState> {
 pub type Ends = Arc<Mutex<HashMap<JobId, Option<Duration>>>>;
 
 /// Polls every known job once a second until `stop`.
-pub async fn track(env: Arc<Env>, jobs: Arc<Mutex<Vec<JobId>>>, ends: Ends, stop: CancellationToken) {
+pub async fn track(
+    env: Arc<Env>,
+    jobs: Arc<Mutex<Vec<JobId>>>,
+    ends: Ends,
+    stop: CancellationToken,
+) {
     let Ok(client) = rest_client(&env) else {
         return;
     };

@@ -29,6 +29,8 @@ pub struct Report {
     pub events: BTreeMap<String, usize>,
     pub events_total: usize,
     pub reconnects: usize,
+    /// Reconnects by cause (close code, storm, expired token, …).
+    pub reconnect_causes: BTreeMap<String, usize>,
     pub resyncs: usize,
     pub gone_notices: usize,
     /// Faults injected without error, by kind.
@@ -110,11 +112,7 @@ impl Report {
             "jobs: {} submitted ({} creates failed): {} completed, {} failed, {} cancelled, {} gone, {} unfinished; {} changed epoch",
             j.submitted, j.create_failures, j.completed, j.failed, j.cancelled, j.gone, j.unfinished, j.epoch_changed
         );
-        let _ = writeln!(
-            s,
-            "watchers: {}",
-            join(&self.watchers)
-        );
+        let _ = writeln!(s, "watchers: {}", join(&self.watchers));
         let _ = writeln!(
             s,
             "events delivered: {} ({}); reconnects {}, resyncs {}, gone notices {}",
@@ -124,6 +122,7 @@ impl Report {
             self.resyncs,
             self.gone_notices
         );
+        let _ = writeln!(s, "reconnect causes: {}", join(&self.reconnect_causes));
         let _ = writeln!(s, "faults: {}", join(&self.faults));
         for f in self.fault_log.iter().filter(|f| f.error.is_some()) {
             let _ = writeln!(
@@ -159,6 +158,31 @@ impl Report {
         let _ = writeln!(s, "process logs: {}", self.log_dir);
         s
     }
+}
+
+/// A reconnect's reason, as a short cause for counting.
+pub fn cause(reason: &str) -> String {
+    let has = |s: &str| reason.contains(s);
+    let cause = if reason == "storm" {
+        "storm"
+    } else if has("1013") {
+        "1013 slow/overloaded"
+    } else if has("4401") || has("token") {
+        "token expired"
+    } else if has("1001") {
+        "1001 going away"
+    } else if has("1011") {
+        "1011 server error"
+    } else if has("silent") {
+        "silent connection"
+    } else if has("unavailable") {
+        "store unavailable"
+    } else if has("hole") {
+        "hole (Rust client)"
+    } else {
+        "connection lost"
+    };
+    cause.to_owned()
 }
 
 fn join(map: &BTreeMap<String, usize>) -> String {

@@ -289,9 +289,9 @@ impl RedisServer {
         // being written.
         let incr = text
             .lines()
+            .rev()
             .filter(|l| l.ends_with("type i"))
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .last()
+            .find_map(|l| l.split_whitespace().nth(1))
             .context("the AOF manifest lists no incremental file")?;
         let path = dir.join(incr);
         let len = std::fs::metadata(&path)

@@ -63,7 +63,8 @@ pub async fn open_ws(url: &str, token: &str, small_buffer: bool) -> Result<Ws, O
         let addr: std::net::SocketAddr = host
             .parse()
             .map_err(|_| OpenError::Other(format!("not an address: {host}")))?;
-        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| OpenError::Other(e.to_string()))?;
+        let socket =
+            tokio::net::TcpSocket::new_v4().map_err(|e| OpenError::Other(e.to_string()))?;
         if small_buffer {
             socket
                 .set_recv_buffer_size(4096)

@@ -124,7 +124,11 @@ pub enum Step {
 
 /// Applies one server message to the watch of the job it is about.
 /// `labelled` is the epoch of an SSE message's `id:` line.
-pub fn apply(w: &mut JobWatch, message: ServerMessage, labelled: Option<jobwire_core::Epoch>) -> Step {
+pub fn apply(
+    w: &mut JobWatch,
+    message: ServerMessage,
+    labelled: Option<jobwire_core::Epoch>,
+) -> Step {
     match message {
         ServerMessage::Event(event) => {
             w.on_event(event, labelled);

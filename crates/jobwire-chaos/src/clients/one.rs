@@ -109,7 +109,9 @@ async fn follow(
             }
         };
         if let Some(other) = job_of(&message).filter(|j| j != w.job()) {
-            w.anomaly(format!("a message of another job {other} on a one-job stream"));
+            w.anomaly(format!(
+                "a message of another job {other} on a one-job stream"
+            ));
             continue;
         }
         // SSE ids are `EPOCH:ID`: the epoch the server says the event is of.
