@@ -334,3 +334,209 @@ pub fn summarize(violations: &[Violation]) -> BTreeMap<String, Summary> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checker catches each breach it names: a checker that cannot
+    //! fail would make the suite's green runs meaningless.
+
+    use jobwire_core::{EventType, JobState, JobStatus, NewJob, Timestamp};
+    use serde_json::json;
+
+    use super::*;
+    use crate::record::ClientKind;
+
+    fn job() -> JobId {
+        "01JDXAAAAAAAAAAAAAAAAAAAAA".parse().expect("job id")
+    }
+
+    fn epoch(s: &str) -> Epoch {
+        s.parse().expect("epoch")
+    }
+
+    fn event(id: u64, kind: EventType, step: u64) -> Event {
+        let data = json!({"step": step});
+        Event {
+            id: EventId(id),
+            job_id: job(),
+            kind,
+            timestamp: Timestamp::from_unix_millis(1_000 + id as i64),
+            data: data.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// A five-event log: queued, started, two progress, completed.
+    fn log_events() -> Vec<Event> {
+        vec![
+            event(1, EventType::JobQueued, 0),
+            event(2, EventType::JobStarted, 0),
+            event(3, EventType::Progress, 1),
+            event(4, EventType::Progress, 2),
+            event(5, EventType::JobCompleted, 2),
+        ]
+    }
+
+    fn finals(status: JobStatus, events: Vec<Event>) -> HashMap<JobId, Final> {
+        let mut state = JobState::new(
+            &NewJob::new("demo", json!({}), "chaos"),
+            epoch("e1"),
+            Timestamp::from_unix_millis(0),
+        );
+        state.id = job();
+        state.status = status;
+        state.last_event_id = EventId(events.len() as u64);
+        HashMap::from([(
+            job(),
+            Final::Present {
+                state: Box::new(state),
+                epoch: epoch("e1"),
+                events,
+            },
+        )])
+    }
+
+    fn start(kind: StartKind, e: &str, id: u64, asked: Option<(&str, u64)>) -> Obs {
+        Obs::Start {
+            at: Duration::ZERO,
+            kind,
+            epoch: epoch(e),
+            id: EventId(id),
+            status: None,
+            asked: asked.map(|(e, id)| (epoch(e), EventId(id))),
+        }
+    }
+
+    fn got(e: &str, event: Event) -> Obs {
+        Obs::Event {
+            at: Duration::ZERO,
+            epoch: epoch(e),
+            event,
+            labelled: None,
+        }
+    }
+
+    fn watch(client: &str, obs: Vec<Obs>) -> WatchLog {
+        WatchLog {
+            client: client.to_owned(),
+            kind: ClientKind::Single,
+            job: job(),
+            obs,
+            ended: Some(Duration::from_secs(1)),
+        }
+    }
+
+    /// A fresh subscribe at 1, events 2..=5: the clean case.
+    fn clean(client: &str) -> WatchLog {
+        let mut obs = vec![start(StartKind::Fresh, "e1", 1, None)];
+        obs.extend(log_events().into_iter().skip(1).map(|e| got("e1", e)));
+        watch(client, obs)
+    }
+
+    fn kinds(logs: &[WatchLog], finals: &HashMap<JobId, Final>) -> Vec<&'static str> {
+        let ends = HashMap::from([(job(), Some(Duration::from_secs(1)))]);
+        check(
+            logs,
+            finals,
+            &ends,
+            Bounds {
+                watcher: Duration::from_secs(30),
+            },
+        )
+        .into_iter()
+        .map(|v| v.kind)
+        .collect()
+    }
+
+    #[test]
+    fn a_clean_run_has_no_violation() {
+        let logs = [clean("a"), clean("b")];
+        assert_eq!(
+            kinds(&logs, &finals(JobStatus::Completed, log_events())),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn holes_duplicates_and_bad_resumes_are_caught() {
+        let e = log_events();
+        let gap = watch(
+            "gap",
+            vec![
+                start(StartKind::Fresh, "e1", 1, None),
+                got("e1", e[2].clone()),
+            ],
+        );
+        let dup = watch(
+            "dup",
+            vec![
+                start(StartKind::Fresh, "e1", 1, None),
+                got("e1", e[1].clone()),
+                start(StartKind::Resumed, "e1", 1, Some(("e1", 2))),
+                got("e1", e[1].clone()),
+            ],
+        );
+        let plain = watch(
+            "plain",
+            vec![
+                start(StartKind::Fresh, "e1", 1, None),
+                start(StartKind::StateOnResume, "e1", 4, Some(("e1", 1))),
+            ],
+        );
+        let found = kinds(&[gap, dup, plain], &finals(JobStatus::Completed, e));
+        for kind in ["gap", "duplicate", "bad_resume", "resume_not_honoured"] {
+            assert!(found.contains(&kind), "{kind} not caught: {found:?}");
+        }
+    }
+
+    #[test]
+    fn other_content_under_the_same_epoch_and_id_is_caught() {
+        let mut other = log_events();
+        other[2] = event(3, EventType::Progress, 99);
+        let liar = watch(
+            "liar",
+            vec![
+                start(StartKind::Fresh, "e1", 2, None),
+                got("e1", other[2].clone()),
+            ],
+        );
+        let found = kinds(
+            &[clean("a"), liar],
+            &finals(JobStatus::Completed, log_events()),
+        );
+        assert!(found.contains(&"conflicting_content"), "{found:?}");
+        assert!(found.contains(&"content_mismatch"), "{found:?}");
+        // Under an epoch that was rolled back only the clients are compared.
+        let old = watch(
+            "old",
+            vec![
+                start(StartKind::Fresh, "e0", 2, None),
+                got("e0", other[2].clone()),
+            ],
+        );
+        assert_eq!(
+            kinds(&[old], &finals(JobStatus::Completed, log_events())),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_run_after_the_end_and_a_waiting_watcher_are_caught() {
+        let mut events = log_events();
+        events.push(event(6, EventType::Progress, 3));
+        let mut stuck = clean("stuck");
+        stuck.ended = None;
+        let mut after = clean("after");
+        after.obs.push(got("e1", events[5].clone()));
+        let found = kinds(&[stuck, after], &finals(JobStatus::Running, events));
+        for kind in ["ran_after_terminal", "watcher_never_ended", "not_terminal"] {
+            assert!(found.contains(&kind), "{kind} not caught: {found:?}");
+        }
+    }
+
+    #[test]
+    fn gone_for_a_job_that_exists_is_caught() {
+        let told = watch("told", vec![Obs::Gone { at: Duration::ZERO }]);
+        let found = kinds(&[told], &finals(JobStatus::Completed, log_events()));
+        assert_eq!(found, ["false_gone"]);
+    }
+}

@@ -157,9 +157,10 @@ pub async fn submit(
     out
 }
 
-/// Creates a demo job, retrying for a while through outages.
+/// Creates a demo job, retrying through outages for up to 20 s.
 async fn create(client: &Client, params: &Value) -> Option<JobState> {
-    for _ in 0..40 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
         match client.create_job("demo", params.clone()).await {
             Ok(state) => return Some(state),
             // 4xx other than 429 will not get better.
