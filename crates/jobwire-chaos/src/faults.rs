@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use jobwire_testkit::lost_writes::Snapshot;
+use jobwire_testkit::lost_writes::FileSnapshot;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -37,8 +37,9 @@ pub enum FaultKind {
     RedisCutAof,
     /// Redis crashed and started with no data at all.
     RedisWipe,
-    /// A snapshot now; a few seconds later Redis loses everything written
-    /// since and restarts (`lost_writes::Snapshot`).
+    /// A snapshot of the data files now; a few seconds later Redis crashes
+    /// and restarts on them, losing everything written since
+    /// (`lost_writes::FileSnapshot`).
     RedisRollback,
     /// Slow clients read one message a second for a while, until the
     /// gateways drop them (1013); they resume.
@@ -306,16 +307,14 @@ async fn inject(
             Ok("all data gone".to_owned())
         }
         FaultKind::RedisRollback => {
+            // The data files, not the keys (`lost_writes::Snapshot`): an
+            // in-place restore would race the live writers, whose writes
+            // between it and the restart would keep the old history.
             let mut c = cluster.lock().await;
-            let snapshot = Snapshot::take(c.redis()).await?;
+            let snapshot = tokio::task::block_in_place(|| FileSnapshot::take(c.redis()))?;
             let lost = pause(rng, 1500, 4000);
             tokio::time::sleep(lost).await;
-            // The restore runs commands and restarts the server: blocking
-            // parts inside, so keep the runtime's other threads free.
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(snapshot.lose_writes_since(c.redis_mut()))
-            })?;
+            tokio::task::block_in_place(|| snapshot.lose_writes_since(c.redis_mut()))?;
             Ok(format!("lost the last {lost:?} of writes"))
         }
         FaultKind::SlowClients => {

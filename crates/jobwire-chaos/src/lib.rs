@@ -28,6 +28,7 @@ pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,10 +140,12 @@ pub async fn run(config: Config) -> Result<Report> {
     let known: Arc<Mutex<Vec<JobId>>> = Arc::default();
     let ends: load::Ends = Arc::default();
     let tracking = CancellationToken::new();
+    let passes = Arc::new(AtomicU64::new(0));
     let tracker = tokio::spawn(load::track(
         Arc::clone(&env),
         Arc::clone(&known),
         Arc::clone(&ends),
+        Arc::clone(&passes),
         tracking.clone(),
     ));
 
@@ -170,9 +173,14 @@ pub async fn run(config: Config) -> Result<Report> {
     cluster.lock().await.heal().await?;
 
     // Drain: every job ends, then every watcher does (or the bounds pass).
+    // Only a tracker pass that started after the last fault counts: the
+    // ends it saw before may have been rolled back.
     let deadline = Instant::now() + DRAIN;
     let jobs: Vec<JobId> = submissions.jobs.iter().map(|s| s.id.clone()).collect();
-    while Instant::now() < deadline && !all_ended(&ends, &jobs) {
+    let healed = passes.load(Ordering::SeqCst);
+    while Instant::now() < deadline
+        && (passes.load(Ordering::SeqCst) < healed + 2 || !all_ended(&ends, &jobs))
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let deadline = Instant::now() + WATCHER_BOUND;

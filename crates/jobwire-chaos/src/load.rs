@@ -179,11 +179,14 @@ async fn create(client: &Client, params: &Value) -> Option<JobState> {
 /// runs (again: a rollback can un-finish a job).
 pub type Ends = Arc<Mutex<HashMap<JobId, Option<Duration>>>>;
 
-/// Polls every known job once a second until `stop`.
+/// Polls every known job once a second until `stop`, counting finished
+/// passes in `passes` (so the drain can wait for a pass that started
+/// after the last fault: a rollback can un-finish a job the tracker saw end).
 pub async fn track(
     env: Arc<Env>,
     jobs: Arc<Mutex<Vec<JobId>>>,
     ends: Ends,
+    passes: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) {
     let Ok(client) = rest_client(&env) else {
@@ -206,6 +209,7 @@ pub async fn track(
                 }
             }
         }
+        passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}

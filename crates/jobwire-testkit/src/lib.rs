@@ -346,14 +346,14 @@ impl RedisServer {
         self.spawn()
     }
 
-    fn data_dir(&self) -> Result<&Path> {
+    pub(crate) fn data_dir(&self) -> Result<&Path> {
         self.dir
             .as_ref()
             .map(|d| d.path())
             .context("external redis has no data directory")
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let dir: PathBuf = self.data_dir()?.to_path_buf();
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")

@@ -32,6 +32,8 @@ pub enum Incoming {
     Text { data: String, id: Option<String> },
     /// The connection ended: the close code if the server sent one.
     Closed { code: Option<u16>, reason: String },
+    /// A ping or an SSE comment: the connection is alive, nothing to apply.
+    KeepAlive,
 }
 
 /// `ws://…` for an `http://…` base URL.
@@ -113,6 +115,7 @@ pub async fn next_ws(ws: &mut Ws) -> Incoming {
                     reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
                 }
             }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::KeepAlive,
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 return Incoming::Closed {
@@ -196,7 +199,7 @@ impl SseFeed {
                         id,
                     };
                 }
-                continue;
+                return Incoming::KeepAlive;
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),

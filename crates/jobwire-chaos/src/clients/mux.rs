@@ -135,6 +135,7 @@ impl Session<'_> {
             };
             let data = match incoming {
                 Incoming::Text { data, .. } => data,
+                Incoming::KeepAlive => continue,
                 Incoming::Closed { code, reason } => return format!("closed {code:?} {reason}"),
             };
             if self.kind == ClientKind::Slow && self.env.slow_now() {

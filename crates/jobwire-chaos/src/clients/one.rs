@@ -94,6 +94,7 @@ async fn follow(
         };
         let (data, id) = match incoming {
             Incoming::Text { data, id } => (data, id),
+            Incoming::KeepAlive => continue,
             Incoming::Closed { code, reason } => {
                 if code == Some(4404) {
                     w.on_gone();
