@@ -237,10 +237,13 @@ impl Cluster {
             .join(format!("{}.{}.log", slot.name, slot.starts));
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // `JOBWIRE_CHAOS_LOG` sets the processes' RUST_LOG, for post-mortems
+        // (e.g. `warn,jobwire_redis=debug,jobwire_worker=debug`).
+        let filter = std::env::var("JOBWIRE_CHAOS_LOG").unwrap_or_else(|_| "warn".to_owned());
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg(sub)
             .env("REDIS_URL", self.redis.url())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

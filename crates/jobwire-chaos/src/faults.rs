@@ -208,6 +208,9 @@ pub struct FaultRecord {
     pub at: f64,
     /// When it was lifted.
     pub lifted: f64,
+    /// The wall-clock time it was injected (to match process logs and event
+    /// timestamps).
+    pub wall: jobwire_core::Timestamp,
     pub detail: String,
     /// Set when the injection failed.
     pub error: Option<String>,
@@ -234,6 +237,7 @@ pub async fn run(
             break;
         }
         let at = env.clock.now();
+        let wall = jobwire_core::Timestamp::now();
         let result = inject(planned.kind, &cluster, &env, &mut rng).await;
         let lifted = env.clock.now();
         let (detail, error) = match result {
@@ -244,6 +248,7 @@ pub async fn run(
             kind: planned.kind,
             at: at.as_secs_f64(),
             lifted: lifted.as_secs_f64(),
+            wall,
             detail,
             error,
         });

@@ -214,7 +214,9 @@ pub async fn run(config: Config) -> Result<Report> {
             watcher: WATCHER_BOUND,
         },
     );
-    let log_dir = cluster.lock().await.log_dir().display().to_string();
+    let log_dir = cluster.lock().await.log_dir().to_path_buf();
+    dump_violating_jobs(&log_dir, &violations, &finals, &logs);
+    let log_dir = log_dir.display().to_string();
     Ok(build_report(
         &config,
         wall,
@@ -225,6 +227,70 @@ pub async fn run(config: Config) -> Result<Report> {
         &violations,
         log_dir,
     ))
+}
+
+/// Writes, for each job with a violation, its final log and what each of
+/// its watchers saw to `<log_dir>/jobs/<job>.txt`, for the post-mortem.
+fn dump_violating_jobs(
+    log_dir: &std::path::Path,
+    violations: &[checker::Violation],
+    finals: &HashMap<JobId, Final>,
+    logs: &[WatchLog],
+) {
+    use std::fmt::Write as _;
+    let dir = log_dir.join("jobs");
+    let mut jobs: Vec<&str> = violations.iter().map(|v| v.job.as_str()).collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    for job in jobs.into_iter().take(50) {
+        let mut out = String::new();
+        for v in violations.iter().filter(|v| v.job == job) {
+            let _ = writeln!(out, "VIOLATION {} {:?}: {}", v.kind, v.client, v.detail);
+        }
+        let Ok(id) = job.parse::<JobId>() else {
+            continue;
+        };
+        match finals.get(&id) {
+            Some(Final::Present {
+                state,
+                epoch,
+                events,
+            }) => {
+                let _ = writeln!(
+                    out,
+                    "FINAL epoch {epoch} state {}",
+                    serde_json::to_string(state).unwrap_or_default()
+                );
+                for e in events {
+                    let _ = writeln!(out, "  {}", e.to_json());
+                }
+            }
+            other => {
+                let _ = writeln!(out, "FINAL {other:?}");
+            }
+        }
+        for log in logs.iter().filter(|l| l.job == id) {
+            let _ = writeln!(out, "WATCHER {} ended {:?}", log.client, log.ended);
+            for obs in &log.obs {
+                let line = match obs {
+                    Obs::Event {
+                        at, epoch, event, ..
+                    } => format!(
+                        "{:.3} event {epoch}:{} {} attempt {}",
+                        at.as_secs_f64(),
+                        event.id,
+                        event.kind,
+                        event.data.get("attempt").cloned().unwrap_or_default()
+                    ),
+                    other => format!("{other:?}"),
+                };
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = std::fs::write(dir.join(format!("{job}.txt")), out);
+        }
+    }
 }
 
 fn all_ended(ends: &load::Ends, jobs: &[JobId]) -> bool {
