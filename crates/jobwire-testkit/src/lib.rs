@@ -265,14 +265,22 @@ impl RedisServer {
     /// `appendfsync everysec` AOF; then starts it again. Redis 7 keeps a
     /// multi-part AOF (`appendonlydir/`, listed in its manifest); the cut is
     /// made in the last incremental file, which is where the newest writes
-    /// are. Redis loads a file that ends mid-command by dropping the partial
-    /// command (`aof-load-truncated yes`, the default); should it refuse
-    /// anyway, `redis-check-aof --fix` truncates to the last whole command.
-    /// Returns how many bytes were cut.
+    /// are. Returns how many bytes were cut.
+    ///
+    /// The cut file is then repaired with `redis-check-aof --fix`, which
+    /// truncates it before a transaction whose `EXEC` was cut off. Redis'
+    /// own repair (`aof-load-truncated yes`) must not be relied on: 7.0
+    /// truncates at the last whole *command*, so a cut inside a `MULTI`
+    /// (every Lua script's writes are one) leaves `MULTI` and part of the
+    /// transaction in the file; it skips them on that load, but appends
+    /// after them, and the next load queues everything appended into the
+    /// unfinished transaction and runs it at the next `EXEC`: writes that
+    /// were lost come back, mixed with later ones
+    /// (`a_cut_inside_a_transaction_stays_lost_after_later_restarts`).
     ///
     /// # Errors
-    /// Without AOF persistence, when the AOF cannot be found or cut, or the
-    /// server does not come back.
+    /// Without AOF persistence, when the AOF cannot be found, cut or
+    /// repaired, or the server does not come back.
     pub fn kill_and_cut_aof(&mut self, bytes: u64) -> Result<u64> {
         if !matches!(
             self.persistence,
@@ -303,26 +311,25 @@ impl RedisServer {
             .open(&path)
             .and_then(|f| f.set_len(len - cut))
             .with_context(|| format!("truncating {}", path.display()))?;
-        if self.spawn().is_err() {
-            let fixed = Command::new("redis-check-aof")
-                .arg("--fix")
-                .arg(&manifest)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .and_then(|mut child| {
-                    if let Some(stdin) = child.stdin.as_mut() {
-                        stdin.write_all(b"y\n")?;
-                    }
-                    child.wait()
-                })
-                .context("running redis-check-aof --fix")?;
-            if !fixed.success() {
-                bail!("redis-check-aof --fix failed on {}", manifest.display());
-            }
-            self.spawn()?;
+        // It asks before truncating; a valid file needs no answer.
+        let fixed = Command::new("redis-check-aof")
+            .arg("--fix")
+            .arg(&manifest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(stdin) = child.stdin.as_mut() {
+                    stdin.write_all(b"y\n")?;
+                }
+                child.wait()
+            })
+            .context("running redis-check-aof --fix (apt-get install redis-tools)")?;
+        if !fixed.success() {
+            bail!("redis-check-aof --fix failed on {}", manifest.display());
         }
+        self.spawn()?;
         Ok(cut)
     }
 
@@ -616,6 +623,38 @@ mod tests {
         assert!(after < 11 && after > 1, "{after} keys after the cut");
         redis.wipe_and_restart()?;
         assert_eq!(set_and_count(addr, "probe"), 1);
+        Ok(())
+    }
+
+    /// Redis 7.0 loading an AOF cut inside a `MULTI` keeps the partial
+    /// transaction in the file and runs it, with whatever was appended
+    /// after it, on the load after next: lost writes come back.
+    /// `kill_and_cut_aof` repairs the file so that they stay lost.
+    #[test]
+    fn a_cut_inside_a_transaction_stays_lost_after_later_restarts() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        set_and_count(addr, "before");
+        // A script's writes go to the AOF as one MULTI … EXEC.
+        let script = "redis.call('SET', 'ghost', 1); redis.call('SET', 'ghost2', 1)";
+        let eval = format!(
+            "*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n",
+            script.len()
+        );
+        {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            stream.write_all(eval.as_bytes())?;
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf)?;
+        }
+        // `EXEC` and the end of the last SET: into the transaction.
+        redis.kill_and_cut_aof(30)?;
+        assert_eq!(set_and_count(addr, "later"), 2, "before and later");
+        redis.terminate(Duration::from_secs(10))?;
+        redis.restart()?;
+        let keys = set_and_count(addr, "probe");
+        assert_eq!(keys, 3, "a lost write came back: {keys} keys");
         Ok(())
     }
 
