@@ -17,10 +17,12 @@
 //! (`conflicting_content`). Against the final log: an event received under
 //! the job's final epoch is the log's event of that id (`content_mismatch`,
 //! `not_in_log`); events of earlier epochs were written in a history that
-//! may since have been rolled back, so only the cross-client rule applies
-//! to them. Per job: the log's ids are 1, 2, 3 … (`log_gap`), nothing
-//! follows a terminal event (`ran_after_terminal`), and the job ended
-//! (`not_terminal`, `unreadable`).
+//! may since have been rolled back: the cross-client rule applies to
+//! them, and those still in the final log must be a prefix of those
+//! received (`loss_not_a_suffix`: lost writes came back). Per job: the
+//! log's ids are 1, 2, 3 … (`log_gap`), nothing follows a terminal event
+//! (`ran_after_terminal`), and the job ended (`not_terminal`,
+//! `unreadable`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -207,6 +209,9 @@ fn check_watch(
 
 fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec<Violation>) {
     let mut first: HashMap<(JobId, Epoch, EventId), (&Event, &str)> = HashMap::new();
+    // Per (job, earlier epoch): for each id received, whether it is the
+    // final log's event of that id (it survived) or not (it was lost).
+    let mut survived: BTreeMap<(JobId, String), BTreeMap<EventId, bool>> = BTreeMap::new();
     for log in logs {
         let final_log = match finals.get(&log.job) {
             Some(Final::Present { epoch, events, .. }) => Some((epoch, events)),
@@ -237,6 +242,15 @@ fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec
                 continue;
             };
             if epoch != final_epoch {
+                let same = usize::try_from(event.id.0)
+                    .ok()
+                    .and_then(|at| at.checked_sub(1))
+                    .and_then(|i| events.get(i))
+                    .is_some_and(|logged| logged == event);
+                survived
+                    .entry((log.job.clone(), epoch.to_string()))
+                    .or_default()
+                    .insert(event.id, same);
                 continue;
             }
             let at = usize::try_from(event.id.0).unwrap_or(usize::MAX);
@@ -262,6 +276,24 @@ fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec
                 )),
                 Some(_) => {}
             }
+        }
+    }
+    // Redis loses a suffix of its writes, and nothing is appended to the
+    // history it lost them from (docs/design.md): of an earlier epoch's
+    // events, those still in the final log are a prefix. One that survived
+    // above one that was lost means lost writes came back.
+    for ((job, epoch), ids) in survived {
+        let lost = ids.iter().find(|(_, same)| !**same).map(|(id, _)| *id);
+        let back = lost.and_then(|l| ids.range(l..).find(|(_, same)| **same).map(|(id, _)| *id));
+        if let (Some(lost), Some(back)) = (lost, back) {
+            out.push(Violation {
+                kind: "loss_not_a_suffix",
+                job: job.to_string(),
+                client: None,
+                detail: format!(
+                    "of epoch {epoch}, event {lost} is not in the final log but {back} is"
+                ),
+            });
         }
     }
 }
@@ -515,6 +547,42 @@ mod tests {
         );
         assert_eq!(
             kinds(&[old], &finals(JobStatus::Completed, log_events())),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_lost_event_below_a_surviving_one_is_caught() {
+        let e = log_events();
+        let mut lost = e[2].clone();
+        lost.data.insert("step".into(), json!(42));
+        // Under an earlier epoch: 3 was lost (the log has other content)
+        // but 4 survived.
+        let old = watch(
+            "old",
+            vec![
+                start(StartKind::Fresh, "e0", 2, None),
+                got("e0", lost),
+                got("e0", e[3].clone()),
+            ],
+        );
+        let found = kinds(&[old], &finals(JobStatus::Completed, e.clone()));
+        assert!(found.contains(&"loss_not_a_suffix"), "{found:?}");
+        // A lost suffix is fine.
+        let mut lost4 = e[3].clone();
+        lost4.data.insert("step".into(), json!(42));
+        let suffix = watch(
+            "suffix",
+            vec![
+                start(StartKind::Fresh, "e0", 2, None),
+                got("e0", e[2].clone()),
+                got("e0", lost4),
+            ],
+        );
+        let mut w = suffix;
+        w.ended = Some(Duration::from_secs(1));
+        assert_eq!(
+            kinds(&[w], &finals(JobStatus::Completed, e)),
             Vec::<&str>::new()
         );
     }
