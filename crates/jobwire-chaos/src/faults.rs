@@ -166,10 +166,12 @@ pub fn plan(schedule: Schedule, duration: Duration, rng: &mut StdRng) -> Vec<Pla
         Schedule::Mixed => {
             let n = (span.as_secs() / 6).max(1);
             (0..n)
-                .map(|_| {
-                    // Wipes are rarer: each one ends every running job.
+                .map(|i| {
+                    // Wipes are rarer: each one ends every job so far. None
+                    // in the second half, so that the jobs created then
+                    // keep their logs to be checked against at the end.
                     let mut kind = FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())];
-                    if kind == FaultKind::RedisWipe && rng.random_bool(0.7) {
+                    if kind == FaultKind::RedisWipe && (i >= n / 2 || rng.random_bool(0.7)) {
                         kind = FaultKind::RedisRollback;
                     }
                     kind
