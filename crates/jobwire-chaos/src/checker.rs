@@ -15,8 +15,9 @@
 //!
 //! Across clients: one content per (job, epoch, id)
 //! (`conflicting_content`). Against the final log: an event received under
-//! the job's final epoch is the log's event of that id (`content_mismatch`,
-//! `not_in_log`); events of earlier epochs were written in a history that
+//! the job's final epoch is the log's event of that id (`content_mismatch`),
+//! or, beyond the log's end, was lost before anything else was written to
+//! the job and the watcher was resynced after it (`not_in_log`); events of earlier epochs were written in a history that
 //! may since have been rolled back: the cross-client rule applies to
 //! them, and those still in the final log must be a prefix of those
 //! received (`loss_not_a_suffix`: lost writes came back). Per job: the
@@ -217,7 +218,18 @@ fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec
             Some(Final::Present { epoch, events, .. }) => Some((epoch, events)),
             _ => None,
         };
-        for obs in &log.obs {
+        // A watcher told to start over (a resync) after an event no longer
+        // holds it: that event may have been lost since.
+        let last_resync = log.obs.iter().rposition(|o| {
+            matches!(
+                o,
+                Obs::Start {
+                    kind: StartKind::Resync | StartKind::Fresh,
+                    ..
+                }
+            )
+        });
+        for (at, obs) in log.obs.iter().enumerate() {
             let Obs::Event { epoch, event, .. } = obs else {
                 continue;
             };
@@ -253,8 +265,13 @@ fn check_across(logs: &[WatchLog], finals: &HashMap<JobId, Final>, out: &mut Vec
                     .insert(event.id, same);
                 continue;
             }
+            let obs_at = at;
             let at = usize::try_from(event.id.0).unwrap_or(usize::MAX);
             match at.checked_sub(1).and_then(|i| events.get(i)) {
+                // Lost with the end of the log, before anything else was
+                // written to the job (the next write starts a new epoch),
+                // and the watcher was resynced since: not a breach.
+                None if last_resync.is_some_and(|r| r > obs_at) => {}
                 None => out.push(violation(
                     "not_in_log",
                     log,
@@ -585,6 +602,33 @@ mod tests {
             kinds(&[w], &finals(JobStatus::Completed, e)),
             Vec::<&str>::new()
         );
+    }
+
+    #[test]
+    fn an_event_lost_off_the_end_is_fine_once_the_watcher_is_resynced() {
+        // The log kept 1..=4; event 5 was delivered, then lost.
+        let kept: Vec<Event> = log_events().into_iter().take(4).collect();
+        let beyond = event(5, EventType::Progress, 3);
+        let told = watch(
+            "told",
+            vec![
+                start(StartKind::Fresh, "e1", 3, None),
+                got("e1", kept[3].clone()),
+                got("e1", beyond.clone()),
+                start(StartKind::Resync, "e1", 4, None),
+            ],
+        );
+        let finals = finals(JobStatus::Completed, kept.clone());
+        assert_eq!(kinds(&[told], &finals), Vec::<&str>::new());
+        let untold = watch(
+            "untold",
+            vec![
+                start(StartKind::Fresh, "e1", 3, None),
+                got("e1", kept[3].clone()),
+                got("e1", beyond),
+            ],
+        );
+        assert_eq!(kinds(&[untold], &finals), ["not_in_log"]);
     }
 
     #[test]
