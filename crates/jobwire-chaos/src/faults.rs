@@ -180,10 +180,13 @@ pub fn plan(schedule: Schedule, duration: Duration, rng: &mut StdRng) -> Vec<Pla
         }
         single => {
             let kind = single.only().unwrap_or(FaultKind::Storm);
-            let every = if kind.loses_writes() || kind == FaultKind::TokenExpiry {
-                8
-            } else {
-                5
+            // Faults with a window (and the data-losing ones, which take a
+            // restart) are spaced so that the system runs normally between
+            // them: slow clients read slowly only half the time.
+            let every = match kind {
+                FaultKind::SlowClients => 16,
+                k if k.loses_writes() || k == FaultKind::TokenExpiry => 8,
+                _ => 5,
             };
             (0..(span.as_secs() / every).max(1)).map(|_| kind).collect()
         }
