@@ -328,7 +328,7 @@ async fn inject(
             Ok(format!("lost the last {lost:?} of writes"))
         }
         FaultKind::SlowClients => {
-            let window = pause(rng, 6000, 10_000);
+            let window = pause(rng, 8000, 14_000);
             env.slow.store(true, Ordering::Relaxed);
             tokio::time::sleep(window).await;
             env.slow.store(false, Ordering::Relaxed);

@@ -145,8 +145,11 @@ pub async fn submit(
         if !mux.is_empty() {
             let _ = mux[n % mux.len()].send(id.clone());
         }
-        if !slow.is_empty() && n % 2 == 0 {
-            let _ = slow[(n / 2) % slow.len()].send(id.clone());
+        // Every slow client watches every job: the more a slow client is
+        // sent, the sooner its backlog outgrows the kernel's buffers and
+        // the gateway's queue, and it is dropped (1013).
+        for tx in &slow {
+            let _ = tx.send(id.clone());
         }
         out.jobs.push(Submitted {
             id,
