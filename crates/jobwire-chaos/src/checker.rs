@@ -178,7 +178,7 @@ fn check_watch(
             Obs::Anomaly { what, .. } => {
                 out.push(violation("client_anomaly", log, what.clone()));
             }
-            Obs::Reconnect { .. } => {}
+            Obs::Reconnect { .. } | Obs::Connected { .. } => {}
         }
     }
     let final_state = finals.get(&log.job);

@@ -97,6 +97,9 @@ pub enum Obs {
     Gone { at: Duration },
     /// The connection was lost or replaced; `reason` says why.
     Reconnect { at: Duration, reason: String },
+    /// A connection to this gateway (base URL) was opened, for the
+    /// post-mortem of a violation (which gateway served what).
+    Connected { at: Duration, gateway: String },
     /// Something the protocol does not allow, seen by the client itself
     /// (an event before any state, a malformed frame, a client error).
     Anomaly { at: Duration, what: String },
@@ -269,6 +272,13 @@ impl JobWatch {
         self.log.obs.push(Obs::Reconnect {
             at: self.clock.now(),
             reason: reason.into(),
+        });
+    }
+
+    pub fn on_connected(&mut self, gateway: &str) {
+        self.log.obs.push(Obs::Connected {
+            at: self.clock.now(),
+            gateway: gateway.to_owned(),
         });
     }
 

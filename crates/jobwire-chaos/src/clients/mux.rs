@@ -55,6 +55,7 @@ pub async fn run(
         storm.borrow_and_update();
         let mut reason = None;
         for w in watches.values_mut().filter(|w| !w.done) {
+            w.on_connected(&base);
             if let Err(e) = subscribe(&mut ws, w).await {
                 reason = Some(e);
                 break;
@@ -65,6 +66,7 @@ pub async fn run(
             None => {
                 let mut session = Session {
                     env: &env,
+                    base: &base,
                     kind,
                     name: &name,
                     ws: &mut ws,
@@ -97,6 +99,8 @@ async fn subscribe(ws: &mut Ws, w: &mut JobWatch) -> Result<(), String> {
 
 struct Session<'a> {
     env: &'a Env,
+    /// The gateway this connection is to.
+    base: &'a str,
     kind: ClientKind,
     name: &'a str,
     ws: &'a mut Ws,
@@ -121,6 +125,7 @@ impl Session<'_> {
                         continue;
                     };
                     let mut w = self.env.watcher(self.name, self.kind, job.clone());
+                    w.on_connected(self.base);
                     let sent = subscribe(self.ws, &mut w).await;
                     self.watches.insert(job, w);
                     if let Err(e) = sent {

@@ -60,17 +60,19 @@ async fn open(
         .map_err(|e| OpenError::Other(e.to_string()))?;
     let resume = w.subscribing();
     let job = w.job().clone();
-    if kind == ClientKind::Sse {
+    let feed = if kind == ClientKind::Sse {
         let url = format!("{base}/api/jobs/{job}/stream");
         let last = resume.map(|(epoch, id)| format!("{epoch}:{id}"));
-        Ok(Feed::Sse(SseFeed::open(http, &url, &token, last).await?))
+        Feed::Sse(SseFeed::open(http, &url, &token, last).await?)
     } else {
         let mut url = format!("{}/ws/jobs/{job}", ws_base(&base));
         if let Some((epoch, id)) = resume {
             url.push_str(&format!("?since={id}&epoch={epoch}"));
         }
-        Ok(Feed::Ws(Box::new(open_ws(&url, &token, false).await?)))
-    }
+        Feed::Ws(Box::new(open_ws(&url, &token, false).await?))
+    };
+    w.on_connected(&base);
+    Ok(feed)
 }
 
 /// Reads one connection until it ends; returns why.
