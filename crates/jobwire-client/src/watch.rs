@@ -26,7 +26,9 @@
 //!   ends the stream with [`ClientError::Unauthorized`].
 //! - **End.** The stream ends when every job has finished (completed, failed
 //!   or cancelled) or was dropped with a [`WatchEvent::Refused`] (not found,
-//!   not yours, gone).
+//!   not yours, gone). A subscribe refused as `unavailable` (the server
+//!   could not read the store) is not an end: the task reconnects and
+//!   subscribes again.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -411,6 +413,17 @@ impl Runner {
             ServerMessage::Control(Control::Resumed { job_id, id, .. }) => {
                 self.on_resumed(job_id, id).await
             }
+            // The store could not be read for this subscribe (a Redis
+            // outage): docs/protocol.md says subscribe again. Ending the
+            // job here left the caller without its events for good;
+            // resume on a fresh connection instead, like any lost one.
+            ServerMessage::Control(Control::Refused {
+                code: Refusal::Unavailable,
+                message,
+                job_id: Some(job_id),
+            }) => Step::End(lost(format!(
+                "the server could not read {job_id} ({message}); subscribing again"
+            ))),
             ServerMessage::Control(Control::Refused {
                 code,
                 message,

@@ -211,6 +211,39 @@ async fn a_resync_replaces_the_state_and_the_epoch() -> Result<()> {
     Ok(())
 }
 
+/// `refused` with `unavailable` means the server could not read the store
+/// (docs/protocol.md: subscribe again); it must not end the job's watch.
+#[tokio::test]
+async fn an_unavailable_refusal_subscribes_again() -> Result<()> {
+    let server = Scripted::start(vec![
+        vec![
+            Step::Send(state(2, "e1", "running", false)),
+            Step::Send(event(3, "progress")),
+            Step::Send(
+                json!({"type": "refused", "job_id": JOB, "code": "unavailable",
+                              "message": "backend unavailable: connection reset"}),
+            ),
+        ],
+        vec![
+            Step::Send(json!({"type": "resumed", "job_id": JOB, "id": 3, "epoch": "e1"})),
+            Step::Send(event(4, "job_completed")),
+        ],
+    ])
+    .await?;
+    let client = Client::new(&server.url, "t")?;
+    let items = run(&client).await?;
+    ensure!(
+        !items
+            .iter()
+            .any(|i| matches!(i, Ok(WatchEvent::Refused { .. }) | Err(_))),
+        "the job was dropped: {items:?}"
+    );
+    ensure!(ids(&items) == [3, 4], "{items:?}");
+    let again = server.subscribe(1)?;
+    ensure!(again["since"] == 3 && again["epoch"] == "e1", "{again}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_job_that_is_gone_ends_the_watch() -> Result<()> {
     let server = Scripted::start(vec![vec![

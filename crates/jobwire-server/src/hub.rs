@@ -231,10 +231,26 @@ impl Hub {
             // Unknown, or of another history: ids of one history say
             // nothing about another.
             other => {
+                let changed = other.is_some();
                 *other = Some(Position {
                     id: last,
                     epoch: epoch.clone(),
                 });
+                // The other watchers started in the old history, and the
+                // position that would have made a recovery resync them is
+                // gone: a live feed that skipped the new history's first
+                // events (the tail jumps past what it cannot trust after a
+                // Redis restart), then a recovery from this position, find
+                // nothing to send them, and they wait for ever. Each
+                // re-reads instead (those already in this history find
+                // nothing new).
+                if changed {
+                    for other in watched.watchers.iter().filter(|w| w.outbox.id != outbox_id) {
+                        if other.started {
+                            other.outbox.offer(Delivery::Recheck(Arc::new(job.clone())));
+                        }
+                    }
+                }
             }
         }
     }
@@ -389,7 +405,8 @@ mod tests {
     fn positions_follow_dispatches_and_the_lowest_start() {
         let hub = Hub::default();
         let job = JobId::generate();
-        let epoch = Epoch::generate();
+        // The epoch of `record`'s events: one history throughout.
+        let epoch: Epoch = "e1".parse().expect("epoch");
         let shutdown = CancellationToken::new();
         let (a, mut a_rx) = Outbox::new(16, &shutdown);
         let (b, mut b_rx) = Outbox::new(16, &shutdown);
@@ -406,6 +423,34 @@ mod tests {
         assert_eq!(rechecks(&mut a_rx) + rechecks(&mut b_rx), 0);
         let plan = hub.plan_recovery(None);
         assert_eq!(plan[0].1.epoch, epoch);
+    }
+
+    /// Found by the chaos suite (redis-cut-aof): after a crash the job went
+    /// on under a new epoch, a reconnecting client started in it on this
+    /// instance, and the watchers still holding the old epoch were never
+    /// told: the recovery read from the new position found nothing.
+    #[test]
+    fn a_start_in_another_history_makes_the_others_re_read() {
+        let hub = Hub::default();
+        let job = JobId::generate();
+        let (old, new) = (Epoch::generate(), Epoch::generate());
+        let shutdown = CancellationToken::new();
+        let (a, mut a_rx) = Outbox::new(16, &shutdown);
+        let (b, mut b_rx) = Outbox::new(16, &shutdown);
+        hub.watch(&job, &a);
+        hub.started(&job, a.id, EventId(36), &old);
+        hub.watch(&job, &b);
+        hub.started(&job, b.id, EventId(36), &new);
+        assert_eq!(rechecks(&mut a_rx), 1, "the old history's watcher re-reads");
+        assert_eq!(rechecks(&mut b_rx), 0);
+        // A start in the same history asks nobody.
+        let (c, mut c_rx) = Outbox::new(16, &shutdown);
+        hub.watch(&job, &c);
+        hub.started(&job, c.id, EventId(36), &new);
+        assert_eq!(
+            rechecks(&mut a_rx) + rechecks(&mut b_rx) + rechecks(&mut c_rx),
+            0
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum Persistence {
     None,
     /// Append-only file with fsync every write: a restart keeps everything.
     Aof,
+    /// Append-only file with fsync once a second (Redis' default): what
+    /// production runs, and what a crash can cut short (see
+    /// [`RedisServer::kill_and_cut_aof`]).
+    AofEverysec,
 }
 
 /// A `redis-server` owned by a test.
@@ -211,14 +215,154 @@ impl RedisServer {
         self.spawn()
     }
 
-    fn data_dir(&self) -> Result<&Path> {
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`, …) to the server, as
+    /// `kill -SIGNAL` does: for pausing it (SIGSTOP/SIGCONT) or stopping it
+    /// cleanly.
+    ///
+    /// # Errors
+    /// When the server is not running (or is external), or `kill` fails.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("redis-server is not running")?;
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?
+            .success();
+        if !ok {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Stops the server cleanly (SIGTERM: with AOF it flushes and fsyncs
+    /// before exiting), waiting up to `within`; SIGKILL after that. Start it
+    /// again with [`RedisServer::restart`].
+    ///
+    /// # Errors
+    /// For an external server, or when the signal cannot be sent.
+    pub fn terminate(&mut self, within: Duration) -> Result<()> {
+        if self.external_url.is_some() {
+            bail!("cannot stop an external redis (JOBWIRE_TEST_REDIS_URL)");
+        }
+        // A stopped (SIGSTOP) server would ignore SIGTERM until continued.
+        let _ = self.signal("CONT");
+        self.signal("TERM")?;
+        let deadline = Instant::now() + within;
+        if let Some(mut child) = self.child.take() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Crashes the server (SIGKILL) and cuts up to `bytes` off the end of
+    /// its append-only file, as a power loss does to the last second of an
+    /// `appendfsync everysec` AOF; then starts it again. Redis 7 keeps a
+    /// multi-part AOF (`appendonlydir/`, listed in its manifest); the cut is
+    /// made in the last incremental file, which is where the newest writes
+    /// are. Returns how many bytes were cut.
+    ///
+    /// The cut file is then repaired with `redis-check-aof --fix`, which
+    /// truncates it before a transaction whose `EXEC` was cut off. Redis'
+    /// own repair (`aof-load-truncated yes`) must not be relied on: 7.0
+    /// truncates at the last whole *command*, so a cut inside a `MULTI`
+    /// (every Lua script's writes are one) leaves `MULTI` and part of the
+    /// transaction in the file; it skips them on that load, but appends
+    /// after them, and the next load queues everything appended into the
+    /// unfinished transaction and runs it at the next `EXEC`: writes that
+    /// were lost come back, mixed with later ones
+    /// (`a_cut_inside_a_transaction_stays_lost_after_later_restarts`).
+    ///
+    /// # Errors
+    /// Without AOF persistence, when the AOF cannot be found, cut or
+    /// repaired, or the server does not come back.
+    pub fn kill_and_cut_aof(&mut self, bytes: u64) -> Result<u64> {
+        if !matches!(
+            self.persistence,
+            Persistence::Aof | Persistence::AofEverysec
+        ) {
+            bail!("kill_and_cut_aof needs AOF persistence");
+        }
+        self.kill()?;
+        let dir = self.data_dir()?.join("appendonlydir");
+        let manifest = find_manifest(&dir)?;
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        // Lines are `file NAME seq N type b|h|i`; the last `i` is the file
+        // being written.
+        let incr = text
+            .lines()
+            .rev()
+            .filter(|l| l.ends_with("type i"))
+            .find_map(|l| l.split_whitespace().nth(1))
+            .context("the AOF manifest lists no incremental file")?;
+        let path = dir.join(incr);
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        let cut = bytes.min(len);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len - cut))
+            .with_context(|| format!("truncating {}", path.display()))?;
+        // It asks before truncating; a valid file needs no answer.
+        let fixed = Command::new("redis-check-aof")
+            .arg("--fix")
+            .arg(&manifest)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                if let Some(stdin) = child.stdin.as_mut() {
+                    stdin.write_all(b"y\n")?;
+                }
+                child.wait()
+            })
+            .context("running redis-check-aof --fix (apt-get install redis-tools)")?;
+        if !fixed.success() {
+            bail!("redis-check-aof --fix failed on {}", manifest.display());
+        }
+        self.spawn()?;
+        Ok(cut)
+    }
+
+    /// Crashes the server (SIGKILL), deletes everything it had on disk and
+    /// starts it again, empty: every key is gone, as after losing the
+    /// machine and its disk.
+    ///
+    /// # Errors
+    /// When the files cannot be removed or the server does not come back.
+    pub fn wipe_and_restart(&mut self) -> Result<()> {
+        self.kill()?;
+        let dir = self.data_dir()?.to_path_buf();
+        let aof = dir.join("appendonlydir");
+        if aof.exists() {
+            std::fs::remove_dir_all(&aof).with_context(|| format!("removing {}", aof.display()))?;
+        }
+        let rdb = dir.join("dump.rdb");
+        if rdb.exists() {
+            std::fs::remove_file(&rdb).with_context(|| format!("removing {}", rdb.display()))?;
+        }
+        self.spawn()
+    }
+
+    pub(crate) fn data_dir(&self) -> Result<&Path> {
         self.dir
             .as_ref()
             .map(|d| d.path())
             .context("external redis has no data directory")
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let dir: PathBuf = self.data_dir()?.to_path_buf();
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
@@ -238,6 +382,9 @@ impl RedisServer {
         match self.persistence {
             Persistence::None => cmd.args(["--appendonly", "no"]),
             Persistence::Aof => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+            Persistence::AofEverysec => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            }
         };
         if let Some(tls_port) = self.tls_port {
             cmd.arg("--tls-port")
@@ -402,6 +549,15 @@ pub fn make_test_certs(dir: &std::path::Path) -> Result<TestCerts> {
     })
 }
 
+/// The manifest of a Redis 7 multi-part AOF directory.
+fn find_manifest(dir: &Path) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .with_context(|| format!("no AOF manifest in {}", dir.display()))
+}
+
 /// A port that was free a moment ago.
 ///
 /// # Errors
@@ -434,6 +590,86 @@ mod tests {
         assert!(ping(addr));
         redis.kill()?;
         assert!(!ping(addr), "killed server still answers");
+        redis.restart()?;
+        assert!(ping(addr));
+        Ok(())
+    }
+
+    fn set_and_count(addr: SocketAddr, key: &str) -> usize {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+            return usize::MAX;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = stream.write_all(format!("SET {key} 1\r\nDBSIZE\r\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        text.rsplit(':')
+            .next()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn cutting_the_aof_loses_the_last_writes_and_wiping_loses_all() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        for i in 0..10 {
+            set_and_count(addr, &format!("k{i}"));
+        }
+        // Each SET is ~30 bytes in the AOF: cutting 100 loses a few.
+        let cut = redis.kill_and_cut_aof(100)?;
+        assert_eq!(cut, 100);
+        let after = set_and_count(addr, "probe");
+        assert!(after < 11 && after > 1, "{after} keys after the cut");
+        redis.wipe_and_restart()?;
+        assert_eq!(set_and_count(addr, "probe"), 1);
+        Ok(())
+    }
+
+    /// Redis 7.0 loading an AOF cut inside a `MULTI` keeps the partial
+    /// transaction in the file and runs it, with whatever was appended
+    /// after it, on the load after next: lost writes come back.
+    /// `kill_and_cut_aof` repairs the file so that they stay lost.
+    #[test]
+    fn a_cut_inside_a_transaction_stays_lost_after_later_restarts() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        set_and_count(addr, "before");
+        // A script's writes go to the AOF as one MULTI … EXEC.
+        let script = "redis.call('SET', 'ghost', 1); redis.call('SET', 'ghost2', 1)";
+        let eval = format!(
+            "*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n",
+            script.len()
+        );
+        {
+            let mut stream = TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+            stream.write_all(eval.as_bytes())?;
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf)?;
+        }
+        // `EXEC` and the end of the last SET: into the transaction.
+        redis.kill_and_cut_aof(30)?;
+        assert_eq!(set_and_count(addr, "later"), 2, "before and later");
+        redis.terminate(Duration::from_secs(10))?;
+        redis.restart()?;
+        let keys = set_and_count(addr, "probe");
+        assert_eq!(keys, 3, "a lost write came back: {keys} keys");
+        Ok(())
+    }
+
+    #[test]
+    fn sigstop_pauses_and_terminate_stops() -> Result<()> {
+        let mut redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], redis.port()));
+        redis.signal("STOP")?;
+        assert!(!ping(addr), "a stopped server answered");
+        redis.signal("CONT")?;
+        assert!(ping(addr));
+        redis.terminate(Duration::from_secs(10))?;
+        assert!(!ping(addr));
         redis.restart()?;
         assert!(ping(addr));
         Ok(())
