@@ -284,14 +284,7 @@ async fn read(
     let mut position = "0-0".to_owned();
     let mut last = 0u64;
     loop {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(&position);
+        let cmd = measure::xread(std::slice::from_ref(&key), std::slice::from_ref(&position));
         let reply: Value = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             reply = cmd.query_async(&mut conn) => reply?,

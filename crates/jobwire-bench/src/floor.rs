@@ -139,17 +139,9 @@ async fn watch(mut socket: WebSocket, job: String, watchers: Watchers) {
 /// its job's sockets.
 async fn tail(mut conn: redis::aio::MultiplexedConnection, partitions: usize, watchers: Watchers) {
     let mut positions = vec!["0-0".to_owned(); partitions];
+    let streams: Vec<String> = (0..partitions).map(stream).collect();
     loop {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS");
-        for p in 0..partitions {
-            cmd.arg(stream(p));
-        }
-        cmd.arg(&positions);
+        let cmd = crate::measure::xread(&streams, &positions);
         let reply: Value = match cmd.query_async(&mut conn).await {
             Ok(reply) => reply,
             Err(_) => {

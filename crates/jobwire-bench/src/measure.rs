@@ -282,6 +282,20 @@ pub(crate) async fn paced(
     Ok(counts)
 }
 
+/// `XREAD COUNT 1000 BLOCK 1000 STREAMS <streams…> <positions…>` (the
+/// connection's response timeout must exceed the block).
+pub(crate) fn xread<S: redis::ToRedisArgs>(streams: &[S], positions: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(1000)
+        .arg("BLOCK")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(streams)
+        .arg(positions);
+    cmd
+}
+
 /// One entry of an `XREAD` reply.
 pub(crate) struct XEntry<'a> {
     pub(crate) stream: &'a [u8],

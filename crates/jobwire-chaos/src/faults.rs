@@ -90,20 +90,11 @@ impl FaultKind {
     }
 }
 
-/// What to inject (`--schedule`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+/// What to inject (`--schedule`): one kind of fault, or a mix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
-    GatewayKill,
-    WorkerKill,
-    RedisRestart,
-    RedisPause,
-    RedisCutAof,
-    RedisWipe,
-    RedisRollback,
-    SlowClients,
-    Storm,
-    TokenExpiry,
+    /// Faults of this one kind, spaced through the run.
+    One(FaultKind),
     /// Faults of every kind, at random.
     Mixed,
     /// Every kind once, in a seeded order, within a short run (CI); always
@@ -111,30 +102,41 @@ pub enum Schedule {
     Short,
 }
 
+/// Every schedule, in the order `--help` lists them.
+const SCHEDULES: [Schedule; 12] = {
+    let mut all = [Schedule::Mixed; 12];
+    let mut i = 0;
+    while i < FaultKind::ALL.len() {
+        all[i] = Schedule::One(FaultKind::ALL[i]);
+        i += 1;
+    }
+    all[11] = Schedule::Short;
+    all
+};
+
 impl Schedule {
-    /// The one kind of a single-kind schedule.
-    fn only(self) -> Option<FaultKind> {
-        Some(match self {
-            Schedule::GatewayKill => FaultKind::GatewayKill,
-            Schedule::WorkerKill => FaultKind::WorkerKill,
-            Schedule::RedisRestart => FaultKind::RedisRestart,
-            Schedule::RedisPause => FaultKind::RedisPause,
-            Schedule::RedisCutAof => FaultKind::RedisCutAof,
-            Schedule::RedisWipe => FaultKind::RedisWipe,
-            Schedule::RedisRollback => FaultKind::RedisRollback,
-            Schedule::SlowClients => FaultKind::SlowClients,
-            Schedule::Storm => FaultKind::Storm,
-            Schedule::TokenExpiry => FaultKind::TokenExpiry,
-            Schedule::Mixed | Schedule::Short => return None,
-        })
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::One(kind) => kind.name(),
+            Schedule::Mixed => "mixed",
+            Schedule::Short => "short",
+        }
+    }
+}
+
+impl clap::ValueEnum for Schedule {
+    fn value_variants<'a>() -> &'a [Self] {
+        &SCHEDULES
     }
 
-    pub fn name(self) -> String {
-        match self.only() {
-            Some(kind) => kind.name().to_owned(),
-            None if self == Schedule::Mixed => "mixed".to_owned(),
-            None => "short".to_owned(),
-        }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -178,8 +180,7 @@ pub fn plan(schedule: Schedule, duration: Duration, rng: &mut StdRng) -> Vec<Pla
                 })
                 .collect()
         }
-        single => {
-            let kind = single.only().unwrap_or(FaultKind::Storm);
+        Schedule::One(kind) => {
             // Faults with a window (and the data-losing ones, which take a
             // restart) are spaced so that the system runs normally between
             // them: slow clients read slowly only half the time.

@@ -370,7 +370,7 @@ fn build_report(
     deliveries.sort_by(f64::total_cmp);
     Report {
         seed: config.seed,
-        schedule: config.schedule.name(),
+        schedule: config.schedule.name().to_owned(),
         duration_s: config.duration.as_secs(),
         wall_s: wall.elapsed().as_secs_f64(),
         gateways: config.gateways,
