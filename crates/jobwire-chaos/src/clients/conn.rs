@@ -36,6 +36,17 @@ pub enum Incoming {
     KeepAlive,
 }
 
+impl Incoming {
+    /// The connection ended without a close code (an error, or the end of
+    /// the stream).
+    fn lost(reason: impl Into<String>) -> Incoming {
+        Incoming::Closed {
+            code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// `ws://…` for an `http://…` base URL.
 pub fn ws_base(base: &str) -> String {
     base.replacen("http://", "ws://", 1)
@@ -117,18 +128,8 @@ pub async fn next_ws(ws: &mut Ws) -> Incoming {
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::KeepAlive,
             Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                return Incoming::Closed {
-                    code: None,
-                    reason: e.to_string(),
-                }
-            }
-            None => {
-                return Incoming::Closed {
-                    code: None,
-                    reason: "end of stream".to_owned(),
-                }
-            }
+            Some(Err(e)) => return Incoming::lost(e.to_string()),
+            None => return Incoming::lost("end of stream"),
         }
     }
 }
@@ -203,18 +204,8 @@ impl SseFeed {
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    return Incoming::Closed {
-                        code: None,
-                        reason: e.to_string(),
-                    }
-                }
-                None => {
-                    return Incoming::Closed {
-                        code: None,
-                        reason: "the stream ended".to_owned(),
-                    }
-                }
+                Some(Err(e)) => return Incoming::lost(e.to_string()),
+                None => return Incoming::lost("the stream ended"),
             }
         }
     }
