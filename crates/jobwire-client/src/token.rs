@@ -87,7 +87,7 @@ impl TokenSource {
     /// # Errors
     /// [`ClientError::Token`] when the provider fails.
     pub async fn current(&self) -> Result<String, ClientError> {
-        match self {
+        let token = match self {
             TokenSource::Static(t) => Ok(t.clone()),
             TokenSource::Provider(p) => {
                 let cached = p.last.lock().ok().and_then(|l| l.clone());
@@ -96,7 +96,8 @@ impl TokenSource {
                     _ => self.fresh().await,
                 }
             }
-        }
+        };
+        token.and_then(usable)
     }
 
     /// A fresh token from the provider; the fixed token for a fixed source.
@@ -170,5 +171,35 @@ mod tests {
         assert_eq!(expires_at("not a token"), None);
         assert_eq!(expires_at(&token_with(r#"{"sub":"a"}"#)), None);
         assert!(refresh_in(&t).is_some_and(|d| d > Duration::from_secs(3600)));
+    }
+}
+
+/// A token goes into an HTTP header: a line break or another control
+/// character (a token pasted with its newline, two lines in
+/// `JOBWIRE_TOKEN`) would make every request fail with an obscure error.
+fn usable(token: String) -> Result<String, ClientError> {
+    if token.is_empty() || token.chars().any(|c| !c.is_ascii_graphic()) {
+        return Err(ClientError::Config(
+            "the token is empty or has spaces, line breaks or non-ASCII characters: it must be one line, as `jobwire token` prints it".to_owned(),
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod usable_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_with_a_line_break_is_a_clear_error() {
+        for bad in ["", "abc\ndef", "two words", "tökén"] {
+            let error = TokenSource::Static(bad.to_owned())
+                .current()
+                .await
+                .expect_err(bad);
+            assert!(error.to_string().contains("one line"), "{error}");
+        }
+        let good = TokenSource::Static("a.b-c_d".to_owned()).current().await;
+        assert_eq!(good.ok().as_deref(), Some("a.b-c_d"));
     }
 }
