@@ -8,6 +8,13 @@
 //!
 //! Behind Sentinel (`redis+sentinel://`), all of them follow the master the
 //! sentinels name, checked every second (`sentinel.rs`).
+//!
+//! On Redis Cluster (several URLs, or one URL of a cluster node), ordinary
+//! commands go through redis-rs's cluster connection, which routes each by
+//! its key's slot, follows MOVED and ASK, retries TRYAGAIN and refreshes the
+//! slot map after a failover or a resharding. Blocking reads get a dedicated
+//! connection to the master that owns their key's slot, found with
+//! `CLUSTER SLOTS` each time one is opened.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,8 +22,13 @@ use std::time::Duration;
 
 use jobwire_core::BackendError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelClient;
-use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, RedisError, TlsCertificates};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, RedisError, TlsCertificates, Value,
+};
 
 use crate::sentinel::{self, SentinelUrl};
 use crate::{ConnectError, RedisConfig};
@@ -28,6 +40,7 @@ fn certificates(config: &RedisConfig) -> Result<Option<TlsCertificates>, Connect
         return Ok(None);
     }
     if !config.url.starts_with("rediss://") && !config.url.starts_with("rediss+sentinel://") {
+        // (A cluster's list starts with its first node's URL.)
         return Err(ConnectError::Tls(format!(
             "TLS certificates are configured but REDIS_URL {} is not a rediss:// URL",
             crate::redacted(&config.url)
@@ -115,15 +128,77 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub(crate) struct Connections {
+    topology: Topology,
+    /// Idle dedicated connections for blocking queue reads, with the address
+    /// of the node each goes to, reused between calls (opening one per claim
+    /// would cost a handshake each time).
+    blocking: Mutex<Vec<(String, MultiplexedConnection)>>,
+}
+
+#[derive(Debug)]
+enum Topology {
+    /// One master: a fixed URL or the one Sentinel names.
+    Single(Single),
+    Cluster(Cluster),
+}
+
+#[derive(Debug)]
+struct Single {
     source: Source,
     /// The connections to the master; replaced when Sentinel names another.
     node: RwLock<Arc<Node>>,
     manager_config: ConnectionManagerConfig,
     pool_size: usize,
     next: AtomicUsize,
-    /// Idle dedicated connections for blocking queue reads, reused between
-    /// calls (opening one per claim would cost a handshake each time).
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+}
+
+struct Cluster {
+    conn: ClusterConnection,
+    /// How to reach one node (credentials, TLS), taken from the first URL;
+    /// dedicated connections take it with the node's address.
+    seed: ConnectionInfo,
+    certificates: Option<TlsCertificates>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cluster")
+    }
+}
+
+/// A connection for ordinary commands: to the one master, or to the cluster.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// One master and the shared connections to it.
@@ -151,8 +226,171 @@ impl Node {
     }
 }
 
+/// Whether `url` lists several nodes (Redis Cluster).
+pub(crate) fn is_cluster_list(url: &str) -> bool {
+    !sentinel::is_sentinel(url) && url.contains(',')
+}
+
 impl Connections {
     pub(crate) async fn open(config: &RedisConfig) -> Result<Connections, ConnectError> {
+        let topology = if is_cluster_list(&config.url) {
+            Topology::Cluster(Cluster::open(config, config.url.split(',')).await?)
+        } else {
+            let single = Single::open(config).await?;
+            if single.is_cluster_node().await {
+                // One URL of a cluster node: the cluster it belongs to.
+                Topology::Cluster(Cluster::open(config, [config.url.as_str()]).await?)
+            } else {
+                Topology::Single(single)
+            }
+        };
+        Ok(Connections {
+            topology,
+            blocking: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether this is Redis Cluster.
+    pub(crate) fn clustered(&self) -> bool {
+        matches!(self.topology, Topology::Cluster(_))
+    }
+
+    /// Pings every shared connection. A `ConnectionManager` reconnects only
+    /// after one of its own commands failed; pinging them all each second
+    /// means that after an outage they are all back within about a second,
+    /// instead of each failing one real request first.
+    ///
+    /// Behind Sentinel it also asks where the master is, and moves every
+    /// connection when a failover named another one: new commands and
+    /// blocking reads go there, and idle blocking connections to the old
+    /// master are dropped. (The writes the old master took and never
+    /// passed on are lost; the epochs make clients resync, see design.md.)
+    pub(crate) async fn keepalive(&self) {
+        let single = match &self.topology {
+            Topology::Single(single) => single,
+            Topology::Cluster(cluster) => {
+                // Reaches every node; the cluster connection reconnects the
+                // ones that fail and refreshes its slot map by itself.
+                let mut conn = cluster.conn.clone();
+                let _ = redis::cmd("PING").query_async::<()>(&mut conn).await;
+                return;
+            }
+        };
+        let node = single.node();
+        for manager in &node.pool {
+            let mut manager = manager.clone();
+            let _ = redis::cmd("PING").query_async::<()>(&mut manager).await;
+        }
+        if !matches!(single.source, Source::Sentinel(_)) {
+            return;
+        }
+        let Ok(master) = single.source.master().await else {
+            // No sentinel answered, or the master it names is down: keep
+            // what we have until the sentinels agree on another.
+            return;
+        };
+        if sentinel::address(&master) == sentinel::address(&node.client) {
+            return;
+        }
+        let address = sentinel::address(&master);
+        match Node::open(master, &single.manager_config, single.pool_size).await {
+            Ok(new) => {
+                tracing::warn!(master = %address, "Sentinel names another master: following it");
+                *single.node.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                self.blocking_set().clear();
+            }
+            Err(e) => {
+                tracing::warn!(master = %address, error = %e, "cannot reach the new master yet")
+            }
+        }
+    }
+
+    /// A shared connection for ordinary (non-blocking) commands.
+    pub(crate) fn command(&self) -> Conn {
+        match &self.topology {
+            Topology::Single(single) => {
+                let node = single.node();
+                let i = single.next.fetch_add(1, Ordering::Relaxed) % node.pool.len();
+                Conn::Single(node.pool[i].clone())
+            }
+            Topology::Cluster(cluster) => Conn::Cluster(cluster.conn.clone()),
+        }
+    }
+
+    /// Runs commands that each stay within one slot, side by side (on one
+    /// connection they still travel as one pipeline), and returns their
+    /// replies in order. On a cluster each goes to the node of its slot.
+    pub(crate) async fn each<T: redis::FromRedisValue>(
+        &self,
+        commands: impl IntoIterator<Item = redis::Pipeline>,
+    ) -> Result<Vec<T>, RedisError> {
+        let conn = self.command();
+        futures_util::future::try_join_all(commands.into_iter().map(|pipe| {
+            let mut conn = conn.clone();
+            async move { pipe.query_async::<T>(&mut conn).await }
+        }))
+        .await
+    }
+
+    /// A new dedicated connection for blocking reads of up to `block` on
+    /// `key`: to the master, or on a cluster to the master of `key`'s slot.
+    /// Also returns the address it goes to.
+    pub(crate) async fn dedicated(
+        &self,
+        key: &str,
+        block: Duration,
+    ) -> Result<(String, MultiplexedConnection), RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
+        let client = match &self.topology {
+            Topology::Single(single) => single.node().client.clone(),
+            Topology::Cluster(cluster) => cluster.client_for(key).await?,
+        };
+        let address = sentinel::address(&client);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok((address, conn))
+    }
+
+    /// A dedicated connection for blocking reads on `key` from the idle set,
+    /// or a new one. Its response timeout is set for blocks up to
+    /// [`MAX_QUEUE_BLOCK`].
+    pub(crate) async fn take_blocking(
+        &self,
+        key: &str,
+    ) -> Result<(String, MultiplexedConnection), RedisError> {
+        let idle = {
+            let mut idle = self.blocking_set();
+            // On one master any will do; on a cluster only one to the node
+            // that owns the key as far as the cluster connection knows is
+            // worth trying (a MOVED reply drops it).
+            idle.pop()
+        };
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.dedicated(key, MAX_QUEUE_BLOCK).await,
+        }
+    }
+
+    /// Returns a healthy blocking connection to the idle set.
+    pub(crate) fn give_back(&self, conn: (String, MultiplexedConnection)) {
+        let mut idle = self.blocking_set();
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+    }
+
+    fn blocking_set(&self) -> std::sync::MutexGuard<'_, Vec<(String, MultiplexedConnection)>> {
+        self.blocking
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Single {
+    async fn open(config: &RedisConfig) -> Result<Single, ConnectError> {
         let source = Source::new(config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -170,13 +408,12 @@ impl Connections {
         let node = Node::open(client, &manager_config, config.pool_size)
             .await
             .map_err(unreachable)?;
-        Ok(Connections {
+        Ok(Single {
             source,
             node: RwLock::new(Arc::new(node)),
             manager_config,
             pool_size: config.pool_size,
             next: AtomicUsize::new(0),
-            blocking: Mutex::new(Vec::new()),
         })
     }
 
@@ -184,89 +421,125 @@ impl Connections {
         Arc::clone(&self.node.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Pings every shared connection. A `ConnectionManager` reconnects only
-    /// after one of its own commands failed; pinging them all each second
-    /// means that after an outage they are all back within about a second,
-    /// instead of each failing one real request first.
-    ///
-    /// Behind Sentinel it also asks where the master is, and moves every
-    /// connection when a failover named another one: new commands and
-    /// blocking reads go there, and idle blocking connections to the old
-    /// master are dropped. (The writes the old master took and never
-    /// passed on are lost; the epochs make clients resync, see design.md.)
-    pub(crate) async fn keepalive(&self) {
-        let node = self.node();
-        for manager in &node.pool {
-            let mut manager = manager.clone();
-            let _ = redis::cmd("PING").query_async::<()>(&mut manager).await;
-        }
-        if !matches!(self.source, Source::Sentinel(_)) {
-            return;
-        }
-        let Ok(master) = self.source.master().await else {
-            // No sentinel answered, or the master it names is down: keep
-            // what we have until the sentinels agree on another.
-            return;
-        };
-        if sentinel::address(&master) == sentinel::address(&node.client) {
-            return;
-        }
-        let address = sentinel::address(&master);
-        match Node::open(master, &self.manager_config, self.pool_size).await {
-            Ok(new) => {
-                tracing::warn!(master = %address, "Sentinel names another master: following it");
-                *self.node.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
-                self.blocking_set().clear();
-            }
-            Err(e) => {
-                tracing::warn!(master = %address, error = %e, "cannot reach the new master yet")
-            }
-        }
-    }
-
-    /// A shared connection for ordinary (non-blocking) commands.
-    pub(crate) fn command(&self) -> ConnectionManager {
-        let node = self.node();
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % node.pool.len();
-        node.pool[i].clone()
-    }
-
-    /// A new dedicated connection for blocking reads of up to `block`.
-    pub(crate) async fn dedicated(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        self.node()
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+    /// Whether the server is a node of a Redis Cluster (`cluster_enabled:1`).
+    async fn is_cluster_node(&self) -> bool {
+        let mut conn = self.node().pool[0].clone();
+        redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut conn)
             .await
+            .is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_enabled:1"))
     }
+}
 
-    /// A dedicated connection from the idle set, or a new one. Its response
-    /// timeout is set for blocks up to [`MAX_QUEUE_BLOCK`].
-    pub(crate) async fn take_blocking(&self) -> Result<MultiplexedConnection, RedisError> {
-        let idle = self.blocking_set().pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => self.dedicated(MAX_QUEUE_BLOCK).await,
+impl Cluster {
+    async fn open<'a>(
+        config: &RedisConfig,
+        urls: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Cluster, ConnectError> {
+        let invalid = |cause| ConnectError::Url {
+            url: crate::redacted(&config.url),
+            cause,
+        };
+        let mut nodes = Vec::new();
+        for url in urls {
+            let url = url.trim();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConnectError::Cluster(format!(
+                    "invalid REDIS_URL {}: {} is not a redis:// or rediss:// URL; a cluster \
+                     is given as a comma-separated list of node URLs",
+                    crate::redacted(&config.url),
+                    crate::redacted(url)
+                )));
+            }
+            nodes.push(url.into_connection_info().map_err(invalid)?);
         }
-    }
-
-    /// Returns a healthy blocking connection to the idle set.
-    pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
-        let mut idle = self.blocking_set();
-        if idle.len() < 16 {
-            idle.push(conn);
+        let Some(seed) = nodes.first().cloned() else {
+            return Err(ConnectError::Cluster("REDIS_URL lists no node".to_owned()));
+        };
+        let certificates = certificates(config)?;
+        let mut builder = ClusterClientBuilder::new(nodes)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(config.command_timeout)
+            // A failover takes a few seconds: retry MOVED, TRYAGAIN and
+            // CLUSTERDOWN through it, with the slot map refreshed between.
+            .retries(8)
+            .min_retry_wait(50)
+            .max_retry_wait(1_000);
+        if let Some(certificates) = certificates.clone() {
+            builder = builder.certs(certificates);
         }
+        let client = builder.build().map_err(invalid)?;
+        let conn =
+            client
+                .get_async_connection()
+                .await
+                .map_err(|cause| ConnectError::Unreachable {
+                    url: crate::redacted(&config.url),
+                    cause,
+                })?;
+        Ok(Cluster {
+            conn,
+            seed,
+            certificates,
+        })
     }
 
-    fn blocking_set(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
-        self.blocking
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A client for the master that owns `key`'s slot now.
+    async fn client_for(&self, key: &str) -> Result<Client, RedisError> {
+        let slot = crate::keys::slot_of(key);
+        let mut conn = self.conn.clone();
+        let ranges: Vec<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        let owner = ranges.iter().find_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                return None;
+            };
+            if !(*first..=*last).contains(&i64::from(slot)) {
+                return None;
+            }
+            let host = match master.first()? {
+                Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+                Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                return None;
+            };
+            Some((host, u16::try_from(*port).ok()?))
+        });
+        let Some((host, port)) = owner else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "no master owns the slot",
+                format!("slot {slot}"),
+            )));
+        };
+        let addr = match self.seed.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = self.seed.clone().set_addr(addr);
+        match &self.certificates {
+            None => Client::open(info),
+            Some(certificates) => Client::build_with_tls(info, certificates.clone()),
+        }
     }
 }
 
@@ -284,8 +557,20 @@ pub(crate) fn backend_error(e: RedisError) -> BackendError {
         || matches!(
             e.code(),
             // READONLY: a former master, now a replica after a failover,
-            // until the connections follow the new one.
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY")
+            // until the connections follow the new one. MOVED, ASK and
+            // CLUSTERDOWN: a cluster's slots moving or failing over (the
+            // cluster connection retries them itself; a dedicated one
+            // reconnects to the slot's new owner).
+            Some(
+                "LOADING"
+                    | "BUSY"
+                    | "MASTERDOWN"
+                    | "TRYAGAIN"
+                    | "READONLY"
+                    | "MOVED"
+                    | "ASK"
+                    | "CLUSTERDOWN"
+            )
         );
     if transient {
         BackendError::Unavailable(e.to_string())

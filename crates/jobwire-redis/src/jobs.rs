@@ -130,21 +130,23 @@ impl RedisBackend {
 
     /// Drops expired jobs from the listing indexes (lazily, as listing finds
     /// them: Redis expires the job's keys but not its index entries).
-    async fn forget(&self, expired: &[JobId], index: &str) {
+    async fn forget(&self, expired: &[JobId], owner: Option<&str>) {
         if expired.is_empty() {
             return;
         }
         let keys = &self.shared.keys;
-        let mut pipe = redis::pipe();
-        for id in expired {
-            pipe.cmd("ZREM").arg(index).arg(id.as_str()).ignore();
-            pipe.cmd("ZREM")
-                .arg(keys.all_jobs())
-                .arg(id.as_str())
-                .ignore();
-        }
-        let mut conn = self.shared.conns.command();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        let removals = expired.iter().map(|id| {
+            let p = keys.partition_of(id);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREM").arg(keys.listing(p, None)).arg(id.as_str());
+            if owner.is_some() {
+                pipe.cmd("ZREM")
+                    .arg(keys.listing(p, owner))
+                    .arg(id.as_str());
+            }
+            pipe
+        });
+        if let Err(e) = self.shared.conns.each::<Value>(removals).await {
             tracing::debug!(error = %e, "could not prune expired jobs from the listing");
         }
     }
@@ -163,9 +165,9 @@ impl JobStore for RedisBackend {
             .key(keys.live_of(&new.id))
             .key(keys.stats_of(&new.id))
             .key(keys.unfinished_of(&new.id))
-            .key(keys.all_jobs())
-            .key(keys.user_jobs(&new.owner))
-            .key(keys.queue())
+            .key(keys.listing(keys.partition_of(&new.id), None))
+            .key(keys.listing(keys.partition_of(&new.id), Some(&new.owner)))
+            .key(keys.queue_of(&new.id))
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())
@@ -181,6 +183,9 @@ impl JobStore for RedisBackend {
             .map_err(backend_error)?;
         if created == 0 {
             return Err(BackendError::AlreadyExists(new.id));
+        }
+        if !new.external {
+            self.wake_workers(keys.partition_of(&new.id)).await;
         }
         self.cache_head(
             &new.id,
@@ -341,33 +346,38 @@ impl JobStore for RedisBackend {
             _ => Err(unexpected("events_after", &reply)),
         }
     }
+    /// Merges the partitions' indexes, newest first: each round reads the
+    /// next ids below the cursor from every partition (side by side), and
+    /// the first `chunk` of them all are the next `chunk` overall.
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
         let keys = &self.shared.keys;
-        let index = match &query.owner {
-            Some(owner) => keys.user_jobs(owner),
-            None => keys.all_jobs(),
-        };
+        let owner = query.owner.as_deref();
         let limit = query.limit.max(1);
-        // Read ids in chunks (newest first) until the page is full: a status
-        // filter may skip many.
+        // Read ids in chunks until the page is full: a status filter may
+        // skip many.
         let chunk = (limit + 1).max(32);
         let mut from = match &query.cursor {
             Some(cursor) => format!("({cursor}"),
             None => "+".to_owned(),
         };
         let mut jobs = Vec::with_capacity(limit);
-        let mut conn = self.shared.conns.command();
         loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(&index)
-                .arg(&from)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .map_err(backend_error)?;
+            let reads = (0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREVRANGEBYLEX")
+                    .arg(keys.listing(p, owner))
+                    .arg(&from)
+                    .arg("-")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(chunk);
+                pipe
+            });
+            let per_partition: Vec<(Vec<String>,)> =
+                self.shared.conns.each(reads).await.map_err(backend_error)?;
+            let mut ids: Vec<String> = per_partition.into_iter().flat_map(|(ids,)| ids).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.truncate(chunk);
             let Some(last) = ids.last() else {
                 return Ok(JobPage {
                     jobs,
@@ -379,17 +389,18 @@ impl JobStore for RedisBackend {
                 .iter()
                 .map(|id| id.parse().map_err(corrupt))
                 .collect::<Result<_>>()?;
-            let mut pipe = redis::pipe();
-            for id in &ids {
+            let reads = ids.iter().map(|id| {
+                let mut pipe = redis::pipe();
                 pipe.cmd("HMGET")
                     .arg(keys.job(id))
                     .arg("state")
                     .arg("cancel");
-            }
-            let rows: Vec<(Option<Vec<u8>>, Option<String>)> =
-                pipe.query_async(&mut conn).await.map_err(backend_error)?;
+                pipe
+            });
+            let rows: Vec<((Option<Vec<u8>>, Option<String>),)> =
+                self.shared.conns.each(reads).await.map_err(backend_error)?;
             let mut expired = Vec::new();
-            for (id, (state, cancel)) in ids.iter().zip(rows) {
+            for (id, ((state, cancel),)) in ids.iter().zip(rows) {
                 let Some(state) = state else {
                     expired.push(id.clone());
                     continue;
@@ -400,14 +411,14 @@ impl JobStore for RedisBackend {
                 }
                 if jobs.len() == limit {
                     let next_cursor = jobs.last().map(|j: &JobState| j.id.clone());
-                    self.forget(&expired, &index).await;
+                    self.forget(&expired, owner).await;
                     return Ok(JobPage { jobs, next_cursor });
                 }
                 state.cancel_requested =
                     cancel.as_deref() == Some("1") && !state.status.is_terminal();
                 jobs.push(state);
             }
-            self.forget(&expired, &index).await;
+            self.forget(&expired, owner).await;
         }
     }
     async fn request_cancel(&self, job: &JobId) -> Result<JobState> {
@@ -436,13 +447,14 @@ impl JobStore for RedisBackend {
         self.cache_head(job, None);
         let state = state.ok_or_else(|| BackendError::NotFound(job.clone()))?;
         let state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
+        let p = keys.partition_of(job);
         redis::pipe()
             .cmd("ZREM")
-            .arg(keys.user_jobs(&state.owner))
+            .arg(keys.listing(p, Some(&state.owner)))
             .arg(job.as_str())
             .ignore()
             .cmd("ZREM")
-            .arg(keys.all_jobs())
+            .arg(keys.listing(p, None))
             .arg(job.as_str())
             .ignore()
             .query_async::<()>(&mut conn)
@@ -452,17 +464,19 @@ impl JobStore for RedisBackend {
     /// The owner's unfinished jobs, summed over the partitions' counters.
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
         let keys = &self.shared.keys;
-        let mut pipe = redis::pipe();
-        for p in 0..keys.partitions() {
-            pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
-        }
-        let counts: Vec<Option<i64>> = pipe
-            .query_async(&mut self.shared.conns.command())
+        let counts: Vec<(Option<i64>,)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
+                pipe
+            }))
             .await
             .map_err(backend_error)?;
         Ok(counts
             .into_iter()
-            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+            .map(|(n,)| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
             .sum())
     }
 
@@ -476,54 +490,61 @@ impl JobStore for RedisBackend {
 
     async fn health(&self) -> Result<StoreHealth> {
         let keys = &self.shared.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("memory");
-        for p in 0..keys.partitions() {
-            pipe.cmd("XLEN").arg(keys.live(p));
-        }
-        for p in 0..keys.partitions() {
-            pipe.cmd("HGETALL").arg(keys.stats(p));
-        }
         let mut conn = self.shared.conns.command();
-        let partitions = usize::from(keys.partitions());
+        // On a cluster INFO goes to every master: one reply each.
+        let info: Value = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(backend_error)?;
+        let partitions: Vec<(u64, std::collections::HashMap<String, i64>)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("XLEN").arg(keys.live(p));
+                pipe.cmd("HGETALL").arg(keys.stats(p));
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
         let mut jobs = jobwire_core::JobCounts::default();
-        let (info, lengths): (String, Vec<u64>) = {
-            let mut replies: Vec<redis::Value> =
-                pipe.query_async(&mut conn).await.map_err(backend_error)?;
-            for counts in replies.drain(1 + partitions..) {
-                let counts: std::collections::HashMap<String, i64> =
-                    redis::FromRedisValue::from_redis_value(counts).map_err(|e| {
-                        jobwire_core::BackendError::Data(format!("job counts: {e}"))
-                    })?;
-                for (status, n) in counts {
-                    if let Ok(status) = status.parse::<jobwire_core::JobStatus>() {
-                        jobs.add(status, n);
-                    }
+        let mut live_entries = 0;
+        for (length, counts) in partitions {
+            live_entries += length;
+            for (status, n) in counts {
+                if let Ok(status) = status.parse::<jobwire_core::JobStatus>() {
+                    jobs.add(status, n);
                 }
             }
-            let info = match replies.first() {
-                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                Some(redis::Value::VerbatimString { text, .. }) => text.clone(),
-                _ => String::new(),
-            };
-            let lengths = replies
-                .drain(1..)
-                .map(|v| match v {
-                    redis::Value::Int(n) => u64::try_from(n).unwrap_or(0),
-                    _ => 0,
-                })
-                .collect();
-            (info, lengths)
-        };
-        let used_memory_bytes = info
-            .lines()
-            .find_map(|line| line.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok());
+        }
         Ok(StoreHealth {
-            used_memory_bytes,
-            live_entries: lengths.iter().sum(),
+            used_memory_bytes: used_memory(&info),
+            live_entries,
             jobs,
         })
+    }
+}
+
+/// `used_memory` out of an INFO reply, summed over the nodes of a cluster.
+fn used_memory(info: &Value) -> Option<u64> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let of = |info: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match info {
+        Value::Map(nodes) => nodes
+            .iter()
+            .map(|(_, v)| text(v).as_deref().and_then(of))
+            .sum(),
+        other => text(other).as_deref().and_then(of),
     }
 }
 

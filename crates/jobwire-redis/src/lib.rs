@@ -36,6 +36,8 @@ use jobwire_core::publish::LogHead;
 use jobwire_core::{BackendConfig, JobId};
 use thiserror::Error;
 
+pub use keys::{partition_tag, slot_of};
+
 use connection::Connections;
 use keys::Keys;
 
@@ -45,8 +47,10 @@ type Result<T, E = jobwire_core::BackendError> = std::result::Result<T, E>;
 /// password.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL, or `redis+sentinel://` (also
-    /// `rediss+sentinel://`) sentinels and a master name.
+    /// `redis://` or `rediss://` URL, a comma-separated list of them (the
+    /// nodes of a Redis Cluster; one node's URL also finds its cluster), or
+    /// `redis+sentinel://` (also `rediss+sentinel://`) sentinels and a
+    /// master name.
     pub url: String,
     /// Shared multiplexed connections for ordinary commands
     /// (`JOBWIRE_REDIS_POOL_SIZE`); blocking reads get their own.
@@ -161,6 +165,9 @@ pub enum ConnectError {
     /// A `redis+sentinel://` URL that cannot be used.
     #[error("invalid REDIS_URL {url}: {why}; expected redis+sentinel://[[user]:password@]host[:port],host[:port]…/master[/db]")]
     Sentinel { url: String, why: String },
+    /// A cluster node list that cannot be used.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// The Redis backend. Cheap to clone; clones share connections and cache.

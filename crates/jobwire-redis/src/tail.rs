@@ -1,20 +1,28 @@
-//! `RedisBackend` as a [`LiveFeed`]: one dedicated connection reading every partition's live
-//! stream with a single `XREAD BLOCK` (standalone Redis; the partition streams
-//! sit in different slots, so a Cluster deployment needs one read per
-//! partition: not supported yet).
+//! `RedisBackend` as a [`LiveFeed`]: blocking `XREAD`s of the partitions'
+//! live streams, each on a dedicated connection. On one Redis a single read
+//! covers every partition. On a cluster a command may not span slots (even
+//! slots of one node), so each partition has its own reader, connected to
+//! the master that owns its slot; the tail hands out whichever batch comes
+//! first.
 //!
 //! Positions are the last stream id read per partition. After a connection
-//! error the next call reconnects and continues from them, so a Redis blip
-//! loses nothing; if entries after a position may have been trimmed meanwhile
-//! (the stream's first entry is past it), the tail reports a `Gap` so readers
-//! re-read the affected jobs' logs.
+//! error a reader reconnects and continues from them, so a Redis blip loses
+//! nothing; if entries after a position may have been trimmed meanwhile
+//! (the stream's first entry is past it), the tail reports a `Gap` so
+//! readers re-read the affected jobs' logs.
 //!
-//! Each connection also learns which Redis history it reads
-//! (`master_replid`, new whenever a server starts or a replica is promoted).
-//! When it changed, the streams may have lost entries, or hold entries with
-//! ids below the positions (a rolled-back stream, a promoted replica with
-//! another clock): the positions are moved to the streams' current ends and
-//! the tail reports a `Gap`, so readers re-read every watched job's log.
+//! Each reader also learns which Redis history it reads (`master_replid`,
+//! new whenever a server starts or a replica is promoted). When it changed,
+//! the streams may have lost entries, or hold entries with ids below the
+//! positions (a rolled-back stream, a promoted replica with another clock):
+//! the reader's positions move to the streams' current ends and the tail
+//! reports a `Gap`, so the Hub re-reads every watched job's log. A slot
+//! moved to another master by resharding counts as such a change: slower
+//! once, never wrong.
+//!
+//! On a cluster one partition's reader failing (its master down until a
+//! replica takes over) does not hold up the others: it retries by itself,
+//! with a backoff, and reports nothing but its gap once it reads again.
 //!
 //! A live entry holds one field per event, named by the job's epoch (see
 //! `lua/publish.lua`); each record carries it.
@@ -23,8 +31,11 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use jobwire_core::{
-    BackendError, Epoch, EventRecord, LiveBatch, LiveFeed, LivePosition, LiveTail, TailFrom,
+    BackendError, Backoff, Epoch, EventRecord, LiveBatch, LiveFeed, LivePosition, LiveTail,
+    TailFrom,
 };
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -39,61 +50,129 @@ const BLOCK: Duration = Duration::from_secs(1);
 const COUNT: usize = 1024;
 
 /// A live tail over all partitions.
-#[derive(Debug)]
 pub(crate) struct RedisTail {
-    backend: RedisBackend,
-    conn: Option<MultiplexedConnection>,
-    streams: Vec<String>,
-    /// Last id read, per partition (same order as `streams`).
+    /// Last id handed out, per partition.
     ids: Vec<String>,
+    /// Readers at work (each owns its connection while it reads).
+    reading: FuturesUnordered<BoxFuture<'static, (Reader, Result<LiveBatch>)>>,
+    /// Whether reader errors are the caller's (one reader) or handled here.
+    single: bool,
+}
+
+impl std::fmt::Debug for RedisTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTail")
+            .field("ids", &self.ids)
+            .field("readers", &self.reading.len())
+            .finish()
+    }
+}
+
+/// One blocking reader: some partitions, read on one dedicated connection.
+struct Reader {
+    backend: RedisBackend,
+    /// The partitions read, and their streams and positions (same order).
+    partitions: Vec<u16>,
+    streams: Vec<String>,
+    ids: Vec<String>,
+    conn: Option<MultiplexedConnection>,
     /// Check for trimmed entries before the next read.
     check_gap: bool,
     /// The Redis history (`master_replid`) the positions were taken in;
     /// `None` when not known (a position handed over from another tail).
     history: Option<String>,
+    /// Failed reads in a row: the reader waits before retrying (only a
+    /// cluster's; one reader's errors go to the caller, who waits).
+    backoff: Option<Backoff>,
+    failing: bool,
 }
 
 #[async_trait]
 impl LiveFeed for RedisBackend {
     async fn tail(&self, from: TailFrom) -> Result<Box<dyn LiveTail>> {
         let keys = &self.shared.keys;
-        let streams: Vec<String> = (0..keys.partitions()).map(|p| keys.live(p)).collect();
-        let (ids, check_gap, history) = match from {
+        let count = keys.partitions();
+        let groups: Vec<Vec<u16>> = if self.shared.conns.clustered() {
+            (0..count).map(|p| vec![p]).collect()
+        } else {
+            vec![(0..count).collect()]
+        };
+        let single = groups.len() == 1;
+        let streams = |group: &[u16]| group.iter().map(|&p| keys.live(p)).collect::<Vec<_>>();
+        let (ids, start): (Vec<String>, Vec<(Vec<String>, bool, Option<String>)>) = match from {
             TailFrom::Now => {
-                let (history, ids) = ends(&streams, &mut self.shared.conns.command()).await?;
-                (ids, false, Some(history))
+                let ends: Vec<(String, Vec<String>)> = futures_util::future::try_join_all(
+                    groups.iter().map(|group| ends(self, streams(group))),
+                )
+                .await?;
+                let mut ids = vec![String::new(); usize::from(count)];
+                let mut start = Vec::new();
+                for (group, (history, group_ids)) in groups.iter().zip(ends) {
+                    for (&p, id) in group.iter().zip(&group_ids) {
+                        ids[usize::from(p)] = id.clone();
+                    }
+                    start.push((group_ids, false, Some(history)));
+                }
+                (ids, start)
             }
             TailFrom::After(LivePosition(position)) => {
                 let ids: Vec<String> = position.split(',').map(str::to_owned).collect();
-                if ids.len() != streams.len() || ids.iter().any(|id| parse_id(id).is_none()) {
+                if ids.len() != usize::from(count) || ids.iter().any(|id| parse_id(id).is_none()) {
                     return Err(BackendError::Data(format!(
-                        "live position {position:?} does not fit {} partitions",
-                        streams.len()
+                        "live position {position:?} does not fit {count} partitions"
                     )));
                 }
-                (ids, true, None)
+                let start = groups
+                    .iter()
+                    .map(|group| {
+                        let group_ids = group.iter().map(|&p| ids[usize::from(p)].clone());
+                        (group_ids.collect(), true, None)
+                    })
+                    .collect();
+                (ids, start)
             }
         };
+        let reading = FuturesUnordered::new();
+        for (group, (group_ids, check_gap, history)) in groups.into_iter().zip(start) {
+            let reader = Reader {
+                backend: self.clone(),
+                streams: streams(&group),
+                partitions: group,
+                ids: group_ids,
+                conn: None,
+                check_gap,
+                history,
+                backoff: (!single).then(|| Backoff::new(READER_BACKOFF.0, READER_BACKOFF.1)),
+                failing: false,
+            };
+            reading.push(reader.read_next());
+        }
         Ok(Box::new(RedisTail {
-            backend: self.clone(),
-            conn: None,
-            streams,
             ids,
-            check_gap,
-            history,
+            reading,
+            single,
         }))
     }
 }
 
-/// The Redis history a connection is in, and the id of each stream's newest
-/// entry ("0-0" for an empty stream), read in one pipeline: one server
-/// answers all of it.
-async fn ends(
+/// A cluster reader's retry delays after failed reads (first, longest).
+const READER_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// The Redis history of the node that holds `streams`, and the id of each
+/// stream's newest entry ("0-0" for an empty stream), read in one pipeline:
+/// one server answers all of it.
+async fn ends(backend: &RedisBackend, streams: Vec<String>) -> Result<(String, Vec<String>)> {
+    let mut conn = backend.shared.conns.command();
+    read_ends(&streams, &mut conn).await
+}
+
+async fn read_ends(
     streams: &[String],
     conn: &mut impl redis::aio::ConnectionLike,
 ) -> Result<(String, Vec<String>)> {
     let mut pipe = redis::pipe();
-    pipe.cmd("INFO").arg("replication");
+    // The stream first: on a cluster the pipeline goes to the node of the
+    // first command that has a key, and INFO has none.
     for stream in streams {
         pipe.cmd("XREVRANGE")
             .arg(stream)
@@ -102,8 +181,12 @@ async fn ends(
             .arg("COUNT")
             .arg(1);
     }
+    pipe.cmd("INFO").arg("replication");
     let mut replies: Vec<Value> = pipe.query_async(conn).await.map_err(backend_error)?;
-    let info: String = redis::from_redis_value(replies.remove(0)).map_err(corrupt)?;
+    let info = replies
+        .pop()
+        .ok_or_else(|| BackendError::Data("no INFO reply".to_owned()))?;
+    let info: String = redis::from_redis_value(info).map_err(corrupt)?;
     let history = replication_id(&info)
         .ok_or_else(|| BackendError::Data("INFO replication has no master_replid".to_owned()))?;
     let ids = replies
@@ -126,10 +209,38 @@ fn replication_id(info: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl RedisTail {
+impl Reader {
+    /// Reads once, owning itself for the while (see `RedisTail::reading`).
+    fn read_next(mut self) -> BoxFuture<'static, (Reader, Result<LiveBatch>)> {
+        Box::pin(async move {
+            if self.failing {
+                if let Some(backoff) = self.backoff.as_mut() {
+                    tokio::time::sleep(backoff.failed()).await;
+                }
+            }
+            let result = self.read().await;
+            match &result {
+                Ok(_) => {
+                    self.failing = false;
+                    if let Some(backoff) = self.backoff.as_mut() {
+                        backoff.reset();
+                    }
+                }
+                Err(_) => {
+                    // Start over on a new connection next time, and check
+                    // then whether the outage cost us entries.
+                    self.conn = None;
+                    self.check_gap = true;
+                    self.failing = true;
+                }
+            }
+            (self, result)
+        })
+    }
+
     /// Whether entries after some partition's position may have been
-    /// trimmed. Asked on the tail's own connection: the shared ones may not
-    /// have noticed an outage yet.
+    /// trimmed. Asked on the reader's own connection: the shared ones may
+    /// not have noticed an outage yet.
     async fn gap(&mut self) -> Result<bool> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
@@ -155,14 +266,14 @@ impl RedisTail {
 
     async fn read(&mut self) -> Result<LiveBatch> {
         if self.conn.is_none() {
-            let mut conn = self
+            let (_, mut conn) = self
                 .backend
                 .shared
                 .conns
-                .dedicated(BLOCK)
+                .dedicated(&self.streams[0], BLOCK)
                 .await
                 .map_err(backend_error)?;
-            let (history, ends) = ends(&self.streams, &mut conn).await?;
+            let (history, ends) = read_ends(&self.streams, &mut conn).await?;
             self.conn = Some(conn);
             let known = self.history.replace(history.clone());
             if known.is_some_and(|known| known != history) {
@@ -203,7 +314,7 @@ impl RedisTail {
                 continue;
             };
             if entries.len() >= COUNT {
-                // A full batch: this tail may be falling behind the trimming.
+                // A full batch: this reader may be falling behind the trimming.
                 self.check_gap = true;
             }
             for (id, fields) in entries {
@@ -225,14 +336,22 @@ impl RedisTail {
 #[async_trait]
 impl LiveTail for RedisTail {
     async fn next(&mut self) -> Result<LiveBatch> {
-        match self.read().await {
-            Ok(batch) => Ok(batch),
-            Err(e) => {
-                // Start over on a new connection next time, and check then
-                // whether the outage cost us entries.
-                self.conn = None;
-                self.check_gap = true;
-                Err(e)
+        loop {
+            let Some((reader, result)) = self.reading.next().await else {
+                return Err(BackendError::Unavailable(
+                    "the live tail has no reader".to_owned(),
+                ));
+            };
+            // Positions move only with what is handed out.
+            for (&p, id) in reader.partitions.iter().zip(&reader.ids) {
+                self.ids[usize::from(p)].clone_from(id);
+            }
+            self.reading.push(reader.read_next());
+            match result {
+                Err(e) if !self.single => {
+                    tracing::warn!(error = %e, "live feed read failed on one partition: retrying it");
+                }
+                other => return other,
             }
         }
     }

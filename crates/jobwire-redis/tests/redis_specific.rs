@@ -52,9 +52,9 @@ async fn finished_jobs_get_a_ttl_on_state_and_log() -> Result<()> {
     let job = b
         .create_job(NewJob::new("demo", json!({}), "alice"))
         .await?;
-    let partition = job.id.partition(4);
-    let state_key = format!("jobwire:{{{partition}}}:job:{}", job.id);
-    let log_key = format!("jobwire:{{{partition}}}:events:{}", job.id);
+    let tag = jobwire_redis::partition_tag(job.id.partition(4), 4);
+    let state_key = format!("jobwire:{{{tag}}}:job:{}", job.id);
+    let log_key = format!("jobwire:{{{tag}}}:events:{}", job.id);
     let ttl = |key: String| redis::cmd("PTTL").arg(key).clone();
     ensure!(
         redis_cmd::<i64>(&server, &ttl(state_key.clone())).await? == -1,
@@ -309,24 +309,22 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     let held = b.claim("crashed", 1, Duration::from_millis(100)).await?;
     ensure!(held.len() == 1, "crashed claimed {}", held.len());
 
+    // The consumers of every partition's queue group.
     let names = || async {
-        let reply: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
-            &server,
-            redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg("jobwire:queue")
-                .arg("workers"),
-        )
-        .await?;
-        let mut names: Vec<String> = reply
-            .iter()
-            .filter_map(|c| match c.get("name") {
+        let mut names = std::collections::BTreeSet::new();
+        for p in 0..4 {
+            let queue = format!("jobwire:{{{}}}:queue", jobwire_redis::partition_tag(p, 4));
+            let reply: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
+                &server,
+                redis::cmd("XINFO").arg("CONSUMERS").arg(queue).arg("workers"),
+            )
+            .await?;
+            names.extend(reply.iter().filter_map(|c| match c.get("name") {
                 Some(redis::Value::BulkString(n)) => Some(String::from_utf8_lossy(n).into_owned()),
                 _ => None,
-            })
-            .collect();
-        names.sort();
-        anyhow::Ok(names)
+            }));
+        }
+        anyhow::Ok(names.into_iter().collect::<Vec<_>>())
     };
     // Seen recently: nothing is pruned yet.
     b.take_over_idle("reaper", Duration::from_secs(3600), 10)

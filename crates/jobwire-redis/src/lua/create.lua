@@ -3,16 +3,15 @@
 -- stream, its listing entries and (unless external) its queue entry. One
 -- script is one record in the AOF and one unit of replication, so a crash
 -- or a failover keeps all of it or none: never a job that is neither
--- listed nor queued. The listing and queue keys are outside the job's
--- slot; Redis Cluster (not supported yet) will need them moved into the
--- partition's slot. `inc` records the Redis history the job was written
--- in (publish.lua).
+-- listed nor queued. Every key is in the job's partition's slot, so on
+-- Redis Cluster too it is one script on one node. `inc` records the Redis
+-- history the job was written in (publish.lua).
 --
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] live stream,
 -- KEYS[4] the partition's job counts (a hash: status -> count),
 -- KEYS[5] the partition's unfinished jobs per owner (a hash),
--- KEYS[6] all jobs (sorted set), KEYS[7] the owner's jobs (sorted set),
--- KEYS[8] the queue stream
+-- KEYS[6] the partition's jobs (sorted set), KEYS[7] the owner's jobs in
+-- the partition (sorted set), KEYS[8] the partition's queue stream
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
 -- ARGV[9] kind, ARGV[10] '1' to queue the job (not external)

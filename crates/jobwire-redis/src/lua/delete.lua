@@ -3,7 +3,7 @@
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] the partition's job counts,
 -- KEYS[4] the partition's unfinished jobs per owner
 -- Returns false when there is no such job, else the job's owner-bearing
--- state JSON (the caller removes the listing entries, in other slots).
+-- state JSON (the caller then removes the listing entries).
 local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner')
 if not head[1] then
   return false
