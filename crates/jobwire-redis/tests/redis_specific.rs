@@ -316,7 +316,10 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
             let queue = format!("jobwire:{{{}}}:queue", jobwire_redis::partition_tag(p, 4));
             let reply: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
                 &server,
-                redis::cmd("XINFO").arg("CONSUMERS").arg(queue).arg("workers"),
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(queue)
+                    .arg("workers"),
             )
             .await?;
             names.extend(reply.iter().filter_map(|c| match c.get("name") {
