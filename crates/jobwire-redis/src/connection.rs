@@ -138,8 +138,8 @@ pub(crate) struct Connections {
 #[derive(Debug)]
 enum Topology {
     /// One master: a fixed URL or the one Sentinel names.
-    Single(Box<Single>),
-    Cluster(Cluster),
+    Single(Single),
+    Cluster(Box<Cluster>),
 }
 
 #[derive(Debug)]
@@ -234,14 +234,18 @@ pub(crate) fn is_cluster_list(url: &str) -> bool {
 impl Connections {
     pub(crate) async fn open(config: &RedisConfig) -> Result<Connections, ConnectError> {
         let topology = if is_cluster_list(&config.url) {
-            Topology::Cluster(Cluster::open(config, config.url.split(',')).await?)
+            Topology::Cluster(Box::new(
+                Cluster::open(config, config.url.split(',')).await?,
+            ))
         } else {
             let single = Single::open(config).await?;
             if single.is_cluster_node().await {
                 // One URL of a cluster node: the cluster it belongs to.
-                Topology::Cluster(Cluster::open(config, [config.url.as_str()]).await?)
+                Topology::Cluster(Box::new(
+                    Cluster::open(config, [config.url.as_str()]).await?,
+                ))
             } else {
-                Topology::Single(Box::new(single))
+                Topology::Single(single)
             }
         };
         Ok(Connections {
