@@ -138,7 +138,7 @@ pub(crate) struct Connections {
 #[derive(Debug)]
 enum Topology {
     /// One master: a fixed URL or the one Sentinel names.
-    Single(Single),
+    Single(Box<Single>),
     Cluster(Box<Cluster>),
 }
 
@@ -245,7 +245,7 @@ impl Connections {
                     Cluster::open(config, [config.url.as_str()]).await?,
                 ))
             } else {
-                Topology::Single(single)
+                Topology::Single(Box::new(single))
             }
         };
         Ok(Connections {
