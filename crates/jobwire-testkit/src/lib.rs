@@ -15,6 +15,7 @@
 //! writes on demand. [`sentinel`] runs a master, a replica and three
 //! sentinels, for failover tests.
 
+pub mod cluster;
 pub mod jobs;
 pub mod lost_writes;
 pub mod sentinel;
@@ -47,6 +48,8 @@ pub struct RedisServer {
     port: u16,
     /// Also listening with TLS on this port (see [`RedisServer::start_tls`]).
     tls_port: Option<u16>,
+    /// A Redis Cluster node, with its bus on this port (see `cluster.rs`).
+    cluster_port: Option<u16>,
     persistence: Persistence,
     dir: Option<tempfile::TempDir>,
     child: Option<Child>,
@@ -64,6 +67,7 @@ impl RedisServer {
             return Ok(RedisServer {
                 port: 0,
                 tls_port: None,
+                cluster_port: None,
                 persistence: Persistence::None,
                 dir: None,
                 child: None,
@@ -86,6 +90,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: 0,
             tls_port: None,
+            cluster_port: None,
             persistence,
             dir: Some(dir),
             child: None,
@@ -96,6 +101,37 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// Starts a private server as a Redis Cluster node (not yet in any
+    /// cluster: see [`cluster::RedisCluster`]).
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up.
+    pub fn start_cluster_node(persistence: Persistence) -> Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobwire-redis-cluster-")
+            .tempdir()
+            .context("creating a data directory for redis-server")?;
+        let mut server = RedisServer {
+            port: 0,
+            tls_port: None,
+            cluster_port: None,
+            persistence,
+            dir: Some(dir),
+            child: None,
+            external_url: None,
+        };
+        let mut last_err = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            server.cluster_port = Some(free_port()?);
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -117,6 +153,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             tls_port: None,
+            cluster_port: None,
             persistence,
             dir: Some(dir),
             child: None,
@@ -143,6 +180,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: free_port()?,
             tls_port: Some(free_port()?),
+            cluster_port: None,
             persistence: Persistence::None,
             dir: Some(dir),
             child: None,
@@ -386,6 +424,13 @@ impl RedisServer {
                 cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"])
             }
         };
+        if let Some(bus) = self.cluster_port {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .arg("--cluster-port")
+                .arg(bus.to_string())
+                .arg("--cluster-config-file")
+                .arg(dir.join("nodes.conf"));
+        }
         if let Some(tls_port) = self.tls_port {
             cmd.arg("--tls-port")
                 .arg(tls_port.to_string())
@@ -439,6 +484,42 @@ impl Drop for RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Runs `redis-cli -p port args…`; returns its output.
+pub(crate) fn cli(port: u16, args: &[&str]) -> Result<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running redis-cli (scripts/test installs redis-tools)")?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli -p {port} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `done` every 50 ms until it holds, for up to `patience`.
+pub(crate) fn wait_until(
+    patience: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if done().unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("waited {patience:?} for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -5,11 +5,11 @@
 //! can bring the old master back, which the sentinels turn into a replica.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{free_port, Persistence, RedisServer};
+use crate::{cli, free_port, wait_until, Persistence, RedisServer};
 
 /// The name the sentinels know the master by.
 pub const MASTER_NAME: &str = "jobwire";
@@ -215,38 +215,4 @@ fn sentinel_query(port: u16, args: &[&str]) -> Result<String> {
 fn sentinel_master(port: u16) -> Result<Option<u16>> {
     let out = sentinel_query(port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])?;
     Ok(out.lines().nth(1).and_then(|p| p.trim().parse().ok()))
-}
-
-fn cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running redis-cli (scripts/test installs redis-tools)")?;
-    if !out.status.success() {
-        bail!(
-            "redis-cli -p {port} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_until(
-    patience: Duration,
-    what: &str,
-    mut done: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + patience;
-    loop {
-        if done().unwrap_or(false) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("waited {patience:?} for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
