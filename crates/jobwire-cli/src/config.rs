@@ -32,9 +32,10 @@ pub(crate) enum AuthMode {
 /// agree on (`serve`, `dev` and `worker`).
 #[derive(Debug, Args)]
 pub(crate) struct StoreFlags {
-    /// Redis URL (redis://, rediss://, or redis+sentinel://host:port,…/MASTER
-    /// for a master behind Sentinel). Its value is never shown: it may
-    /// hold a password.
+    /// Redis URL: redis:// or rediss://; for Redis Cluster a comma-separated
+    /// list of node URLs (any one node's URL also finds its cluster); or
+    /// redis+sentinel://host:port,…/MASTER for a master behind Sentinel.
+    /// Its value is never shown: it may hold a password.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub(crate) redis_url: Option<String>,
     /// Events kept per job.
@@ -66,6 +67,12 @@ pub(crate) struct StoreFlags {
     /// The PEM key of --redis-client-cert.
     #[arg(long, env = "JOBWIRE_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
     pub(crate) redis_client_key: Option<PathBuf>,
+    /// Replicas that must confirm each job write (WAIT) before it is
+    /// acknowledged: fewer writes lost in a failover, for some latency.
+    /// 0 (the default) waits for none.
+    #[arg(long, env = "JOBWIRE_REDIS_WAIT_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub(crate) redis_wait_replicas: u32,
 }
 
 impl StoreFlags {
@@ -82,6 +89,7 @@ impl StoreFlags {
     pub(crate) fn redis_config(&self) -> RedisConfig {
         RedisConfig {
             pool_size: usize::from(self.redis_pool_size),
+            wait_replicas: self.redis_wait_replicas,
             key_prefix: self.key_prefix.clone(),
             backend: self.backend_config(),
             tls: TlsFiles {

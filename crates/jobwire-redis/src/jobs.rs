@@ -95,11 +95,7 @@ impl RedisBackend {
                 }
             }
         }
-        let mut conn = self.shared.conns.command();
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
+        let reply: Vec<Value> = self.write(&invocation, planned.is_some()).await?;
         match reply.as_slice() {
             [Value::Int(0)] => Ok(PublishReply::Missing),
             [Value::Int(1), cancel] => Ok(PublishReply::Applied {
@@ -126,6 +122,52 @@ impl RedisBackend {
             }
             other => Err(unexpected("publish", other)),
         }
+    }
+
+    /// Runs a script that writes a job. With `JOBWIRE_REDIS_WAIT_REPLICAS`
+    /// set (and `wait`), a `WAIT` follows it on the same connection, in the
+    /// same pipeline (so on a cluster it goes to the same master), and the
+    /// write counts only once that many replicas have it.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: bool,
+    ) -> Result<T> {
+        let mut conn = self.shared.conns.command();
+        let replicas = self.shared.config.wait_replicas;
+        if replicas == 0 || !wait {
+            return invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend_error);
+        }
+        let timeout = wait_timeout(self.shared.config.command_timeout);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(invocation)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64);
+        let replied: redis::RedisResult<(T, u32)> = pipe.query_async(&mut conn).await;
+        let (reply, confirmed) = match replied {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // After a Redis restart (a pipeline does not load scripts
+                // by itself). Nothing ran: load it and go again.
+                invocation
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(backend_error)?;
+                pipe.query_async(&mut conn).await.map_err(backend_error)?
+            }
+            other => other.map_err(backend_error)?,
+        };
+        if confirmed < replicas {
+            return Err(BackendError::Unavailable(format!(
+                "written, but only {confirmed} of {replicas} replicas confirmed it within \
+                 {timeout:?} (JOBWIRE_REDIS_WAIT_REPLICAS): a failover now could lose it; \
+                 publishing it again with the same fence is safe"
+            )));
+        }
+        Ok(reply)
     }
 
     /// Drops expired jobs from the listing indexes (lazily, as listing finds
@@ -158,8 +200,8 @@ impl JobStore for RedisBackend {
         let keys = &self.shared.keys;
         let limits = &self.shared.config.backend;
         let (state, event) = plan_new_job(&new)?;
-        let mut conn = self.shared.conns.command();
-        let created: i64 = scripts::CREATE
+        let mut invocation = scripts::CREATE.prepare_invoke();
+        invocation
             .key(keys.job(&new.id))
             .key(keys.events(&new.id))
             .key(keys.live_of(&new.id))
@@ -177,10 +219,8 @@ impl JobStore for RedisBackend {
             .arg(&new.owner)
             .arg(new.id.as_str())
             .arg(&new.kind)
-            .arg(u8::from(!new.external))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend_error)?;
+            .arg(u8::from(!new.external));
+        let created: i64 = self.write(&invocation, true).await?;
         if created == 0 {
             return Err(BackendError::AlreadyExists(new.id));
         }
@@ -546,6 +586,12 @@ fn used_memory(info: &Value) -> Option<u64> {
             .sum(),
         other => text(other).as_deref().and_then(of),
     }
+}
+
+/// How long a `WAIT` for replicas may take: half the command timeout, at
+/// most a second (a healthy replica answers in well under a millisecond).
+fn wait_timeout(command_timeout: std::time::Duration) -> std::time::Duration {
+    (command_timeout / 2).min(std::time::Duration::from_secs(1))
 }
 
 fn to_json(state: &JobState) -> Result<String> {

@@ -63,6 +63,10 @@ pub struct RedisConfig {
     pub backend: BackendConfig,
     /// Certificates for a `rediss://` URL.
     pub tls: TlsFiles,
+    /// Replicas that must have each job write before it counts
+    /// (`JOBWIRE_REDIS_WAIT_REPLICAS`; `WAIT` after every publish and
+    /// create). 0: none, as Redis does by default.
+    pub wait_replicas: u32,
 }
 
 /// PEM files for TLS to Redis (`rediss://`). Without any, the server's
@@ -93,6 +97,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("command_timeout", &self.command_timeout)
             .field("backend", &self.backend)
             .field("tls", &self.tls)
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -136,6 +141,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(5),
             backend: BackendConfig::default(),
             tls: TlsFiles::default(),
+            wait_replicas: 0,
         }
     }
 }

@@ -124,3 +124,49 @@ async fn bad_sentinel_urls_and_absent_sentinels_are_clear_errors() -> Result<()>
     }
     Ok(())
 }
+
+/// `JOBWIRE_REDIS_WAIT_REPLICAS=1`: a publish is acknowledged once the
+/// replica has it (it then survives a failover); with the replica stopped
+/// it is refused as unavailable (not lost silently), and a retry with the
+/// same fence once the replica is back is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_acknowledges_only_what_a_replica_has() -> Result<()> {
+    let mut set = tokio::task::block_in_place(SentinelSet::start)?;
+    let b = RedisBackend::connect(RedisConfig {
+        wait_replicas: 1,
+        ..config(set.url())
+    })
+    .await?;
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice"))
+        .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    let first = publish_fenced(&b, &job.id, 1).await?;
+    ensure!(first == EventId(3), "{first:?}");
+
+    let master = set.master_port()?;
+    let replica = set
+        .servers
+        .iter()
+        .find(|s| s.port() != master)
+        .context("the replica")?;
+    replica.signal("STOP")?;
+    let event = NewEvent::new(EventType::Progress, json!({"current": 2})).fenced(1, 2);
+    let refused = b.publish(&job.id, std::slice::from_ref(&event)).await;
+    replica.signal("CONT")?;
+    match refused {
+        Err(e) => ensure!(
+            e.is_retryable() && e.to_string().contains("replicas confirmed"),
+            "{e}"
+        ),
+        Ok(outcome) => bail!("acknowledged without the replica: {outcome:?}"),
+    }
+    // The write itself happened; the same fenced event again is not
+    // applied twice.
+    publish_fenced(&b, &job.id, 2).await?;
+    let (ids, currents) = log(&b, &job.id).await?;
+    ensure!(ids == [1, 2, 3, 4], "ids {ids:?}");
+    ensure!(currents == [1, 2], "payloads {currents:?}");
+    Ok(())
+}
