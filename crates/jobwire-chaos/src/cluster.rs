@@ -1,5 +1,7 @@
-//! The processes under test: one `redis-server` (from the testkit, with an
-//! `appendfsync everysec` AOF), `jobwire serve` gateways on fixed loopback
+//! The processes under test: Redis (from the testkit: one `redis-server`
+//! with an `appendfsync everysec` AOF, or for the failover schedules a
+//! Sentinel set or a Redis Cluster of three masters and three replicas),
+//! `jobwire serve` gateways on fixed loopback
 //! ports (a restarted gateway comes back where it was, so clients' URL
 //! lists stay valid) and `jobwire worker` processes. Every process is
 //! killed when the [`Cluster`] is dropped.
@@ -13,6 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use jobwire_testkit::cluster::RedisCluster;
+use jobwire_testkit::sentinel::SentinelSet;
 use jobwire_testkit::{free_port, Persistence, RedisServer};
 
 /// The JWT secret every gateway is started with (loopback only, throwaway).
@@ -27,6 +31,51 @@ pub struct ClusterConfig {
     pub workers: usize,
     /// Where each process's stderr goes (one file per process start).
     pub log_dir: PathBuf,
+    pub store: StoreKind,
+}
+
+/// Which Redis set-up the processes run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Single,
+    Sentinel,
+    Cluster,
+}
+
+/// The Redis under test.
+#[derive(Debug)]
+pub enum Store {
+    Single(RedisServer),
+    Sentinel(SentinelSet),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    fn start(kind: StoreKind) -> Result<Store> {
+        Ok(match kind {
+            StoreKind::Single => {
+                Store::Single(RedisServer::start_private(Persistence::AofEverysec)?)
+            }
+            StoreKind::Sentinel => Store::Sentinel(SentinelSet::start()?),
+            StoreKind::Cluster => Store::Cluster(RedisCluster::start()?),
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Single(redis) => redis.url(),
+            Store::Sentinel(set) => set.url(),
+            Store::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    fn servers(&mut self) -> Vec<&mut RedisServer> {
+        match self {
+            Store::Single(redis) => vec![redis],
+            Store::Sentinel(set) => set.servers.iter_mut().collect(),
+            Store::Cluster(cluster) => cluster.nodes.iter_mut().collect(),
+        }
+    }
 }
 
 /// One `jobwire` process slot: restarted in place after a kill.
@@ -52,7 +101,7 @@ impl Slot {
 #[derive(Debug)]
 pub struct Cluster {
     config: ClusterConfig,
-    redis: RedisServer,
+    store: Store,
     gateways: Vec<Slot>,
     workers: Vec<Slot>,
 }
@@ -72,7 +121,7 @@ impl Cluster {
         }
         std::fs::create_dir_all(&config.log_dir)
             .with_context(|| format!("creating {}", config.log_dir.display()))?;
-        let redis = RedisServer::start_private(Persistence::AofEverysec)?;
+        let store = tokio::task::block_in_place(|| Store::start(config.store))?;
         let mut gateways = Vec::new();
         for i in 0..config.gateways.max(1) {
             gateways.push(Slot {
@@ -92,7 +141,7 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             config,
-            redis,
+            store,
             gateways,
             workers,
         };
@@ -124,12 +173,19 @@ impl Cluster {
         self.workers.len()
     }
 
-    pub fn redis(&self) -> &RedisServer {
-        &self.redis
+    /// The one Redis server, for the faults that need one.
+    ///
+    /// # Errors
+    /// On a Sentinel set or a cluster.
+    pub fn redis_mut(&mut self) -> Result<&mut RedisServer> {
+        match &mut self.store {
+            Store::Single(redis) => Ok(redis),
+            _ => bail!("this fault needs a single Redis server"),
+        }
     }
 
-    pub fn redis_mut(&mut self) -> &mut RedisServer {
-        &mut self.redis
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
     }
 
     /// `kill -9` of gateway `i`.
@@ -170,9 +226,11 @@ impl Cluster {
     /// # Errors
     /// When a process cannot be started.
     pub async fn heal(&mut self) -> Result<()> {
-        let _ = self.redis.signal("CONT");
-        if self.redis.pid().is_none() {
-            self.redis.restart()?;
+        for redis in self.store.servers() {
+            let _ = redis.signal("CONT");
+            if redis.pid().is_none() {
+                redis.restart()?;
+            }
         }
         for i in 0..self.gateways.len() {
             if !self.gateways[i].alive() {
@@ -242,7 +300,7 @@ impl Cluster {
         let filter = std::env::var("JOBWIRE_CHAOS_LOG").unwrap_or_else(|_| "warn".to_owned());
         let mut cmd = Command::new(&self.config.binary);
         cmd.arg(sub)
-            .env("REDIS_URL", self.redis.url())
+            .env("REDIS_URL", self.store.url())
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -272,7 +330,9 @@ impl Drop for Cluster {
         }
         // A paused Redis would not die of the testkit's SIGKILL any less,
         // but continue it so its log is complete.
-        let _ = self.redis.signal("CONT");
+        for redis in self.store.servers() {
+            let _ = redis.signal("CONT");
+        }
     }
 }
 

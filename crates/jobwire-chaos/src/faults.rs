@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::clients::Env;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Store, StoreKind};
 
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -49,6 +49,14 @@ pub enum FaultKind {
     /// For a while every token minted lives 3 s: connections expire
     /// mid-stream (4401), clients renew and resume.
     TokenExpiry,
+    /// On Redis Cluster (three masters, three replicas): `kill -9` of a
+    /// random master; its replica takes over; the old master is started
+    /// again after a moment and rejoins as a replica.
+    ClusterFailover,
+    /// Behind Sentinel (a master, a replica, three sentinels): `kill -9` of
+    /// the master; the sentinels promote the replica; the old master comes
+    /// back as a replica.
+    SentinelFailover,
 }
 
 impl FaultKind {
@@ -77,6 +85,8 @@ impl FaultKind {
             FaultKind::SlowClients => "slow-clients",
             FaultKind::Storm => "storm",
             FaultKind::TokenExpiry => "token-expiry",
+            FaultKind::ClusterFailover => "cluster-failover",
+            FaultKind::SentinelFailover => "sentinel-failover",
         }
     }
 
@@ -85,8 +95,25 @@ impl FaultKind {
     pub fn loses_writes(self) -> bool {
         matches!(
             self,
-            FaultKind::RedisCutAof | FaultKind::RedisWipe | FaultKind::RedisRollback
+            FaultKind::RedisCutAof
+                | FaultKind::RedisWipe
+                | FaultKind::RedisRollback
+                | FaultKind::ClusterFailover
+                | FaultKind::SentinelFailover
         )
+    }
+
+    /// The failovers, each on its own Redis set-up (not part of `mixed`
+    /// and `short`, which run on one server).
+    pub const FAILOVERS: [FaultKind; 2] = [FaultKind::ClusterFailover, FaultKind::SentinelFailover];
+
+    /// The Redis set-up a schedule of this kind runs on.
+    pub fn store(self) -> StoreKind {
+        match self {
+            FaultKind::ClusterFailover => StoreKind::Cluster,
+            FaultKind::SentinelFailover => StoreKind::Sentinel,
+            _ => StoreKind::Single,
+        }
     }
 }
 
@@ -103,18 +130,28 @@ pub enum Schedule {
 }
 
 /// Every schedule, in the order `--help` lists them.
-const SCHEDULES: [Schedule; 12] = {
-    let mut all = [Schedule::Mixed; 12];
+const SCHEDULES: [Schedule; 14] = {
+    let mut all = [Schedule::Mixed; 14];
     let mut i = 0;
     while i < FaultKind::ALL.len() {
         all[i] = Schedule::One(FaultKind::ALL[i]);
         i += 1;
     }
-    all[11] = Schedule::Short;
+    all[10] = Schedule::One(FaultKind::FAILOVERS[0]);
+    all[11] = Schedule::One(FaultKind::FAILOVERS[1]);
+    all[13] = Schedule::Short;
     all
 };
 
 impl Schedule {
+    /// The Redis set-up the schedule runs on.
+    pub fn store(self) -> StoreKind {
+        match self {
+            Schedule::One(kind) => kind.store(),
+            Schedule::Mixed | Schedule::Short => StoreKind::Single,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Schedule::One(kind) => kind.name(),
@@ -186,6 +223,7 @@ pub fn plan(schedule: Schedule, duration: Duration, rng: &mut StdRng) -> Vec<Pla
             // them: slow clients read slowly only half the time.
             let every = match kind {
                 FaultKind::SlowClients => 16,
+                FaultKind::ClusterFailover | FaultKind::SentinelFailover => 15,
                 k if k.loses_writes() || k == FaultKind::TokenExpiry => 8,
                 _ => 5,
             };
@@ -293,28 +331,30 @@ async fn inject(
         FaultKind::RedisRestart => {
             let mut c = cluster.lock().await;
             tokio::task::block_in_place(|| -> Result<()> {
-                c.redis_mut().terminate(Duration::from_secs(10))?;
-                c.redis_mut().restart()
+                c.redis_mut()?.terminate(Duration::from_secs(10))?;
+                c.redis_mut()?.restart()
             })?;
             Ok("SIGTERM and restart".to_owned())
         }
         FaultKind::RedisPause => {
-            let c = cluster.lock().await;
+            let mut c = cluster.lock().await;
             let frozen = pause(rng, 1000, 4000);
-            c.redis().signal("STOP")?;
+            c.redis_mut()?.signal("STOP")?;
             tokio::time::sleep(frozen).await;
-            c.redis().signal("CONT")?;
+            c.redis_mut()?.signal("CONT")?;
             Ok(format!("frozen for {frozen:?}"))
         }
         FaultKind::RedisCutAof => {
             let mut c = cluster.lock().await;
             let bytes = rng.random_range(200..=20_000);
-            let cut = tokio::task::block_in_place(|| c.redis_mut().kill_and_cut_aof(bytes))?;
+            let redis = c.redis_mut()?;
+            let cut = tokio::task::block_in_place(|| redis.kill_and_cut_aof(bytes))?;
             Ok(format!("cut {cut} bytes off the AOF"))
         }
         FaultKind::RedisWipe => {
             let mut c = cluster.lock().await;
-            tokio::task::block_in_place(|| c.redis_mut().wipe_and_restart())?;
+            let redis = c.redis_mut()?;
+            tokio::task::block_in_place(|| redis.wipe_and_restart())?;
             Ok("all data gone".to_owned())
         }
         FaultKind::RedisRollback => {
@@ -322,10 +362,11 @@ async fn inject(
             // in-place restore would race the live writers, whose writes
             // between it and the restart would keep the old history.
             let mut c = cluster.lock().await;
-            let snapshot = tokio::task::block_in_place(|| FileSnapshot::take(c.redis()))?;
+            let redis = c.redis_mut()?;
+            let snapshot = tokio::task::block_in_place(|| FileSnapshot::take(redis))?;
             let lost = pause(rng, 1500, 4000);
             tokio::time::sleep(lost).await;
-            tokio::task::block_in_place(|| snapshot.lose_writes_since(c.redis_mut()))?;
+            tokio::task::block_in_place(|| snapshot.lose_writes_since(redis))?;
             Ok(format!("lost the last {lost:?} of writes"))
         }
         FaultKind::SlowClients => {
@@ -338,6 +379,42 @@ async fn inject(
         FaultKind::Storm => {
             env.storm.send_modify(|n| *n += 1);
             Ok("every raw client reconnected at once".to_owned())
+        }
+        FaultKind::ClusterFailover => {
+            let mut c = cluster.lock().await;
+            let Store::Cluster(redis) = c.store_mut() else {
+                anyhow::bail!("cluster-failover needs the cluster set-up");
+            };
+            let slot = rng.random_range(0..16_384u16);
+            let back_after = pause(rng, 1000, 4000);
+            let (old, new) = tokio::task::block_in_place(|| -> Result<(u16, u16)> {
+                let old = redis.kill_master_of(slot)?;
+                let new = redis.wait_failover(old, slot)?;
+                std::thread::sleep(back_after);
+                redis.restart(old)?;
+                redis.wait_healthy(Duration::from_secs(30))?;
+                Ok((old, new))
+            })?;
+            Ok(format!(
+                "master {old} killed, {new} promoted; {old} back as a replica after {back_after:?}"
+            ))
+        }
+        FaultKind::SentinelFailover => {
+            let mut c = cluster.lock().await;
+            let Store::Sentinel(set) = c.store_mut() else {
+                anyhow::bail!("sentinel-failover needs the Sentinel set-up");
+            };
+            let back_after = pause(rng, 1000, 4000);
+            let (old, new) = tokio::task::block_in_place(|| -> Result<(u16, u16)> {
+                let old = set.kill_master()?;
+                let new = set.wait_failover(old)?;
+                std::thread::sleep(back_after);
+                set.restart(old)?;
+                Ok((old, new))
+            })?;
+            Ok(format!(
+                "master {old} killed, {new} promoted; {old} back as a replica after {back_after:?}"
+            ))
         }
         FaultKind::TokenExpiry => {
             let window = pause(rng, 8000, 12_000);

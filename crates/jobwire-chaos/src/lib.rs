@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> Result<Report> {
         gateways: config.gateways,
         workers: config.workers,
         log_dir: log_dir.clone(),
+        store: config.schedule.store(),
     })
     .await?;
     let env = Arc::new(Env::new(
