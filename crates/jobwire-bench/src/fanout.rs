@@ -23,7 +23,6 @@ use anyhow::{bail, Context, Result};
 use jobwire_core::{Backend, BackendConfig, JobId, JobStore, NewJob};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_server::Scope;
-use jobwire_testkit::{Persistence, RedisServer};
 use jobwire_worker::{handler_fn, JobError, JobOutcome, Worker, WorkerConfig};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -35,6 +34,10 @@ use crate::subscriber::{Seen, Subscriber, Target, Transport};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
+    /// Use this Redis instead of starting a private redis-server (`cluster`:
+    /// start a private Redis Cluster of three masters).
+    #[arg(long, env = "JOBWIRE_BENCH_REDIS_URL")]
+    redis_url: Option<String>,
     /// Gateway instances (`jobwire serve` processes).
     #[arg(long, default_value_t = 2)]
     instances: usize,
@@ -92,6 +95,7 @@ impl Args {
         jobwire: Option<std::path::PathBuf>,
     ) -> Args {
         Args {
+            redis_url: None,
             instances,
             gateway_threads: None,
             subscribers,
@@ -161,10 +165,10 @@ pub(crate) async fn run(args: Args) -> Result<Option<Round>> {
     if args.storm_at.is_some() && args.step {
         bail!("--storm-at and --step are separate scenarios; pick one");
     }
-    let redis = RedisServer::start_private(Persistence::None)?;
+    let (own_redis, redis_url) = crate::redis(args.redis_url.as_deref())?;
     let gateways = gateway::start(
         args.jobwire.clone(),
-        &redis,
+        &redis_url,
         args.instances,
         args.gateway_threads,
     )
@@ -172,7 +176,7 @@ pub(crate) async fn run(args: Args) -> Result<Option<Round>> {
     let backend = Arc::new(
         RedisBackend::connect(RedisConfig {
             backend: BackendConfig::default(),
-            ..RedisConfig::new(redis.url())
+            ..RedisConfig::new(redis_url.as_str())
         })
         .await?,
     );
@@ -196,7 +200,12 @@ pub(crate) async fn run(args: Args) -> Result<Option<Round>> {
         .enumerate()
         .map(|(i, g)| (format!("gateway {i}"), g.child.id()))
         .collect();
-    processes.extend(redis.pid().map(|pid| ("redis-server".to_owned(), pid)));
+    processes.extend(
+        own_redis
+            .as_ref()
+            .and_then(crate::OwnRedis::pid)
+            .map(|pid| ("redis-server".to_owned(), pid)),
+    );
     let under = Under {
         addrs: gateways.iter().map(Gateway::addr).collect(),
         processes,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use jobwire_server::Scope;
-use jobwire_testkit::{free_port, RedisServer};
+use jobwire_testkit::free_port;
 
 const SECRET: &str = "jobwire-bench-secret-0123456789";
 
@@ -43,11 +43,11 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts `count` `jobwire serve` processes on `redis` and waits until
+/// Starts `count` `jobwire serve` processes on `redis_url` and waits until
 /// they are ready. `binary` defaults to the `jobwire` next to this one.
 pub(crate) async fn start(
     binary: Option<std::path::PathBuf>,
-    redis: &RedisServer,
+    redis_url: &str,
     count: usize,
     threads: Option<usize>,
 ) -> Result<Vec<Gateway>> {
@@ -70,7 +70,7 @@ pub(crate) async fn start(
         }
         let child = command
             .arg("serve")
-            .env("REDIS_URL", redis.url())
+            .env("REDIS_URL", redis_url)
             .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
             .env("JOBWIRE_JWT_SECRET", SECRET)
             .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")

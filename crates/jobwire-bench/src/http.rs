@@ -64,8 +64,13 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     for &count in &args.gateways {
         let redis =
             jobwire_testkit::RedisServer::start_private(jobwire_testkit::Persistence::None)?;
-        let gateways =
-            gateway::start(args.jobwire.clone(), &redis, count, args.gateway_threads).await?;
+        let gateways = gateway::start(
+            args.jobwire.clone(),
+            &redis.url(),
+            count,
+            args.gateway_threads,
+        )
+        .await?;
         let urls: Vec<String> = gateways
             .iter()
             .map(|g| format!("http://{}", g.addr()))

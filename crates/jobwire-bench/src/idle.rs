@@ -56,7 +56,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     }
     println!("open-file limit (hard) {limit}; {processes} holder processes");
     let redis = RedisServer::start_private(Persistence::None)?;
-    let gateways = gateway::start(args.jobwire, &redis, 1, None).await?;
+    let gateways = gateway::start(args.jobwire, &redis.url(), 1, None).await?;
     let server = &gateways[0];
     if most > limit.saturating_sub(100) {
         bail!("the server's own open-file limit ({limit}) cannot hold {most} connections");

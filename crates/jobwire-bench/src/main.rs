@@ -3,6 +3,7 @@
 //! into `docs/benchmarks.md`.
 
 mod baseline;
+mod cluster;
 mod fanout;
 mod floor;
 mod gateway;
@@ -57,17 +58,46 @@ enum Scenario {
     /// Worker throughput: trivial jobs/s through the queue, and reporter
     /// events/s for one busy job.
     Worker(worker::Args),
+    /// Redis Cluster against one node: publish throughput, how the work
+    /// spreads over the masters, and the cost of WAIT 1.
+    Cluster(cluster::Args),
 }
 
-/// The Redis to measure against: `url` when given, else a private
-/// redis-server (kept running while the returned handle lives).
-fn redis(url: Option<&str>) -> Result<(Option<RedisServer>, String)> {
+/// A private Redis the benchmark started, stopped when dropped.
+#[derive(Debug)]
+enum OwnRedis {
+    Server(RedisServer),
+    /// Held only to stop it when dropped.
+    Cluster {
+        _cluster: jobwire_testkit::cluster::RedisCluster,
+    },
+}
+
+impl OwnRedis {
+    /// The server's process id (for CPU readings); none for a cluster.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            OwnRedis::Server(server) => server.pid(),
+            OwnRedis::Cluster { .. } => None,
+        }
+    }
+}
+
+/// The Redis to measure against: `url` when given; `cluster` for a private
+/// Redis Cluster of three masters; else a private redis-server. None keeps
+/// data on disk. A private one runs while the returned handle lives.
+fn redis(url: Option<&str>) -> Result<(Option<OwnRedis>, String)> {
     match url {
+        Some("cluster") => {
+            let cluster = jobwire_testkit::cluster::RedisCluster::start_with(0, Persistence::None)?;
+            let url = cluster.url();
+            Ok((Some(OwnRedis::Cluster { _cluster: cluster }), url))
+        }
         Some(url) => Ok((None, url.to_owned())),
         None => {
             let server = RedisServer::start_private(Persistence::None)?;
             let url = server.url();
-            Ok((Some(server), url))
+            Ok((Some(OwnRedis::Server(server)), url))
         }
     }
 }
@@ -83,5 +113,6 @@ async fn main() -> Result<()> {
         Scenario::Idle(args) => idle::run(args).await,
         Scenario::Hold(args) => idle::hold(args).await,
         Scenario::Worker(args) => worker::run(args).await,
+        Scenario::Cluster(args) => cluster::run(args).await,
     }
 }

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Use this Redis instead of starting a private redis-server (keys
-    /// under `jwbench-*` prefixes are written).
+    /// Use this Redis instead of starting a private redis-server (`cluster`:
+    /// start a private Redis Cluster of three masters; keys under
+    /// `jwbench-*` prefixes are written).
     #[arg(long, env = "JOBWIRE_BENCH_REDIS_URL")]
     redis_url: Option<String>,
     /// Trivial jobs per queue measurement.

@@ -131,7 +131,7 @@ async fn bad_sentinel_urls_and_absent_sentinels_are_clear_errors() -> Result<()>
 /// same fence once the replica is back is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_replicas_acknowledges_only_what_a_replica_has() -> Result<()> {
-    let mut set = tokio::task::block_in_place(SentinelSet::start)?;
+    let set = tokio::task::block_in_place(SentinelSet::start)?;
     let b = RedisBackend::connect(RedisConfig {
         wait_replicas: 1,
         ..config(set.url())

@@ -38,7 +38,7 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing or the cluster does not
     /// come up.
     pub fn start() -> Result<RedisCluster> {
-        RedisCluster::start_with(1)
+        RedisCluster::start_with(1, Persistence::Aof)
     }
 
     /// Three masters without replicas: quicker to start, for tests that
@@ -47,12 +47,17 @@ impl RedisCluster {
     /// # Errors
     /// As [`RedisCluster::start`].
     pub fn start_masters_only() -> Result<RedisCluster> {
-        RedisCluster::start_with(0)
+        RedisCluster::start_with(0, Persistence::Aof)
     }
 
-    fn start_with(replicas: u8) -> Result<RedisCluster> {
+    /// Three masters with `replicas` replicas each, keeping data as
+    /// `persistence` says (benchmarks compare with a server without any).
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn start_with(replicas: u8, persistence: Persistence) -> Result<RedisCluster> {
         let nodes = (0..3 * (1 + usize::from(replicas)))
-            .map(|_| RedisServer::start_cluster_node(Persistence::Aof))
+            .map(|_| RedisServer::start_cluster_node(persistence))
             .collect::<Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes
             .iter()

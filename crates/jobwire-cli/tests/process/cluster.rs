@@ -1,62 +1,72 @@
-//! Two `jobwire serve` gateways and a `jobwire worker` on a Redis Cluster of
-//! three masters and three replicas: the master that holds the job's
-//! partition is killed mid-job, its replica takes over, and every process
-//! follows without a restart. The job completes once, and a watcher on the
-//! other gateway than the one the job was created through sees an exact
-//! stream: ids consecutive after each `current_state`, which comes again
-//! (with `resync`) when the job goes on under a new epoch.
+//! `jobwire serve` and `jobwire worker` on a Redis Cluster started by the
+//! test kit:
+//! - two gateways and two workers run jobs while a slot holding one of
+//!   them is moved to another master: every watcher sees every event once,
+//!   in order;
+//! - on three masters and three replicas, the master that holds the job's
+//!   partition is killed mid-job; its replica takes over and every process
+//!   follows without a restart. The job completes once and the watcher's
+//!   stream stays exact: ids consecutive after each `current_state`, which
+//!   comes again (with `resync`) when the job goes on under a new epoch.
 
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use jobwire_core::JobStatus;
+use jobwire_core::{Backend, EventType, JobId, JobStatus};
 use jobwire_testkit::cluster::RedisCluster;
-use jobwire_testkit::jobs::{create_demo, log, wait_for};
+use jobwire_testkit::jobs::{create_demo, log, wait_for, wait_progressing};
 use serde_json::json;
 
-use crate::{next, redis_backend, watch, Jobwire};
+use crate::{next, redis_backend, watch, Jobwire, Ws};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_failover_mid_job_is_followed_by_gateways_worker_and_watcher() -> Result<()> {
-    let mut cluster = tokio::task::block_in_place(RedisCluster::start)?;
-    let url = cluster.url();
-    let first = Jobwire::start(&["serve"], &[("REDIS_URL", url.clone())])?;
-    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", url.clone())])?;
-    for g in [&first, &gateway] {
+/// The slot of a job's partition (the process tests run 4 partitions).
+fn slot_of(job: &JobId) -> u16 {
+    jobwire_redis::slot_of(&format!(
+        "jobwire:{{{}}}:live",
+        jobwire_redis::partition_tag(job.partition(4), 4)
+    ))
+}
+
+/// Starts `gateways` gateways and `workers` workers on `url`, ready.
+async fn start(url: &str, gateways: usize, workers: usize) -> Result<Vec<Jobwire>> {
+    let mut processes = Vec::new();
+    for _ in 0..gateways {
+        processes.push(Jobwire::start(
+            &["serve"],
+            &[("REDIS_URL", url.to_owned())],
+        )?);
+    }
+    for g in &processes {
         g.wait_for("/readyz", 200, Duration::from_secs(20)).await?;
     }
-    let _worker = Jobwire::start(
-        &["worker"],
-        &[
-            ("REDIS_URL", url.clone()),
-            ("JOBWIRE_WORKER_NAME", "w".to_owned()),
-        ],
-    )?;
-    let backend = redis_backend(&url).await?;
-    let job = create_demo(backend.as_ref(), json!({"steps": 80, "delay_ms": 100})).await?;
-    let slot = jobwire_redis::slot_of(&format!(
-        "jobwire:{{{}}}:live",
-        jobwire_redis::partition_tag(job.id.partition(4), 4)
-    ));
-    let mut ws = watch(gateway.port, &format!("/ws/jobs/{}", job.id)).await?;
+    for i in 0..workers {
+        processes.push(Jobwire::start(
+            &["worker"],
+            &[
+                ("REDIS_URL", url.to_owned()),
+                ("JOBWIRE_WORKER_NAME", format!("w{i}")),
+            ],
+        )?);
+    }
+    Ok(processes)
+}
 
-    // (id of the last message, whether a failover was triggered)
+/// Reads a watcher's stream until the job's end, checking that ids are
+/// consecutive after each `current_state`; calls `each` with every event's
+/// type and id. Returns the number of resyncs.
+async fn follow(ws: &mut Ws, mut each: impl FnMut(&str, u64) -> Result<()>) -> Result<usize> {
     let mut last: Option<u64> = None;
-    let mut killed = false;
     let mut resyncs = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        if tokio::time::Instant::now() > deadline {
-            let state = backend.job(&job.id).await;
-            bail!(
-                "the job did not finish: watcher at {last:?} (killed {killed}, {resyncs} resyncs); job {state:?}"
-            );
-        }
-        let message = match next(&mut ws).await {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not finish: watcher at {last:?} ({resyncs} resyncs)"
+        );
+        let message = match next(ws).await {
             Ok(Ok(message)) => message,
-            // A quiet stretch while the sentinels elect (heartbeats are
-            // not text); anything else ends the socket, which must not
-            // happen: a Redis failover is not the gateway's end.
+            // A quiet stretch while a master fails over; anything else ends
+            // the socket, which must not happen.
             Err(_) => continue,
             Ok(Err(code)) => bail!("the gateway closed the socket: {code:?}"),
         };
@@ -70,50 +80,134 @@ async fn a_cluster_failover_mid_job_is_followed_by_gateways_worker_and_watcher()
                 // A resync that came after the job's end carries it in its
                 // state: nothing follows.
                 if message["data"]["status"] == json!("completed") {
-                    break;
+                    return Ok(resyncs);
                 }
             }
             Some(kind) => {
-                let expected = last.map(|l| l + 1);
                 ensure!(
-                    Some(id) == expected,
+                    Some(id) == last.map(|l| l + 1),
                     "{kind} {id} after {last:?}: not consecutive"
                 );
                 last = Some(id);
-                if kind == "progress" && id >= 20 && !killed {
-                    killed = true;
-                    tokio::task::block_in_place(|| -> Result<()> {
-                        let old = cluster.kill_master_of(slot)?;
-                        cluster.wait_failover(old, slot)?;
-                        Ok(())
-                    })?;
-                }
-                if kind == "job_completed" {
-                    break;
-                }
+                each(kind, id)?;
                 ensure!(
                     !matches!(kind, "job_failed" | "job_cancelled"),
                     "the job ended {kind}: {message}"
                 );
+                if kind == "job_completed" {
+                    return Ok(resyncs);
+                }
             }
             None => bail!("a message without a type: {message}"),
         }
     }
-    ensure!(killed, "the master was never killed");
-    // The promoted replica is another history: the job went on under a
-    // new epoch, which the watcher learnt by a resync.
-    drop(first);
-    ensure!(resyncs >= 1, "no resync after a failover");
-    let state = wait_for(backend.as_ref(), &job.id, Duration::from_secs(10), |s| {
+}
+
+/// The job completed, once.
+async fn completed_once(backend: &dyn Backend, job: &JobId) -> Result<()> {
+    let state = wait_for(backend, job, Duration::from_secs(10), |s| {
         s.status.is_terminal()
     })
     .await?;
     ensure!(state.status == JobStatus::Completed, "{state:?}");
-    let events = log(backend.as_ref(), &job.id).await?;
-    let completed = events
+    let completed = log(backend, job)
+        .await?
         .iter()
-        .filter(|e| e.kind == jobwire_core::EventType::JobCompleted)
+        .filter(|e| e.kind == EventType::JobCompleted)
         .count();
-    ensure!(completed == 1, "completed {completed} times");
+    ensure!(completed == 1, "job {job} completed {completed} times");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_and_two_workers_stay_exact_through_a_slot_move() -> Result<()> {
+    let cluster = tokio::task::block_in_place(RedisCluster::start_masters_only)?;
+    let url = cluster.url();
+    let processes = start(&url, 2, 2).await?;
+    let gateways = [processes[0].port, processes[1].port];
+    let backend = redis_backend(&url).await?;
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(
+            create_demo(backend.as_ref(), json!({"steps": 40, "delay_ms": 50}))
+                .await?
+                .id,
+        );
+    }
+    let mut watchers = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let mut ws = watch(gateways[i % 2], &format!("/ws/jobs/{job}")).await?;
+        watchers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let resyncs = follow(&mut ws, |_, id| {
+                ids.push(id);
+                Ok(())
+            })
+            .await?;
+            anyhow::Ok((ids, resyncs))
+        }));
+    }
+    // Move the slot of the first job's partition while it runs.
+    wait_progressing(backend.as_ref(), &jobs[0]).await?;
+    let slot = slot_of(&jobs[0]);
+    let (cluster, moved) = tokio::task::spawn_blocking(move || {
+        let moved = (|| -> Result<u16> {
+            let from = cluster.master_of(slot)?;
+            let to = cluster
+                .topology()?
+                .into_iter()
+                .find(|n| n.master && n.port != from)
+                .context("another master")?
+                .port;
+            cluster.move_slot(slot, to)?;
+            Ok(to)
+        })();
+        (cluster, moved)
+    })
+    .await?;
+    let to = moved?;
+    ensure!(cluster.master_of(slot)? == to);
+    for (job, watcher) in jobs.iter().zip(watchers) {
+        let (ids, _resyncs) = watcher.await??;
+        let mut unique = ids.clone();
+        unique.dedup();
+        ensure!(unique == ids, "job {job}: an event came twice: {ids:?}");
+        completed_once(backend.as_ref(), job).await?;
+    }
+    drop(processes);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failover_mid_job_is_followed_by_gateways_worker_and_watcher() -> Result<()> {
+    let cluster = tokio::task::block_in_place(RedisCluster::start)?;
+    let url = cluster.url();
+    let processes = start(&url, 2, 2).await?;
+    let backend = redis_backend(&url).await?;
+    let job = create_demo(backend.as_ref(), json!({"steps": 80, "delay_ms": 100})).await?;
+    let slot = slot_of(&job.id);
+    // Watched on the second gateway.
+    let mut ws = watch(processes[1].port, &format!("/ws/jobs/{}", job.id)).await?;
+    let mut cluster = Some(cluster);
+    let mut killed = false;
+    let resyncs = follow(&mut ws, |kind, id| {
+        if kind == "progress" && id >= 20 && !killed {
+            killed = true;
+            let cluster = cluster.as_mut().context("the cluster")?;
+            tokio::task::block_in_place(|| -> Result<()> {
+                let old = cluster.kill_master_of(slot)?;
+                cluster.wait_failover(old, slot)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+    .await?;
+    ensure!(killed, "the master was never killed");
+    // The promoted replica is another history: the job went on under a
+    // new epoch, which the watcher learnt by a resync.
+    ensure!(resyncs >= 1, "no resync after a failover");
+    completed_once(backend.as_ref(), &job.id).await?;
+    drop(processes);
     Ok(())
 }
