@@ -410,6 +410,10 @@ async fn inject(
                 let new = set.wait_failover(old)?;
                 std::thread::sleep(back_after);
                 set.restart(old)?;
+                // Before the next fault: a replica still loading or syncing
+                // could be promoted without the last writes, and the next
+                // failover bring them back (docs/reliability.md).
+                set.wait_in_sync(old)?;
                 Ok((old, new))
             })?;
             Ok(format!(

@@ -145,6 +145,18 @@ impl SentinelSet {
         Ok(())
     }
 
+    /// Waits until the server on `port` is a replica in sync with the
+    /// master (after a restart the sentinels make it one, then it syncs).
+    ///
+    /// # Errors
+    /// When that does not happen within 30 s.
+    pub fn wait_in_sync(&self, port: u16) -> Result<()> {
+        wait_until(Duration::from_secs(30), "the replica to sync", || {
+            let info = cli(port, &["INFO", "replication"])?;
+            Ok(info.contains("role:slave") && info.contains("master_link_status:up"))
+        })
+    }
+
     /// Starts the server on `port` again (same data directory).
     ///
     /// # Errors
