@@ -99,7 +99,6 @@ pub fn find_jobwire() -> Result<PathBuf> {
 /// not errors.
 pub async fn run(config: Config) -> Result<Report> {
     let wall = Instant::now();
-    let clock = Clock::new();
     let log_dir = config.log_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!(
             "jobwire-chaos-{}-{}",
@@ -115,6 +114,9 @@ pub async fn run(config: Config) -> Result<Report> {
         store: config.schedule.store(),
     })
     .await?;
+    // The run's clock starts once everything is up (a cluster takes a
+    // few seconds), so the first fault comes after the load has started.
+    let clock = Clock::new();
     let env = Arc::new(Env::new(
         cluster.gateway_urls(),
         Arc::new(tokens::Tokens::default()),
@@ -153,24 +155,27 @@ pub async fn run(config: Config) -> Result<Report> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let plan = faults::plan(config.schedule, config.duration, &mut rng);
     let no_stop = CancellationToken::new();
-    let (submissions, fault_log) = tokio::join!(
-        load::submit(
-            Arc::clone(&env),
-            load.clone(),
-            rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(1)),
-            mux,
-            slow,
-            Arc::clone(&tasks),
-            Arc::clone(&known),
-        ),
-        faults::run(
-            plan,
-            Arc::clone(&cluster),
-            Arc::clone(&env),
-            rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(2)),
-            no_stop,
-        ),
-    );
+    // The injector is a task of its own: its blocking steps
+    // (`block_in_place`: a failover takes seconds) would otherwise block
+    // the submissions too, joined in one task.
+    let injector = tokio::spawn(faults::run(
+        plan,
+        Arc::clone(&cluster),
+        Arc::clone(&env),
+        rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(2)),
+        no_stop,
+    ));
+    let submissions = load::submit(
+        Arc::clone(&env),
+        load.clone(),
+        rand::rngs::StdRng::seed_from_u64(config.seed.wrapping_add(1)),
+        mux,
+        slow,
+        Arc::clone(&tasks),
+        Arc::clone(&known),
+    )
+    .await;
+    let fault_log = injector.await.context("the fault injector panicked")?;
     cluster.lock().await.heal().await?;
 
     // Drain: every job ends, then every watcher does (or the bounds pass).

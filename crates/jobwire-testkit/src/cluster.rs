@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cli, wait_until, Persistence, RedisServer};
+use crate::{cli, make_test_certs, wait_until, Persistence, RedisServer, TestCerts};
 
 /// Six nodes (three masters, three replicas), killed on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// The certificates of a TLS cluster ([`RedisCluster::start_tls`]).
+    certs: Option<(tempfile::TempDir, TestCerts)>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -68,9 +70,101 @@ impl RedisCluster {
         let replicas = replicas.to_string();
         args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         cli(nodes[0].port(), &args).context("redis-cli --cluster create")?;
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, certs: None };
         cluster.wait_healthy(Duration::from_secs(30))?;
         Ok(cluster)
+    }
+
+    /// Three masters over TLS only for clients, the bus and replication
+    /// (`tls-cluster`), with certificates of a throwaway CA; clients must
+    /// present one too. Their plain ports stay open for the harness.
+    ///
+    /// # Errors
+    /// When `openssl`, `redis-server` (with TLS) or `redis-cli` is missing,
+    /// or the cluster does not come up.
+    pub fn start_tls() -> Result<RedisCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("jobwire-cluster-certs-")
+            .tempdir()
+            .context("creating a directory for the certificates")?;
+        let certs = make_test_certs(dir.path())?;
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_cluster_node_with(Persistence::None, Some(&certs)))
+            .collect::<Result<Vec<_>>>()?;
+        let tls_ports: Vec<String> = nodes
+            .iter()
+            .filter_map(RedisServer::tls_url)
+            .filter_map(|url| {
+                url.rsplit(':')
+                    .next()
+                    .map(|p| p.trim_end_matches('/').to_owned())
+            })
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (ca, cert, key) = (
+            path(&certs.ca_cert),
+            path(&certs.client_cert),
+            path(&certs.client_key),
+        );
+        let mut args = vec![
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--cluster",
+            "create",
+        ];
+        args.extend(tls_ports.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        // redis-cli waits for ever for nodes that cannot meet (a TLS
+        // mistake on the bus): give it 30 s.
+        let mut child = std::process::Command::new("redis-cli")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running redis-cli --tls --cluster create")?;
+        let created = wait_until(
+            Duration::from_secs(30),
+            "redis-cli --cluster create",
+            || Ok(child.try_wait()?.is_some_and(|status| status.success())),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        created?;
+        let cluster = RedisCluster {
+            nodes,
+            certs: Some((dir, certs)),
+        };
+        wait_until(Duration::from_secs(30), "the TLS cluster to be up", || {
+            for node in &cluster.nodes {
+                if !cli(node.port(), &["CLUSTER", "INFO"])?.contains("cluster_state:ok") {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(cluster)
+    }
+
+    /// `rediss://` URLs of a [`RedisCluster::start_tls`] cluster's nodes.
+    pub fn tls_url(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(RedisServer::tls_url)
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The certificates of a [`RedisCluster::start_tls`] cluster.
+    pub fn test_certs(&self) -> Option<&TestCerts> {
+        self.certs.as_ref().map(|(_, certs)| certs)
     }
 
     /// `REDIS_URL` for jobwire: every node's URL, comma-separated.

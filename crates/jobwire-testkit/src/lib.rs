@@ -115,10 +115,34 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is not installed or does not come up.
     pub fn start_cluster_node(persistence: Persistence) -> Result<RedisServer> {
+        RedisServer::start_cluster_node_with(persistence, None)
+    }
+
+    /// A cluster node that also speaks TLS (bus and replication too), with
+    /// the certificates of `certs` (one CA for the whole cluster).
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up.
+    pub fn start_cluster_node_with(
+        persistence: Persistence,
+        certs: Option<&TestCerts>,
+    ) -> Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("jobwire-redis-cluster-")
             .tempdir()
             .context("creating a data directory for redis-server")?;
+        if let Some(certs) = certs {
+            for (from, name) in [
+                (&certs.ca_cert, "ca.crt"),
+                (&certs.server_cert, "server.crt"),
+                (&certs.server_key, "server.key"),
+                (&certs.client_cert, "client.crt"),
+                (&certs.client_key, "client.key"),
+            ] {
+                std::fs::copy(from, dir.path().join(name))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
         let mut server = RedisServer {
             port: 0,
             tls_port: None,
@@ -132,6 +156,9 @@ impl RedisServer {
         for _ in 0..5 {
             server.port = free_port()?;
             server.cluster_port = Some(free_port()?);
+            if certs.is_some() {
+                server.tls_port = Some(free_port()?);
+            }
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -441,6 +468,17 @@ impl RedisServer {
                 .arg("--tls-ca-cert-file")
                 .arg(dir.join("ca.crt"))
                 .args(["--tls-auth-clients", "yes"]);
+            if self.cluster_port.is_some() {
+                // The bus and replication over TLS too; the nodes then
+                // announce their TLS ports to clients.
+                // A node is the client of its peers' buses and of its
+                // master: it presents the client certificate.
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .arg("--tls-client-cert-file")
+                    .arg(dir.join("client.crt"))
+                    .arg("--tls-client-key-file")
+                    .arg(dir.join("client.key"));
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
