@@ -219,6 +219,16 @@ pub(crate) struct WorkerFlags {
     /// directory.
     #[arg(long, env = "JOBWIRE_SCAN_ROOT")]
     pub(crate) scan_root: Option<PathBuf>,
+    /// The queues to take jobs from, comma-separated, the first first
+    /// (default: one per kind this worker runs, named after it). Every job
+    /// put in these queues must be of a kind this worker runs.
+    #[arg(long, env = "JOBWIRE_QUEUES", value_delimiter = ',', value_parser = parse_queue)]
+    pub(crate) queues: Vec<String>,
+}
+
+/// A queue name (see `jobwire_core::check_queue_name`).
+fn parse_queue(s: &str) -> Result<String, String> {
+    jobwire_core::check_queue_name(s.trim()).map(|()| s.trim().to_owned())
 }
 
 impl WorkerFlags {
@@ -229,6 +239,7 @@ impl WorkerFlags {
             visibility_timeout: self.visibility_timeout,
             max_attempts: self.max_attempts,
             shutdown_timeout: self.shutdown_timeout,
+            queues: self.queues.clone(),
             ..WorkerConfig::default()
         }
     }
@@ -412,6 +423,10 @@ pub(crate) struct SubmitArgs {
     #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
     pub(crate) params: Vec<String>,
     /// Follow the job until it ends (as `jobwire watch`).
+    /// The queue to put the job in (default: the one named after its
+    /// kind); a worker takes jobs only from the queues it serves.
+    #[arg(long, value_parser = parse_queue)]
+    pub(crate) queue: Option<String>,
     #[arg(long)]
     pub(crate) watch: bool,
     /// Print JSON instead of text (with --watch: one event per line).

@@ -53,8 +53,11 @@ fn failed(e: ClientError) -> Failure {
 pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
     let client = client(&args.client)?;
     let params = parse_params(&args.params)?;
+    let options = jobwire_client::CreateOptions {
+        queue: args.queue.clone(),
+    };
     let job = client
-        .create_job(&args.kind, Value::Object(params))
+        .create_job_with(&args.kind, Value::Object(params), &options)
         .await
         .map_err(failed)?;
     // With --watch into a pipe, stdout carries JSON lines only (the first

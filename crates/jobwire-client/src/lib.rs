@@ -38,7 +38,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use jobwire_core::{Epoch, Event, EventId, EventType, JobId, JobState, JobStatus, Refusal};
-pub use rest::{CancelReply, History, JobPage, ListOptions, PublishEvent, PublishReply};
+pub use rest::{
+    CancelReply, CreateOptions, History, JobPage, ListOptions, PublishEvent, PublishReply,
+};
 pub use token::{Provider, TokenSource};
 pub use watch::{ConnectionStatus, Cursor, Watch, WatchEvent};
 

@@ -70,13 +70,37 @@ pub struct PublishReply {
     pub cancel_requested: bool,
 }
 
+/// Queue controls of a new job (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// The queue to wait in (default: the kind's).
+    pub queue: Option<String>,
+}
+
 impl Client {
     /// `POST /api/jobs`: a job for jobwire's workers.
     ///
     /// # Errors
     /// [`ClientError::Api`] with `invalid` for an unknown kind or bad params.
     pub async fn create_job(&self, kind: &str, params: Value) -> Result<JobState, ClientError> {
-        let body = json!({ "kind": kind, "params": params });
+        self.create_job_with(kind, params, &CreateOptions::default())
+            .await
+    }
+
+    /// [`Client::create_job`] with queue controls.
+    ///
+    /// # Errors
+    /// As [`Client::create_job`]; `invalid` for a bad queue name.
+    pub async fn create_job_with(
+        &self,
+        kind: &str,
+        params: Value,
+        options: &CreateOptions,
+    ) -> Result<JobState, ClientError> {
+        let mut body = json!({ "kind": kind, "params": params });
+        if let Some(queue) = &options.queue {
+            body["queue"] = json!(queue);
+        }
         self.call(Method::POST, "/api/jobs", Some(&body)).await
     }
 

@@ -183,6 +183,11 @@ pub struct Claim {
     pub kind: String,
 }
 
+/// The queues a worker serves (each a name checked by
+/// [`crate::job::check_queue_name`]), in the order it prefers them: a claim
+/// takes what the first has before it looks at the next.
+pub type Queues = [String];
+
 /// What reclaiming an idle (abandoned) queue entry led to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reclaimed {
@@ -368,9 +373,16 @@ pub trait LiveFeed: Send + Sync + fmt::Debug + 'static {
 /// on top of this and [`JobStore`], in [`crate::settle`].
 #[async_trait]
 pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
-    /// Takes up to `max` queue entries for `consumer`, waiting up to `wait`
-    /// for the first.
-    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>>;
+    /// Takes up to `max` entries of `queues` for `consumer` (the first
+    /// queue's first), waiting up to `wait` for the first. Never an entry
+    /// of another queue.
+    async fn claim(
+        &self,
+        consumer: &str,
+        queues: &Queues,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Claim>>;
 
     /// Extends `consumer`'s lease on an entry. `false` when the entry is no
     /// longer this consumer's (it was taken over or acked): stop working on it.
@@ -384,12 +396,14 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// the entry is no longer `consumer`'s.
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool>;
 
-    /// Leases to `consumer` up to `max` entries idle for at least
-    /// `min_idle` (their worker died or hangs). The caller settles them
-    /// ([`crate::settle::settle_all`]).
+    /// Leases to `consumer` up to `max` entries of `queues` idle for at
+    /// least `min_idle` (their worker died or hangs). The caller settles
+    /// them ([`crate::settle::settle_all`]) and may run the retried ones:
+    /// hence only the queues it serves.
     async fn take_over_idle(
         &self,
         consumer: &str,
+        queues: &Queues,
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Claim>>;

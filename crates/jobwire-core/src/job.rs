@@ -130,6 +130,11 @@ pub struct JobState {
     /// Driven by an outside program through the publish API, not queued for
     /// jobwire's own workers.
     pub external: bool,
+    /// The queue it waits in for a worker: by default its kind's name
+    /// (empty in states written before queues existed: read it with
+    /// [`JobState::queue`]).
+    #[serde(default)]
+    pub queue: String,
     /// Cancellation was requested; a running job stops at its next report.
     /// Not part of the event-sourced state: backends fill it in on read.
     #[serde(default)]
@@ -161,9 +166,44 @@ impl JobState {
             last_event_id: EventId::ZERO,
             result: None,
             external: new.external,
+            queue: new.queue().to_owned(),
             cancel_requested: false,
         }
     }
+
+    /// The queue the job waits in (its kind's, unless another was given).
+    pub fn queue(&self) -> &str {
+        if self.queue.is_empty() {
+            &self.kind
+        } else {
+            &self.queue
+        }
+    }
+}
+
+/// The longest queue name.
+pub const MAX_QUEUE_NAME: usize = 64;
+
+/// Checks a queue name: 1 to 64 letters, digits and `._:-` (names end up in
+/// Redis keys and URLs; `/`, braces and spaces would break them).
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_QUEUE_NAME {
+        return Err(format!(
+            "queue name {name:?} must be 1 to {MAX_QUEUE_NAME} characters"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "queue name {name:?} holds {bad:?}: use letters, digits and . _ : -"
+        ));
+    }
+    Ok(())
 }
 
 /// What a caller supplies to create a job.
@@ -175,6 +215,8 @@ pub struct NewJob {
     pub owner: String,
     /// Not queued for jobwire's workers; driven through the publish API.
     pub external: bool,
+    /// The queue to wait in; `None`: the kind's.
+    pub queue: Option<String>,
 }
 
 impl NewJob {
@@ -186,6 +228,7 @@ impl NewJob {
             params,
             owner: owner.into(),
             external: false,
+            queue: None,
         }
     }
 
@@ -193,6 +236,17 @@ impl NewJob {
     pub fn external(mut self) -> NewJob {
         self.external = true;
         self
+    }
+
+    /// Puts the job in `queue` instead of its kind's.
+    pub fn in_queue(mut self, queue: impl Into<String>) -> NewJob {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// The queue the job goes to.
+    pub fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or(&self.kind)
     }
 }
 

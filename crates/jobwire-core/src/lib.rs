@@ -36,11 +36,11 @@ pub mod testsuite;
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, JobPage,
     JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail, PublishOutcome,
-    QueueStats, Reclaimed, ResyncReason, StoreHealth, TailFrom,
+    QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth, TailFrom,
 };
 pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
 pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
-pub use job::{JobState, JobStatus, NewJob};
+pub use job::{check_queue_name, JobState, JobStatus, NewJob};
 pub use memory::MemoryBackend;
 pub use protocol::{ClientFrame, Control, Refusal, Resume, ServerMessage};

@@ -209,7 +209,8 @@ impl JobStore for RedisBackend {
             .key(keys.unfinished_of(&new.id))
             .key(keys.listing(keys.partition_of(&new.id), None))
             .key(keys.listing(keys.partition_of(&new.id), Some(&new.owner)))
-            .key(keys.queue_of(&new.id))
+            .key(keys.queue(keys.partition_of(&new.id), new.queue()))
+            .key(keys.queues(keys.partition_of(&new.id)))
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())
@@ -219,7 +220,8 @@ impl JobStore for RedisBackend {
             .arg(&new.owner)
             .arg(new.id.as_str())
             .arg(&new.kind)
-            .arg(u8::from(!new.external));
+            .arg(u8::from(!new.external))
+            .arg(new.queue());
         let created: i64 = self.write(&invocation, true).await?;
         if created == 0 {
             return Err(BackendError::AlreadyExists(new.id));

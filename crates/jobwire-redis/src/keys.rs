@@ -14,7 +14,8 @@
 //! <prefix>:{t}:live                    stream  every event of the partition (delivery only)
 //! <prefix>:{t}:stats                   hash    the partition's jobs by status
 //! <prefix>:{t}:unfinished              hash    owner -> the partition's unfinished jobs
-//! <prefix>:{t}:queue                   stream  the partition's queue, consumer group `workers`
+//! <prefix>:{t}:queue:<name>            stream  queue <name>'s entries of the partition, group `workers`
+//! <prefix>:{t}:queues                  set     the queue names used in the partition
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
 //! <prefix>:{t}:user:<sub>:jobs         zset    one user's job ids in the partition
 //! <prefix>:wake                        stream  "a job was queued in partition p" (Cluster only)
@@ -153,12 +154,14 @@ impl Keys {
         format!("{}:unfinished", self.base(p))
     }
 
-    pub(crate) fn queue_of(&self, id: &JobId) -> String {
-        self.queue(self.partition_of(id))
+    /// Queue `name`'s stream in partition `p`.
+    pub(crate) fn queue(&self, p: u16, name: &str) -> String {
+        format!("{}:queue:{name}", self.base(p))
     }
 
-    pub(crate) fn queue(&self, p: u16) -> String {
-        format!("{}:queue", self.base(p))
+    /// The names of the queues used in partition `p`.
+    pub(crate) fn queues(&self, p: u16) -> String {
+        format!("{}:queues", self.base(p))
     }
 
     /// Every job of partition `p` (`owner: None`) or one user's.
@@ -190,7 +193,8 @@ mod tests {
             keys.live_of(&id),
             keys.stats_of(&id),
             keys.unfinished_of(&id),
-            keys.queue_of(&id),
+            keys.queue(keys.partition_of(&id), "demo"),
+            keys.queues(keys.partition_of(&id)),
             keys.listing(keys.partition_of(&id), None),
             keys.listing(keys.partition_of(&id), Some("alice")),
         ] {

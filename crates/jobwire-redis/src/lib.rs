@@ -227,13 +227,6 @@ impl RedisBackend {
         };
         backend.check_layout().await?;
         backend.spawn_keepalive();
-        backend
-            .ensure_group()
-            .await
-            .map_err(|cause| ConnectError::Unreachable {
-                url: redacted(&backend.shared.config.url),
-                cause,
-            })?;
         Ok(backend)
     }
 

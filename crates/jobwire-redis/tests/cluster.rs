@@ -287,7 +287,9 @@ async fn a_slot_moved_to_another_master_keeps_working() -> Result<()> {
     // once (plus the ones of other partitions created on the way).
     let mut claimed = std::collections::HashSet::new();
     loop {
-        let claims = backend.claim("w", 10, Duration::from_millis(200)).await?;
+        let claims = backend
+            .claim("w", &["demo".to_owned()], 10, Duration::from_millis(200))
+            .await?;
         if claims.is_empty() {
             break;
         }
@@ -344,7 +346,9 @@ async fn a_tls_cluster_works_with_a_private_ca_and_client_certificates() -> Resu
         seen.len(),
         jobs.len()
     );
-    let claims = backend.claim("w", 100, Duration::from_millis(200)).await?;
+    let claims = backend
+        .claim("w", &["demo".to_owned()], 100, Duration::from_millis(200))
+        .await?;
     ensure!(claims.len() == jobs.len(), "claimed {}", claims.len());
     Ok(())
 }

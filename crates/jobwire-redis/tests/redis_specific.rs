@@ -303,25 +303,47 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
             .await?;
     }
     // "departed" took a job and finished it; "crashed" took one and died.
-    let done = b.claim("departed", 1, Duration::from_millis(100)).await?;
+    let done = b
+        .claim(
+            "departed",
+            &["demo".to_owned()],
+            1,
+            Duration::from_millis(100),
+        )
+        .await?;
     ensure!(done.len() == 1, "departed claimed {}", done.len());
     b.ack(&done[0].entry).await?;
-    let held = b.claim("crashed", 1, Duration::from_millis(100)).await?;
+    let held = b
+        .claim(
+            "crashed",
+            &["demo".to_owned()],
+            1,
+            Duration::from_millis(100),
+        )
+        .await?;
     ensure!(held.len() == 1, "crashed claimed {}", held.len());
 
     // The consumers of every partition's queue group.
     let names = || async {
         let mut names = std::collections::BTreeSet::new();
         for p in 0..4 {
-            let queue = format!("jobwire:{{{}}}:queue", jobwire_redis::partition_tag(p, 4));
-            let reply: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
+            let queue = format!(
+                "jobwire:{{{}}}:queue:demo",
+                jobwire_redis::partition_tag(p, 4)
+            );
+            // A partition's stream exists once a job was queued in it or a
+            // claim read it.
+            let Ok(reply) = redis_cmd::<Vec<std::collections::HashMap<String, redis::Value>>>(
                 &server,
                 redis::cmd("XINFO")
                     .arg("CONSUMERS")
                     .arg(queue)
                     .arg("workers"),
             )
-            .await?;
+            .await
+            else {
+                continue;
+            };
             names.extend(reply.iter().filter_map(|c| match c.get("name") {
                 Some(redis::Value::BulkString(n)) => Some(String::from_utf8_lossy(n).into_owned()),
                 _ => None,
@@ -330,8 +352,13 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
         anyhow::Ok(names.into_iter().collect::<Vec<_>>())
     };
     // Seen recently: nothing is pruned yet.
-    b.take_over_idle("reaper", Duration::from_secs(3600), 10)
-        .await?;
+    b.take_over_idle(
+        "reaper",
+        &["demo".to_owned()],
+        Duration::from_secs(3600),
+        10,
+    )
+    .await?;
     ensure!(
         names().await? == ["crashed", "departed"],
         "{:?}",
@@ -339,8 +366,13 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     );
 
     tokio::time::sleep(Duration::from_millis(5300)).await;
-    b.take_over_idle("reaper", Duration::from_secs(3600), 10)
-        .await?;
+    b.take_over_idle(
+        "reaper",
+        &["demo".to_owned()],
+        Duration::from_secs(3600),
+        10,
+    )
+    .await?;
     ensure!(
         names().await? == ["crashed", "departed"],
         "pruned under an hour-long timeout: {:?}",
@@ -349,7 +381,9 @@ async fn the_reaper_prunes_consumers_of_departed_workers() -> Result<()> {
     // With a 100 ms visibility timeout both are long overdue. "crashed"
     // still holds an entry: the reaper takes it over first, and then
     // "crashed" holds nothing either. The reaper itself is kept.
-    let reclaimed = b.take_over_idle("reaper", visibility, 10).await?;
+    let reclaimed = b
+        .take_over_idle("reaper", &["demo".to_owned()], visibility, 10)
+        .await?;
     ensure!(reclaimed.len() == 1, "reclaimed {}", reclaimed.len());
     ensure!(names().await? == ["reaper"], "left: {:?}", names().await?);
     Ok(())

@@ -61,6 +61,9 @@ pub struct CreateJob {
     params: Value,
     #[serde(default)]
     external: bool,
+    /// The queue to wait in (default: the kind's).
+    #[serde(default)]
+    queue: Option<String>,
 }
 
 /// `POST /api/jobs`.
@@ -133,8 +136,17 @@ pub async fn create_job(
             ),
         ));
     }
+    if let Some(queue) = &req.queue {
+        if req.external {
+            return Err(ApiError::unprocessable(
+                "an external job is in no queue: leave out queue",
+            ));
+        }
+        jobwire_core::check_queue_name(queue).map_err(ApiError::unprocessable)?;
+    }
     let mut new = NewJob::new(req.kind, params, principal.user);
     new.external = req.external;
+    new.queue = req.queue;
     let job = state.store.create_job(new).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }

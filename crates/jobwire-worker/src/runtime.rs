@@ -65,6 +65,11 @@ pub struct WorkerConfig {
     /// Events a job may buffer while the store is unreachable before its
     /// report calls wait.
     pub report_buffer: usize,
+    /// The queues to claim from, the first first (`JOBWIRE_QUEUES`). Empty:
+    /// the queues of the kinds it has handlers for (each kind's jobs wait
+    /// in the queue named after it unless created for another), so it
+    /// never claims a job it cannot run.
+    pub queues: Vec<String>,
 }
 
 impl Default for WorkerConfig {
@@ -76,6 +81,7 @@ impl Default for WorkerConfig {
             max_attempts: 3,
             shutdown_timeout: Duration::from_secs(30),
             report_buffer: DEFAULT_BUFFER,
+            queues: Vec::new(),
         }
     }
 }
@@ -161,6 +167,13 @@ impl WorkerBuilder {
         }
         Ok(Worker {
             shared: Arc::new(WorkerShared {
+                queues: if self.config.queues.is_empty() {
+                    let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+                    kinds.sort();
+                    kinds
+                } else {
+                    self.config.queues.clone()
+                },
                 permits: Arc::new(Semaphore::new(self.config.concurrency)),
                 store: Arc::clone(&self.backend) as Arc<dyn JobStore>,
                 queue: self.backend,
@@ -209,6 +222,8 @@ pub(crate) struct WorkerShared {
     /// Queue entries this worker runs now; any other entry leased to it is
     /// an orphan (see `reap`).
     running: Mutex<HashSet<String>>,
+    /// The queues it claims from (see [`WorkerConfig::queues`]).
+    queues: Vec<String>,
 }
 
 impl WorkerShared {
@@ -260,12 +275,17 @@ impl Worker {
         kinds
     }
 
+    /// The queues this worker claims from, the first first.
+    pub fn queues(&self) -> &[String] {
+        &self.shared.queues
+    }
+
     /// Runs until `shutdown` fires, then shuts down gracefully (see the
     /// module docs). Store outages are waited out, never fatal.
     pub async fn run(&self, shutdown: CancellationToken) {
         let shared = &self.shared;
         tracing::info!(consumer = %shared.config.consumer, concurrency = shared.config.concurrency,
-            kinds = ?self.kinds(), "worker started");
+            kinds = ?self.kinds(), queues = ?shared.queues, "worker started");
         take_jobs(Arc::clone(shared), shutdown).await;
 
         shared.jobs.close();
@@ -327,7 +347,12 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
         }
         let claims = match shared
             .queue
-            .claim(&shared.config.consumer, permits.len(), CLAIM_WAIT)
+            .claim(
+                &shared.config.consumer,
+                &shared.queues,
+                permits.len(),
+                CLAIM_WAIT,
+            )
             .await
         {
             Ok(claims) => {
@@ -393,6 +418,7 @@ async fn reap(
         .queue
         .take_over_idle(
             &shared.config.consumer,
+            &shared.queues,
             shared.config.visibility_timeout,
             permits.len(),
         )

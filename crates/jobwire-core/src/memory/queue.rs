@@ -1,7 +1,7 @@
-//! The in-memory job queue: waiting entries, and entries leased to a consumer
-//! until acked or taken over after sitting idle (the semantics of a Redis
-//! Streams consumer group, which the Redis backend uses); and
-//! `MemoryBackend` as a [`JobQueue`].
+//! The in-memory job queues: waiting entries (each in a named queue), and
+//! entries leased to a consumer until acked or taken over after sitting idle
+//! (the semantics of a Redis Streams consumer group, which the Redis backend
+//! uses); and `MemoryBackend` as a [`JobQueue`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{Claim, JobQueue, QueueStats, Result};
+use crate::backend::{Claim, JobQueue, QueueStats, Queues, Result};
 use crate::ids::JobId;
 
 use super::MemoryBackend;
@@ -26,6 +26,7 @@ struct Entry {
     id: u64,
     job_id: JobId,
     kind: String,
+    queue: String,
 }
 
 #[derive(Debug)]
@@ -47,22 +48,30 @@ impl Entry {
 }
 
 impl Queue {
-    pub(super) fn enqueue(&mut self, job_id: JobId, kind: String) {
+    pub(super) fn enqueue(&mut self, job_id: JobId, kind: String, queue: String) {
         self.next_id += 1;
         self.waiting.push_back(Entry {
             id: self.next_id,
             job_id,
             kind,
+            queue,
         });
     }
 
-    pub(super) fn claim(&mut self, consumer: &str, max: usize) -> Vec<Claim> {
+    /// Up to `max` waiting entries of `queues`, the first queue's first,
+    /// each queue in its order.
+    pub(super) fn claim(&mut self, consumer: &str, queues: &Queues, max: usize) -> Vec<Claim> {
         let now = Instant::now();
-        let n = max.min(self.waiting.len());
-        self.waiting
-            .drain(..n)
-            .map(|entry| {
-                let claim = entry.claim();
+        let mut claims = Vec::new();
+        for queue in queues {
+            while claims.len() < max {
+                let Some(at) = self.waiting.iter().position(|e| e.queue == *queue) else {
+                    break;
+                };
+                let Some(entry) = self.waiting.remove(at) else {
+                    break;
+                };
+                claims.push(entry.claim());
                 self.pending.insert(
                     entry.id,
                     Lease {
@@ -71,9 +80,9 @@ impl Queue {
                         touched: now,
                     },
                 );
-                claim
-            })
-            .collect()
+            }
+        }
+        claims
     }
 
     pub(super) fn pending_of(&self, consumer: &str, max: usize) -> Vec<Claim> {
@@ -129,6 +138,7 @@ impl Queue {
     pub(super) fn take_idle(
         &mut self,
         consumer: &str,
+        queues: &Queues,
         min_idle: Duration,
         max: usize,
     ) -> Vec<Claim> {
@@ -138,7 +148,8 @@ impl Queue {
             if taken.len() == max {
                 break;
             }
-            if now.duration_since(lease.touched) >= min_idle {
+            if now.duration_since(lease.touched) >= min_idle && queues.contains(&lease.entry.queue)
+            {
                 lease.consumer = consumer.to_owned();
                 lease.touched = now;
                 taken.push(lease.entry.claim());
@@ -157,7 +168,13 @@ impl Queue {
 
 #[async_trait]
 impl JobQueue for MemoryBackend {
-    async fn claim(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Claim>> {
+    async fn claim(
+        &self,
+        consumer: &str,
+        queues: &Queues,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before looking, so an enqueue between the
@@ -165,7 +182,7 @@ impl JobQueue for MemoryBackend {
             let ready = self.shared.queue_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let claims = self.index().queue.claim(consumer, max.max(1));
+            let claims = self.index().queue.claim(consumer, queues, max.max(1));
             if !claims.is_empty() {
                 return Ok(claims);
             }
@@ -195,10 +212,14 @@ impl JobQueue for MemoryBackend {
     async fn take_over_idle(
         &self,
         consumer: &str,
+        queues: &Queues,
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Claim>> {
-        Ok(self.index().queue.take_idle(consumer, min_idle, max.max(1)))
+        Ok(self
+            .index()
+            .queue
+            .take_idle(consumer, queues, min_idle, max.max(1)))
     }
 
     async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {

@@ -45,7 +45,9 @@ impl JobStore for MemoryBackend {
                 .or_default()
                 .insert(new.id.clone());
             if !new.external {
-                index.queue.enqueue(new.id.clone(), new.kind.clone());
+                index
+                    .queue
+                    .enqueue(new.id.clone(), new.kind.clone(), new.queue().to_owned());
             }
         }
         let position = self.live().push(event);

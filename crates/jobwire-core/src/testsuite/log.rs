@@ -75,6 +75,7 @@ pub async fn snapshot_tracks_the_log_after_every_publish(f: &dyn BackendFactory)
                 params: job.params.clone(),
                 owner: job.owner.clone(),
                 external: false,
+                queue: None,
             },
             snap.epoch.clone(),
             snap.created_at,

@@ -79,6 +79,9 @@ macro_rules! backend_conformance_tests {
             jobs_are_counted_by_status,
             unfinished_jobs_are_counted_per_owner,
             pending_of_lists_a_consumers_leased_entries,
+            claims_come_only_from_served_queues,
+            the_first_served_queue_goes_first,
+            only_a_worker_of_the_queue_takes_over,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -104,9 +107,14 @@ async fn demo_job(b: &dyn Backend) -> Result<JobState> {
         .await?)
 }
 
+/// The queues of a worker that runs `demo` jobs.
+fn demo_queues() -> Vec<String> {
+    vec!["demo".to_owned()]
+}
+
 /// The next claim for `consumer`, which must exist.
 async fn claim_one(b: &dyn Backend, consumer: &str) -> Result<Claim> {
-    b.claim(consumer, 1, Duration::from_millis(100))
+    b.claim(consumer, &demo_queues(), 1, Duration::from_millis(100))
         .await?
         .pop()
         .context("no claim")
@@ -129,7 +137,9 @@ async fn reclaim(
     max_attempts: u32,
     max: usize,
 ) -> Result<Vec<Reclaimed>> {
-    let taken = b.take_over_idle(consumer, min_idle, max).await?;
+    let taken = b
+        .take_over_idle(consumer, &demo_queues(), min_idle, max)
+        .await?;
     Ok(crate::settle::settle_all(b, b, taken, max_attempts).await?)
 }
 

@@ -17,7 +17,9 @@ pub async fn queue_claim_and_ack(f: &dyn BackendFactory) -> Result<()> {
         .await?;
     let stats = b.queue_stats().await?;
     ensure!(stats.waiting == 3 && stats.pending == 0, "{stats:?}");
-    let claims = b.claim("w1", 10, Duration::from_millis(100)).await?;
+    let claims = b
+        .claim("w1", &demo_queues(), 10, Duration::from_millis(100))
+        .await?;
     let mut claimed: Vec<JobId> = claims.iter().map(|c| c.job_id.clone()).collect();
     claimed.sort();
     ids.sort();
@@ -26,7 +28,7 @@ pub async fn queue_claim_and_ack(f: &dyn BackendFactory) -> Result<()> {
     let stats = b.queue_stats().await?;
     ensure!(stats.waiting == 0 && stats.pending == 3, "{stats:?}");
     ensure!(
-        b.claim("w2", 10, Duration::from_millis(50))
+        b.claim("w2", &demo_queues(), 10, Duration::from_millis(50))
             .await?
             .is_empty(),
         "a leased entry was handed out twice"
@@ -48,7 +50,10 @@ pub async fn claim_waits_for_an_enqueue(f: &dyn BackendFactory) -> Result<()> {
     let b = Arc::clone(&t.backend);
     let waiter = tokio::spawn({
         let b = Arc::clone(&b);
-        async move { b.claim("w1", 1, Duration::from_secs(10)).await }
+        async move {
+            b.claim("w1", &demo_queues(), 1, Duration::from_secs(10))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let job = demo_job(b.as_ref()).await?;
@@ -150,7 +155,9 @@ pub async fn released_entry_goes_to_the_next_claim(f: &dyn BackendFactory) -> Re
         !b.release("w1", &claim.entry).await?,
         "an entry was released twice"
     );
-    let again = b.claim("w2", 5, Duration::from_millis(500)).await?;
+    let again = b
+        .claim("w2", &demo_queues(), 5, Duration::from_millis(500))
+        .await?;
     ensure!(again.len() == 1, "{again:?}");
     ensure!(
         again[0].job_id == job.id && again[0].kind == "demo",
@@ -178,7 +185,8 @@ pub async fn dead_letter_after_max_attempts(f: &dyn BackendFactory) -> Result<()
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     let job = demo_job(b).await?;
-    b.claim("w1", 1, Duration::from_millis(100)).await?;
+    b.claim("w1", &demo_queues(), 1, Duration::from_millis(100))
+        .await?;
     let idle = Duration::from_millis(100);
     tokio::time::sleep(idle * 2).await;
     let first = reclaim(b, "w2", idle, 2, 10).await?;
@@ -218,8 +226,12 @@ pub async fn pending_of_lists_a_consumers_leased_entries(f: &dyn BackendFactory)
     for _ in 0..3 {
         demo_job(b).await?;
     }
-    let mine = b.claim("c1", 2, Duration::from_secs(1)).await?;
-    let theirs = b.claim("c2", 1, Duration::from_secs(1)).await?;
+    let mine = b
+        .claim("c1", &demo_queues(), 2, Duration::from_secs(1))
+        .await?;
+    let theirs = b
+        .claim("c2", &demo_queues(), 1, Duration::from_secs(1))
+        .await?;
     ensure!(mine.len() == 2 && theirs.len() == 1);
     let leased = b.pending_of("c1", 10).await?;
     ensure!(leased == mine, "{leased:?} vs {mine:?}");
@@ -227,5 +239,92 @@ pub async fn pending_of_lists_a_consumers_leased_entries(f: &dyn BackendFactory)
     let leased = b.pending_of("c1", 10).await?;
     ensure!(leased == mine[1..], "after an ack: {leased:?}");
     ensure!(b.pending_of("nobody", 10).await?.is_empty());
+    Ok(())
+}
+
+/// A worker claims only from the queues it serves: by default a job waits
+/// in its kind's queue, or in the one it was created for.
+pub async fn claims_come_only_from_served_queues(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let a = b.create_job(NewJob::new("a", json!({}), "alice")).await?;
+    let other = b.create_job(NewJob::new("b", json!({}), "alice")).await?;
+    let special = b
+        .create_job(NewJob::new("a", json!({}), "alice").in_queue("special"))
+        .await?;
+    ensure!(special.queue() == "special" && a.queue() == "a");
+    let wait = Duration::from_millis(100);
+    let served = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let ids = |claims: Vec<Claim>| claims.into_iter().map(|c| c.job_id).collect::<Vec<_>>();
+    let only = |job: &JobState| vec![job.id.clone()];
+    ensure!(
+        b.claim("w", &served(&["nothing"]), 10, wait)
+            .await?
+            .is_empty(),
+        "a claim from a queue nobody used returned entries"
+    );
+    ensure!(ids(b.claim("w", &served(&["a"]), 10, wait).await?) == only(&a));
+    ensure!(ids(b.claim("w", &served(&["special"]), 10, wait).await?) == only(&special));
+    ensure!(ids(b.claim("w", &served(&["b", "a"]), 10, wait).await?) == only(&other));
+    Ok(())
+}
+
+/// A worker's first queue goes first: with entries in both, a claim of one
+/// takes the first queue's.
+pub async fn the_first_served_queue_goes_first(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let mut low = Vec::new();
+    for _ in 0..3 {
+        low.push(
+            b.create_job(NewJob::new("demo", json!({}), "alice").in_queue("low"))
+                .await?
+                .id,
+        );
+    }
+    let high = b
+        .create_job(NewJob::new("demo", json!({}), "alice").in_queue("high"))
+        .await?;
+    let queues = vec!["high".to_owned(), "low".to_owned()];
+    let first = b.claim("w", &queues, 1, Duration::from_millis(100)).await?;
+    ensure!(
+        first.iter().map(|c| &c.job_id).collect::<Vec<_>>() == [&high.id],
+        "claimed {first:?}"
+    );
+    let rest = b
+        .claim("w", &queues, 10, Duration::from_millis(100))
+        .await?;
+    let mut rest: Vec<JobId> = rest.into_iter().map(|c| c.job_id).collect();
+    rest.sort();
+    low.sort();
+    ensure!(rest == low, "then {rest:?}");
+    Ok(())
+}
+
+/// Lapsed leases are taken over only by workers that serve their queue
+/// (the taker may run the retried job).
+pub async fn only_a_worker_of_the_queue_takes_over(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    b.create_job(NewJob::new("a", json!({}), "alice")).await?;
+    let queues_a = vec!["a".to_owned()];
+    let claimed = b
+        .claim("w1", &queues_a, 1, Duration::from_millis(100))
+        .await?;
+    ensure!(claimed.len() == 1);
+    let other = vec!["b".to_owned()];
+    ensure!(
+        b.take_over_idle("w2", &other, Duration::ZERO, 10)
+            .await?
+            .is_empty(),
+        "a worker of queue b took over an entry of queue a"
+    );
+    let taken = b
+        .take_over_idle("w3", &queues_a, Duration::ZERO, 10)
+        .await?;
+    ensure!(
+        taken.len() == 1 && taken[0].job_id == claimed[0].job_id,
+        "{taken:?}"
+    );
     Ok(())
 }

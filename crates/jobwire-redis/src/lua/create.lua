@@ -11,10 +11,12 @@
 -- KEYS[4] the partition's job counts (a hash: status -> count),
 -- KEYS[5] the partition's unfinished jobs per owner (a hash),
 -- KEYS[6] the partition's jobs (sorted set), KEYS[7] the owner's jobs in
--- the partition (sorted set), KEYS[8] the partition's queue stream
+-- the partition (sorted set), KEYS[8] the job's queue's stream in the
+-- partition, KEYS[9] the partition's queue names (a set)
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
--- ARGV[9] kind, ARGV[10] '1' to queue the job (not external)
+-- ARGV[9] kind, ARGV[10] '1' to queue the job (not external),
+-- ARGV[11] the queue's name
 -- Returns 1 when created, 0 when the job already exists.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -31,5 +33,6 @@ redis.call('ZADD', KEYS[6], 0, ARGV[8])
 redis.call('ZADD', KEYS[7], 0, ARGV[8])
 if ARGV[10] == '1' then
   redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
+  redis.call('SADD', KEYS[9], ARGV[11])
 end
 return 1

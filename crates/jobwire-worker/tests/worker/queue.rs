@@ -114,10 +114,11 @@ async fn failures_fail_the_job_and_the_worker_survives() -> Result<()> {
         let events = log(backend.as_ref(), &job.id).await?;
         ensure!(count(&events, EventType::JobFailed) == 1, "{events:?}");
     }
-    // A kind nobody registered: created directly on the backend, as an
-    // older gateway might.
+    // A kind nobody registered, put in a queue this worker serves: it
+    // takes the job and fails it (its own queue, `unknown`, nobody serves:
+    // see `workers_with_disjoint_kinds_run_only_their_own`).
     let job = backend
-        .create_job(NewJob::new("unknown", json!({}), "alice"))
+        .create_job(NewJob::new("unknown", json!({}), "alice").in_queue("demo"))
         .await?;
     let state = wait_finished(backend.as_ref(), &job.id).await?;
     ensure!(state.status == JobStatus::Failed, "{state:?}");
@@ -235,4 +236,65 @@ async fn script_calls(server: &RedisServer) -> Result<u64> {
         })
         .sum();
     Ok(calls)
+}
+
+/// Two workers with disjoint kinds share one Redis: each runs only its own
+/// jobs (the other's wait in queues it does not serve), and a job of a kind
+/// neither runs stays queued instead of being failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_with_disjoint_kinds_run_only_their_own() -> Result<()> {
+    let server = RedisServer::start()?;
+    let client = support::backend(&server).await?;
+    let server = &server;
+    let worker = |name: &'static str, kind: &'static str| async move {
+        let backend = support::backend(server).await?;
+        let worker = jobwire_worker::Worker::builder(backend)
+            .config(config(name))
+            .handler(
+                kind,
+                handler_fn(move |_job| async move {
+                    Ok(JobOutcome::with_result(json!({ "ran_by": name })))
+                }),
+            )
+            .build()?;
+        ensure!(
+            worker.queues() == [kind.to_owned()],
+            "{:?}",
+            worker.queues()
+        );
+        anyhow::Ok(Running::start(worker))
+    };
+    let alpha = worker("alpha-worker", "alpha").await?;
+    let beta = worker("beta-worker", "beta").await?;
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let kind = if i % 2 == 0 { "alpha" } else { "beta" };
+        let job = client
+            .create_job(NewJob::new(kind, json!({}), "alice"))
+            .await?;
+        jobs.push((kind, job.id));
+    }
+    let orphan = client
+        .create_job(NewJob::new("gamma", json!({}), "alice"))
+        .await?;
+    for (kind, id) in &jobs {
+        let state = wait_finished(client.as_ref(), id).await?;
+        ensure!(state.status == JobStatus::Completed, "{kind}: {state:?}");
+        let ran_by = format!("{kind}-worker");
+        ensure!(
+            state.result == Some(json!({ "ran_by": ran_by })),
+            "{kind}: {state:?}"
+        );
+        ensure!(state.attempt == 1, "{state:?}");
+    }
+    let orphan = client.job(&orphan.id).await?;
+    ensure!(
+        orphan.status == JobStatus::Queued,
+        "gamma was touched: {orphan:?}"
+    );
+    for running in [alpha, beta] {
+        let stats = running.shut_down().await?.stats().snapshot();
+        ensure!(stats.failed == 0, "{stats:?}");
+    }
+    Ok(())
 }

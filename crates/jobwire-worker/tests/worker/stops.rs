@@ -52,7 +52,9 @@ async fn a_reporter_of_a_superseded_attempt_is_fenced() -> Result<()> {
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
     let job = create_demo(backend.as_ref(), json!({})).await?;
-    backend.claim("w1", 1, Duration::from_millis(100)).await?;
+    backend
+        .claim("w1", &["demo".to_owned()], 1, Duration::from_millis(100))
+        .await?;
     backend
         .publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
         .await?;
@@ -62,7 +64,7 @@ async fn a_reporter_of_a_superseded_attempt_is_fenced() -> Result<()> {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let taken = backend
-        .take_over_idle("w2", Duration::from_millis(200), 10)
+        .take_over_idle("w2", &["demo".to_owned()], Duration::from_millis(200), 10)
         .await?;
     let taken = jobwire_core::settle::settle_all(&*backend, &*backend, taken, 5).await?;
     ensure!(
@@ -239,7 +241,7 @@ async fn a_job_past_its_attempts_is_dead_lettered_by_the_reaper() -> Result<()> 
     let job = create_demo(backend.as_ref(), json!({})).await?;
     // A worker that claims the job and dies before renewing its lease.
     let taken = backend
-        .claim("ghost", 1, Duration::from_millis(100))
+        .claim("ghost", &["demo".to_owned()], 1, Duration::from_millis(100))
         .await?;
     ensure!(taken.len() == 1, "{taken:?}");
     let mut c = config("reaper");
