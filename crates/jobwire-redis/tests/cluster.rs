@@ -247,13 +247,7 @@ async fn a_slot_moved_to_another_master_keeps_working() -> Result<()> {
     publish_rounds(&backend, &jobs, 3).await;
     let mut tail = backend.tail(TailFrom::Now).await?;
 
-    let from = cluster.master_of(slot)?;
-    let to = cluster
-        .topology()?
-        .into_iter()
-        .find(|n| n.master && n.port != from)
-        .context("another master")?
-        .port;
+    let to = cluster.another_master(cluster.master_of(slot)?)?;
     let moved = tokio::task::spawn_blocking(move || {
         let moved = cluster.move_slot(slot, to);
         (cluster, moved)

@@ -212,6 +212,18 @@ impl RedisCluster {
             .with_context(|| format!("no master serves slot {slot}"))
     }
 
+    /// The port of a running master other than the one on `port`.
+    ///
+    /// # Errors
+    /// When there is none.
+    pub fn another_master(&self, port: u16) -> Result<u16> {
+        self.topology()?
+            .into_iter()
+            .find(|n| n.master && !n.failed && n.port != port)
+            .map(|n| n.port)
+            .context("no other master")
+    }
+
     /// Waits until every running node reports `cluster_state:ok`, every
     /// slot is served by a master that runs, and every replica of a running
     /// master is in sync.

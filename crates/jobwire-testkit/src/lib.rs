@@ -83,8 +83,20 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is not installed or does not come up.
     pub fn start_private(persistence: Persistence) -> Result<RedisServer> {
+        RedisServer::start_fresh("jobwire-redis-", persistence, |_| Ok(()))
+    }
+
+    /// Starts a private server in a new data directory on a free port,
+    /// after `prepare` (more ports, files in the directory). A free port
+    /// can be taken between our probe and redis binding it: try a few
+    /// times before giving up.
+    fn start_fresh(
+        prefix: &str,
+        persistence: Persistence,
+        prepare: impl Fn(&mut RedisServer) -> Result<()>,
+    ) -> Result<RedisServer> {
         let dir = tempfile::Builder::new()
-            .prefix("jobwire-redis-")
+            .prefix(prefix)
             .tempdir()
             .context("creating a data directory for redis-server")?;
         let mut server = RedisServer {
@@ -96,11 +108,10 @@ impl RedisServer {
             child: None,
             external_url: None,
         };
-        // A free port can be taken between our probe and redis binding it;
-        // try a few times before giving up.
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
+            prepare(&mut server)?;
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -127,11 +138,13 @@ impl RedisServer {
         persistence: Persistence,
         certs: Option<&TestCerts>,
     ) -> Result<RedisServer> {
-        let dir = tempfile::Builder::new()
-            .prefix("jobwire-redis-cluster-")
-            .tempdir()
-            .context("creating a data directory for redis-server")?;
-        if let Some(certs) = certs {
+        RedisServer::start_fresh("jobwire-redis-cluster-", persistence, |server| {
+            server.cluster_port = Some(free_port()?);
+            let Some(certs) = certs else {
+                return Ok(());
+            };
+            server.tls_port = Some(free_port()?);
+            let dir = server.data_dir()?;
             for (from, name) in [
                 (&certs.ca_cert, "ca.crt"),
                 (&certs.server_cert, "server.crt"),
@@ -139,32 +152,11 @@ impl RedisServer {
                 (&certs.client_cert, "client.crt"),
                 (&certs.client_key, "client.key"),
             ] {
-                std::fs::copy(from, dir.path().join(name))
+                std::fs::copy(from, dir.join(name))
                     .with_context(|| format!("copying {}", from.display()))?;
             }
-        }
-        let mut server = RedisServer {
-            port: 0,
-            tls_port: None,
-            cluster_port: None,
-            persistence,
-            dir: Some(dir),
-            child: None,
-            external_url: None,
-        };
-        let mut last_err = None;
-        for _ in 0..5 {
-            server.port = free_port()?;
-            server.cluster_port = Some(free_port()?);
-            if certs.is_some() {
-                server.tls_port = Some(free_port()?);
-            }
-            match server.spawn() {
-                Ok(()) => return Ok(server),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+            Ok(())
+        })
     }
 
     /// Starts a private server on a given port (e.g. one a process under test

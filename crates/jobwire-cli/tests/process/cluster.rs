@@ -11,13 +11,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
-use jobwire_core::{Backend, EventType, JobId, JobStatus};
+use anyhow::{ensure, Context, Result};
+use jobwire_core::JobId;
 use jobwire_testkit::cluster::RedisCluster;
-use jobwire_testkit::jobs::{create_demo, log, wait_for, wait_progressing};
+use jobwire_testkit::jobs::{create_demo, wait_progressing};
 use serde_json::json;
 
-use crate::{next, redis_backend, watch, Jobwire, Ws};
+use crate::{completed_once, follow, redis_backend, watch, Jobwire};
 
 /// The slot of a job's partition (the process tests run 4 partitions).
 fn slot_of(job: &JobId) -> u16 {
@@ -49,74 +49,6 @@ async fn start(url: &str, gateways: usize, workers: usize) -> Result<Vec<Jobwire
         )?);
     }
     Ok(processes)
-}
-
-/// Reads a watcher's stream until the job's end, checking that ids are
-/// consecutive after each `current_state`; calls `each` with every event's
-/// type and id. Returns the number of resyncs.
-async fn follow(ws: &mut Ws, mut each: impl FnMut(&str, u64) -> Result<()>) -> Result<usize> {
-    let mut last: Option<u64> = None;
-    let mut resyncs = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the job did not finish: watcher at {last:?} ({resyncs} resyncs)"
-        );
-        let message = match next(ws).await {
-            Ok(Ok(message)) => message,
-            // A quiet stretch while a master fails over; anything else ends
-            // the socket, which must not happen.
-            Err(_) => continue,
-            Ok(Err(code)) => bail!("the gateway closed the socket: {code:?}"),
-        };
-        let id = message["id"].as_u64().context("a message without an id")?;
-        match message["type"].as_str() {
-            Some("current_state") => {
-                if message["resync"] == json!(true) {
-                    resyncs += 1;
-                }
-                last = Some(id);
-                // A resync that came after the job's end carries it in its
-                // state: nothing follows.
-                if message["data"]["status"] == json!("completed") {
-                    return Ok(resyncs);
-                }
-            }
-            Some(kind) => {
-                ensure!(
-                    Some(id) == last.map(|l| l + 1),
-                    "{kind} {id} after {last:?}: not consecutive"
-                );
-                last = Some(id);
-                each(kind, id)?;
-                ensure!(
-                    !matches!(kind, "job_failed" | "job_cancelled"),
-                    "the job ended {kind}: {message}"
-                );
-                if kind == "job_completed" {
-                    return Ok(resyncs);
-                }
-            }
-            None => bail!("a message without a type: {message}"),
-        }
-    }
-}
-
-/// The job completed, once.
-async fn completed_once(backend: &dyn Backend, job: &JobId) -> Result<()> {
-    let state = wait_for(backend, job, Duration::from_secs(10), |s| {
-        s.status.is_terminal()
-    })
-    .await?;
-    ensure!(state.status == JobStatus::Completed, "{state:?}");
-    let completed = log(backend, job)
-        .await?
-        .iter()
-        .filter(|e| e.kind == EventType::JobCompleted)
-        .count();
-    ensure!(completed == 1, "job {job} completed {completed} times");
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +84,7 @@ async fn two_gateways_and_two_workers_stay_exact_through_a_slot_move() -> Result
     let slot = slot_of(&jobs[0]);
     let (cluster, moved) = tokio::task::spawn_blocking(move || {
         let moved = (|| -> Result<u16> {
-            let from = cluster.master_of(slot)?;
-            let to = cluster
-                .topology()?
-                .into_iter()
-                .find(|n| n.master && n.port != from)
-                .context("another master")?
-                .port;
+            let to = cluster.another_master(cluster.master_of(slot)?)?;
             cluster.move_slot(slot, to)?;
             Ok(to)
         })();

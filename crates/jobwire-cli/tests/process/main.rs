@@ -14,12 +14,13 @@ mod worker;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use futures_util::StreamExt;
-use jobwire_core::{Backend, BackendConfig};
+use jobwire_core::{Backend, BackendConfig, EventType, JobId, JobStatus};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_testkit::free_port;
-use serde_json::Value;
+use jobwire_testkit::jobs::{log, wait_for};
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -157,4 +158,75 @@ pub(crate) async fn redis_backend(url: &str) -> Result<std::sync::Arc<dyn Backen
         ..RedisConfig::new(url)
     };
     Ok(std::sync::Arc::new(RedisBackend::connect(config).await?))
+}
+
+/// Reads a watcher's stream until the job's end, checking that ids are
+/// consecutive after each `current_state`; calls `each` with every event's
+/// type and id. Returns the number of resyncs.
+pub(crate) async fn follow(
+    ws: &mut Ws,
+    mut each: impl FnMut(&str, u64) -> Result<()>,
+) -> Result<usize> {
+    let mut last: Option<u64> = None;
+    let mut resyncs = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not finish: watcher at {last:?} ({resyncs} resyncs)"
+        );
+        let message = match next(ws).await {
+            Ok(Ok(message)) => message,
+            // A quiet stretch while a master fails over; anything else ends
+            // the socket, which must not happen.
+            Err(_) => continue,
+            Ok(Err(code)) => bail!("the gateway closed the socket: {code:?}"),
+        };
+        let id = message["id"].as_u64().context("a message without an id")?;
+        match message["type"].as_str() {
+            Some("current_state") => {
+                if message["resync"] == json!(true) {
+                    resyncs += 1;
+                }
+                last = Some(id);
+                // A resync that came after the job's end carries it in its
+                // state: nothing follows.
+                if message["data"]["status"] == json!("completed") {
+                    return Ok(resyncs);
+                }
+            }
+            Some(kind) => {
+                ensure!(
+                    Some(id) == last.map(|l| l + 1),
+                    "{kind} {id} after {last:?}: not consecutive"
+                );
+                last = Some(id);
+                each(kind, id)?;
+                ensure!(
+                    !matches!(kind, "job_failed" | "job_cancelled"),
+                    "the job ended {kind}: {message}"
+                );
+                if kind == "job_completed" {
+                    return Ok(resyncs);
+                }
+            }
+            None => bail!("a message without a type: {message}"),
+        }
+    }
+}
+
+/// The job completed, once.
+pub(crate) async fn completed_once(backend: &dyn Backend, job: &JobId) -> Result<()> {
+    let state = wait_for(backend, job, Duration::from_secs(10), |s| {
+        s.status.is_terminal()
+    })
+    .await?;
+    ensure!(state.status == JobStatus::Completed, "{state:?}");
+    let completed = log(backend, job)
+        .await?
+        .iter()
+        .filter(|e| e.kind == EventType::JobCompleted)
+        .count();
+    ensure!(completed == 1, "job {job} completed {completed} times");
+    Ok(())
 }
