@@ -154,6 +154,10 @@ pub(crate) struct ServerFlags {
     #[arg(long, env = "JOBWIRE_MAX_PARAMS_BYTES", default_value_t = 16 * 1024,
           value_parser = clap::value_parser!(u32).range(2..=1024 * 1024))]
     pub(crate) max_params_bytes: u32,
+    /// How long an `Idempotency-Key` on `POST /api/jobs` names the job it
+    /// made: the same caller and key get that job back meanwhile.
+    #[arg(long, env = "JOBWIRE_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) idempotency_window: Duration,
     /// Job creations per second per user, in bursts of five seconds' worth
     /// (counted per instance).
     #[arg(long, env = "JOBWIRE_CREATE_RATE", default_value_t = 20,
@@ -294,6 +298,7 @@ impl ServerFlags {
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
             max_params_bytes: self.max_params_bytes as usize,
+            idempotency_window: self.idempotency_window,
             create_rate: self.create_rate,
             max_unfinished_jobs: self.max_unfinished_jobs,
             ..defaults

@@ -183,6 +183,28 @@ pub struct Claim {
     pub kind: String,
 }
 
+/// A create to make at most once (`Idempotency-Key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, scoped by its caller (the server uses `<sub>\n<key>`).
+    pub key: String,
+    /// A digest of the request: the same key with another request is a
+    /// conflict, not a replay.
+    pub fingerprint: String,
+    /// How long the key is remembered.
+    pub window: Duration,
+}
+
+/// What [`JobStore::create_job_once`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Created {
+    /// A new job.
+    New(JobState),
+    /// The key named a job already: that job, and whether it was made by
+    /// the same request (else the caller reused a key for another).
+    Existing { job: JobState, same_request: bool },
+}
+
 /// The queues a worker serves (each a name checked by
 /// [`crate::job::check_queue_name`]), in the order it prefers them: a claim
 /// takes what the first has before it looks at the next.
@@ -306,6 +328,13 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// external, enqueues it for workers (in the same store: see
     /// [`JobQueue`]).
     async fn create_job(&self, new: NewJob) -> Result<JobState>;
+
+    /// [`JobStore::create_job`] at most once per `once.key` within
+    /// `once.window`: a second create under the key returns the job the
+    /// first made (also while concurrent creates race), flagged with
+    /// whether it was the same request. A key whose job is gone (deleted,
+    /// expired) is free again.
+    async fn create_job_once(&self, new: NewJob, once: &Idempotency) -> Result<Created>;
 
     /// Appends events to a job's log atomically with the state change, in
     /// order, with consecutive ids. Fenced events with an already-applied `n`

@@ -52,14 +52,34 @@ impl JobId {
     /// FNV-1a: stable across versions, platforms and languages, so any process
     /// (or a worker written in another language) computes the same partition.
     pub fn partition(&self, partitions: u16) -> u16 {
-        let mut hash: u32 = 0x811c_9dc5;
-        for byte in self.0.bytes() {
-            hash ^= u32::from(byte);
-            hash = hash.wrapping_mul(0x0100_0193);
+        partition_of(&self.0, partitions)
+    }
+
+    /// A new id whose partition is `partition` (of `partitions`): a job
+    /// that must share a slot with a record found by another name (an
+    /// idempotency key).
+    pub fn generate_in(partition: u16, partitions: u16) -> Self {
+        loop {
+            let id = JobId::generate();
+            if id.partition(partitions) == partition % partitions.max(1) {
+                return id;
+            }
         }
-        (hash % u32::from(partitions.max(1))) as u16
     }
 }
+
+/// The partition of any text: FNV-1a of its bytes, modulo `partitions`
+/// (what [`JobId::partition`] computes for an id).
+pub fn partition_of(text: &str, partitions: u16) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(partitions.max(1))) as u16
+}
+
+impl JobId {}
 
 impl FromStr for JobId {
     type Err = IdError;

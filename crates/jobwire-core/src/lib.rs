@@ -34,9 +34,9 @@ pub mod settle;
 pub mod testsuite;
 
 pub use backend::{
-    Backend, BackendConfig, BackendError, CancelOutcome, Claim, EventsAfter, JobCounts, JobPage,
-    JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail, PublishOutcome,
-    QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth, TailFrom,
+    Backend, BackendConfig, BackendError, CancelOutcome, Claim, Created, EventsAfter, Idempotency,
+    JobCounts, JobPage, JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail,
+    PublishOutcome, QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth, TailFrom,
 };
 pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};

@@ -2,10 +2,12 @@
 //! listing, cancel, delete, the per-user counters and the store's health.
 
 use async_trait::async_trait;
+use jobwire_core::ids::partition_of;
 use jobwire_core::publish::{plan, plan_new_job, LogHead};
 use jobwire_core::{
-    BackendError, Epoch, EventId, EventRecord, EventsAfter, JobId, JobPage, JobState, JobStore,
-    ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, StoreHealth, Timestamp,
+    BackendError, Created, Epoch, EventId, EventRecord, EventsAfter, Idempotency, JobId, JobPage,
+    JobState, JobStore, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, StoreHealth,
+    Timestamp,
 };
 use redis::Value;
 
@@ -124,6 +126,75 @@ impl RedisBackend {
         }
     }
 
+    /// Runs `lua/create.lua` (see there), with `once`'s key checked and
+    /// recorded in the same step.
+    async fn create(&self, new: NewJob, once: Option<&Idempotency>) -> Result<Created> {
+        let keys = &self.shared.keys;
+        let limits = &self.shared.config.backend;
+        let (state, event) = plan_new_job(&new)?;
+        let p = keys.partition_of(&new.id);
+        let mut invocation = scripts::CREATE.prepare_invoke();
+        invocation
+            .key(keys.job(&new.id))
+            .key(keys.events(&new.id))
+            .key(keys.live_of(&new.id))
+            .key(keys.stats_of(&new.id))
+            .key(keys.unfinished_of(&new.id))
+            .key(keys.listing(p, None))
+            .key(keys.listing(p, Some(&new.owner)))
+            .key(keys.queue(p, new.queue()))
+            .key(keys.queues(p))
+            // Without a key, any key of the slot stands in (unused).
+            .key(once.map_or_else(|| keys.job(&new.id), |once| keys.idempotency(p, &once.key)))
+            .arg(to_json(&state)?)
+            .arg(&event.json[..])
+            .arg(state.epoch.as_str())
+            .arg(state.status.as_str())
+            .arg(limits.stream_maxlen)
+            .arg(limits.live_maxlen)
+            .arg(&new.owner)
+            .arg(new.id.as_str())
+            .arg(&new.kind)
+            .arg(u8::from(!new.external))
+            .arg(new.queue())
+            .arg(once.map_or("", |once| once.fingerprint.as_str()))
+            .arg(
+                once.map_or(0, |once| once.window.as_millis().max(1))
+                    .to_string(),
+            )
+            .arg(keys.job_prefix(p));
+        let reply: Value = self.write(&invocation, true).await?;
+        match reply {
+            Value::Int(1) => {}
+            Value::Int(0) => return Err(BackendError::AlreadyExists(new.id)),
+            Value::Array(parts) => {
+                let record = match parts.as_slice() {
+                    [Value::Int(2), record] => parse_text(record)?,
+                    _ => return Err(unexpected("create", &parts)),
+                };
+                let (id, fingerprint) = record.split_once(' ').unwrap_or((&record, ""));
+                let id: JobId = id.parse().map_err(corrupt)?;
+                let job = self.job(&id).await?;
+                return Ok(Created::Existing {
+                    job,
+                    same_request: once.is_some_and(|once| once.fingerprint == fingerprint),
+                });
+            }
+            other => return Err(unexpected("create", std::slice::from_ref(&other))),
+        }
+        if !new.external {
+            self.wake_workers(p).await;
+        }
+        self.cache_head(
+            &new.id,
+            Some(LogHead {
+                state: state.clone(),
+                last_n: 0,
+            }),
+        );
+        Ok(Created::New(state))
+    }
+
     /// Runs a script that writes a job. With `JOBWIRE_REDIS_WAIT_REPLICAS`
     /// set (and `wait`), a `WAIT` follows it on the same connection, in the
     /// same pipeline (so on a cluster it goes to the same master), and the
@@ -197,46 +268,19 @@ impl RedisBackend {
 #[async_trait]
 impl JobStore for RedisBackend {
     async fn create_job(&self, new: NewJob) -> Result<JobState> {
-        let keys = &self.shared.keys;
-        let limits = &self.shared.config.backend;
-        let (state, event) = plan_new_job(&new)?;
-        let mut invocation = scripts::CREATE.prepare_invoke();
-        invocation
-            .key(keys.job(&new.id))
-            .key(keys.events(&new.id))
-            .key(keys.live_of(&new.id))
-            .key(keys.stats_of(&new.id))
-            .key(keys.unfinished_of(&new.id))
-            .key(keys.listing(keys.partition_of(&new.id), None))
-            .key(keys.listing(keys.partition_of(&new.id), Some(&new.owner)))
-            .key(keys.queue(keys.partition_of(&new.id), new.queue()))
-            .key(keys.queues(keys.partition_of(&new.id)))
-            .arg(to_json(&state)?)
-            .arg(&event.json[..])
-            .arg(state.epoch.as_str())
-            .arg(state.status.as_str())
-            .arg(limits.stream_maxlen)
-            .arg(limits.live_maxlen)
-            .arg(&new.owner)
-            .arg(new.id.as_str())
-            .arg(&new.kind)
-            .arg(u8::from(!new.external))
-            .arg(new.queue());
-        let created: i64 = self.write(&invocation, true).await?;
-        if created == 0 {
-            return Err(BackendError::AlreadyExists(new.id));
+        match self.create(new, None).await? {
+            Created::New(state) => Ok(state),
+            // Without a key there is no earlier job to find.
+            Created::Existing { job, .. } => Err(BackendError::AlreadyExists(job.id)),
         }
-        if !new.external {
-            self.wake_workers(keys.partition_of(&new.id)).await;
-        }
-        self.cache_head(
-            &new.id,
-            Some(LogHead {
-                state: state.clone(),
-                last_n: 0,
-            }),
-        );
-        Ok(state)
+    }
+    /// The job gets an id in the partition of the key, so that the key's
+    /// record shares its slot and `create.lua` checks and sets it in the
+    /// same step as the create.
+    async fn create_job_once(&self, mut new: NewJob, once: &Idempotency) -> Result<Created> {
+        let partitions = self.shared.keys.partitions();
+        new.id = JobId::generate_in(partition_of(&once.key, partitions), partitions);
+        self.create(new, Some(once)).await
     }
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
         let limits = &self.shared.config.backend;

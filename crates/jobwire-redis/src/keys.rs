@@ -18,6 +18,7 @@
 //! <prefix>:{t}:queues                  set     the queue names used in the partition
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
 //! <prefix>:{t}:user:<sub>:jobs         zset    one user's job ids in the partition
+//! <prefix>:{t}:idem:<sub>\n<key>        string  "<job id> <request digest>": an idempotency key, for its window
 //! <prefix>:wake                        stream  "a job was queued in partition p" (Cluster only)
 //! ```
 //!
@@ -119,6 +120,18 @@ impl Keys {
 
     pub(crate) fn job(&self, id: &JobId) -> String {
         format!("{}:job:{id}", self.base_of(id))
+    }
+
+    /// What a job's hash key starts with in partition `p` (scripts that
+    /// find a job by an id they read).
+    pub(crate) fn job_prefix(&self, p: u16) -> String {
+        format!("{}:job:", self.base(p))
+    }
+
+    /// The record of an idempotency key (its partition is the key's:
+    /// `jobwire_core::ids::partition_of`).
+    pub(crate) fn idempotency(&self, p: u16, key: &str) -> String {
+        format!("{}:idem:{key}", self.base(p))
     }
 
     pub(crate) fn events(&self, id: &JobId) -> String {

@@ -6,8 +6,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jobwire_core::{
-    CancelOutcome, EventId, EventType, EventsAfter, JobId, JobState, JobStatus, ListQuery,
-    NewEvent, NewJob, ResyncReason,
+    CancelOutcome, Created, EventId, EventType, EventsAfter, Idempotency, JobId, JobState,
+    JobStatus, ListQuery, NewEvent, NewJob, ResyncReason,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -53,7 +53,7 @@ async fn visible_job(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     kind: String,
@@ -70,10 +70,17 @@ pub struct CreateJob {
 pub async fn create_job(
     State(state): State<AppState>,
     credentials: Credentials,
+    headers: axum::http::HeaderMap,
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let principal = caller(&state, &credentials, Scope::JobsWrite)?;
     let Json(req) = body?;
+    let once = idempotency(
+        &headers,
+        &principal.user,
+        &req,
+        state.config.idempotency_window,
+    )?;
     let params = match req.params {
         Value::Null => Value::Object(Map::new()),
         Value::Object(map) => Value::Object(map),
@@ -147,8 +154,62 @@ pub async fn create_job(
     let mut new = NewJob::new(req.kind, params, principal.user);
     new.external = req.external;
     new.queue = req.queue;
-    let job = state.store.create_job(new).await?;
-    Ok((StatusCode::CREATED, Json(job)).into_response())
+    let Some(once) = once else {
+        let job = state.store.create_job(new).await?;
+        return Ok((StatusCode::CREATED, Json(job)).into_response());
+    };
+    match state.store.create_job_once(new, &once).await? {
+        Created::New(job) => Ok((StatusCode::CREATED, Json(job)).into_response()),
+        Created::Existing {
+            job,
+            same_request: true,
+        } => Ok((StatusCode::OK, Json(job)).into_response()),
+        Created::Existing { job, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "Idempotency-Key was used for another request, which made job {}: use a new key for a new job",
+                job.id
+            ),
+        )),
+    }
+}
+
+/// The longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The create's `Idempotency-Key`, scoped to the caller, with a digest of
+/// the request (kind, params, external, queue: what decides the job).
+fn idempotency(
+    headers: &axum::http::HeaderMap,
+    user: &str,
+    req: &CreateJob,
+    window: std::time::Duration,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ),
+            )
+        })?;
+    // serde_json keeps object keys sorted: equal requests serialize alike.
+    let request = serde_json::to_vec(req)
+        .map_err(|e| ApiError::unprocessable(format!("unreadable request: {e}")))?;
+    Ok(Some(Idempotency {
+        key: format!("{user}\n{key}"),
+        fingerprint: blake3::hash(&request).to_hex().to_string(),
+        window,
+    }))
 }
 
 /// Validates the parameters of the built-in kinds (docs/protocol.md).

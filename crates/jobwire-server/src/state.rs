@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub max_params_bytes: usize,
     /// Largest `data` of one published event, serialized.
     pub max_event_bytes: usize,
+    /// How long an `Idempotency-Key` names the job it made
+    /// (`JOBWIRE_IDEMPOTENCY_WINDOW`).
+    pub idempotency_window: Duration,
     /// Job creations per second per user, in bursts of five seconds' worth
     /// (`JOBWIRE_CREATE_RATE`; per instance).
     pub create_rate: u32,
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             max_http_connections_per_ip: 256,
             max_params_bytes: 16 * 1024,
             max_event_bytes: 64 * 1024,
+            idempotency_window: Duration::from_secs(24 * 3600),
             create_rate: 20,
             max_unfinished_jobs: 1000,
             max_page: 200,

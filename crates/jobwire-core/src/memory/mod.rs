@@ -51,6 +51,17 @@ struct Shared {
     counts: Mutex<JobCounts>,
     /// Unfinished jobs per owner (the per-user quota).
     unfinished: Mutex<HashMap<String, u64>>,
+    /// Idempotency keys and the jobs they made. An async mutex: it is held
+    /// across the create it guards (the one exception to the rule above).
+    idempotency: tokio::sync::Mutex<HashMap<String, KeyRecord>>,
+}
+
+/// What an idempotency key made, and until when it counts.
+#[derive(Debug)]
+struct KeyRecord {
+    job: JobId,
+    fingerprint: String,
+    expires: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +132,7 @@ impl MemoryBackend {
                 queue_ready: Notify::new(),
                 counts: Mutex::new(JobCounts::default()),
                 unfinished: Mutex::new(HashMap::new()),
+                idempotency: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -7,15 +7,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::backend::{
-    BackendError, EventsAfter, JobPage, JobStore, ListQuery, PublishOutcome, Result, ResyncReason,
-    StoreHealth,
+    BackendError, Created, EventsAfter, Idempotency, JobPage, JobStore, ListQuery, PublishOutcome,
+    Result, ResyncReason, StoreHealth,
 };
 use crate::event::NewEvent;
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, JobStatus, NewJob};
 use crate::publish::{plan, plan_new_job, LogHead};
 
-use super::{lock, MemoryBackend, StoredJob};
+use super::{lock, KeyRecord, MemoryBackend, StoredJob};
 
 #[async_trait]
 impl JobStore for MemoryBackend {
@@ -58,6 +58,35 @@ impl JobStore for MemoryBackend {
             self.shared.queue_ready.notify_waiters();
         }
         Ok(state)
+    }
+
+    async fn create_job_once(&self, new: NewJob, once: &Idempotency) -> Result<Created> {
+        let mut keys = self.shared.idempotency.lock().await;
+        let now = tokio::time::Instant::now();
+        keys.retain(|_, record| record.expires > now);
+        if let Some(record) = keys.get(&once.key) {
+            match self.job(&record.job).await {
+                Ok(job) => {
+                    return Ok(Created::Existing {
+                        job,
+                        same_request: record.fingerprint == once.fingerprint,
+                    })
+                }
+                // Its job is gone: the key is free again.
+                Err(BackendError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let job = self.create_job(new).await?;
+        keys.insert(
+            once.key.clone(),
+            KeyRecord {
+                job: job.id.clone(),
+                fingerprint: once.fingerprint.clone(),
+                expires: now + once.window,
+            },
+        );
+        Ok(Created::New(job))
     }
 
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {

@@ -12,11 +12,13 @@
 //! Every case checks a guarantee with an assertion that fails if it breaks:
 //! ids are compared as complete sequences, not sampled.
 
+mod create;
 mod listing;
 mod live;
 mod log;
 mod queue;
 
+pub use create::*;
 pub use listing::*;
 pub use live::*;
 pub use log::*;
@@ -82,6 +84,9 @@ macro_rules! backend_conformance_tests {
             claims_come_only_from_served_queues,
             the_first_served_queue_goes_first,
             only_a_worker_of_the_queue_takes_over,
+            an_idempotency_key_makes_one_job,
+            concurrent_creates_under_one_key_make_one_job,
+            an_idempotency_key_expires_after_its_window,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -12,12 +12,27 @@
 -- KEYS[5] the partition's unfinished jobs per owner (a hash),
 -- KEYS[6] the partition's jobs (sorted set), KEYS[7] the owner's jobs in
 -- the partition (sorted set), KEYS[8] the job's queue's stream in the
--- partition, KEYS[9] the partition's queue names (a set)
+-- partition, KEYS[9] the partition's queue names (a set), KEYS[10] the
+-- record of the create's idempotency key (any key of the slot without one)
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
 -- ARGV[9] kind, ARGV[10] '1' to queue the job (not external),
--- ARGV[11] the queue's name
--- Returns 1 when created, 0 when the job already exists.
+-- ARGV[11] the queue's name, ARGV[12] the request's digest, ARGV[13] how
+-- long the key counts in ms ('0': no key), ARGV[14] what the partition's
+-- job keys start with
+-- Returns 1 when created, 0 when the job already exists, {2, record} when
+-- the idempotency key names a job that still exists.
+local keyed = ARGV[13] ~= '0'
+if keyed then
+  local record = redis.call('GET', KEYS[10])
+  if record then
+    local id = string.match(record, '^(%S+)')
+    -- A key whose job is gone (deleted, expired) is free again.
+    if id and redis.call('EXISTS', ARGV[14] .. id) == 1 then
+      return {2, record}
+    end
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -34,5 +49,8 @@ redis.call('ZADD', KEYS[7], 0, ARGV[8])
 if ARGV[10] == '1' then
   redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
   redis.call('SADD', KEYS[9], ARGV[11])
+end
+if keyed then
+  redis.call('SET', KEYS[10], ARGV[8] .. ' ' .. ARGV[12], 'PX', ARGV[13])
 end
 return 1

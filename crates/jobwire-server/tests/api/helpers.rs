@@ -401,6 +401,13 @@ impl JobStore for CountingStore {
     async fn create_job(&self, new: NewJob) -> StoreResult<JobState> {
         self.inner.create_job(new).await
     }
+    async fn create_job_once(
+        &self,
+        new: NewJob,
+        once: &jobwire_core::Idempotency,
+    ) -> StoreResult<jobwire_core::Created> {
+        self.inner.create_job_once(new, once).await
+    }
 
     async fn publish(
         &self,

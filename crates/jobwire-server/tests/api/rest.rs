@@ -285,3 +285,100 @@ async fn health_and_metrics_answer() -> Result<()> {
     ensure!(text.trim_end().ends_with("# EOF"), "{text}");
     Ok(())
 }
+
+/// `Idempotency-Key` on `POST /api/jobs`: the same caller, key and request
+/// get the first job back (200); another request under the key is 409;
+/// another caller's key of the same name is theirs; a key that is not
+/// visible ASCII is 400.
+#[tokio::test]
+async fn an_idempotency_key_gets_the_same_job_back() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let create = |token: String, key: &'static str, body: serde_json::Value| {
+        let url = app.url("/api/jobs");
+        async move {
+            let resp = Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            anyhow::Ok((status, body))
+        }
+    };
+    let body = json!({"kind": "demo", "params": {"steps": 2, "delay_ms": 1}});
+    // The same object with its keys in another order is the same request.
+    let reordered = json!({"params": {"delay_ms": 1, "steps": 2}, "kind": "demo"});
+    let (status, first) = create(user_token("alice"), "order-7", body.clone()).await?;
+    ensure!(status == 201, "{status} {first}");
+    let (status, again) = create(user_token("alice"), "order-7", reordered).await?;
+    ensure!(
+        status == 200 && again["id"] == first["id"],
+        "{status} {again}"
+    );
+    let (status, conflict) = create(
+        user_token("alice"),
+        "order-7",
+        json!({"kind": "demo", "params": {"steps": 3}}),
+    )
+    .await?;
+    ensure!(
+        status == 409 && conflict["error"]["code"] == "conflict",
+        "{status} {conflict}"
+    );
+    let (status, bobs) = create(user_token("bob"), "order-7", body.clone()).await?;
+    ensure!(
+        status == 201 && bobs["id"] != first["id"],
+        "{status} {bobs}"
+    );
+    let resp = Client::new()
+        .post(app.url("/api/jobs"))
+        .bearer_auth(user_token("alice"))
+        .header("idempotency-key", "")
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(resp.status() == 400, "an empty key: {}", resp.status());
+    Ok(())
+}
+
+/// Twenty concurrent `POST /api/jobs` with one `Idempotency-Key`, on two
+/// gateways over one Redis: one job, which every response names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_with_one_key_on_two_gateways_make_one_job() -> Result<()> {
+    let server = jobwire_testkit::RedisServer::start()?;
+    let apps = [
+        spawn_app(redis(&server.url()).await?).await?,
+        spawn_app(redis(&server.url()).await?).await?,
+    ];
+    let token = user_token("alice");
+    let body = json!({"kind": "demo", "params": {"steps": 1}});
+    let requests = (0..20).map(|i| {
+        let url = apps[i % 2].url("/api/jobs");
+        let (token, body) = (token.clone(), body.clone());
+        async move {
+            let resp = Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", "upload-42")
+                .json(&body)
+                .send()
+                .await?;
+            let status = resp.status().as_u16();
+            let job: serde_json::Value = resp.json().await?;
+            anyhow::Ok((status, job["id"].as_str().unwrap_or_default().to_owned()))
+        }
+    });
+    let replies = futures_util::future::try_join_all(requests).await?;
+    let created = replies.iter().filter(|(status, _)| *status == 201).count();
+    ensure!(created == 1, "{created} created: {replies:?}");
+    ensure!(
+        replies.iter().all(|(status, id)| (*status == 200 || *status == 201) && *id == replies[0].1),
+        "{replies:?}"
+    );
+    let (_, page) = apps[0].get("/api/jobs", Some(&token)).await?;
+    ensure!(page["jobs"].as_array().map(Vec::len) == Some(1), "{page}");
+    Ok(())
+}
