@@ -432,6 +432,10 @@ pub(crate) struct SubmitArgs {
     /// kind); a worker takes jobs only from the queues it serves.
     #[arg(long, value_parser = parse_queue)]
     pub(crate) queue: Option<String>,
+    /// Submit at most once: running this again with the same key (and the
+    /// same kind and params) prints the job the first run made.
+    #[arg(long)]
+    pub(crate) idempotency_key: Option<String>,
     #[arg(long)]
     pub(crate) watch: bool,
     /// Print JSON instead of text (with --watch: one event per line).

@@ -75,6 +75,10 @@ pub struct PublishReply {
 pub struct CreateOptions {
     /// The queue to wait in (default: the kind's).
     pub queue: Option<String>,
+    /// Makes the create at most once: the same key and request within the
+    /// server's window return the job the first made (a retry after a
+    /// lost reply is then safe).
+    pub idempotency_key: Option<String>,
 }
 
 impl Client {
@@ -101,7 +105,19 @@ impl Client {
         if let Some(queue) = &options.queue {
             body["queue"] = json!(queue);
         }
-        self.call(Method::POST, "/api/jobs", Some(&body)).await
+        let headers: Vec<(&str, &str)> = options
+            .idempotency_key
+            .as_deref()
+            .map(|key| ("idempotency-key", key))
+            .into_iter()
+            .collect();
+        let response = self
+            .send(Method::POST, "/api/jobs", Some(&body), &headers)
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("/api/jobs: {e}")))
     }
 
     /// `POST /api/jobs` with `external: true` (scope `worker`): a job this
@@ -164,7 +180,7 @@ impl Client {
     /// # Errors
     /// `not_found` for an unknown job.
     pub async fn delete(&self, id: &JobId) -> Result<(), ClientError> {
-        self.send(Method::DELETE, &format!("/api/jobs/{id}"), None)
+        self.send(Method::DELETE, &format!("/api/jobs/{id}"), None, &[])
             .await
             .map(drop)
     }
@@ -210,7 +226,7 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ClientError> {
-        let response = self.send(method, path, body).await?;
+        let response = self.send(method, path, body, &[]).await?;
         response
             .json()
             .await
@@ -224,6 +240,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, ClientError> {
         let mut refreshed = false;
         let mut token = self.token_source().current().await?;
@@ -238,6 +255,9 @@ impl Client {
                     .bearer_auth(&token);
                 if let Some(body) = body {
                     request = request.json(body);
+                }
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
                 }
                 let response = match request.send().await {
                     Ok(r) => r,

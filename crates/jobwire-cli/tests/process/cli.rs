@@ -304,3 +304,54 @@ fn watch_gives_up_when_no_server_ever_answered() -> Result<()> {
     );
     Ok(())
 }
+
+/// `submit --queue` puts the job in that queue; `submit --idempotency-key`
+/// run twice prints the same job; a bad queue name is refused before any
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
+    let server = Jobwire::start(&["dev"], &[])?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let submit = |extra: &[&str]| -> Result<String> {
+        let mut args = vec!["submit", "demo", "-p", "steps=2", "-p", "delay_ms=1"];
+        args.extend_from_slice(extra);
+        let out = jobwire(&server, &args)?;
+        ensure!(out.status.success(), "{out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let first = submit(&["--idempotency-key", "nightly-2026-12-02"])?;
+    let again = submit(&["--idempotency-key", "nightly-2026-12-02"])?;
+    ensure!(!first.is_empty() && first == again, "{first} then {again}");
+    ensure!(
+        submit(&[])? != first,
+        "a submit without a key was deduplicated"
+    );
+
+    // `dev`'s workers serve `demo` and `scan`: a job in another queue waits.
+    let parked = submit(&["--queue", "nightly"])?;
+    let out = jobwire(&server, &["jobs", "--json"])?;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(listed.contains(&parked), "{listed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job: Value = reqwest::Client::new()
+        .get(server.url(&format!("/api/jobs/{parked}")))
+        .bearer_auth(token())
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        job["queue"] == "nightly" && job["status"] == "queued",
+        "{job}"
+    );
+
+    let out = jobwire(&server, &["submit", "demo", "--queue", "a b"])?;
+    ensure!(out.status.code() == Some(2), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("queue name"),
+        "{out:?}"
+    );
+    Ok(())
+}

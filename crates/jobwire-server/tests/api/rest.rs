@@ -375,7 +375,9 @@ async fn concurrent_creates_with_one_key_on_two_gateways_make_one_job() -> Resul
     let created = replies.iter().filter(|(status, _)| *status == 201).count();
     ensure!(created == 1, "{created} created: {replies:?}");
     ensure!(
-        replies.iter().all(|(status, id)| (*status == 200 || *status == 201) && *id == replies[0].1),
+        replies
+            .iter()
+            .all(|(status, id)| (*status == 200 || *status == 201) && *id == replies[0].1),
         "{replies:?}"
     );
     let (_, page) = apps[0].get("/api/jobs", Some(&token)).await?;
