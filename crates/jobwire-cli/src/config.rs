@@ -434,8 +434,12 @@ pub(crate) struct SubmitArgs {
     pub(crate) queue: Option<String>,
     /// Submit at most once: running this again with the same key (and the
     /// same kind and params) prints the job the first run made.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "unique_key")]
     pub(crate) idempotency_key: Option<String>,
+    /// At most one unfinished job of this kind per key: while one is
+    /// queued or running, print that one instead of creating another.
+    #[arg(long)]
+    pub(crate) unique_key: Option<String>,
     #[arg(long)]
     pub(crate) watch: bool,
     /// Print JSON instead of text (with --watch: one event per line).

@@ -56,6 +56,7 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
     let options = jobwire_client::CreateOptions {
         queue: args.queue.clone(),
         idempotency_key: args.idempotency_key.clone(),
+        unique_key: args.unique_key.clone(),
     };
     let job = client
         .create_job_with(&args.kind, Value::Object(params), &options)

@@ -79,6 +79,9 @@ pub struct CreateOptions {
     /// server's window return the job the first made (a retry after a
     /// lost reply is then safe).
     pub idempotency_key: Option<String>,
+    /// At most one unfinished job of the kind per key: while one is, the
+    /// create returns it (not with `idempotency_key`).
+    pub unique_key: Option<String>,
 }
 
 impl Client {
@@ -104,6 +107,9 @@ impl Client {
         let mut body = json!({ "kind": kind, "params": params });
         if let Some(queue) = &options.queue {
             body["queue"] = json!(queue);
+        }
+        if let Some(key) = &options.unique_key {
+            body["unique_key"] = json!(key);
         }
         let headers: Vec<(&str, &str)> = options
             .idempotency_key

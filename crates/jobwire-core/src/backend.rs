@@ -80,6 +80,10 @@ pub enum BackendError {
     /// The stored data was written by an incompatible layout or is corrupt.
     #[error("backend data error: {0}")]
     Data(String),
+    /// The call asks for something the store cannot do (a caller's
+    /// mistake, such as an idempotency key and a unique key together).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl BackendError {
@@ -195,6 +199,15 @@ pub struct Idempotency {
     pub window: Duration,
 }
 
+/// The refusal of an idempotency key and a unique key on one create.
+pub fn both_keys() -> BackendError {
+    BackendError::Invalid(
+        "an Idempotency-Key and a unique_key cannot be combined: a unique_key already returns \
+         the unfinished job it names"
+            .to_owned(),
+    )
+}
+
 /// What [`JobStore::create_job_once`] did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Created {
@@ -203,6 +216,8 @@ pub enum Created {
     /// The key named a job already: that job, and whether it was made by
     /// the same request (else the caller reused a key for another).
     Existing { job: JobState, same_request: bool },
+    /// The unique key names an unfinished job: that one.
+    Unique(JobState),
 }
 
 /// The queues a worker serves (each a name checked by
@@ -329,12 +344,17 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// [`JobQueue`]).
     async fn create_job(&self, new: NewJob) -> Result<JobState>;
 
-    /// [`JobStore::create_job`] at most once per `once.key` within
-    /// `once.window`: a second create under the key returns the job the
-    /// first made (also while concurrent creates race), flagged with
-    /// whether it was the same request. A key whose job is gone (deleted,
-    /// expired) is free again.
-    async fn create_job_once(&self, new: NewJob, once: &Idempotency) -> Result<Created>;
+    /// [`JobStore::create_job`] honouring the create's keys, atomically
+    /// (also while concurrent creates race):
+    /// - at most once per `once.key` within `once.window`: a second create
+    ///   under the key returns the job the first made, flagged with whether
+    ///   it was the same request; a key whose job is gone is free again;
+    /// - at most one unfinished job of its kind per `new.unique_key`: while
+    ///   one is queued or running, that one is returned.
+    ///
+    /// Both at once are refused ([`BackendError::Invalid`]): a unique key
+    /// already makes the create idempotent while its job runs.
+    async fn create_job_once(&self, new: NewJob, once: Option<&Idempotency>) -> Result<Created>;
 
     /// Appends events to a job's log atomically with the state change, in
     /// order, with consecutive ids. Fenced events with an already-applied `n`

@@ -217,6 +217,10 @@ pub struct NewJob {
     pub external: bool,
     /// The queue to wait in; `None`: the kind's.
     pub queue: Option<String>,
+    /// At most one unfinished job of this kind has this key: while one is
+    /// queued or running, creating another returns it
+    /// ([`crate::Created::Unique`]).
+    pub unique_key: Option<String>,
 }
 
 impl NewJob {
@@ -229,6 +233,7 @@ impl NewJob {
             owner: owner.into(),
             external: false,
             queue: None,
+            unique_key: None,
         }
     }
 
@@ -242,6 +247,20 @@ impl NewJob {
     pub fn in_queue(mut self, queue: impl Into<String>) -> NewJob {
         self.queue = Some(queue.into());
         self
+    }
+
+    /// Makes the job unique among the unfinished jobs of its kind by `key`.
+    pub fn unique(mut self, key: impl Into<String>) -> NewJob {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Where the records of this job's unique key live: its partition is
+    /// computed from this (see [`crate::ids::partition_of`]).
+    pub fn unique_scope(&self) -> Option<String> {
+        self.unique_key
+            .as_ref()
+            .map(|key| format!("{}\n{key}", self.kind))
     }
 
     /// The queue the job goes to.

@@ -145,7 +145,11 @@ impl RedisBackend {
             .key(keys.queue(p, new.queue()))
             .key(keys.queues(p))
             // Without a key, any key of the slot stands in (unused).
-            .key(once.map_or_else(|| keys.job(&new.id), |once| keys.idempotency(p, &once.key)))
+            .key(match (once, new.unique_scope()) {
+                (Some(once), _) => keys.idempotency(p, &once.key),
+                (None, Some(scope)) => keys.unique(p, &scope),
+                (None, None) => keys.job(&new.id),
+            })
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())
@@ -162,22 +166,27 @@ impl RedisBackend {
                 once.map_or(0, |once| once.window.as_millis().max(1))
                     .to_string(),
             )
-            .arg(keys.job_prefix(p));
+            .arg(keys.job_prefix(p))
+            .arg(u8::from(new.unique_key.is_some()));
         let reply: Value = self.write(&invocation, true).await?;
         match reply {
             Value::Int(1) => {}
             Value::Int(0) => return Err(BackendError::AlreadyExists(new.id)),
             Value::Array(parts) => {
-                let record = match parts.as_slice() {
-                    [Value::Int(2), record] => parse_text(record)?,
+                let (code, record) = match parts.as_slice() {
+                    [Value::Int(code @ (2 | 3)), record] => (*code, parse_text(record)?),
                     _ => return Err(unexpected("create", &parts)),
                 };
                 let (id, fingerprint) = record.split_once(' ').unwrap_or((&record, ""));
                 let id: JobId = id.parse().map_err(corrupt)?;
                 let job = self.job(&id).await?;
-                return Ok(Created::Existing {
-                    job,
-                    same_request: once.is_some_and(|once| once.fingerprint == fingerprint),
+                return Ok(if code == 3 {
+                    Created::Unique(job)
+                } else {
+                    Created::Existing {
+                        job,
+                        same_request: once.is_some_and(|once| once.fingerprint == fingerprint),
+                    }
                 });
             }
             other => return Err(unexpected("create", std::slice::from_ref(&other))),
@@ -268,19 +277,31 @@ impl RedisBackend {
 #[async_trait]
 impl JobStore for RedisBackend {
     async fn create_job(&self, new: NewJob) -> Result<JobState> {
-        match self.create(new, None).await? {
+        match self.create_job_once(new, None).await? {
             Created::New(state) => Ok(state),
-            // Without a key there is no earlier job to find.
-            Created::Existing { job, .. } => Err(BackendError::AlreadyExists(job.id)),
+            Created::Existing { job, .. } | Created::Unique(job) => {
+                Err(BackendError::AlreadyExists(job.id))
+            }
         }
     }
-    /// The job gets an id in the partition of the key, so that the key's
+    /// The job gets an id in the partition of its key, so that the key's
     /// record shares its slot and `create.lua` checks and sets it in the
     /// same step as the create.
-    async fn create_job_once(&self, mut new: NewJob, once: &Idempotency) -> Result<Created> {
-        let partitions = self.shared.keys.partitions();
-        new.id = JobId::generate_in(partition_of(&once.key, partitions), partitions);
-        self.create(new, Some(once)).await
+    async fn create_job_once(
+        &self,
+        mut new: NewJob,
+        once: Option<&Idempotency>,
+    ) -> Result<Created> {
+        let scope = match (once, new.unique_scope()) {
+            (Some(_), Some(_)) => return Err(jobwire_core::backend::both_keys()),
+            (Some(once), None) => Some(once.key.clone()),
+            (None, unique) => unique,
+        };
+        if let Some(scope) = &scope {
+            let partitions = self.shared.keys.partitions();
+            new.id = JobId::generate_in(partition_of(scope, partitions), partitions);
+        }
+        self.create(new, once).await
     }
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
         let limits = &self.shared.config.backend;

@@ -19,6 +19,7 @@
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
 //! <prefix>:{t}:user:<sub>:jobs         zset    one user's job ids in the partition
 //! <prefix>:{t}:idem:<sub>\n<key>        string  "<job id> <request digest>": an idempotency key, for its window
+//! <prefix>:{t}:unique:<kind>\n<key>    string  the unfinished job holding a unique key
 //! <prefix>:wake                        stream  "a job was queued in partition p" (Cluster only)
 //! ```
 //!
@@ -126,6 +127,12 @@ impl Keys {
     /// find a job by an id they read).
     pub(crate) fn job_prefix(&self, p: u16) -> String {
         format!("{}:job:", self.base(p))
+    }
+
+    /// The record of a unique key (`<kind>\n<key>`; its partition is the
+    /// scope's).
+    pub(crate) fn unique(&self, p: u16, scope: &str) -> String {
+        format!("{}:unique:{scope}", self.base(p))
     }
 
     /// The record of an idempotency key (its partition is the key's:

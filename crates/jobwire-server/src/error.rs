@@ -97,6 +97,7 @@ impl From<BackendError> for ApiError {
                     "the job store is unreachable; retry shortly",
                 )
             }
+            BackendError::Invalid(message) => ApiError::unprocessable(message.clone()),
             BackendError::Data(_) => {
                 tracing::error!(error = %e, "backend data error");
                 ApiError::new(

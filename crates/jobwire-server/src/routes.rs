@@ -64,6 +64,9 @@ pub struct CreateJob {
     /// The queue to wait in (default: the kind's).
     #[serde(default)]
     queue: Option<String>,
+    /// At most one unfinished job of the kind per key.
+    #[serde(default)]
+    unique_key: Option<String>,
 }
 
 /// `POST /api/jobs`.
@@ -151,14 +154,23 @@ pub async fn create_job(
         }
         jobwire_core::check_queue_name(queue).map_err(ApiError::unprocessable)?;
     }
+    if let Some(key) = &req.unique_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ApiError::unprocessable(format!(
+                "unique_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            )));
+        }
+    }
+    let principal_user = principal.user.clone();
     let mut new = NewJob::new(req.kind, params, principal.user);
     new.external = req.external;
     new.queue = req.queue;
-    let Some(once) = once else {
+    new.unique_key = req.unique_key;
+    if once.is_none() && new.unique_key.is_none() {
         let job = state.store.create_job(new).await?;
         return Ok((StatusCode::CREATED, Json(job)).into_response());
-    };
-    match state.store.create_job_once(new, &once).await? {
+    }
+    match state.store.create_job_once(new, once.as_ref()).await? {
         Created::New(job) => Ok((StatusCode::CREATED, Json(job)).into_response()),
         Created::Existing {
             job,
@@ -172,6 +184,20 @@ pub async fn create_job(
                 job.id
             ),
         )),
+        // A unique key is the kind's: another user's job may hold it,
+        // and is not shown to this one.
+        Created::Unique(job) if job.owner != principal_user => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "another user's unfinished job of this kind holds this unique_key",
+        )),
+        // Flagged, so the caller can tell it from a new job.
+        Created::Unique(job) => {
+            let mut body = serde_json::to_value(&job)
+                .map_err(|e| ApiError::unprocessable(format!("unreadable job: {e}")))?;
+            body["existing"] = Value::Bool(true);
+            Ok((StatusCode::OK, Json(body)).into_response())
+        }
     }
 }
 

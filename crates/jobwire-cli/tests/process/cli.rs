@@ -306,8 +306,8 @@ fn watch_gives_up_when_no_server_ever_answered() -> Result<()> {
 }
 
 /// `submit --queue` puts the job in that queue; `submit --idempotency-key`
-/// run twice prints the same job; a bad queue name is refused before any
-/// request.
+/// run twice prints the same job, and so does `--unique-key` while the job
+/// runs; a bad queue name is refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
     let server = Jobwire::start(&["dev"], &[])?;

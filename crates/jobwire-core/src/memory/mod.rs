@@ -53,7 +53,15 @@ struct Shared {
     unfinished: Mutex<HashMap<String, u64>>,
     /// Idempotency keys and the jobs they made. An async mutex: it is held
     /// across the create it guards (the one exception to the rule above).
-    idempotency: tokio::sync::Mutex<HashMap<String, KeyRecord>>,
+    idempotency: tokio::sync::Mutex<Keys>,
+}
+
+/// Idempotency keys and unique keys, and the jobs they name.
+#[derive(Debug, Default)]
+struct Keys {
+    idempotency: HashMap<String, KeyRecord>,
+    /// `<kind>\n<key>` → the job that holds it (while unfinished).
+    unique: HashMap<String, JobId>,
 }
 
 /// What an idempotency key made, and until when it counts.
@@ -132,7 +140,7 @@ impl MemoryBackend {
                 queue_ready: Notify::new(),
                 counts: Mutex::new(JobCounts::default()),
                 unfinished: Mutex::new(HashMap::new()),
-                idempotency: tokio::sync::Mutex::new(HashMap::new()),
+                idempotency: tokio::sync::Mutex::new(Keys::default()),
             }),
         }
     }

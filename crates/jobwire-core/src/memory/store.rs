@@ -17,9 +17,9 @@ use crate::publish::{plan, plan_new_job, LogHead};
 
 use super::{lock, KeyRecord, MemoryBackend, StoredJob};
 
-#[async_trait]
-impl JobStore for MemoryBackend {
-    async fn create_job(&self, new: NewJob) -> Result<JobState> {
+impl MemoryBackend {
+    /// Stores a new job, with no key checked (see `create_job_once`).
+    fn insert(&self, new: NewJob) -> Result<JobState> {
         let (state, event) = plan_new_job(&new)?;
         let job = Arc::new(Mutex::new(StoredJob {
             head: LogHead {
@@ -59,33 +59,64 @@ impl JobStore for MemoryBackend {
         }
         Ok(state)
     }
+}
 
-    async fn create_job_once(&self, new: NewJob, once: &Idempotency) -> Result<Created> {
+#[async_trait]
+impl JobStore for MemoryBackend {
+    async fn create_job(&self, new: NewJob) -> Result<JobState> {
+        match self.create_job_once(new, None).await? {
+            Created::New(state) => Ok(state),
+            Created::Existing { job, .. } | Created::Unique(job) => {
+                Err(BackendError::AlreadyExists(job.id))
+            }
+        }
+    }
+
+    async fn create_job_once(&self, new: NewJob, once: Option<&Idempotency>) -> Result<Created> {
+        if once.is_some() && new.unique_key.is_some() {
+            return Err(crate::backend::both_keys());
+        }
         let mut keys = self.shared.idempotency.lock().await;
         let now = tokio::time::Instant::now();
-        keys.retain(|_, record| record.expires > now);
-        if let Some(record) = keys.get(&once.key) {
-            match self.job(&record.job).await {
-                Ok(job) => {
-                    return Ok(Created::Existing {
-                        job,
-                        same_request: record.fingerprint == once.fingerprint,
-                    })
+        keys.idempotency.retain(|_, record| record.expires > now);
+        if let Some(once) = once {
+            if let Some(record) = keys.idempotency.get(&once.key) {
+                match self.job(&record.job).await {
+                    Ok(job) => {
+                        return Ok(Created::Existing {
+                            job,
+                            same_request: record.fingerprint == once.fingerprint,
+                        })
+                    }
+                    // Its job is gone: the key is free again.
+                    Err(BackendError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                // Its job is gone: the key is free again.
-                Err(BackendError::NotFound(_)) => {}
+            }
+        }
+        let unique = new.unique_scope();
+        if let Some(holder) = unique.as_ref().and_then(|scope| keys.unique.get(scope)) {
+            match self.job(holder).await {
+                Ok(job) if !job.status.is_terminal() => return Ok(Created::Unique(job)),
+                // Finished or gone: the key is free again.
+                Ok(_) | Err(BackendError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let job = self.create_job(new).await?;
-        keys.insert(
-            once.key.clone(),
-            KeyRecord {
-                job: job.id.clone(),
-                fingerprint: once.fingerprint.clone(),
-                expires: now + once.window,
-            },
-        );
+        let job = self.insert(new)?;
+        if let Some(once) = once {
+            keys.idempotency.insert(
+                once.key.clone(),
+                KeyRecord {
+                    job: job.id.clone(),
+                    fingerprint: once.fingerprint.clone(),
+                    expires: now + once.window,
+                },
+            );
+        }
+        if let Some(scope) = unique {
+            keys.unique.insert(scope, job.id.clone());
+        }
         Ok(Created::New(job))
     }
 

@@ -76,6 +76,7 @@ pub async fn snapshot_tracks_the_log_after_every_publish(f: &dyn BackendFactory)
                 owner: job.owner.clone(),
                 external: false,
                 queue: None,
+                unique_key: None,
             },
             snap.epoch.clone(),
             snap.created_at,

@@ -87,6 +87,8 @@ macro_rules! backend_conformance_tests {
             an_idempotency_key_makes_one_job,
             concurrent_creates_under_one_key_make_one_job,
             an_idempotency_key_expires_after_its_window,
+            a_unique_key_keeps_one_unfinished_job,
+            concurrent_creates_under_one_unique_key_make_one_job,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -13,23 +13,33 @@
 -- KEYS[6] the partition's jobs (sorted set), KEYS[7] the owner's jobs in
 -- the partition (sorted set), KEYS[8] the job's queue's stream in the
 -- partition, KEYS[9] the partition's queue names (a set), KEYS[10] the
--- record of the create's idempotency key (any key of the slot without one)
+-- record of the create's idempotency key or unique key (any key of the
+-- slot without one)
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
 -- ARGV[9] kind, ARGV[10] '1' to queue the job (not external),
 -- ARGV[11] the queue's name, ARGV[12] the request's digest, ARGV[13] how
--- long the key counts in ms ('0': no key), ARGV[14] what the partition's
--- job keys start with
+-- long an idempotency key counts in ms ('0': no key), ARGV[14] what the
+-- partition's job keys start with, ARGV[15] '1' when KEYS[10] is a unique
+-- key's record (it counts while its job is unfinished: publish.lua and
+-- delete.lua delete it when the job ends or goes)
 -- Returns 1 when created, 0 when the job already exists, {2, record} when
--- the idempotency key names a job that still exists.
+-- the idempotency key names a job that still exists, {3, record} when the
+-- unique key names a job that is still queued or running.
 local keyed = ARGV[13] ~= '0'
-if keyed then
+local unique = ARGV[15] == '1'
+if keyed or unique then
   local record = redis.call('GET', KEYS[10])
   if record then
     local id = string.match(record, '^(%S+)')
-    -- A key whose job is gone (deleted, expired) is free again.
-    if id and redis.call('EXISTS', ARGV[14] .. id) == 1 then
+    local status = id and redis.call('HGET', ARGV[14] .. id, 'status')
+    -- A key whose job is gone (deleted, expired) is free again; a unique
+    -- key also once its job has finished.
+    if keyed and status then
       return {2, record}
+    end
+    if unique and (status == 'queued' or status == 'running') then
+      return {3, record}
     end
   end
 end
@@ -52,5 +62,9 @@ if ARGV[10] == '1' then
 end
 if keyed then
   redis.call('SET', KEYS[10], ARGV[8] .. ' ' .. ARGV[12], 'PX', ARGV[13])
+end
+if unique then
+  redis.call('SET', KEYS[10], ARGV[8])
+  redis.call('HSET', KEYS[1], 'unique', KEYS[10])
 end
 return 1

@@ -4,11 +4,15 @@
 -- KEYS[4] the partition's unfinished jobs per owner
 -- Returns false when there is no such job, else the job's owner-bearing
 -- state JSON (the caller then removes the listing entries).
-local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner')
+local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner', 'unique')
 if not head[1] then
   return false
 end
 if head[2] == 'queued' or head[2] == 'running' then
+  -- An unfinished job's unique key is free again (create.lua; same slot).
+  if head[4] then
+    redis.call('DEL', head[4])
+  end
   redis.call('HINCRBY', KEYS[3], head[2], -1)
   if head[3] and redis.call('HINCRBY', KEYS[4], head[3], -1) <= 0 then
     redis.call('HDEL', KEYS[4], head[3])

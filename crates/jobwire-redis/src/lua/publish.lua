@@ -87,6 +87,11 @@ if n > 0 then
     end
     redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
     if was_open and ARGV[6] ~= 'queued' and ARGV[6] ~= 'running' then
+      -- A finished job frees its unique key (create.lua; same slot).
+      local unique = redis.call('HGET', KEYS[1], 'unique')
+      if unique then
+        redis.call('DEL', unique)
+      end
       local owner = redis.call('HGET', KEYS[1], 'owner')
       if owner and redis.call('HINCRBY', KEYS[5], owner, -1) <= 0 then
         redis.call('HDEL', KEYS[5], owner)

@@ -404,7 +404,7 @@ impl JobStore for CountingStore {
     async fn create_job_once(
         &self,
         new: NewJob,
-        once: &jobwire_core::Idempotency,
+        once: Option<&jobwire_core::Idempotency>,
     ) -> StoreResult<jobwire_core::Created> {
         self.inner.create_job_once(new, once).await
     }

@@ -384,3 +384,47 @@ async fn concurrent_creates_with_one_key_on_two_gateways_make_one_job() -> Resul
     ensure!(page["jobs"].as_array().map(Vec::len) == Some(1), "{page}");
     Ok(())
 }
+
+/// `unique_key`: while the first job is unfinished, the same kind and key
+/// return it flagged `existing` (200); another user's job holding the key
+/// is not shown (409); with an `Idempotency-Key` too, 422.
+#[tokio::test]
+async fn a_unique_key_returns_the_unfinished_job() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let alice = user_token("alice");
+    let body = json!({"kind": "demo", "params": {"steps": 100000, "delay_ms": 1000}, "unique_key": "nightly"});
+    let (status, first) = app
+        .post("/api/jobs", Some(&alice), Some(body.clone()))
+        .await?;
+    ensure!(
+        status == 201 && first.get("existing").is_none(),
+        "{status} {first}"
+    );
+    let (status, again) = app
+        .post("/api/jobs", Some(&alice), Some(body.clone()))
+        .await?;
+    ensure!(
+        status == 200 && again["id"] == first["id"] && again["existing"] == true,
+        "{status} {again}"
+    );
+    let (status, bobs) = app
+        .post("/api/jobs", Some(&user_token("bob")), Some(body.clone()))
+        .await?;
+    ensure!(
+        status == 409
+            && bobs
+                .to_string()
+                .find(first["id"].as_str().unwrap_or("?"))
+                .is_none(),
+        "{status} {bobs}"
+    );
+    let resp = Client::new()
+        .post(app.url("/api/jobs"))
+        .bearer_auth(&alice)
+        .header("idempotency-key", "k")
+        .json(&body)
+        .send()
+        .await?;
+    ensure!(resp.status() == 422, "both keys: {}", resp.status());
+    Ok(())
+}
