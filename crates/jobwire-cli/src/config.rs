@@ -440,6 +440,10 @@ pub(crate) struct SubmitArgs {
     /// queued or running, print that one instead of creating another.
     #[arg(long)]
     pub(crate) unique_key: Option<String>,
+    /// How long one attempt may run (e.g. 30s, 5m): then the worker stops
+    /// it and the job fails.
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
     #[arg(long)]
     pub(crate) watch: bool,
     /// Print JSON instead of text (with --watch: one event per line).

@@ -57,6 +57,7 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
         queue: args.queue.clone(),
         idempotency_key: args.idempotency_key.clone(),
         unique_key: args.unique_key.clone(),
+        timeout: args.timeout,
     };
     let job = client
         .create_job_with(&args.kind, Value::Object(params), &options)

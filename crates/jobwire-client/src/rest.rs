@@ -82,6 +82,8 @@ pub struct CreateOptions {
     /// At most one unfinished job of the kind per key: while one is, the
     /// create returns it (not with `idempotency_key`).
     pub unique_key: Option<String>,
+    /// How long one attempt may run before it is stopped and failed.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -110,6 +112,9 @@ impl Client {
         }
         if let Some(key) = &options.unique_key {
             body["unique_key"] = json!(key);
+        }
+        if let Some(timeout) = options.timeout {
+            body["timeout"] = json!(format!("{}ms", timeout.as_millis()));
         }
         let headers: Vec<(&str, &str)> = options
             .idempotency_key

@@ -135,6 +135,10 @@ pub struct JobState {
     /// [`JobState::queue`]).
     #[serde(default)]
     pub queue: String,
+    /// How long one attempt may run, in milliseconds; `None`: the worker's
+    /// default for the kind, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Cancellation was requested; a running job stops at its next report.
     /// Not part of the event-sourced state: backends fill it in on read.
     #[serde(default)]
@@ -167,6 +171,9 @@ impl JobState {
             result: None,
             external: new.external,
             queue: new.queue().to_owned(),
+            timeout_ms: new
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             cancel_requested: false,
         }
     }
@@ -221,6 +228,8 @@ pub struct NewJob {
     /// queued or running, creating another returns it
     /// ([`crate::Created::Unique`]).
     pub unique_key: Option<String>,
+    /// How long one attempt may run before it is stopped and failed.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl NewJob {
@@ -234,6 +243,7 @@ impl NewJob {
             external: false,
             queue: None,
             unique_key: None,
+            timeout: None,
         }
     }
 

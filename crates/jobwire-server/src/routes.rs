@@ -67,6 +67,39 @@ pub struct CreateJob {
     /// At most one unfinished job of the kind per key.
     #[serde(default)]
     unique_key: Option<String>,
+    /// How long one attempt may run (`"30s"`, `"5m"`).
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// The shortest and longest attempt timeouts accepted.
+const TIMEOUTS: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(7 * 24 * 3600),
+);
+
+/// A create's `timeout`, checked.
+fn timeout_of(req: &CreateJob) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(text) = &req.timeout else {
+        return Ok(None);
+    };
+    if req.external {
+        return Err(ApiError::unprocessable(
+            "an external job runs elsewhere: its timeout is its program's",
+        ));
+    }
+    let timeout = humantime::parse_duration(text).map_err(|e| {
+        ApiError::unprocessable(format!(
+            "timeout {text:?}: expected a duration such as \"30s\" or \"5m\" ({e})"
+        ))
+    })?;
+    if !(TIMEOUTS.0..=TIMEOUTS.1).contains(&timeout) {
+        return Err(ApiError::unprocessable(format!(
+            "timeout {text:?}: must be from {:?} to {:?}",
+            TIMEOUTS.0, TIMEOUTS.1
+        )));
+    }
+    Ok(Some(timeout))
 }
 
 /// `POST /api/jobs`.
@@ -84,6 +117,7 @@ pub async fn create_job(
         &req,
         state.config.idempotency_window,
     )?;
+    let timeout = timeout_of(&req)?;
     let params = match req.params {
         Value::Null => Value::Object(Map::new()),
         Value::Object(map) => Value::Object(map),
@@ -166,6 +200,7 @@ pub async fn create_job(
     new.external = req.external;
     new.queue = req.queue;
     new.unique_key = req.unique_key;
+    new.timeout = timeout;
     if once.is_none() && new.unique_key.is_none() {
         let job = state.store.create_job(new).await?;
         return Ok((StatusCode::CREATED, Json(job)).into_response());

@@ -191,8 +191,19 @@ impl Job {
             return Ending::Cancelled;
         }
 
+        // The job's own timeout, else the worker's for the kind.
+        let limit = state
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or_else(|| self.worker.timeouts.get(&kind).copied());
         let ctx = JobContext::new(state, reporter.clone());
         let mut task = tokio::spawn(async move { handler.run(ctx).await }.in_current_span());
+        let out_of_time = async {
+            match limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             r = &mut task => r,
             () = self.worker.release.cancelled() => {
@@ -206,6 +217,17 @@ impl Job {
                     }
                 }
             }
+            () = out_of_time => {
+                let limit = limit.unwrap_or_default();
+                // The handler sees it as it sees a cancel (its next report
+                // or `reporter.stopped()`), and has a grace to stop.
+                control.stop(StopReason::TimedOut(limit));
+                if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                    tracing::warn!("the timed-out handler did not stop within {STOP_GRACE:?}; aborting it");
+                    task.abort();
+                }
+                return Ending::Failed(format!("timed out after {limit:?}"));
+            }
         };
         // The control's reason is authoritative: a handler may have turned
         // a stop into an error of its own, or finished regardless.
@@ -214,6 +236,9 @@ impl Job {
             (Ok(Ok(outcome)), _) => Ending::Completed(outcome),
             (_, Some(StopReason::Cancelled)) => Ending::Cancelled,
             (_, Some(StopReason::Shutdown)) => Ending::Release,
+            (_, Some(StopReason::TimedOut(limit))) => {
+                Ending::Failed(format!("timed out after {limit:?}"))
+            }
             (Ok(Err(e)), None) => match e.stop_reason() {
                 Some(reason) => stopped(Stopped(reason.clone())),
                 None => Ending::Failed(e.to_string()),
@@ -377,6 +402,7 @@ fn stopped(Stopped(reason): Stopped) -> Ending {
     match reason {
         StopReason::Cancelled => Ending::Cancelled,
         StopReason::Shutdown => Ending::Release,
+        StopReason::TimedOut(limit) => Ending::Failed(format!("timed out after {limit:?}")),
         reason => Ending::Lost(reason),
     }
 }

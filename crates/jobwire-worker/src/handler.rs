@@ -145,6 +145,8 @@ pub enum StopReason {
     Lost(String),
     /// The job was deleted.
     Gone,
+    /// The attempt ran longer than its timeout; the job fails.
+    TimedOut(std::time::Duration),
 }
 
 impl fmt::Display for StopReason {
@@ -154,6 +156,7 @@ impl fmt::Display for StopReason {
             StopReason::Shutdown => f.write_str("the worker is shutting down"),
             StopReason::Lost(why) => write!(f, "the job is no longer this worker's: {why}"),
             StopReason::Gone => f.write_str("the job was deleted"),
+            StopReason::TimedOut(limit) => write!(f, "the attempt timed out after {limit:?}"),
         }
     }
 }

@@ -121,6 +121,7 @@ pub struct WorkerBuilder {
     backend: Arc<dyn Backend>,
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    timeouts: HashMap<String, Duration>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -136,6 +137,14 @@ impl WorkerBuilder {
     /// Runs jobs of `kind` with `handler` (replacing an earlier one).
     pub fn handler(mut self, kind: impl Into<String>, handler: impl Handler) -> WorkerBuilder {
         self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    /// How long one attempt of `kind` may run when its job sets no timeout
+    /// of its own: then the handler is stopped (it sees it as a cancel)
+    /// and the job fails.
+    pub fn timeout(mut self, kind: impl Into<String>, limit: Duration) -> WorkerBuilder {
+        self.timeouts.insert(kind.into(), limit);
         self
     }
 
@@ -167,6 +176,7 @@ impl WorkerBuilder {
         }
         Ok(Worker {
             shared: Arc::new(WorkerShared {
+                timeouts: self.timeouts,
                 queues: if self.config.queues.is_empty() {
                     let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
                     kinds.sort();
@@ -224,6 +234,8 @@ pub(crate) struct WorkerShared {
     running: Mutex<HashSet<String>>,
     /// The queues it claims from (see [`WorkerConfig::queues`]).
     queues: Vec<String>,
+    /// Per-kind attempt timeouts ([`WorkerBuilder::timeout`]).
+    pub(crate) timeouts: HashMap<String, Duration>,
 }
 
 impl WorkerShared {
@@ -241,6 +253,7 @@ impl Worker {
             backend,
             config: WorkerConfig::default(),
             handlers: HashMap::new(),
+            timeouts: HashMap::new(),
         }
     }
 

@@ -307,7 +307,8 @@ fn watch_gives_up_when_no_server_ever_answered() -> Result<()> {
 
 /// `submit --queue` puts the job in that queue; `submit --idempotency-key`
 /// run twice prints the same job, and so does `--unique-key` while the job
-/// runs; a bad queue name is refused before any request.
+/// runs; `--timeout` fails a job that runs longer; a bad queue name is
+/// refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
     let server = Jobwire::start(&["dev"], &[])?;
@@ -345,6 +346,27 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
     ensure!(
         job["queue"] == "nightly" && job["status"] == "queued",
         "{job}"
+    );
+
+    // A timeout stops a demo step that would wait a minute: exit 1.
+    let out = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "-p",
+            "steps=1",
+            "-p",
+            "delay_ms=60000",
+            "--timeout",
+            "500ms",
+            "--watch",
+        ],
+    )?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out after 500ms"),
+        "{out:?}"
     );
 
     let out = jobwire(&server, &["submit", "demo", "--queue", "a b"])?;

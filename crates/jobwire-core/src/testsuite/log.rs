@@ -77,6 +77,7 @@ pub async fn snapshot_tracks_the_log_after_every_publish(f: &dyn BackendFactory)
                 external: false,
                 queue: None,
                 unique_key: None,
+                timeout: None,
             },
             snap.epoch.clone(),
             snap.created_at,

@@ -298,3 +298,60 @@ async fn workers_with_disjoint_kinds_run_only_their_own() -> Result<()> {
     }
     Ok(())
 }
+
+/// Timeouts: a job's own timeout stops a handler that waits for it (it sees
+/// the stop as it sees a cancel); a kind's timeout stops one that never
+/// looks, by aborting it after the grace. Both jobs fail, saying so, and
+/// the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_its_timeout_is_stopped_and_failed() -> Result<()> {
+    let server = RedisServer::start()?;
+    let backend = support::backend(&server).await?;
+    let worker = jobwire_worker::Worker::builder(std::sync::Arc::clone(&backend))
+        .config(config("w1"))
+        .handler(
+            "waits",
+            handler_fn(|job| async move {
+                job.reporter().stopped().await;
+                job.reporter().check()?;
+                Ok(JobOutcome::done())
+            }),
+        )
+        .handler(
+            "hangs",
+            handler_fn(|_job| async move {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                Ok(JobOutcome::done())
+            }),
+        )
+        .handler(
+            "quick",
+            handler_fn(|_job| async move { Ok(JobOutcome::done()) }),
+        )
+        .timeout("hangs", Duration::from_millis(200))
+        .build()?;
+    let running = Running::start(worker);
+    let mut own = NewJob::new("waits", json!({}), "alice");
+    own.timeout = Some(Duration::from_millis(300));
+    let own = backend.create_job(own).await?;
+    let hangs = backend
+        .create_job(NewJob::new("hangs", json!({}), "alice"))
+        .await?;
+    for (job, limit) in [(&own, "300ms"), (&hangs, "200ms")] {
+        let state = wait_finished(backend.as_ref(), &job.id).await?;
+        ensure!(state.status == JobStatus::Failed, "{state:?}");
+        let error = state.error.unwrap_or_default();
+        ensure!(
+            error.contains(&format!("timed out after {limit}")),
+            "{error}"
+        );
+        ensure!(state.attempt == 1, "retried: {:?}", state.attempt);
+    }
+    let after = backend
+        .create_job(NewJob::new("quick", json!({}), "alice"))
+        .await?;
+    let state = wait_finished(backend.as_ref(), &after.id).await?;
+    ensure!(state.status == JobStatus::Completed, "{state:?}");
+    running.shut_down().await?;
+    Ok(())
+}
