@@ -228,6 +228,23 @@ pub(crate) struct WorkerFlags {
     /// put in these queues must be of a kind this worker runs.
     #[arg(long, env = "JOBWIRE_QUEUES", value_delimiter = ',', value_parser = parse_queue)]
     pub(crate) queues: Vec<String>,
+    /// How long one attempt of a kind may run when its job sets no timeout
+    /// of its own, as KIND=DURATION, comma-separated (e.g. scan=10m,demo=1m).
+    #[arg(long = "timeout", env = "JOBWIRE_TIMEOUTS", value_delimiter = ',',
+          value_name = "KIND=DURATION", value_parser = parse_kind_timeout)]
+    pub(crate) timeouts: Vec<(String, Duration)>,
+}
+
+/// `KIND=DURATION` of `--timeout`.
+fn parse_kind_timeout(s: &str) -> Result<(String, Duration), String> {
+    let (kind, limit) = s
+        .split_once('=')
+        .ok_or_else(|| "expected KIND=DURATION, e.g. scan=10m".to_owned())?;
+    let limit = parse_duration(limit.trim())?;
+    if limit < Duration::from_millis(100) {
+        return Err("a timeout is at least 100ms".to_owned());
+    }
+    Ok((kind.trim().to_owned(), limit))
 }
 
 /// A queue name (see `jobwire_core::check_queue_name`).

@@ -59,10 +59,18 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
         unique_key: args.unique_key.clone(),
         timeout: args.timeout,
     };
-    let job = client
+    let submitted = client
         .create_job_with(&args.kind, Value::Object(params), &options)
         .await
         .map_err(failed)?;
+    let job = submitted.job;
+    if submitted.existing {
+        // stderr: stdout stays the job (id or JSON) either way.
+        eprintln!(
+            "jobwire: job {} already exists (same --idempotency-key, or an unfinished job holds the --unique-key): not created again",
+            job.id
+        );
+    }
     // With --watch into a pipe, stdout carries JSON lines only (the first
     // names the job).
     let lines_only = args.watch && (args.json || !std::io::stdout().is_terminal());

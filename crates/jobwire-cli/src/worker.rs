@@ -107,9 +107,25 @@ pub(crate) fn check(flags: &WorkerFlags) -> Result<(), Failure> {
 /// A worker with the built-in kinds.
 pub(crate) fn build(backend: Arc<dyn Backend>, flags: &WorkerFlags) -> Result<Worker, Failure> {
     check(flags)?;
-    Worker::builder(backend)
+    let mut builder = Worker::builder(backend)
         .config(flags.worker_config())
-        .builtin(flags.scan_root.clone())
+        .builtin(flags.scan_root.clone());
+    for (kind, limit) in &flags.timeouts {
+        builder = builder.timeout(kind.clone(), *limit);
+    }
+    let worker = builder
         .build()
-        .map_err(|e| Failure::Usage(anyhow!("worker settings: {e}")))
+        .map_err(|e| Failure::Usage(anyhow!("worker settings: {e}")))?;
+    let kinds = worker.kinds();
+    if let Some((kind, _)) = flags
+        .timeouts
+        .iter()
+        .find(|(kind, _)| !kinds.contains(kind))
+    {
+        return Err(Failure::Usage(anyhow!(
+            "--timeout {kind}=…: this worker runs no kind {kind:?} (it runs: {})",
+            kinds.join(", ")
+        )));
+    }
+    Ok(worker)
 }

@@ -86,6 +86,15 @@ pub struct CreateOptions {
     pub timeout: Option<std::time::Duration>,
 }
 
+/// What [`Client::create_job_with`] got back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submitted {
+    pub job: JobState,
+    /// The job existed already (the same `idempotency_key`, or an
+    /// unfinished job holding the `unique_key`): nothing was created.
+    pub existing: bool,
+}
+
 impl Client {
     /// `POST /api/jobs`: a job for jobwire's workers.
     ///
@@ -94,6 +103,7 @@ impl Client {
     pub async fn create_job(&self, kind: &str, params: Value) -> Result<JobState, ClientError> {
         self.create_job_with(kind, params, &CreateOptions::default())
             .await
+            .map(|submitted| submitted.job)
     }
 
     /// [`Client::create_job`] with queue controls.
@@ -105,7 +115,7 @@ impl Client {
         kind: &str,
         params: Value,
         options: &CreateOptions,
-    ) -> Result<JobState, ClientError> {
+    ) -> Result<Submitted, ClientError> {
         let mut body = json!({ "kind": kind, "params": params });
         if let Some(queue) = &options.queue {
             body["queue"] = json!(queue);
@@ -125,10 +135,13 @@ impl Client {
         let response = self
             .send(Method::POST, "/api/jobs", Some(&body), &headers)
             .await?;
-        response
+        // 201: created; 200: an earlier job, named by one of the keys.
+        let existing = response.status() == StatusCode::OK;
+        let job = response
             .json()
             .await
-            .map_err(|e| ClientError::Protocol(format!("/api/jobs: {e}")))
+            .map_err(|e| ClientError::Protocol(format!("/api/jobs: {e}")))?;
+        Ok(Submitted { job, existing })
     }
 
     /// `POST /api/jobs` with `external: true` (scope `worker`): a job this

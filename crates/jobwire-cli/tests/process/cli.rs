@@ -323,8 +323,25 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
     let first = submit(&["--idempotency-key", "nightly-2026-12-02"])?;
-    let again = submit(&["--idempotency-key", "nightly-2026-12-02"])?;
+    let out = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "-p",
+            "steps=2",
+            "-p",
+            "delay_ms=1",
+            "--idempotency-key",
+            "nightly-2026-12-02",
+        ],
+    )?;
+    let again = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     ensure!(!first.is_empty() && first == again, "{first} then {again}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
     ensure!(
         submit(&[])? != first,
         "a submit without a key was deduplicated"
@@ -373,6 +390,44 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
     ensure!(out.status.code() == Some(2), "{out:?}");
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("queue name"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
+/// `JOBWIRE_TIMEOUTS=demo=500ms`: a demo job without a timeout of its own
+/// fails once an attempt runs longer; a kind the worker does not run is
+/// refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_timeout_fails_a_long_attempt() -> Result<()> {
+    let server = Jobwire::start(&["dev"], &[("JOBWIRE_TIMEOUTS", "demo=500ms".to_owned())])?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let out = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "-p",
+            "steps=1",
+            "-p",
+            "delay_ms=60000",
+            "--watch",
+        ],
+    )?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out after 500ms"),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["dev", "--timeout", "nokind=1m"])
+        .env_clear()
+        .output()?;
+    ensure!(out.status.code() == Some(2), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("runs no kind \"nokind\""),
         "{out:?}"
     );
     Ok(())
