@@ -73,13 +73,7 @@ pub(crate) async fn start(
             .env("REDIS_URL", redis_url)
             .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
             .env("JOBWIRE_JWT_SECRET", SECRET)
-            .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")
-            .env("JOBWIRE_MAX_CONNECTIONS", "1000000")
-            // One load generator on one address: the per-client caps and
-            // quotas are for hostile clients, not for the benchmark.
-            .env("JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP", "1000000")
-            .env("JOBWIRE_CREATE_RATE", "1000000")
-            .env("JOBWIRE_MAX_UNFINISHED_JOBS", "100000000")
+            .envs(jobwire_testkit::UNCAPPED_GATEWAY)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

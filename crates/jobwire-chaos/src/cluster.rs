@@ -250,13 +250,7 @@ impl Cluster {
         let mut cmd = self.command("serve", i, true)?;
         cmd.env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
             .env("JOBWIRE_JWT_SECRET", SECRET)
-            // One load generator on one address: the per-user and per-IP
-            // caps are for hostile clients, not for the suite.
-            .env("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000")
-            .env("JOBWIRE_MAX_CONNECTIONS", "1000000")
-            .env("JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP", "1000000")
-            .env("JOBWIRE_CREATE_RATE", "1000000")
-            .env("JOBWIRE_MAX_UNFINISHED_JOBS", "100000000")
+            .envs(jobwire_testkit::UNCAPPED_GATEWAY)
             // A short outbound queue, so that the slow clients are found
             // out within seconds (1013) rather than after megabytes.
             .env("JOBWIRE_CLIENT_QUEUE", "64");

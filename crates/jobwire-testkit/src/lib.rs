@@ -29,6 +29,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// Settings for a `jobwire serve` driven by one load generator on one
+/// address (benchmarks, the chaos suite): the per-user, per-address and
+/// rate caps are for hostile clients, not for a harness.
+pub const UNCAPPED_GATEWAY: [(&str, &str); 5] = [
+    ("JOBWIRE_MAX_CONNECTIONS_PER_USER", "1000000"),
+    ("JOBWIRE_MAX_CONNECTIONS", "1000000"),
+    ("JOBWIRE_MAX_HTTP_CONNECTIONS_PER_IP", "1000000"),
+    ("JOBWIRE_CREATE_RATE", "1000000"),
+    ("JOBWIRE_MAX_UNFINISHED_JOBS", "100000000"),
+];
+
 /// How the server keeps data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Persistence {

@@ -19,6 +19,16 @@ fn jobwire(server: &Jobwire, args: &[&str]) -> Result<Output> {
         .output()?)
 }
 
+/// The command exited with `code` and said `text` on stderr.
+fn exits_with(out: &Output, code: i32, text: &str) -> Result<()> {
+    ensure!(out.status.code() == Some(code), "{out:?}");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(text),
+        "{out:?}"
+    );
+    Ok(())
+}
+
 fn lines(out: &Output) -> Result<Vec<Value>> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -102,11 +112,7 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
         "{out:?}"
     );
     let out = jobwire(&server, &["watch", &id, "--json"])?;
-    ensure!(out.status.code() == Some(1), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("cancelled"),
-        "{out:?}"
-    );
+    exits_with(&out, 1, "cancelled")?;
 
     // `jobs --json` lists them, newest first.
     let out = jobwire(&server, &["jobs", "--json"])?;
@@ -116,32 +122,20 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
 
     // Errors: unknown job (1), bad token (1), no token (2); one clear line.
     let out = jobwire(&server, &["watch", "01ARZ3NDEKTSV4RRFFQ69G5FAV"])?;
-    ensure!(out.status.code() == Some(1), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("not_found"),
-        "{out:?}"
-    );
+    exits_with(&out, 1, "not_found")?;
     let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
         .args(["jobs"])
         .env_clear()
         .env("JOBWIRE_URL", server.url(""))
         .env("JOBWIRE_TOKEN", "nonsense")
         .output()?;
-    ensure!(out.status.code() == Some(1), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("token"),
-        "{out:?}"
-    );
+    exits_with(&out, 1, "token")?;
     let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
         .args(["jobs"])
         .env_clear()
         .env("JOBWIRE_URL", server.url(""))
         .output()?;
-    ensure!(out.status.code() == Some(2), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("JOBWIRE_TOKEN"),
-        "{out:?}"
-    );
+    exits_with(&out, 2, "JOBWIRE_TOKEN")?;
     Ok(())
 }
 
@@ -380,18 +374,10 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
             "--watch",
         ],
     )?;
-    ensure!(out.status.code() == Some(1), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("timed out after 500ms"),
-        "{out:?}"
-    );
+    exits_with(&out, 1, "timed out after 500ms")?;
 
     let out = jobwire(&server, &["submit", "demo", "--queue", "a b"])?;
-    ensure!(out.status.code() == Some(2), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("queue name"),
-        "{out:?}"
-    );
+    exits_with(&out, 2, "queue name")?;
     Ok(())
 }
 
@@ -416,19 +402,11 @@ async fn a_kind_timeout_fails_a_long_attempt() -> Result<()> {
             "--watch",
         ],
     )?;
-    ensure!(out.status.code() == Some(1), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("timed out after 500ms"),
-        "{out:?}"
-    );
+    exits_with(&out, 1, "timed out after 500ms")?;
     let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
         .args(["dev", "--timeout", "nokind=1m"])
         .env_clear()
         .output()?;
-    ensure!(out.status.code() == Some(2), "{out:?}");
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("runs no kind \"nokind\""),
-        "{out:?}"
-    );
+    exits_with(&out, 2, "runs no kind \"nokind\"")?;
     Ok(())
 }
