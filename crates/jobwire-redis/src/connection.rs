@@ -129,10 +129,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct Connections {
     topology: Topology,
-    /// Idle dedicated connections for blocking queue reads, with the address
-    /// of the node each goes to, reused between calls (opening one per claim
-    /// would cost a handshake each time).
-    blocking: Mutex<Vec<(String, MultiplexedConnection)>>,
+    /// Idle dedicated connections for blocking queue reads, reused between
+    /// calls (opening one per claim would cost a handshake each time). All
+    /// go to one node: the master, or on a cluster the wake-up stream's.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
 }
 
 #[derive(Debug)]
@@ -338,12 +338,11 @@ impl Connections {
 
     /// A new dedicated connection for blocking reads of up to `block` on
     /// `key`: to the master, or on a cluster to the master of `key`'s slot.
-    /// Also returns the address it goes to.
     pub(crate) async fn dedicated(
         &self,
         key: &str,
         block: Duration,
-    ) -> Result<(String, MultiplexedConnection), RedisError> {
+    ) -> Result<MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(block + Duration::from_secs(5)));
@@ -351,11 +350,9 @@ impl Connections {
             Topology::Single(single) => single.node().client.clone(),
             Topology::Cluster(cluster) => cluster.client_for(key).await?,
         };
-        let address = sentinel::address(&client);
-        let conn = client
+        client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok((address, conn))
+            .await
     }
 
     /// A dedicated connection for blocking reads on `key` from the idle set,
@@ -364,14 +361,10 @@ impl Connections {
     pub(crate) async fn take_blocking(
         &self,
         key: &str,
-    ) -> Result<(String, MultiplexedConnection), RedisError> {
-        let idle = {
-            let mut idle = self.blocking_set();
-            // On one master any will do; on a cluster only one to the node
-            // that owns the key as far as the cluster connection knows is
-            // worth trying (a MOVED reply drops it).
-            idle.pop()
-        };
+    ) -> Result<MultiplexedConnection, RedisError> {
+        // One that errs (its node failed over, the slot moved) is not given
+        // back: the next call opens one to the key's node as of then.
+        let idle = self.blocking_set().pop();
         match idle {
             Some(conn) => Ok(conn),
             None => self.dedicated(key, MAX_QUEUE_BLOCK).await,
@@ -379,14 +372,14 @@ impl Connections {
     }
 
     /// Returns a healthy blocking connection to the idle set.
-    pub(crate) fn give_back(&self, conn: (String, MultiplexedConnection)) {
+    pub(crate) fn give_back(&self, conn: MultiplexedConnection) {
         let mut idle = self.blocking_set();
         if idle.len() < 16 {
             idle.push(conn);
         }
     }
 
-    fn blocking_set(&self) -> std::sync::MutexGuard<'_, Vec<(String, MultiplexedConnection)>> {
+    fn blocking_set(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
         self.blocking
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

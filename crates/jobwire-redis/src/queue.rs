@@ -301,7 +301,7 @@ impl RedisBackend {
             .arg("STREAMS")
             .arg(&names)
             .arg(vec![">"; names.len()])
-            .query_async(&mut conn.1)
+            .query_async(&mut conn)
             .await
         {
             Ok(reply) => reply,
@@ -403,7 +403,7 @@ impl RedisBackend {
             .arg("STREAMS")
             .arg(&wake)
             .arg(since)
-            .query_async(&mut conn.1)
+            .query_async(&mut conn)
             .await
             .map_err(backend_error)?;
         self.shared.conns.give_back(conn);

@@ -266,7 +266,7 @@ impl Reader {
 
     async fn read(&mut self) -> Result<LiveBatch> {
         if self.conn.is_none() {
-            let (_, mut conn) = self
+            let mut conn = self
                 .backend
                 .shared
                 .conns
