@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::event::{EventRecord, NewEvent};
-use crate::ids::{Epoch, EventId, JobId};
+use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, JobStatus, NewJob};
 use crate::publish::PlanError;
 use crate::reducer::ReduceError;
@@ -149,7 +149,7 @@ pub enum ResyncReason {
 /// What `cancel` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// The job was queued and is now cancelled.
+    /// The job was queued (or scheduled) and is now cancelled.
     Cancelled,
     /// The job is running; it stops at its next progress report.
     Requested,
@@ -244,6 +244,8 @@ pub struct QueueStats {
     pub waiting: u64,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
+    /// Jobs waiting for their time (`scheduled`).
+    pub scheduled: u64,
 }
 
 /// Figures about the store itself, sampled for `/metrics`.
@@ -257,11 +259,12 @@ pub struct StoreHealth {
     pub jobs: JobCounts,
 }
 
-/// Jobs by status. `queued` and `running` are current counts; the finished
+/// Jobs by status. `scheduled`, `queued` and `running` are current counts; the finished
 /// statuses count the jobs that reached them (finished jobs expire, so those
 /// counts only grow).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JobCounts {
+    pub scheduled: u64,
     pub queued: u64,
     pub running: u64,
     pub completed: u64,
@@ -273,6 +276,7 @@ impl JobCounts {
     /// The count of one status.
     pub fn get(&self, status: JobStatus) -> u64 {
         match status {
+            JobStatus::Scheduled => self.scheduled,
             JobStatus::Queued => self.queued,
             JobStatus::Running => self.running,
             JobStatus::Completed => self.completed,
@@ -284,6 +288,7 @@ impl JobCounts {
     /// Adds `delta` to one status (saturating at zero).
     pub fn add(&mut self, status: JobStatus, delta: i64) {
         let slot = match status {
+            JobStatus::Scheduled => &mut self.scheduled,
             JobStatus::Queued => &mut self.queued,
             JobStatus::Running => &mut self.running,
             JobStatus::Completed => &mut self.completed,
@@ -465,6 +470,19 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
 
     /// Queue depth and pending (claimed, unacknowledged) entries.
     async fn queue_stats(&self) -> Result<QueueStats>;
+
+    /// Up to `max` scheduled jobs whose time is `now` or earlier, earliest
+    /// first. The caller promotes each by publishing `job_queued`
+    /// ([`crate::settle::promote_due`]): a publish that moves a job out of
+    /// `scheduled` takes it off the schedule (and puts it in its queue)
+    /// in the same atomic step, so a job is promoted once however many
+    /// processes try.
+    async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>>;
+
+    /// Takes `job` off the schedule unless it is still `scheduled`: for an
+    /// entry that outlived its job's schedule (the job was deleted, or its
+    /// state lost in a Redis data loss).
+    async fn drop_due(&self, job: &JobId) -> Result<()>;
 }
 
 /// A whole backend: jobs, the live feed and the queue in one store. Each

@@ -11,11 +11,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
+pub use crate::retry::{RetryBackoff, RetryPolicy};
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// Waiting for its time (`run_at`, or a retry's backoff); then it is
+    /// queued.
+    Scheduled,
     /// Waiting for a worker (or for another attempt).
     Queued,
     /// A worker is running it.
@@ -30,7 +34,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Scheduled,
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Completed,
@@ -51,11 +56,18 @@ impl JobStatus {
     /// `running → queued` is a retry (a worker died and another attempt
     /// waits); `queued → queued` is a retry of an attempt that died before it
     /// started; `queued → failed` is a dead letter after too many attempts.
+    /// `running → scheduled` (and `queued → scheduled`) is a retry after a
+    /// backoff; `scheduled → queued` is its time coming.
     pub fn can_become(self, to: JobStatus) -> bool {
         use JobStatus::*;
         matches!(
             (self, to),
-            (Queued, Running)
+            (Scheduled, Queued)
+                | (Scheduled, Cancelled)
+                | (Scheduled, Failed)
+                | (Queued, Scheduled)
+                | (Running, Scheduled)
+                | (Queued, Running)
                 | (Queued, Queued)
                 | (Queued, Failed)
                 | (Queued, Cancelled)
@@ -70,6 +82,7 @@ impl JobStatus {
     /// The status as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobStatus::Scheduled => "scheduled",
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
             JobStatus::Completed => "completed",
@@ -93,7 +106,9 @@ impl FromStr for JobStatus {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown status {s:?}: expected queued, running, completed, failed or cancelled")
+                format!(
+                    "unknown status {s:?}: expected scheduled, queued, running, completed, failed or cancelled"
+                )
             })
     }
 }
@@ -139,6 +154,18 @@ pub struct JobState {
     /// default for the kind, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// 0–9, higher first within its queue ([`DEFAULT_PRIORITY`] unless
+    /// given).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// When a `scheduled` job becomes runnable (its `run_at`, or the time
+    /// its retry's backoff ends); kept once it has been queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<Timestamp>,
+    /// How failed attempts are retried; `None`: the worker's policy for the
+    /// kind.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_unset")]
+    pub retry: RetryPolicy,
     /// Cancellation was requested; a running job stops at its next report.
     /// Not part of the event-sourced state: backends fill it in on read.
     #[serde(default)]
@@ -174,6 +201,9 @@ impl JobState {
             timeout_ms: new
                 .timeout
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            priority: new.priority,
+            run_at: None,
+            retry: new.retry.clone(),
             cancel_requested: false,
         }
     }
@@ -186,6 +216,65 @@ impl JobState {
             &self.queue
         }
     }
+
+    /// The stream of its queue the job waits in: one per priority
+    /// ([`lane`]).
+    pub fn lane(&self) -> String {
+        lane(self.queue(), self.priority)
+    }
+}
+
+/// The priority of a job created without one.
+pub const DEFAULT_PRIORITY: u8 = 5;
+/// The highest priority.
+pub const MAX_PRIORITY: u8 = 9;
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+/// The name of queue `queue`'s lane for `priority`: the queue's own name
+/// for the default priority, `<queue>#<priority>` for the others (`#` is
+/// never part of a queue name). Backends keep one FIFO per lane and take
+/// from the highest lane first.
+pub fn lane(queue: &str, priority: u8) -> String {
+    if priority == DEFAULT_PRIORITY {
+        queue.to_owned()
+    } else {
+        format!("{queue}#{priority}")
+    }
+}
+
+/// The queue and priority of a lane named by [`lane`].
+pub fn parse_lane(lane: &str) -> (&str, u8) {
+    match lane.rsplit_once('#') {
+        Some((queue, p)) => match p.parse::<u8>() {
+            Ok(p) if p <= MAX_PRIORITY => (queue, p),
+            _ => (lane, DEFAULT_PRIORITY),
+        },
+        None => (lane, DEFAULT_PRIORITY),
+    }
+}
+
+/// One claim in this many takes a queue's lowest waiting priority first
+/// (the starvation rule, docs/workers.md): a backlog of urgent jobs slows
+/// the others down but never stops them.
+pub const LOWEST_FIRST_EVERY: u64 = 10;
+
+/// Whether a worker's claim number `n` (counting its claims that found
+/// work, from 0) takes the lowest priority first.
+pub fn lowest_first(n: u64) -> bool {
+    n % LOWEST_FIRST_EVERY == LOWEST_FIRST_EVERY - 1
+}
+
+/// Priorities in the order a claim takes them.
+pub fn priority_order(lowest_first: bool) -> impl Iterator<Item = u8> {
+    let order: Box<dyn Iterator<Item = u8>> = if lowest_first {
+        Box::new(0..=MAX_PRIORITY)
+    } else {
+        Box::new((0..=MAX_PRIORITY).rev())
+    };
+    order
 }
 
 /// The longest queue name.
@@ -230,6 +319,12 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// How long one attempt may run before it is stopped and failed.
     pub timeout: Option<std::time::Duration>,
+    /// 0–9, higher first within the queue.
+    pub priority: u8,
+    /// Not runnable before this time: the job is `scheduled` until then.
+    pub run_at: Option<Timestamp>,
+    /// How failed attempts are retried (unset: the worker's policy).
+    pub retry: RetryPolicy,
 }
 
 impl NewJob {
@@ -244,6 +339,9 @@ impl NewJob {
             queue: None,
             unique_key: None,
             timeout: None,
+            priority: DEFAULT_PRIORITY,
+            run_at: None,
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -256,6 +354,18 @@ impl NewJob {
     /// Puts the job in `queue` instead of its kind's.
     pub fn in_queue(mut self, queue: impl Into<String>) -> NewJob {
         self.queue = Some(queue.into());
+        self
+    }
+
+    /// Gives the job a priority (0–9, higher first within its queue).
+    pub fn at_priority(mut self, priority: u8) -> NewJob {
+        self.priority = priority;
+        self
+    }
+
+    /// Makes the job wait until `at` (it is `scheduled` until then).
+    pub fn not_before(mut self, at: Timestamp) -> NewJob {
+        self.run_at = Some(at);
         self
     }
 
@@ -290,6 +400,20 @@ mod tests {
                 assert!(!from.can_become(to), "{from} -> {to} allowed");
             }
         }
+    }
+
+    #[test]
+    fn lanes_name_queue_and_priority() {
+        assert_eq!(lane("mail", DEFAULT_PRIORITY), "mail");
+        assert_eq!(lane("mail", 9), "mail#9");
+        for p in 0..=MAX_PRIORITY {
+            assert_eq!(parse_lane(&lane("a.b:c", p)), ("a.b:c", p));
+        }
+        let claims: Vec<bool> = (0..20).map(lowest_first).collect();
+        assert_eq!(claims.iter().filter(|&&l| l).count(), 2);
+        assert!(claims[9] && claims[19] && !claims[0]);
+        assert_eq!(priority_order(false).next(), Some(9));
+        assert_eq!(priority_order(true).next(), Some(0));
     }
 
     #[test]

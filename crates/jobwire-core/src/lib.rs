@@ -29,6 +29,7 @@ pub mod memory;
 pub mod protocol;
 pub mod publish;
 pub mod reducer;
+pub mod retry;
 pub mod settle;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -44,3 +45,4 @@ pub use ids::{Epoch, EventId, IdError, JobId, Timestamp};
 pub use job::{check_queue_name, JobState, JobStatus, NewJob};
 pub use memory::MemoryBackend;
 pub use protocol::{ClientFrame, Control, Refusal, Resume, ServerMessage};
+pub use retry::{RetryBackoff, RetryPolicy};

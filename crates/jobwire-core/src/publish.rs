@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::event::{EventRecord, EventType, NewEvent, WireEvent};
 use crate::ids::{Epoch, EventId, Timestamp};
-use crate::job::{JobState, NewJob};
+use crate::job::{JobState, JobStatus, NewJob};
 use crate::reducer::{apply_in_place, Counters, EventView, ReduceError};
 
 /// What a backend stores besides the log itself.
@@ -47,6 +47,37 @@ pub struct Plan {
     pub last_n: u64,
     /// Fenced events skipped because their `n` was already applied.
     pub duplicates: usize,
+    /// What the publish does to the job's place in its queue.
+    pub queue_move: QueueMove,
+}
+
+/// What a publish does to a job's place in the queue, decided by the
+/// statuses it moves the job between. The backend commits it in the same
+/// atomic step as the events, so a job is never `queued` without a queue
+/// entry nor `scheduled` off the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueMove {
+    /// Nothing changes.
+    Stay,
+    /// Onto the schedule (the job is now `scheduled` until then).
+    Schedule(Timestamp),
+    /// Off the schedule into its queue: its time came (`job_queued`).
+    Enqueue,
+    /// Off the schedule: it ended (cancelled, failed) while scheduled.
+    Unschedule,
+}
+
+impl QueueMove {
+    /// The move of a job whose state goes from `from` to `to`. An external
+    /// job is never put in a queue (its own program runs it).
+    pub fn between(from: &JobState, to: &JobState) -> QueueMove {
+        match (from.status, to.status) {
+            (_, JobStatus::Scheduled) => QueueMove::Schedule(to.run_at.unwrap_or(to.created_at)),
+            (JobStatus::Scheduled, JobStatus::Queued) if !to.external => QueueMove::Enqueue,
+            (JobStatus::Scheduled, _) => QueueMove::Unschedule,
+            _ => QueueMove::Stay,
+        }
+    }
 }
 
 /// Why a batch cannot be published.
@@ -123,11 +154,17 @@ pub fn plan(
             .to_record(),
         );
     }
+    let queue_move = if events.is_empty() {
+        QueueMove::Stay
+    } else {
+        QueueMove::between(&head.state, &state)
+    };
     Ok(Plan {
         events,
         state,
         last_n,
         duplicates,
+        queue_move,
     })
 }
 
@@ -157,6 +194,14 @@ pub fn plan_create(
     let mut state = JobState::new(new, epoch, now);
     let mut data = serde_json::Map::new();
     data.insert("kind".into(), serde_json::Value::from(new.kind.as_str()));
+    data.insert("queue".into(), serde_json::Value::from(new.queue()));
+    if new.priority != crate::job::DEFAULT_PRIORITY {
+        data.insert("priority".into(), serde_json::Value::from(new.priority));
+    }
+    // A job that must wait says until when (it is `scheduled` until then).
+    if let Some(at) = new.run_at {
+        data.insert("run_at".into(), serde_json::Value::from(at.to_string()));
+    }
     let id = EventId::ZERO.next();
     apply_in_place(
         &mut state,
@@ -221,6 +266,49 @@ mod tests {
                 sent: 0,
                 current: 1
             })
+        );
+    }
+
+    #[test]
+    fn statuses_moved_between_decide_the_queue_move() {
+        let h = head();
+        let at = "2030-01-01T00:00:00Z";
+        let start = [NewEvent::new(EventType::JobStarted, json!({}))];
+        let p = plan(&h, &start, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!(p.queue_move, QueueMove::Stay);
+        let h = LogHead {
+            state: p.state,
+            last_n: 0,
+        };
+        let retry = [NewEvent::new(
+            EventType::JobRetrying,
+            json!({"retry_at": at}),
+        )];
+        let p = plan(&h, &retry, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!(p.queue_move, QueueMove::Schedule(at.parse().expect("time")));
+        let h = LogHead {
+            state: p.state,
+            last_n: 0,
+        };
+        let promote = [NewEvent::new(EventType::JobQueued, json!({}))];
+        let p = plan(&h, &promote, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!(p.queue_move, QueueMove::Enqueue);
+        let cancel = [NewEvent::new(EventType::JobCancelled, json!({}))];
+        let p = plan(&h, &cancel, Timestamp::now(), Duration::from_secs(1)).expect("plans");
+        assert_eq!(p.queue_move, QueueMove::Unschedule);
+        let mut external = h.clone();
+        external.state.external = true;
+        let p = plan(
+            &external,
+            &promote,
+            Timestamp::now(),
+            Duration::from_secs(1),
+        )
+        .expect("plans");
+        assert_eq!(
+            p.queue_move,
+            QueueMove::Unschedule,
+            "external jobs are never queued"
         );
     }
 

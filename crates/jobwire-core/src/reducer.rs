@@ -127,8 +127,21 @@ pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), R
 
     match event.kind {
         EventType::JobQueued => {
-            require(first_event)?;
-            next.status = JobStatus::Queued;
+            // The first event queues the job, or schedules it when it
+            // names a `run_at`; a later one is its scheduled time coming.
+            require(first_event || from == JobStatus::Scheduled)?;
+            let run_at = if first_event {
+                opt_timestamp(data, "run_at")?
+            } else {
+                None
+            };
+            match run_at {
+                Some(at) => {
+                    next.status = JobStatus::Scheduled;
+                    next.run_at = Some(at);
+                }
+                None => next.status = JobStatus::Queued,
+            }
         }
         EventType::JobStarted => {
             require(from == JobStatus::Queued)?;
@@ -206,10 +219,22 @@ pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), R
             set_opt_string(&mut next.message, data, "reason")?;
         }
         EventType::JobRetrying => {
-            require(from.can_become(JobStatus::Queued))?;
+            // With a `retry_at` the next attempt waits for it (a backoff).
+            let retry_at = opt_timestamp(data, "retry_at")?;
+            let to = match retry_at {
+                Some(_) => JobStatus::Scheduled,
+                None => JobStatus::Queued,
+            };
+            require(matches!(from, JobStatus::Queued | JobStatus::Running))?;
             // A new attempt starts from scratch: counters of the dead attempt
             // would otherwise be counted twice.
-            next.status = JobStatus::Queued;
+            next.status = to;
+            if retry_at.is_some() {
+                next.run_at = retry_at;
+            }
+            if let Some(error) = opt_string(data, "error")? {
+                next.error = Some(error);
+            }
             next.attempt += 1;
             next.total_files = 0;
             next.processed_files = 0;
@@ -254,6 +279,16 @@ fn opt_string(data: &Map<String, Value>, key: &str) -> Result<Option<String>, Re
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ReduceError::InvalidData(format!("{key} must be a string"))),
     }
+}
+
+fn opt_timestamp(data: &Map<String, Value>, key: &str) -> Result<Option<Timestamp>, ReduceError> {
+    opt_string(data, key)?
+        .map(|text| {
+            text.parse::<Timestamp>().map_err(|_| {
+                ReduceError::InvalidData(format!("{key} must be an RFC 3339 time, not {text:?}"))
+            })
+        })
+        .transpose()
 }
 
 fn required_string(data: &Map<String, Value>, key: &str) -> Result<String, ReduceError> {
@@ -378,8 +413,42 @@ mod tests {
         assert_eq!((s.processed_files, s.total_files, s.progress), (0, 0, 0.0));
     }
 
+    #[test]
+    fn scheduled_jobs_wait_for_their_time_and_retries_can_wait_too() {
+        let new = NewJob::new("demo", json!({}), "alice");
+        let s = JobState::new(&new, Epoch::generate(), Timestamp::from_unix_millis(0));
+        let at = "2030-01-01T00:00:00Z";
+        let s = apply(&s, &event(&s, EventType::JobQueued, json!({"run_at": at}))).expect("ok");
+        assert_eq!(s.status, JobStatus::Scheduled);
+        assert_eq!(
+            s.run_at.map(|t| t.to_string()).as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+        let early = event(&s, EventType::JobStarted, json!({}));
+        assert!(apply(&s, &early).is_err(), "a scheduled job cannot start");
+        let s = apply(&s, &event(&s, EventType::JobQueued, json!({}))).expect("promoted");
+        assert_eq!(s.status, JobStatus::Queued);
+        let twice = event(&s, EventType::JobQueued, json!({}));
+        assert!(apply(&s, &twice).is_err(), "promoted once");
+        let s = apply(&s, &event(&s, EventType::JobStarted, json!({}))).expect("ok");
+        let retry = json!({"retry_at": "2030-01-01T00:00:05Z", "error": "boom"});
+        let s = apply(&s, &event(&s, EventType::JobRetrying, retry)).expect("ok");
+        assert_eq!((s.status, s.attempt), (JobStatus::Scheduled, 2));
+        assert_eq!(s.error.as_deref(), Some("boom"));
+        let again = event(&s, EventType::JobRetrying, json!({}));
+        assert!(apply(&s, &again).is_err(), "a scheduled job is not retried");
+        let bad = event(&s, EventType::JobCancelled, json!({}));
+        assert_eq!(apply(&s, &bad).map(|s| s.status), Ok(JobStatus::Cancelled));
+        let bad_time = event(&s, EventType::JobQueued, json!({"run_at": "tomorrow"}));
+        assert!(
+            apply(&s, &bad_time).is_ok(),
+            "only a first job_queued reads run_at"
+        );
+    }
+
     fn any_event_type() -> impl Strategy<Value = EventType> {
         prop_oneof![
+            Just(EventType::JobQueued),
             Just(EventType::JobStarted),
             Just(EventType::FileProcessing),
             Just(EventType::FileCompleted),
@@ -409,6 +478,10 @@ mod tests {
                 }
                 if let Some(p) = pct {
                     m.insert("progress".into(), p.into());
+                    // Now and then a retry after a backoff.
+                    if p > 150.0 {
+                        m.insert("retry_at".into(), "2030-01-01T00:00:00Z".into());
+                    }
                 }
                 Value::Object(m)
             })

@@ -1,18 +1,22 @@
 //! Follow-up steps written once on top of the backend traits, so the
 //! backends cannot drift apart: what happens to a queue entry whose lease
 //! lapsed (the worker runtime calls it after [`JobQueue::take_over_idle`]),
-//! and how a cancel request finishes ([`JobStore::cancel`]'s default).
+//! how a cancel request finishes ([`JobStore::cancel`]'s default), and how
+//! scheduled jobs whose time came are queued ([`promote_due`]).
 
 use serde_json::json;
 
 use crate::backend::{BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result};
 use crate::event::{EventType, NewEvent};
+use crate::ids::Timestamp;
 use crate::job::{JobState, JobStatus};
 
 /// Decides the fate of a queue entry that `consumer` just took over because
 /// its previous worker went silent: retry it (publishing `job_retrying`, which
 /// bumps the attempt and so fences the old worker), dead-letter it once
-/// `max_attempts` attempts were made, or drop it if the job is gone or done.
+/// its attempts are used up (the job's `max_attempts`, else
+/// `max_attempts(kind)`: the worker's for the kind), or drop it if the job
+/// is gone, done or waiting on the schedule.
 ///
 /// # Errors
 /// Backend errors other than "not found" and "rejected" (which mean the job
@@ -21,7 +25,7 @@ pub async fn settle_reclaimed(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
     claim: Claim,
-    max_attempts: u32,
+    max_attempts: &(dyn Fn(&str) -> u32 + Sync),
 ) -> Result<Reclaimed> {
     let job_id = claim.job_id.clone();
     let state = match store.job(&job_id).await {
@@ -32,10 +36,17 @@ pub async fn settle_reclaimed(
         }
         Err(e) => return Err(e),
     };
-    if state.status.is_terminal() {
+    // A job that ended, or that waits for a retry on the schedule (its
+    // worker published `job_retrying` and died before acking), does not
+    // need this entry.
+    if state.status.is_terminal() || state.status == JobStatus::Scheduled {
         queue.ack(&claim.entry).await?;
         return Ok(Reclaimed::Dropped { job_id });
     }
+    let max_attempts = state
+        .retry
+        .max_attempts
+        .unwrap_or_else(|| max_attempts(&state.kind));
     if state.attempt >= max_attempts {
         let attempts = state.attempt;
         let failed = NewEvent::new(
@@ -86,7 +97,7 @@ pub async fn settle_all(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
     claims: Vec<Claim>,
-    max_attempts: u32,
+    max_attempts: &(dyn Fn(&str) -> u32 + Sync),
 ) -> Result<Vec<Reclaimed>> {
     let mut settled = Vec::with_capacity(claims.len());
     for claim in claims {
@@ -106,7 +117,7 @@ pub async fn finish_cancel<S: JobStore + ?Sized>(
     state: JobState,
 ) -> Result<CancelOutcome> {
     match state.status {
-        JobStatus::Queued => {
+        JobStatus::Queued | JobStatus::Scheduled => {
             let cancelled = NewEvent::new(
                 EventType::JobCancelled,
                 json!({"reason": "cancelled before it started"}),
@@ -124,5 +135,79 @@ pub async fn finish_cancel<S: JobStore + ?Sized>(
         }
         JobStatus::Running => Ok(CancelOutcome::Requested),
         done => Ok(CancelOutcome::AlreadyFinished(done)),
+    }
+}
+
+/// Queues up to `max` scheduled jobs whose time came (`now` or earlier):
+/// publishes `job_queued` for each, which takes it off the schedule and
+/// into its queue in one atomic step. Any number of processes may run this
+/// at once: the first publish wins, and the others' are refused (the job
+/// is no longer `scheduled`). Returns how many this call promoted.
+///
+/// # Errors
+/// Backend errors other than "not found" and "rejected" (a job deleted or
+/// promoted meanwhile, whose stale schedule entry is dropped).
+pub async fn promote_due(
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
+    now: Timestamp,
+    max: usize,
+) -> Result<usize> {
+    let mut promoted = 0;
+    for job in queue.due(now, max).await? {
+        let queued = NewEvent::new(EventType::JobQueued, json!({"reason": "its time came"}));
+        match store.publish(&job, &[queued]).await {
+            Ok(_) => promoted += 1,
+            Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
+                queue.drop_due(&job).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(promoted)
+}
+
+/// How often [`keep_promoting`] looks for scheduled jobs whose time came: a
+/// delayed job is queued at most about this long after its time.
+pub const PROMOTE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Scheduled jobs promoted per round at most.
+pub const PROMOTE_BATCH: usize = 1_000;
+
+/// Runs [`promote_due`] every [`PROMOTE_EVERY`] (at once again after a full
+/// batch) until the future is dropped; store outages are waited out with
+/// the one backoff, logged at their start and every doubling. Every worker
+/// and gateway runs one. `promoted` hears how many each round queued.
+pub async fn keep_promoting(
+    store: &dyn JobStore,
+    queue: &dyn JobQueue,
+    promoted: impl Fn(usize) + Send,
+) {
+    let mut backoff = crate::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        let wait = match promote_due(store, queue, Timestamp::now(), PROMOTE_BATCH).await {
+            Ok(n) => {
+                let failures = backoff.reset();
+                if failures > 0 {
+                    tracing::info!(failures, "queueing scheduled jobs again");
+                }
+                promoted(n);
+                if n == PROMOTE_BATCH {
+                    continue;
+                }
+                PROMOTE_EVERY
+            }
+            Err(e) => {
+                let wait = backoff.failed();
+                if backoff.worth_logging() {
+                    tracing::warn!(failures = backoff.failures(), error = %e,
+                        "cannot queue scheduled jobs; retrying");
+                }
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }

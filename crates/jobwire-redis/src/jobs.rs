@@ -3,11 +3,11 @@
 
 use async_trait::async_trait;
 use jobwire_core::ids::partition_of;
-use jobwire_core::publish::{plan, plan_new_job, LogHead};
+use jobwire_core::publish::{plan, plan_new_job, LogHead, QueueMove};
 use jobwire_core::{
     BackendError, Created, Epoch, EventId, EventRecord, EventsAfter, Idempotency, JobId, JobPage,
-    JobState, JobStore, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason, StoreHealth,
-    Timestamp,
+    JobState, JobStatus, JobStore, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason,
+    StoreHealth, Timestamp,
 };
 use redis::Value;
 
@@ -59,6 +59,16 @@ impl RedisBackend {
             .key(keys.stats_of(job))
             .key(keys.unfinished_of(job))
             .key(keys.priority(job));
+        let p = keys.partition_of(job);
+        let lane = planned.map(|(_, plan)| plan.state.lane());
+        invocation
+            .key(keys.scheduled(p))
+            // Without a plan, any key of the slot stands in (unused).
+            .key(
+                lane.as_ref()
+                    .map_or_else(|| keys.job(job), |lane| keys.queue(p, lane)),
+            )
+            .key(keys.queues(p));
         match planned {
             None => {
                 invocation
@@ -72,7 +82,12 @@ impl RedisBackend {
                     .arg(0)
                     .arg(0)
                     .arg(&self.shared.publisher)
-                    .arg(u8::from(claim_priority));
+                    .arg(u8::from(claim_priority))
+                    .arg("")
+                    .arg(0)
+                    .arg("")
+                    .arg("")
+                    .arg("");
             }
             Some(((expected, epoch), plan)) => {
                 let retention_ms = if plan.state.status.is_terminal() {
@@ -92,6 +107,18 @@ impl RedisBackend {
                     .arg(retention_ms.to_string())
                     .arg(&self.shared.publisher)
                     .arg(u8::from(claim_priority));
+                let (code, at) = match plan.queue_move {
+                    QueueMove::Stay => ("", 0),
+                    QueueMove::Schedule(at) => ("s", at.unix_millis()),
+                    QueueMove::Enqueue => ("e", 0),
+                    QueueMove::Unschedule => ("u", 0),
+                };
+                invocation
+                    .arg(code)
+                    .arg(at)
+                    .arg(job.as_str())
+                    .arg(&plan.state.kind)
+                    .arg(lane.as_deref().unwrap_or_default());
                 for event in &plan.events {
                     invocation.arg(&event.json[..]);
                 }
@@ -142,7 +169,7 @@ impl RedisBackend {
             .key(keys.unfinished_of(&new.id))
             .key(keys.listing(p, None))
             .key(keys.listing(p, Some(&new.owner)))
-            .key(keys.queue(p, new.queue()))
+            .key(keys.queue(p, &state.lane()))
             .key(keys.queues(p))
             // Without a key, any key of the slot stands in (unused).
             .key(match (once, new.unique_scope()) {
@@ -150,6 +177,7 @@ impl RedisBackend {
                 (None, Some(scope)) => keys.unique(p, &scope),
                 (None, None) => keys.job(&new.id),
             })
+            .key(keys.scheduled(p))
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())
@@ -160,14 +188,18 @@ impl RedisBackend {
             .arg(new.id.as_str())
             .arg(&new.kind)
             .arg(u8::from(!new.external))
-            .arg(new.queue())
+            .arg(state.lane())
             .arg(once.map_or("", |once| once.fingerprint.as_str()))
             .arg(
                 once.map_or(0, |once| once.window.as_millis().max(1))
                     .to_string(),
             )
             .arg(keys.job_prefix(p))
-            .arg(u8::from(new.unique_key.is_some()));
+            .arg(u8::from(new.unique_key.is_some()))
+            .arg(match state.status {
+                JobStatus::Scheduled => state.run_at.unwrap_or(state.created_at).unix_millis(),
+                _ => 0,
+            });
         let reply: Value = self.write(&invocation, true).await?;
         match reply {
             Value::Int(1) => {}
@@ -191,7 +223,7 @@ impl RedisBackend {
             }
             other => return Err(unexpected("create", std::slice::from_ref(&other))),
         }
-        if !new.external {
+        if !new.external && state.status == JobStatus::Queued {
             self.wake_workers(p).await;
         }
         self.cache_head(
@@ -350,6 +382,9 @@ impl JobStore for RedisBackend {
             {
                 PublishReply::Applied { cancel } => {
                     let last_event_id = plan.state.last_event_id;
+                    if plan.queue_move == QueueMove::Enqueue {
+                        self.wake_workers(self.shared.keys.partition_of(job)).await;
+                    }
                     self.cache_head(
                         job,
                         Some(LogHead {
@@ -548,6 +583,8 @@ impl JobStore for RedisBackend {
             .key(keys.events(job))
             .key(keys.stats_of(job))
             .key(keys.unfinished_of(job))
+            .key(keys.scheduled(keys.partition_of(job)))
+            .arg(job.as_str())
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;

@@ -14,8 +14,10 @@
 //! <prefix>:{t}:live                    stream  every event of the partition (delivery only)
 //! <prefix>:{t}:stats                   hash    the partition's jobs by status
 //! <prefix>:{t}:unfinished              hash    owner -> the partition's unfinished jobs
-//! <prefix>:{t}:queue:<name>            stream  queue <name>'s entries of the partition, group `workers`
-//! <prefix>:{t}:queues                  set     the queue names used in the partition
+//! <prefix>:{t}:queue:<lane>            stream  a queue lane's entries in the partition, group `workers`
+//!                                              (lane: `<queue>` for priority 5, `<queue>#<p>` for the others)
+//! <prefix>:{t}:queues                  set     the lane names used in the partition
+//! <prefix>:{t}:scheduled               zset    scheduled job ids by when they become runnable (Unix ms)
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
 //! <prefix>:{t}:user:<sub>:jobs         zset    one user's job ids in the partition
 //! <prefix>:{t}:idem:<sub>\n<key>        string  "<job id> <request digest>": an idempotency key, for its window
@@ -174,12 +176,19 @@ impl Keys {
         format!("{}:unfinished", self.base(p))
     }
 
-    /// Queue `name`'s stream in partition `p`.
-    pub(crate) fn queue(&self, p: u16, name: &str) -> String {
-        format!("{}:queue:{name}", self.base(p))
+    /// The stream of a queue lane (`jobwire_core::job::lane`: a queue and
+    /// a priority) in partition `p`.
+    pub(crate) fn queue(&self, p: u16, lane: &str) -> String {
+        format!("{}:queue:{lane}", self.base(p))
     }
 
-    /// The names of the queues used in partition `p`.
+    /// Partition `p`'s schedule: job ids by the time (Unix ms) they become
+    /// runnable.
+    pub(crate) fn scheduled(&self, p: u16) -> String {
+        format!("{}:scheduled", self.base(p))
+    }
+
+    /// The names of the queue lanes used in partition `p`.
     pub(crate) fn queues(&self, p: u16) -> String {
         format!("{}:queues", self.base(p))
     }
@@ -215,6 +224,8 @@ mod tests {
             keys.unfinished_of(&id),
             keys.queue(keys.partition_of(&id), "demo"),
             keys.queues(keys.partition_of(&id)),
+            keys.queue(keys.partition_of(&id), "demo#9"),
+            keys.scheduled(keys.partition_of(&id)),
             keys.listing(keys.partition_of(&id), None),
             keys.listing(keys.partition_of(&id), Some("alice")),
         ] {

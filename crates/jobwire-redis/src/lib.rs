@@ -195,6 +195,8 @@ struct Shared {
     /// Striped per-job turns for publishing (see `publish`). Unrelated
     /// jobs sharing a stripe just take turns, which is harmless.
     publish_turns: Box<[tokio::sync::Mutex<()>]>,
+    /// What the claims of this process know and count (`queue.rs`).
+    claiming: queue::Claiming,
 }
 
 /// Stripes of `publish_turns`.
@@ -223,6 +225,7 @@ impl RedisBackend {
                 publish_turns: (0..PUBLISH_TURNS)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
+                claiming: queue::Claiming::default(),
             }),
         };
         backend.check_layout().await?;

@@ -1,6 +1,7 @@
 //! `RedisBackend` as a [`JobQueue`], on Redis Streams consumer groups: each
-//! queue (named by the job's kind unless the creator chose another) has one
-//! stream per partition (`<prefix>:{t}:queue:<name>`, group `workers`), in
+//! queue (named by the job's kind unless the creator chose another) has, per
+//! priority in use, a *lane* (`jobwire_core::job::lane`), and each lane one
+//! stream per partition (`<prefix>:{t}:queue:<lane>`, group `workers`), in
 //! the slot of the jobs it holds, so that creating a job writes its queue
 //! entry in the same script as the job (`lua/create.lua`) and a queue
 //! spreads over a cluster's masters. Entries are delivered to one consumer
@@ -9,12 +10,20 @@
 //! serves.
 //!
 //! A claim runs `lua/claim.lua`: it reads the streams without blocking, the
-//! worker's first queue first and within a queue the partitions from a
-//! rotating start, until it holds what was asked for. On one Redis that is
-//! one script over every stream; on a cluster one per stream (a script may
-//! not span slots), in the same order, so an idle claim there costs one
-//! round trip per queue and partition. With nothing to claim it waits for
-//! a new entry:
+//! worker's first queue first, within a queue the highest priority first
+//! (the lowest, one claim in ten: the starvation rule), and within a lane
+//! the partitions from a rotating start, until it holds what was asked for.
+//! On one Redis that is one script over every stream. On a cluster a
+//! script may not span slots: the claim first reads the length of every
+//! lane in every partition side by side (one round trip per node), then
+//! runs the script on each non-empty stream in the same order until it
+//! holds enough; so priorities are strict there too, and an idle claim
+//! costs one round trip per node.
+//!
+//! Which priorities a queue uses is read from the partitions' lane sets
+//! (`<prefix>:{t}:queues`) at most once a second ([`LANES_REFRESH`]), so
+//! the first job ever given a new priority may wait up to that long more.
+//! With nothing to claim it waits for a new entry:
 //!
 //! - On one Redis, with one blocking XREADGROUP over every stream: the first
 //!   entry queued wakes exactly one waiting worker.
@@ -26,11 +35,14 @@
 //!
 //! A claim's entry id names its partition and queue: `<p>/<queue>/<stream id>`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use jobwire_core::{BackendError, Claim, JobId, JobQueue, QueueStats, Queues};
+use jobwire_core::job::{lane, lowest_first, parse_lane, priority_order, DEFAULT_PRIORITY};
+use jobwire_core::{BackendError, Claim, JobId, JobQueue, QueueStats, Queues, Timestamp};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
@@ -49,6 +61,21 @@ const WAKE_MAXLEN: u32 = 1_000;
 
 /// Where the sweeps of this process start next (see the module docs).
 static SWEEP_START: AtomicUsize = AtomicUsize::new(0);
+/// How often a claiming process re-reads which priorities its queues use.
+pub(crate) const LANES_REFRESH: Duration = Duration::from_secs(1);
+
+/// The priorities other than the default in use, per queue.
+type LanesInUse = HashMap<String, BTreeSet<u8>>;
+
+/// What the claims of one backend know and count.
+#[derive(Debug, Default)]
+pub(crate) struct Claiming {
+    /// The priorities other than the default in use, per queue, and when
+    /// they were read.
+    lanes: Mutex<Option<(Instant, LanesInUse)>>,
+    /// Claims that found work (the starvation rule counts them).
+    made: AtomicU64,
+}
 
 /// A claim's entry: its partition, queue and id in that stream.
 fn entry_id(p: u16, queue: &str, id: &str) -> String {
@@ -96,14 +123,14 @@ impl RedisBackend {
         }
     }
 
-    /// Turns entries of queue `queue`'s stream in partition `p` into
+    /// Turns entries of lane `lane`'s stream in partition `p` into
     /// claims; entries that are not jobwire's shape are acked and dropped
     /// with a warning rather than handed out.
-    async fn to_claims(&self, p: u16, queue: &str, entries: Vec<StreamId>) -> Result<Vec<Claim>> {
+    async fn to_claims(&self, p: u16, lane: &str, entries: Vec<StreamId>) -> Result<Vec<Claim>> {
         let mut claims = Vec::with_capacity(entries.len());
         for entry in entries {
             let job = field(&entry, "job").and_then(|s| s.parse::<JobId>().ok());
-            let id = entry_id(p, queue, &entry.id);
+            let id = entry_id(p, lane, &entry.id);
             match (job, field(&entry, "kind")) {
                 (Some(job_id), Some(kind)) => claims.push(Claim {
                     entry: id,
@@ -167,7 +194,62 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Every queue used in partition `p`, with its stream.
+    /// The priorities in use per queue (besides the default), read again
+    /// when older than [`LANES_REFRESH`].
+    async fn lanes_in_use(&self) -> Result<LanesInUse> {
+        let claiming = &self.shared.claiming;
+        if let Some((read, lanes)) = claiming
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if read.elapsed() < LANES_REFRESH {
+                return Ok(lanes.clone());
+            }
+        }
+        let keys = &self.shared.keys;
+        let names: Vec<(Vec<String>,)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SMEMBERS").arg(keys.queues(p));
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
+        let mut lanes = LanesInUse::new();
+        for name in names.into_iter().flat_map(|(names,)| names) {
+            let (queue, priority) = parse_lane(&name);
+            if priority != DEFAULT_PRIORITY {
+                lanes.entry(queue.to_owned()).or_default().insert(priority);
+            }
+        }
+        *claiming.lanes.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), lanes.clone()));
+        Ok(lanes)
+    }
+
+    /// The lanes of `queues` in the order a claim takes them: queue by
+    /// queue, within a queue by priority (highest first, unless
+    /// `lowest_first`).
+    fn lanes_of(queues: &Queues, in_use: &LanesInUse, lowest_first: bool) -> Vec<Vec<String>> {
+        queues
+            .iter()
+            .map(|queue| {
+                let used = in_use.get(queue);
+                priority_order(lowest_first)
+                    .filter(|&p| {
+                        p == DEFAULT_PRIORITY || used.is_some_and(|used| used.contains(&p))
+                    })
+                    .map(|p| lane(queue, p))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every lane used in partition `p`, with its stream.
     async fn streams_of(&self, p: u16) -> Result<Vec<(String, String)>> {
         let keys = &self.shared.keys;
         let names: Vec<String> = redis::cmd("SMEMBERS")
@@ -184,12 +266,13 @@ impl RedisBackend {
             .collect())
     }
 
-    /// Reads up to `max` new entries of `queues` without blocking (see the
-    /// module docs for the order); `first` is the partition to read first.
+    /// Reads up to `max` new entries of `lanes` (per queue, in order)
+    /// without blocking (see the module docs for the order); `first` is the
+    /// partition to read first.
     async fn sweep(
         &self,
         consumer: &str,
-        queues: &Queues,
+        lanes: &[Vec<String>],
         max: usize,
         first: Option<u16>,
     ) -> Result<Vec<Claim>> {
@@ -204,21 +287,42 @@ impl RedisBackend {
             )
             .collect();
         if !self.shared.conns.clustered() {
-            let streams: Vec<(u16, &str)> = queues
+            let streams: Vec<(u16, &str)> = lanes
                 .iter()
-                .flat_map(|q| order.iter().map(move |&p| (p, q.as_str())))
+                .flatten()
+                .flat_map(|lane| order.iter().map(move |&p| (p, lane.as_str())))
                 .collect();
             return self.claim_from(consumer, &streams, max).await;
         }
+        // On a cluster, first the length of every lane in every partition,
+        // side by side (one round trip per node); then a script for each
+        // non-empty one, in claim order, until enough are claimed. (A
+        // length counts pending entries too: it only rules streams out.)
+        let keys = &self.shared.keys;
+        let all: Vec<&str> = lanes.iter().flatten().map(String::as_str).collect();
+        let lens: Vec<Vec<u64>> = self
+            .shared
+            .conns
+            .each(order.iter().map(|&p| {
+                let mut pipe = redis::pipe();
+                for lane in &all {
+                    pipe.cmd("XLEN").arg(keys.queue(p, lane));
+                }
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
         let mut claims = Vec::new();
-        for queue in queues {
-            for &p in &order {
+        for (i, lane) in all.iter().enumerate() {
+            for (at, &p) in order.iter().enumerate() {
                 if claims.len() >= max {
                     return Ok(claims);
                 }
-                let streams = [(p, queue.as_str())];
+                if lens.get(at).and_then(|l| l.get(i)).copied().unwrap_or(1) == 0 {
+                    continue;
+                }
                 claims.extend(
-                    self.claim_from(consumer, &streams, max - claims.len())
+                    self.claim_from(consumer, &[(p, lane)], max - claims.len())
                         .await?,
                 );
             }
@@ -226,7 +330,7 @@ impl RedisBackend {
         Ok(claims)
     }
 
-    /// One run of `lua/claim.lua` over `streams` (partition, queue), in order.
+    /// One run of `lua/claim.lua` over `streams` (partition, lane), in order.
     async fn claim_from(
         &self,
         consumer: &str,
@@ -264,21 +368,22 @@ impl RedisBackend {
         Ok(claims)
     }
 
-    /// Waits up to `wait` for an entry of `queues` on one Redis: one
+    /// Waits up to `wait` for an entry of `lanes` on one Redis: one
     /// blocking read over every stream (the sweep before made sure each has
     /// the group). Redis answers it with the one stream that got an entry;
     /// should it ever hold more than `max`, the rest go back.
     async fn wait_single(
         &self,
         consumer: &str,
-        queues: &Queues,
+        lanes: &[Vec<String>],
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Claim>> {
         let keys = &self.shared.keys;
-        let streams: Vec<(u16, &str, String)> = queues
+        let streams: Vec<(u16, &str, String)> = lanes
             .iter()
-            .flat_map(|q| (0..keys.partitions()).map(move |p| (p, q.as_str(), keys.queue(p, q))))
+            .flatten()
+            .flat_map(|l| (0..keys.partitions()).map(move |p| (p, l.as_str(), keys.queue(p, l))))
             .collect();
         let Some((_, _, first)) = streams.first() else {
             return Ok(Vec::new());
@@ -327,17 +432,17 @@ impl RedisBackend {
         Ok(claims)
     }
 
-    /// XAUTOCLAIM on queue `queue` of partition `p`: up to `max` entries
+    /// XAUTOCLAIM on lane `lane` of partition `p`: up to `max` entries
     /// idle for `min_idle`, leased to `consumer`.
     async fn auto_claim(
         &self,
         consumer: &str,
         p: u16,
-        queue: &str,
+        lane: &str,
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<StreamId>> {
-        let stream = self.shared.keys.queue(p, queue);
+        let stream = self.shared.keys.queue(p, lane);
         let mut conn = self.shared.conns.command();
         let mut cursor = "0-0".to_owned();
         let mut taken = Vec::new();
@@ -437,17 +542,26 @@ impl JobQueue for RedisBackend {
         } else {
             None
         };
-        let claims = self.sweep(consumer, queues, max, None).await?;
-        if !claims.is_empty() || wait.is_zero() {
-            return Ok(claims);
+        let made = &self.shared.claiming.made;
+        let lanes = Self::lanes_of(
+            queues,
+            &self.lanes_in_use().await?,
+            lowest_first(made.load(Ordering::Relaxed)),
+        );
+        let mut claims = self.sweep(consumer, &lanes, max, None).await?;
+        if claims.is_empty() && !wait.is_zero() {
+            claims = match since {
+                None => self.wait_single(consumer, &lanes, max, wait).await?,
+                Some(since) => match self.wait_wake(&since, wait).await? {
+                    Some(p) => self.sweep(consumer, &lanes, max, Some(p)).await?,
+                    None => Vec::new(),
+                },
+            };
         }
-        match since {
-            None => self.wait_single(consumer, queues, max, wait).await,
-            Some(since) => match self.wait_wake(&since, wait).await? {
-                Some(p) => self.sweep(consumer, queues, max, Some(p)).await,
-                None => Ok(Vec::new()),
-            },
+        if !claims.is_empty() {
+            made.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(claims)
     }
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
         self.if_leased(&scripts::RENEW, consumer, entry).await
@@ -489,14 +603,17 @@ impl JobQueue for RedisBackend {
         let max = max.max(1);
         let mut claims = Vec::new();
         'partitions: for p in 0..self.shared.keys.partitions() {
-            for queue in queues {
+            for (lane, _) in self.streams_of(p).await? {
+                if !queues.iter().any(|q| q == parse_lane(&lane).0) {
+                    continue;
+                }
                 if claims.len() >= max {
                     break 'partitions;
                 }
                 let taken = self
-                    .auto_claim(consumer, p, queue, min_idle, max - claims.len())
+                    .auto_claim(consumer, p, &lane, min_idle, max - claims.len())
                     .await?;
-                claims.extend(self.to_claims(p, queue, taken).await?);
+                claims.extend(self.to_claims(p, &lane, taken).await?);
             }
         }
         // Housekeeping only: a failure here (a Redis user without XINFO, a
@@ -539,9 +656,21 @@ impl JobQueue for RedisBackend {
         Ok(claims)
     }
     async fn queue_stats(&self) -> Result<QueueStats> {
+        let keys = &self.shared.keys;
+        let scheduled: Vec<(u64,)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZCARD").arg(keys.scheduled(p));
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
         let mut stats = QueueStats {
             waiting: 0,
             pending: 0,
+            scheduled: scheduled.into_iter().map(|(n,)| n).sum(),
         };
         for p in 0..self.shared.keys.partitions() {
             let streams = self.streams_of(p).await?;
@@ -570,7 +699,60 @@ impl JobQueue for RedisBackend {
         }
         Ok(stats)
     }
+
+    async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
+        let keys = &self.shared.keys;
+        let per_partition = max.clamp(1, DUE_PER_PARTITION);
+        let replies: Vec<(Vec<(String, f64)>,)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(keys.scheduled(p))
+                    .arg("-inf")
+                    .arg(now.unix_millis())
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(per_partition);
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
+        let mut due: Vec<(f64, String)> = replies
+            .into_iter()
+            .flat_map(|(entries,)| entries)
+            .map(|(id, at)| (at, id))
+            .collect();
+        due.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, id)| match id.parse::<JobId>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(entry = %id, "ignoring a schedule entry that is not a job id");
+                    None
+                }
+            })
+            .take(max)
+            .collect())
+    }
+    async fn drop_due(&self, job: &JobId) -> Result<()> {
+        let keys = &self.shared.keys;
+        scripts::DROP_DUE
+            .key(keys.job(job))
+            .key(keys.scheduled(keys.partition_of(job)))
+            .arg(job.as_str())
+            .invoke_async::<i64>(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(())
+    }
 }
+
+/// The most scheduled jobs read per partition by one `due` call.
+const DUE_PER_PARTITION: usize = 1_000;
 
 /// The `pending` count of the `workers` group in an `XINFO GROUPS` reply
 /// (0 when there is no such group).

@@ -25,3 +25,5 @@ pub(crate) static CLAIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
 pub(crate) static PRUNE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/prune.lua")));
+pub(crate) static DROP_DUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/drop_due.lua")));

@@ -138,6 +138,15 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         state.tailer.clone(),
         state.shutdown.clone(),
     ));
+    // Scheduled jobs are queued when their time comes by every gateway and
+    // worker (once each: jobwire_core::settle::promote_due), so a job's
+    // status moves on even where its worker is not running yet.
+    let promoter = {
+        let (store, queue) = (state.store.clone(), state.queue.clone());
+        tokio::spawn(async move {
+            jobwire_core::settle::keep_promoting(store.as_ref(), queue.as_ref(), |_| {}).await;
+        })
+    };
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
     let limits = listener::HttpLimits {
@@ -157,6 +166,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     {
         tracing::warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
+    promoter.abort();
     let _ = tailer.await;
     Ok(())
 }

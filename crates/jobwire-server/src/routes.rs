@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jobwire_core::{
     CancelOutcome, Created, EventId, EventType, EventsAfter, Idempotency, JobId, JobState,
-    JobStatus, ListQuery, NewEvent, NewJob, ResyncReason,
+    JobStatus, ListQuery, NewEvent, NewJob, ResyncReason, Timestamp,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -70,6 +70,83 @@ pub struct CreateJob {
     /// How long one attempt may run (`"30s"`, `"5m"`).
     #[serde(default)]
     timeout: Option<String>,
+    /// 0–9, higher first within the queue (default 5).
+    #[serde(default)]
+    priority: Option<i64>,
+    /// Not before this time (RFC 3339): the job is `scheduled` until then.
+    #[serde(default)]
+    run_at: Option<String>,
+    /// Not before this long from now (`"30s"`, `"2h"`).
+    #[serde(default)]
+    delay: Option<String>,
+    /// Attempts in all (1–100; default: the worker's for the kind).
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    /// Waits between attempts: `{"base":"1s","factor":2,"max":"5m"}`.
+    #[serde(default)]
+    backoff: Option<jobwire_core::RetryBackoff>,
+}
+
+/// How far ahead a job may be scheduled.
+const LONGEST_DELAY: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+/// When a create's job becomes runnable (`run_at` or `delay`, checked);
+/// `None`: now.
+fn run_at_of(req: &CreateJob) -> Result<Option<Timestamp>, ApiError> {
+    let now = Timestamp::now();
+    let at = match (&req.run_at, &req.delay) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable("give run_at or delay, not both"))
+        }
+        (None, None) => return Ok(None),
+        (Some(text), None) => text.parse::<Timestamp>().map_err(|_| {
+            ApiError::unprocessable(format!(
+                "run_at {:?}: expected an RFC 3339 time such as \"2030-01-01T09:00:00Z\"",
+                truncated(text, 64)
+            ))
+        })?,
+        (None, Some(text)) => {
+            let delay = humantime::parse_duration(text).map_err(|e| {
+                ApiError::unprocessable(format!(
+                    "delay {:?}: expected a duration such as \"30s\" or \"2h\" ({e})",
+                    truncated(text, 64)
+                ))
+            })?;
+            if delay > LONGEST_DELAY {
+                return Err(ApiError::unprocessable("delay: at most a year ahead"));
+            }
+            now.plus(delay)
+        }
+    };
+    if at > now.plus(LONGEST_DELAY) {
+        return Err(ApiError::unprocessable("run_at: at most a year ahead"));
+    }
+    // A time already past runs at once.
+    Ok((at > now).then_some(at))
+}
+
+/// A create's retry policy and priority, checked.
+fn retry_of(req: &CreateJob) -> Result<(jobwire_core::RetryPolicy, u8), ApiError> {
+    let policy = jobwire_core::RetryPolicy {
+        max_attempts: req.max_attempts,
+        backoff: req.backoff.clone(),
+    };
+    if req.external && !policy.is_unset() {
+        return Err(ApiError::unprocessable(
+            "an external job runs elsewhere: its retries are its program's (leave out max_attempts and backoff)",
+        ));
+    }
+    policy.check().map_err(ApiError::unprocessable)?;
+    let priority = match req.priority {
+        None => jobwire_core::job::DEFAULT_PRIORITY,
+        Some(p) => u8::try_from(p)
+            .ok()
+            .filter(|p| *p <= jobwire_core::job::MAX_PRIORITY)
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!("priority must be 0 to 9 (higher first), not {p}"))
+            })?,
+    };
+    Ok((policy, priority))
 }
 
 /// The shortest and longest attempt timeouts accepted.
@@ -118,6 +195,8 @@ pub async fn create_job(
         state.config.idempotency_window,
     )?;
     let timeout = timeout_of(&req)?;
+    let run_at = run_at_of(&req)?;
+    let (retry, priority) = retry_of(&req)?;
     let params = match req.params {
         Value::Null => Value::Object(Map::new()),
         Value::Object(map) => Value::Object(map),
@@ -175,7 +254,7 @@ pub async fn create_job(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_jobs",
             format!(
-                "{unfinished} of your jobs are queued or running (at most {}): wait for some to finish, or cancel some",
+                "{unfinished} of your jobs are scheduled, queued or running (at most {}): wait for some to finish, or cancel some",
                 state.config.max_unfinished_jobs
             ),
         ));
@@ -201,6 +280,9 @@ pub async fn create_job(
     new.queue = req.queue;
     new.unique_key = req.unique_key;
     new.timeout = timeout;
+    new.run_at = run_at;
+    new.retry = retry;
+    new.priority = priority;
     if once.is_none() && new.unique_key.is_none() {
         let job = state.store.create_job(new).await?;
         return Ok((StatusCode::CREATED, Json(job)).into_response());

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use jobwire_core::{
     BackendError, Claim, EventType, JobQueue, JobState, JobStatus, JobStore, NewEvent,
+    RetryBackoff, RetryPolicy, Timestamp,
 };
 use serde_json::{json, Value};
 use tokio::task::JoinError;
 use tracing::Instrument;
 
-use crate::handler::{JobContext, JobOutcome, StopReason, Stopped};
+use crate::handler::{JobContext, JobOutcome, RetryAsk, StopReason, Stopped};
 use crate::reporter::{Control, Reporter};
 use crate::runtime::{Retries, WorkerShared};
 
@@ -49,7 +50,11 @@ struct Job {
 /// How the handler's run ended, as far as the job's ending is concerned.
 enum Ending {
     Completed(JobOutcome),
-    Failed(String),
+    /// Failed; retried or not as `ask` and the retry policy say.
+    Failed {
+        error: String,
+        ask: RetryAsk,
+    },
     Cancelled,
     /// Back to the queue for another worker (shutdown).
     Release,
@@ -75,6 +80,7 @@ impl Job {
             return;
         };
         let attempt = state.attempt;
+        let policy = state.retry.or(&self.worker.kind_retry(&state.kind));
         tracing::debug!(attempt, "starting");
         let control = Arc::new(Control::default());
         let reporter = Reporter::with_control(
@@ -91,7 +97,7 @@ impl Job {
         ));
         let ending = self.attempt(state, &reporter, &control).await;
         lease.abort();
-        self.finish(ending, &reporter, attempt).await;
+        self.finish(ending, &reporter, attempt, &policy).await;
     }
 
     /// Reads the job and confirms the lease. `None` when there is nothing to
@@ -110,8 +116,10 @@ impl Job {
                 return None;
             }
         };
-        if state.status.is_terminal() {
-            tracing::debug!(status = %state.status, "the job already ended");
+        if state.status.is_terminal() || state.status == JobStatus::Scheduled {
+            // Ended, or waiting for a retry on the schedule (its attempt's
+            // worker published `job_retrying` and died before acking).
+            tracing::debug!(status = %state.status, "nothing to run now");
             self.ack().await;
             return None;
         }
@@ -174,11 +182,14 @@ impl Job {
         let Some(handler) = self.worker.handlers.get(&kind).cloned() else {
             let mut known: Vec<&str> = self.worker.handlers.keys().map(String::as_str).collect();
             known.sort_unstable();
-            return Ending::Failed(format!(
-                "no handler for kind {kind:?} on worker {} (it runs: {})",
-                self.consumer(),
-                known.join(", ")
-            ));
+            return Ending::Failed {
+                error: format!(
+                    "no handler for kind {kind:?} on worker {} (it runs: {})",
+                    self.consumer(),
+                    known.join(", ")
+                ),
+                ask: RetryAsk::Never,
+            };
         };
         let started = json!({"worker": self.consumer(), "attempt": state.attempt});
         if let Err(e) = reporter.push_final(EventType::JobStarted, started).await {
@@ -226,7 +237,7 @@ impl Job {
                     tracing::warn!("the timed-out handler did not stop within {STOP_GRACE:?}; aborting it");
                     task.abort();
                 }
-                return Ending::Failed(format!("timed out after {limit:?}"));
+                return timed_out(limit);
             }
         };
         // The control's reason is authoritative: a handler may have turned
@@ -236,19 +247,29 @@ impl Job {
             (Ok(Ok(outcome)), _) => Ending::Completed(outcome),
             (_, Some(StopReason::Cancelled)) => Ending::Cancelled,
             (_, Some(StopReason::Shutdown)) => Ending::Release,
-            (_, Some(StopReason::TimedOut(limit))) => {
-                Ending::Failed(format!("timed out after {limit:?}"))
-            }
+            (_, Some(StopReason::TimedOut(limit))) => timed_out(limit),
             (Ok(Err(e)), None) => match e.stop_reason() {
                 Some(reason) => stopped(Stopped(reason.clone())),
-                None => Ending::Failed(e.to_string()),
+                None => Ending::Failed {
+                    error: e.to_string(),
+                    ask: e.retry_ask(),
+                },
             },
-            (Err(join), None) => Ending::Failed(panic_message(join)),
+            (Err(join), None) => Ending::Failed {
+                error: panic_message(join),
+                ask: RetryAsk::Policy,
+            },
         }
     }
 
     /// Publishes the ending and acks (or releases) the entry.
-    async fn finish(&self, ending: Ending, reporter: &Reporter, attempt: u32) {
+    async fn finish(
+        &self,
+        ending: Ending,
+        reporter: &Reporter,
+        attempt: u32,
+        policy: &RetryPolicy,
+    ) {
         let stats = &self.worker.stats;
         let (kind, data) = match ending {
             Ending::Lost(reason) => {
@@ -275,9 +296,31 @@ impl Job {
                 }
                 (EventType::JobCompleted, Value::Object(data))
             }
-            Ending::Failed(error) => {
-                tracing::info!(attempt, %error, "job failed");
-                (EventType::JobFailed, json!({ "error": error }))
+            Ending::Failed { error, ask } => {
+                match retry_wait(policy, ask, attempt, self.worker.config.max_attempts) {
+                    Some(wait) => {
+                        let retry_at = Timestamp::now().plus(wait);
+                        tracing::info!(attempt, %error, %retry_at, "attempt failed; retrying");
+                        (
+                            EventType::JobRetrying,
+                            json!({
+                                "reason": format!("attempt {attempt} failed: {error}"),
+                                "error": error,
+                                "retry_at": retry_at.to_string(),
+                                "previous_attempt": attempt,
+                            }),
+                        )
+                    }
+                    None => {
+                        tracing::info!(attempt, %error, "job failed");
+                        let error = if attempt > 1 {
+                            format!("{error} (attempt {attempt}, the last)")
+                        } else {
+                            error
+                        };
+                        (EventType::JobFailed, json!({ "error": error }))
+                    }
+                }
             }
             Ending::Cancelled => (
                 EventType::JobCancelled,
@@ -291,10 +334,13 @@ impl Job {
                 }),
             ),
         };
+        // A retry after a backoff waits on the schedule, not in the queue.
+        let backs_off = kind == EventType::JobRetrying && data.get("retry_at").is_some();
         let counter = match kind {
             EventType::JobCompleted => &stats.completed,
             EventType::JobFailed => &stats.failed,
             EventType::JobCancelled => &stats.cancelled,
+            _ if backs_off => &stats.retried,
             _ => &stats.released,
         };
         let published = async {
@@ -317,7 +363,7 @@ impl Job {
             return;
         }
         counter.fetch_add(1, Ordering::Relaxed);
-        if kind == EventType::JobRetrying {
+        if kind == EventType::JobRetrying && !backs_off {
             let entry = &self.claim.entry;
             match self
                 .retrying("release the job", || {
@@ -402,9 +448,43 @@ fn stopped(Stopped(reason): Stopped) -> Ending {
     match reason {
         StopReason::Cancelled => Ending::Cancelled,
         StopReason::Shutdown => Ending::Release,
-        StopReason::TimedOut(limit) => Ending::Failed(format!("timed out after {limit:?}")),
+        StopReason::TimedOut(limit) => timed_out(limit),
         reason => Ending::Lost(reason),
     }
+}
+
+/// A timed-out attempt: failed, and retried as the policy says.
+fn timed_out(limit: Duration) -> Ending {
+    Ending::Failed {
+        error: format!("timed out after {limit:?}"),
+        ask: RetryAsk::Policy,
+    }
+}
+
+/// How long to wait before retrying failed attempt `attempt`, or `None`
+/// when the job fails now (docs/workers.md, "Retries"): a plain failure
+/// retries only under a retry policy (the job's or its kind's); one the
+/// handler marked permanent never; one it marked for retry always, while
+/// attempts remain (`policy.max_attempts`, else `default_attempts`).
+fn retry_wait(
+    policy: &RetryPolicy,
+    ask: RetryAsk,
+    attempt: u32,
+    default_attempts: u32,
+) -> Option<Duration> {
+    let wanted = match ask {
+        RetryAsk::Never => false,
+        RetryAsk::Retry(_) => true,
+        RetryAsk::Policy => !policy.is_unset(),
+    };
+    let attempts = policy.max_attempts.unwrap_or(default_attempts);
+    if !wanted || attempt >= attempts {
+        return None;
+    }
+    Some(match ask {
+        RetryAsk::Retry(Some(wait)) => wait.min(RetryBackoff::LONGEST),
+        _ => policy.backoff.clone().unwrap_or_default().jittered(attempt),
+    })
 }
 
 fn panic_message(join: JoinError) -> String {
@@ -418,4 +498,36 @@ fn panic_message(join: JoinError) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     format!("the handler panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_retry_as_the_policy_and_the_handler_say() {
+        let none = RetryPolicy::default();
+        let three = RetryPolicy {
+            max_attempts: Some(3),
+            backoff: Some(RetryBackoff {
+                base: Duration::from_secs(10),
+                factor: 2.0,
+                max: Duration::from_secs(60),
+            }),
+        };
+        // No policy: a plain failure fails; a retry the handler asks for is
+        // honoured up to the worker's default attempts.
+        assert_eq!(retry_wait(&none, RetryAsk::Policy, 1, 3), None);
+        let asked = Some(Duration::from_secs(7));
+        assert_eq!(retry_wait(&none, RetryAsk::Retry(asked), 1, 3), asked);
+        assert_eq!(retry_wait(&none, RetryAsk::Retry(asked), 3, 3), None);
+        // A policy: backoff grows, attempts are capped, permanent wins.
+        let first = retry_wait(&three, RetryAsk::Policy, 1, 9).expect("retries");
+        assert!((8..=12).contains(&first.as_secs()), "{first:?}");
+        let second = retry_wait(&three, RetryAsk::Policy, 2, 9).expect("retries");
+        assert!((16..=24).contains(&second.as_secs()), "{second:?}");
+        assert_eq!(retry_wait(&three, RetryAsk::Policy, 3, 9), None);
+        assert_eq!(retry_wait(&three, RetryAsk::Never, 1, 9), None);
+        assert!(retry_wait(&none, RetryAsk::Retry(None), 1, 3).is_some());
+    }
 }

@@ -171,34 +171,87 @@ pub struct Stopped(pub StopReason);
 /// and [`JobError::msg`] makes one from a message. The job fails with its
 /// message, causes included, unless it is a [`Stopped`].
 ///
+/// Whether the attempt is retried (docs/workers.md, "Retries"): a plain
+/// error is retried when the job or its kind has a retry policy; one marked
+/// [`JobError::permanent`] never is; one marked [`JobError::retry`] or
+/// [`JobError::retry_after`] always is, while attempts remain.
+///
 /// Like `anyhow::Error`, it deliberately does not implement
 /// `std::error::Error` itself, which is what allows the blanket conversion.
-pub struct JobError(Box<dyn std::error::Error + Send + Sync + 'static>);
+pub struct JobError {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    retry: RetryAsk,
+}
+
+/// What a failed attempt asks about being retried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryAsk {
+    /// As the job's (or its kind's) retry policy says.
+    #[default]
+    Policy,
+    /// Never: the error will not go away by trying again.
+    Never,
+    /// Retry while attempts remain: after the policy's backoff, or after
+    /// the given wait.
+    Retry(Option<std::time::Duration>),
+}
 
 impl JobError {
     /// A failure with this message.
     pub fn msg(message: impl fmt::Display) -> JobError {
-        JobError(message.to_string().into())
+        JobError {
+            error: message.to_string().into(),
+            retry: RetryAsk::Policy,
+        }
+    }
+
+    /// Marks the failure as permanent: the job fails at once, whatever its
+    /// retry policy (bad input, say).
+    pub fn permanent(mut self) -> JobError {
+        self.retry = RetryAsk::Never;
+        self
+    }
+
+    /// Marks the failure as passing: the job is retried after its backoff
+    /// while attempts remain, even without a retry policy of its own.
+    pub fn retry(mut self) -> JobError {
+        self.retry = RetryAsk::Retry(None);
+        self
+    }
+
+    /// Asks for a retry after `wait` (a rate limit's `Retry-After`, say),
+    /// while attempts remain.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> JobError {
+        self.retry = RetryAsk::Retry(Some(wait));
+        self
+    }
+
+    /// What this failure asks about a retry.
+    pub fn retry_ask(&self) -> RetryAsk {
+        self.retry
     }
 
     /// The stop reason, when this is a stop rather than a failure.
     pub fn stop_reason(&self) -> Option<&StopReason> {
-        self.0.downcast_ref::<Stopped>().map(|s| &s.0)
+        self.error.downcast_ref::<Stopped>().map(|s| &s.0)
     }
 }
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
     fn from(e: E) -> JobError {
-        JobError(Box::new(e))
+        JobError {
+            error: Box::new(e),
+            retry: RetryAsk::Policy,
+        }
     }
 }
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        write!(f, "{}", self.error)?;
         // Include the causes, as `{:#}` does for anyhow errors: the message
         // is all the job's owner will see.
-        let mut source = self.0.source();
+        let mut source = self.error.source();
         while let Some(cause) = source {
             write!(f, ": {cause}")?;
             source = cause.source();
@@ -209,7 +262,10 @@ impl fmt::Display for JobError {
 
 impl fmt::Debug for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("JobError").field(&self.0).finish()
+        f.debug_struct("JobError")
+            .field("error", &self.error)
+            .field("retry", &self.retry)
+            .finish()
     }
 }
 
@@ -229,5 +285,11 @@ mod tests {
         let stop = JobError::from(Stopped(StopReason::Cancelled));
         assert_eq!(stop.stop_reason(), Some(&StopReason::Cancelled));
         assert_eq!(JobError::msg("boom").to_string(), "boom");
+        assert_eq!(JobError::msg("boom").retry_ask(), RetryAsk::Policy);
+        assert_eq!(JobError::msg("x").permanent().retry_ask(), RetryAsk::Never);
+        let later = std::time::Duration::from_secs(3);
+        let e = JobError::msg("busy").retry_after(later);
+        assert_eq!(e.retry_ask(), RetryAsk::Retry(Some(later)));
+        assert_eq!(e.to_string(), "busy");
     }
 }

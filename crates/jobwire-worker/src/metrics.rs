@@ -43,7 +43,7 @@ impl Collector for Figures {
         )?;
         family(
             "jobwire_worker_jobs",
-            "Jobs by how they ended here: completed; failed; cancelled while running; lost = taken over by another worker, or deleted, while running here; released = handed back to the queue at shutdown; dead_lettered = failed by this worker's reaper after too many attempts",
+            "Jobs by how they ended here: completed; failed; cancelled while running; lost = taken over by another worker, or deleted, while running here; released = handed back to the queue at shutdown; dead_lettered = failed by this worker's reaper after too many attempts; retried = failed and scheduled for another attempt after a backoff",
             "outcome",
             &[
                 ("completed", s.completed),
@@ -52,6 +52,7 @@ impl Collector for Figures {
                 ("lost", s.lost),
                 ("released", s.released),
                 ("dead_lettered", s.dead_lettered),
+                ("retried", s.retried),
             ],
         )?;
         let events = ConstCounter::new(s.events);
@@ -60,6 +61,13 @@ impl Collector for Figures {
             "Events published by this worker's jobs",
             None,
             events.metric_type(),
+        )?)?;
+        let promoted = ConstCounter::new(s.promoted);
+        promoted.encode(encoder.encode_descriptor(
+            "jobwire_worker_scheduled_promoted",
+            "Scheduled jobs (delayed, or retries after a backoff) this worker queued when their time came",
+            None,
+            promoted.metric_type(),
         )?)?;
         for (name, help, value) in [
             (

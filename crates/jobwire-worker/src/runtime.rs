@@ -11,6 +11,10 @@
 //! - otherwise it **claims** new queue entries, waiting up to a second for
 //!   the first.
 //!
+//! Beside it, a **promoter** queues scheduled jobs whose time came (delayed
+//! jobs, retries after a backoff); every worker and gateway runs one, and
+//! each job is promoted once ([`jobwire_core::settle::keep_promoting`]).
+//!
 //! Each job renews its lease every third of the visibility timeout while it
 //! runs (see `execute`).
 //!
@@ -25,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobwire_core::settle::settle_all;
-use jobwire_core::{Backend, JobQueue, JobStore, Reclaimed};
+use jobwire_core::settle::{keep_promoting, settle_all};
+use jobwire_core::{Backend, JobQueue, JobStore, Reclaimed, RetryPolicy};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -56,8 +60,9 @@ pub struct WorkerConfig {
     /// A job whose lease was not renewed for this long is taken over by
     /// another worker (`JOBWIRE_VISIBILITY_TIMEOUT`).
     pub visibility_timeout: Duration,
-    /// Attempts before a job whose workers keep dying is failed
-    /// (`JOBWIRE_MAX_ATTEMPTS`).
+    /// Attempts a job gets when neither it nor its kind says otherwise:
+    /// the cap for jobs whose workers keep dying, and for retries a handler
+    /// asks for (`JOBWIRE_MAX_ATTEMPTS`).
     pub max_attempts: u32,
     /// How long running jobs may take to finish after a shutdown request
     /// before they are released back to the queue.
@@ -112,6 +117,8 @@ pub enum ConfigError {
     MaxAttempts,
     #[error("no handlers are registered")]
     NoHandlers,
+    #[error("retry policy of kind {0:?}: {1}")]
+    Retry(String, String),
     #[error("invalid consumer name {0:?}: use 1-128 printable characters without spaces")]
     Consumer(String),
 }
@@ -122,6 +129,7 @@ pub struct WorkerBuilder {
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
     timeouts: HashMap<String, Duration>,
+    retries: HashMap<String, RetryPolicy>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -145,6 +153,14 @@ impl WorkerBuilder {
     /// and the job fails.
     pub fn timeout(mut self, kind: impl Into<String>, limit: Duration) -> WorkerBuilder {
         self.timeouts.insert(kind.into(), limit);
+        self
+    }
+
+    /// How failed attempts of `kind` are retried when its job has no
+    /// policy of its own (field by field): with a policy, a failing
+    /// handler's job is retried after a backoff until `max_attempts`.
+    pub fn retry(mut self, kind: impl Into<String>, policy: RetryPolicy) -> WorkerBuilder {
+        self.retries.insert(kind.into(), policy);
         self
     }
 
@@ -174,9 +190,17 @@ impl WorkerBuilder {
         if !name_ok {
             return Err(ConfigError::Consumer(c.consumer.clone()));
         }
+        if let Some((kind, e)) = self
+            .retries
+            .iter()
+            .find_map(|(kind, p)| p.check().err().map(|e| (kind, e)))
+        {
+            return Err(ConfigError::Retry(kind.clone(), e));
+        }
         Ok(Worker {
             shared: Arc::new(WorkerShared {
                 timeouts: self.timeouts,
+                retries: self.retries,
                 queues: if self.config.queues.is_empty() {
                     let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
                     kinds.sort();
@@ -236,9 +260,24 @@ pub(crate) struct WorkerShared {
     queues: Vec<String>,
     /// Per-kind attempt timeouts ([`WorkerBuilder::timeout`]).
     pub(crate) timeouts: HashMap<String, Duration>,
+    /// Per-kind retry policies ([`WorkerBuilder::retry`]).
+    pub(crate) retries: HashMap<String, RetryPolicy>,
 }
 
 impl WorkerShared {
+    /// The retry policy of `kind` on this worker (unset when none).
+    pub(crate) fn kind_retry(&self, kind: &str) -> RetryPolicy {
+        self.retries.get(kind).cloned().unwrap_or_default()
+    }
+
+    /// The attempts a job of `kind` gets when it sets none itself.
+    pub(crate) fn max_attempts_of(&self, kind: &str) -> u32 {
+        self.retries
+            .get(kind)
+            .and_then(|p| p.max_attempts)
+            .unwrap_or(self.config.max_attempts)
+    }
+
     fn running_entries(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.running
             .lock()
@@ -254,6 +293,7 @@ impl Worker {
             config: WorkerConfig::default(),
             handlers: HashMap::new(),
             timeouts: HashMap::new(),
+            retries: HashMap::new(),
         }
     }
 
@@ -299,7 +339,16 @@ impl Worker {
         let shared = &self.shared;
         tracing::info!(consumer = %shared.config.consumer, concurrency = shared.config.concurrency,
             kinds = ?self.kinds(), queues = ?shared.queues, "worker started");
+        let promoting = Arc::clone(shared);
+        let promoter = tokio::spawn(async move {
+            let w = &promoting;
+            keep_promoting(w.store.as_ref(), w.queue.as_ref(), |n| {
+                w.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
+            })
+            .await;
+        });
         take_jobs(Arc::clone(shared), shutdown).await;
+        promoter.abort();
 
         shared.jobs.close();
         let running = shared.jobs.len();
@@ -442,7 +491,7 @@ async fn reap(
                 shared.store.as_ref(),
                 shared.queue.as_ref(),
                 taken,
-                shared.config.max_attempts,
+                &|kind| shared.max_attempts_of(kind),
             )
             .await
         }
@@ -488,7 +537,7 @@ async fn reap(
         shared.store.as_ref(),
         shared.queue.as_ref(),
         orphans,
-        shared.config.max_attempts,
+        &|kind| shared.max_attempts_of(kind),
     )
     .await;
     match settled {
@@ -579,6 +628,10 @@ pub struct WorkerStats {
     pub released: AtomicU64,
     /// Jobs failed by this worker's reaper after too many attempts.
     pub dead_lettered: AtomicU64,
+    /// Failed attempts scheduled for a retry after a backoff.
+    pub retried: AtomicU64,
+    /// Scheduled jobs this worker queued when their time came.
+    pub promoted: AtomicU64,
     /// Events published by this worker's jobs (lifecycle events included).
     pub events: AtomicU64,
 }
@@ -594,6 +647,8 @@ pub struct StatsSnapshot {
     pub lost: u64,
     pub released: u64,
     pub dead_lettered: u64,
+    pub retried: u64,
+    pub promoted: u64,
     pub events: u64,
 }
 
@@ -609,6 +664,8 @@ impl WorkerStats {
             lost: get(&self.lost),
             released: get(&self.released),
             dead_lettered: get(&self.dead_lettered),
+            retried: get(&self.retried),
+            promoted: get(&self.promoted),
             events: get(&self.events),
         }
     }

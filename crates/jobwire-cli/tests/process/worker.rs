@@ -103,7 +103,8 @@ async fn sigterm_releases_the_running_job_and_exits_0() -> Result<()> {
         backend.queue_stats().await?
             == QueueStats {
                 waiting: 1,
-                pending: 0
+                pending: 0,
+                scheduled: 0,
             },
         "{:?}",
         backend.queue_stats().await?

@@ -3,8 +3,9 @@
 //!
 //! # Locking
 //!
-//! Three kinds of `std::sync::Mutex`, always taken in this order: the index
-//! (job map, listings, queue), then one job, then the live feed. Each job has
+//! Four kinds of `std::sync::Mutex`, always taken in this order: the index
+//! (job map, listings), then one job, then the queue (entries, leases and
+//! schedule), then the live feed. Each job has
 //! its own lock so publishes to different jobs plan and serialize in
 //! parallel; the index and live-feed locks cover only map operations. No lock
 //! is held across an `.await`, so blocking mutexes are cheaper than async ones
@@ -42,6 +43,7 @@ pub struct MemoryBackend {
 struct Shared {
     config: BackendConfig,
     index: Mutex<Index>,
+    queue: Mutex<Queue>,
     live: Mutex<Feed>,
     /// The live feed's next position, for tails to wait on.
     live_tx: watch::Sender<u64>,
@@ -78,7 +80,6 @@ struct Index {
     /// Listing indexes: job ids sort by creation time (ULIDs).
     all_jobs: BTreeSet<JobId>,
     by_owner: HashMap<String, BTreeSet<JobId>>,
-    queue: Queue,
 }
 
 #[derive(Debug)]
@@ -135,6 +136,7 @@ impl MemoryBackend {
             shared: Arc::new(Shared {
                 config,
                 index: Mutex::new(Index::default()),
+                queue: Mutex::new(Queue::default()),
                 live: Mutex::new(Feed::new(capacity.max(1))),
                 live_tx: watch::channel(0).0,
                 queue_ready: Notify::new(),
@@ -147,6 +149,10 @@ impl MemoryBackend {
 
     fn index(&self) -> MutexGuard<'_, Index> {
         lock(&self.shared.index)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.shared.queue)
     }
 
     fn live(&self) -> MutexGuard<'_, Feed> {

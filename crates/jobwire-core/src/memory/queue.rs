@@ -1,24 +1,32 @@
-//! The in-memory job queues: waiting entries (each in a named queue), and
-//! entries leased to a consumer until acked or taken over after sitting idle
-//! (the semantics of a Redis Streams consumer group, which the Redis backend
-//! uses); and `MemoryBackend` as a [`JobQueue`].
+//! The in-memory job queues: waiting entries (each in a named queue, with a
+//! priority), entries leased to a consumer until acked or taken over after
+//! sitting idle (the semantics of a Redis Streams consumer group, which the
+//! Redis backend uses), and the schedule of jobs waiting for their time;
+//! and `MemoryBackend` as a [`JobQueue`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{Claim, JobQueue, QueueStats, Queues, Result};
-use crate::ids::JobId;
+use crate::backend::{BackendError, Claim, JobQueue, QueueStats, Queues, Result};
+use crate::ids::{JobId, Timestamp};
+use crate::job::{lowest_first, JobState, JobStatus};
+use crate::publish::QueueMove;
 
-use super::MemoryBackend;
+use super::{lock, MemoryBackend};
 
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     next_id: u64,
     waiting: VecDeque<Entry>,
     pending: BTreeMap<u64, Lease>,
+    /// Scheduled jobs by time, and each one's time.
+    schedule: BTreeSet<(i64, JobId)>,
+    scheduled_at: HashMap<JobId, i64>,
+    /// Claims that found work (the starvation rule counts them).
+    claims_made: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -27,6 +35,7 @@ struct Entry {
     job_id: JobId,
     kind: String,
     queue: String,
+    priority: u8,
 }
 
 #[derive(Debug)]
@@ -48,24 +57,80 @@ impl Entry {
 }
 
 impl Queue {
-    pub(super) fn enqueue(&mut self, job_id: JobId, kind: String, queue: String) {
+    pub(super) fn enqueue(&mut self, job: &JobState) {
         self.next_id += 1;
         self.waiting.push_back(Entry {
             id: self.next_id,
-            job_id,
-            kind,
-            queue,
+            job_id: job.id.clone(),
+            kind: job.kind.clone(),
+            queue: job.queue().to_owned(),
+            priority: job.priority,
         });
     }
 
-    /// Up to `max` waiting entries of `queues`, the first queue's first,
-    /// each queue in its order.
+    /// Carries out a publish's (or a create's) [`QueueMove`] for `job`;
+    /// `true` when it queued the job (workers should look).
+    pub(super) fn apply(&mut self, job: &JobState, queue_move: QueueMove) -> bool {
+        match queue_move {
+            QueueMove::Stay => false,
+            QueueMove::Schedule(at) => {
+                self.unschedule(&job.id);
+                self.schedule.insert((at.unix_millis(), job.id.clone()));
+                self.scheduled_at.insert(job.id.clone(), at.unix_millis());
+                false
+            }
+            QueueMove::Enqueue => {
+                self.unschedule(&job.id);
+                self.enqueue(job);
+                true
+            }
+            QueueMove::Unschedule => {
+                self.unschedule(&job.id);
+                false
+            }
+        }
+    }
+
+    pub(super) fn unschedule(&mut self, job: &JobId) {
+        if let Some(at) = self.scheduled_at.remove(job) {
+            self.schedule.remove(&(at, job.clone()));
+        }
+    }
+
+    fn due(&self, now: Timestamp, max: usize) -> Vec<JobId> {
+        self.schedule
+            .iter()
+            .take_while(|(at, _)| *at <= now.unix_millis())
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    /// Up to `max` waiting entries of `queues`, the first queue's first;
+    /// within a queue the highest priority first (the lowest, one claim in
+    /// [`crate::job::LOWEST_FIRST_EVERY`]), and in order of arrival.
     pub(super) fn claim(&mut self, consumer: &str, queues: &Queues, max: usize) -> Vec<Claim> {
         let now = Instant::now();
+        let lowest = lowest_first(self.claims_made);
         let mut claims = Vec::new();
         for queue in queues {
             while claims.len() < max {
-                let Some(at) = self.waiting.iter().position(|e| e.queue == *queue) else {
+                let best = self
+                    .waiting
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.queue == *queue)
+                    .max_by_key(|(i, e)| {
+                        let rank = if lowest {
+                            crate::job::MAX_PRIORITY.saturating_sub(e.priority)
+                        } else {
+                            e.priority
+                        };
+                        // Among equals the earliest (max_by_key keeps the last max).
+                        (rank, std::cmp::Reverse(*i))
+                    })
+                    .map(|(i, _)| i);
+                let Some(at) = best else {
                     break;
                 };
                 let Some(entry) = self.waiting.remove(at) else {
@@ -81,6 +146,9 @@ impl Queue {
                     },
                 );
             }
+        }
+        if !claims.is_empty() {
+            self.claims_made += 1;
         }
         claims
     }
@@ -162,6 +230,7 @@ impl Queue {
         QueueStats {
             waiting: self.waiting.len() as u64,
             pending: self.pending.len() as u64,
+            scheduled: self.schedule.len() as u64,
         }
     }
 }
@@ -182,7 +251,7 @@ impl JobQueue for MemoryBackend {
             let ready = self.shared.queue_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let claims = self.index().queue.claim(consumer, queues, max.max(1));
+            let claims = self.queue().claim(consumer, queues, max.max(1));
             if !claims.is_empty() {
                 return Ok(claims);
             }
@@ -193,16 +262,16 @@ impl JobQueue for MemoryBackend {
     }
 
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
-        Ok(self.index().queue.renew(consumer, entry))
+        Ok(self.queue().renew(consumer, entry))
     }
 
     async fn ack(&self, entry: &str) -> Result<()> {
-        self.index().queue.ack(entry);
+        self.queue().ack(entry);
         Ok(())
     }
 
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
-        let released = self.index().queue.release(consumer, entry);
+        let released = self.queue().release(consumer, entry);
         if released {
             self.shared.queue_ready.notify_waiters();
         }
@@ -217,16 +286,36 @@ impl JobQueue for MemoryBackend {
         max: usize,
     ) -> Result<Vec<Claim>> {
         Ok(self
-            .index()
-            .queue
+            .queue()
             .take_idle(consumer, queues, min_idle, max.max(1)))
     }
 
     async fn pending_of(&self, consumer: &str, max: usize) -> Result<Vec<Claim>> {
-        Ok(self.index().queue.pending_of(consumer, max))
+        Ok(self.queue().pending_of(consumer, max))
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
-        Ok(self.index().queue.stats())
+        Ok(self.queue().stats())
+    }
+
+    async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
+        Ok(self.queue().due(now, max))
+    }
+
+    async fn drop_due(&self, job: &JobId) -> Result<()> {
+        // Under the job's lock, so its status cannot change in between.
+        let found = self.with_job(job, |stored| {
+            if stored.head.state.status != JobStatus::Scheduled {
+                lock(&self.shared.queue).unschedule(job);
+            }
+            Ok(())
+        });
+        match found {
+            Err(BackendError::NotFound(_)) => {
+                self.queue().unschedule(job);
+                Ok(())
+            }
+            other => other,
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::backend::{
 use crate::event::NewEvent;
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, JobStatus, NewJob};
-use crate::publish::{plan, plan_new_job, LogHead};
+use crate::publish::{plan, plan_new_job, LogHead, QueueMove};
 
 use super::{lock, KeyRecord, MemoryBackend, StoredJob};
 
@@ -44,17 +44,23 @@ impl MemoryBackend {
                 .entry(new.owner.clone())
                 .or_default()
                 .insert(new.id.clone());
-            if !new.external {
-                index
-                    .queue
-                    .enqueue(new.id.clone(), new.kind.clone(), new.queue().to_owned());
-            }
         }
+        let queued = match state.status {
+            JobStatus::Scheduled => self.queue().apply(
+                &state,
+                QueueMove::Schedule(state.run_at.unwrap_or(state.created_at)),
+            ),
+            _ if new.external => false,
+            _ => {
+                self.queue().enqueue(&state);
+                true
+            }
+        };
         let position = self.live().push(event);
-        self.count_move(&new.owner, None, Some(JobStatus::Queued));
+        self.count_move(&new.owner, None, Some(state.status));
         drop(guard);
         self.announce(position);
-        if !new.external {
+        if queued {
             self.shared.queue_ready.notify_waiters();
         }
         Ok(state)
@@ -122,7 +128,7 @@ impl JobStore for MemoryBackend {
 
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
         let config = &self.shared.config;
-        let (outcome, position) = self.with_job(job, |stored| {
+        let (outcome, position, queued) = self.with_job(job, |stored| {
             let plan = plan(&stored.head, events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
             let ids = plan.events.iter().map(|e| e.id).collect();
@@ -134,6 +140,7 @@ impl JobStore for MemoryBackend {
             stored.log.extend(plan.events.iter().cloned());
             let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
             stored.log.drain(..excess);
+            let queued = self.queue().apply(&plan.state, plan.queue_move);
             stored.head = LogHead {
                 state: plan.state,
                 last_n: plan.last_n,
@@ -152,10 +159,13 @@ impl JobStore for MemoryBackend {
                 cancel_requested: stored.cancel,
                 last_event_id: stored.head.state.last_event_id,
             };
-            Ok((outcome, position))
+            Ok((outcome, position, queued))
         })?;
         if let Some(position) = position {
             self.announce(position);
+        }
+        if queued {
+            self.shared.queue_ready.notify_waiters();
         }
         Ok(outcome)
     }
@@ -266,6 +276,7 @@ impl JobStore for MemoryBackend {
             Ok((stored.head.state.owner.clone(), stored.head.state.status))
         })?;
         if self.index().remove(job, &owner) {
+            self.queue().unschedule(job);
             self.count_move(&owner, Some(status), None);
             Ok(())
         } else {

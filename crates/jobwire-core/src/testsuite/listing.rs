@@ -83,6 +83,7 @@ pub async fn jobs_are_counted_by_status(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     let counts = |q, r, c, fl, x| JobCounts {
+        scheduled: 0,
         queued: q,
         running: r,
         completed: c,

@@ -71,13 +71,7 @@ pub async fn snapshot_tracks_the_log_after_every_publish(f: &dyn BackendFactory)
         let mut replayed = JobState::new(
             &NewJob {
                 id: job.id.clone(),
-                kind: job.kind.clone(),
-                params: job.params.clone(),
-                owner: job.owner.clone(),
-                external: false,
-                queue: None,
-                unique_key: None,
-                timeout: None,
+                ..NewJob::new(job.kind.clone(), job.params.clone(), job.owner.clone())
             },
             snap.epoch.clone(),
             snap.created_at,

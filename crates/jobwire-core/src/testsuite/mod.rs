@@ -17,12 +17,14 @@ mod listing;
 mod live;
 mod log;
 mod queue;
+mod schedule;
 
 pub use create::*;
 pub use listing::*;
 pub use live::*;
 pub use log::*;
 pub use queue::*;
+pub use schedule::*;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
@@ -89,6 +91,11 @@ macro_rules! backend_conformance_tests {
             an_idempotency_key_expires_after_its_window,
             a_unique_key_keeps_one_unfinished_job,
             concurrent_creates_under_one_unique_key_make_one_job,
+            higher_priorities_are_claimed_first,
+            urgent_backlog_does_not_starve_low_priorities,
+            delayed_job_is_promoted_once_at_its_time,
+            scheduled_jobs_cancel_and_delete,
+            retry_after_a_backoff_waits_on_the_schedule,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -147,7 +154,7 @@ async fn reclaim(
     let taken = b
         .take_over_idle(consumer, &demo_queues(), min_idle, max)
         .await?;
-    Ok(crate::settle::settle_all(b, b, taken, max_attempts).await?)
+    Ok(crate::settle::settle_all(b, b, taken, &|_| max_attempts).await?)
 }
 
 fn progress(i: u64) -> NewEvent {

@@ -167,7 +167,8 @@ pub async fn released_entry_goes_to_the_next_claim(f: &dyn BackendFactory) -> Re
         b.queue_stats().await?
             == QueueStats {
                 waiting: 0,
-                pending: 1
+                pending: 1,
+                scheduled: 0,
             },
         "{:?}",
         b.queue_stats().await?

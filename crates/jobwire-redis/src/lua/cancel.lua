@@ -6,7 +6,7 @@ local head = redis.call('HMGET', KEYS[1], 'state', 'status')
 if not head[1] then
   return false
 end
-if head[2] == 'queued' or head[2] == 'running' then
+if head[2] == 'queued' or head[2] == 'running' or head[2] == 'scheduled' then
   redis.call('HSET', KEYS[1], 'cancel', 1)
 end
 return head[1]

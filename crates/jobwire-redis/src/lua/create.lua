@@ -11,21 +11,23 @@
 -- KEYS[4] the partition's job counts (a hash: status -> count),
 -- KEYS[5] the partition's unfinished jobs per owner (a hash),
 -- KEYS[6] the partition's jobs (sorted set), KEYS[7] the owner's jobs in
--- the partition (sorted set), KEYS[8] the job's queue's stream in the
--- partition, KEYS[9] the partition's queue names (a set), KEYS[10] the
--- record of the create's idempotency key or unique key (any key of the
--- slot without one)
+-- the partition (sorted set), KEYS[8] the stream of the job's queue lane
+-- (queue and priority) in the partition, KEYS[9] the partition's lane
+-- names (a set), KEYS[10] the record of the create's idempotency key or
+-- unique key (any key of the slot without one), KEYS[11] the partition's
+-- schedule (a sorted set: job id by the time it becomes runnable)
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
 -- ARGV[9] kind, ARGV[10] '1' to queue the job (not external),
--- ARGV[11] the queue's name, ARGV[12] the request's digest, ARGV[13] how
+-- ARGV[11] the lane's name, ARGV[12] the request's digest, ARGV[13] how
 -- long an idempotency key counts in ms ('0': no key), ARGV[14] what the
 -- partition's job keys start with, ARGV[15] '1' when KEYS[10] is a unique
 -- key's record (it counts while its job is unfinished: publish.lua and
--- delete.lua delete it when the job ends or goes)
+-- delete.lua delete it when the job ends or goes), ARGV[16] when the job
+-- becomes runnable, in Unix ms ('0': now; else it is scheduled, not queued)
 -- Returns 1 when created, 0 when the job already exists, {2, record} when
 -- the idempotency key names a job that still exists, {3, record} when the
--- unique key names a job that is still queued or running.
+-- unique key names a job that is not finished.
 local keyed = ARGV[13] ~= '0'
 local unique = ARGV[15] == '1'
 if keyed or unique then
@@ -38,7 +40,7 @@ if keyed or unique then
     if keyed and status then
       return {2, record}
     end
-    if unique and (status == 'queued' or status == 'running') then
+    if unique and (status == 'queued' or status == 'running' or status == 'scheduled') then
       return {3, record}
     end
   end
@@ -56,7 +58,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '1-0', 'e', ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[6], 0, ARGV[8])
 redis.call('ZADD', KEYS[7], 0, ARGV[8])
-if ARGV[10] == '1' then
+if ARGV[16] ~= '0' then
+  redis.call('ZADD', KEYS[11], ARGV[16], ARGV[8])
+elseif ARGV[10] == '1' then
   redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
   redis.call('SADD', KEYS[9], ARGV[11])
 end

@@ -1,14 +1,15 @@
 -- Deletes a job's state and log, keeping the partition's job counts right.
 --
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] the partition's job counts,
--- KEYS[4] the partition's unfinished jobs per owner
+-- KEYS[4] the partition's unfinished jobs per owner, KEYS[5] the
+-- partition's schedule; ARGV[1] the job's id
 -- Returns false when there is no such job, else the job's owner-bearing
 -- state JSON (the caller then removes the listing entries).
 local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner', 'unique')
 if not head[1] then
   return false
 end
-if head[2] == 'queued' or head[2] == 'running' then
+if head[2] == 'queued' or head[2] == 'running' or head[2] == 'scheduled' then
   -- An unfinished job's unique key is free again (create.lua; same slot).
   if head[4] then
     redis.call('DEL', head[4])
@@ -18,5 +19,6 @@ if head[2] == 'queued' or head[2] == 'running' then
     redis.call('HDEL', KEYS[4], head[3])
   end
 end
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 return head[1]

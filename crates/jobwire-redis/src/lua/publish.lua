@@ -20,12 +20,19 @@
 -- that lost the race repeatedly claims it (ARGV[11] = '1') and, while it
 -- holds it, others' writes are refused as if the head had moved, so a tight
 -- loop of one process cannot starve another; it lapses after 50 ms.
+-- KEYS[7] the partition's schedule (sorted set), KEYS[8] the stream of the
+-- job's queue lane, KEYS[9] the partition's lane names (a set): the
+-- publish moves the job between schedule and queue as its status demands
+-- (jobwire_core::publish::QueueMove), in this same step.
 -- ARGV[1] expected seq, ARGV[2] expected epoch, ARGV[3] the plan's epoch
 -- (ARGV[2], or a fresh one when the plan starts a new history),
 -- ARGV[4] new state JSON, ARGV[5] new last_n, ARGV[6] new status,
 -- ARGV[7] log MAXLEN, ARGV[8] live MAXLEN,
 -- ARGV[9] retention in ms (0: the job is not finished), ARGV[10] this
--- publisher's id, ARGV[11] '1' to claim the priority, ARGV[12..] event JSONs
+-- publisher's id, ARGV[11] '1' to claim the priority, ARGV[12] the queue
+-- move: '' none, 's' onto the schedule at ARGV[13] (Unix ms), 'e' off the
+-- schedule into the lane, 'u' off the schedule; ARGV[14] job id,
+-- ARGV[15] kind, ARGV[16] lane name; ARGV[17..] event JSONs
 -- A live entry holds the batch's events in order, one field each, named by
 -- the epoch (so a reader knows which history an event belongs to, and
 -- readers that only take values keep working).
@@ -37,7 +44,7 @@ local head = redis.call('HMGET', KEYS[1], 'seq', 'cancel', 'status', 'epoch', 'i
 if not head[1] then
   return {0}
 end
-local n = #ARGV - 11
+local n = #ARGV - 16
 local first = redis.call('GET', KEYS[6])
 if head[1] ~= ARGV[1] or head[4] ~= ARGV[2] or (n > 0 and first and first ~= ARGV[10]) then
   if ARGV[11] == '1' and (not first or first == ARGV[10]) then
@@ -63,9 +70,9 @@ if n > 0 then
   local live = {}
   for i = 1, n do
     seq = seq + 1
-    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[11 + i])
+    redis.call('XADD', KEYS[2], string.format('%d-0', seq), 'e', ARGV[16 + i])
     live[#live + 1] = epoch
-    live[#live + 1] = ARGV[11 + i]
+    live[#live + 1] = ARGV[16 + i]
     if #live == 2000 or i == n then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(live))
       live = {}
@@ -81,12 +88,13 @@ if n > 0 then
   redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq), 'state', ARGV[4],
     'last_n', ARGV[5], 'status', ARGV[6], 'epoch', epoch, 'inc', inc)
   if head[3] ~= ARGV[6] then
-    local was_open = head[3] == 'queued' or head[3] == 'running'
+    local open = {queued = true, running = true, scheduled = true}
+    local was_open = open[head[3]]
     if was_open then
       redis.call('HINCRBY', KEYS[4], head[3], -1)
     end
     redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
-    if was_open and ARGV[6] ~= 'queued' and ARGV[6] ~= 'running' then
+    if was_open and not open[ARGV[6]] then
       -- A finished job frees its unique key (create.lua; same slot).
       local unique = redis.call('HGET', KEYS[1], 'unique')
       if unique then
@@ -96,6 +104,16 @@ if n > 0 then
       if owner and redis.call('HINCRBY', KEYS[5], owner, -1) <= 0 then
         redis.call('HDEL', KEYS[5], owner)
       end
+    end
+  end
+  local move = ARGV[12]
+  if move == 's' then
+    redis.call('ZADD', KEYS[7], ARGV[13], ARGV[14])
+  elseif move == 'e' or move == 'u' then
+    redis.call('ZREM', KEYS[7], ARGV[14])
+    if move == 'e' then
+      redis.call('XADD', KEYS[8], '*', 'job', ARGV[14], 'kind', ARGV[15])
+      redis.call('SADD', KEYS[9], ARGV[16])
     end
   end
   if ARGV[9] ~= '0' then

@@ -66,7 +66,7 @@ async fn a_reporter_of_a_superseded_attempt_is_fenced() -> Result<()> {
     let taken = backend
         .take_over_idle("w2", &["demo".to_owned()], Duration::from_millis(200), 10)
         .await?;
-    let taken = jobwire_core::settle::settle_all(&*backend, &*backend, taken, 5).await?;
+    let taken = jobwire_core::settle::settle_all(&*backend, &*backend, taken, &|_| 5).await?;
     ensure!(
         matches!(taken.as_slice(), [Reclaimed::Retry { attempt: 2, .. }]),
         "{taken:?}"
@@ -215,7 +215,8 @@ async fn shutdown_finishes_short_jobs_and_releases_long_ones() -> Result<()> {
         backend.queue_stats().await?
             == QueueStats {
                 waiting: 1,
-                pending: 0
+                pending: 0,
+                scheduled: 0
             },
         "{:?}",
         backend.queue_stats().await?

@@ -1,0 +1,179 @@
+//! Conformance cases of priorities, the schedule (delayed jobs, retries
+//! after a backoff) and promotion.
+
+use crate::job::lowest_first;
+use crate::settle::promote_due;
+use crate::Timestamp;
+
+use super::*;
+
+/// Claims one entry of the demo queue at a time, returning the priorities
+/// of the jobs claimed, in order.
+async fn priorities_claimed(b: &dyn Backend, n: usize) -> Result<Vec<u8>> {
+    let mut order = Vec::new();
+    for _ in 0..n {
+        let claim = b
+            .claim("w", &demo_queues(), 1, Duration::ZERO)
+            .await?
+            .pop()
+            .context("the queue ran dry")?;
+        order.push(b.job(&claim.job_id).await?.priority);
+        b.ack(&claim.entry).await?;
+    }
+    Ok(order)
+}
+
+/// Within a queue the highest priority goes first, whatever the order of
+/// creation.
+pub async fn higher_priorities_are_claimed_first(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    for p in [1, 9, 5, 0, 9, 7] {
+        b.create_job(NewJob::new("demo", json!({}), "alice").at_priority(p))
+            .await?;
+    }
+    let order = priorities_claimed(b, 6).await?;
+    ensure!(order == [9, 9, 7, 5, 1, 0], "claimed in order {order:?}");
+    Ok(())
+}
+
+/// The starvation rule: one claim in ten takes the lowest priority first.
+pub async fn urgent_backlog_does_not_starve_low_priorities(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    b.create_job(NewJob::new("demo", json!({}), "alice").at_priority(0))
+        .await?;
+    for _ in 0..12 {
+        b.create_job(NewJob::new("demo", json!({}), "alice").at_priority(9))
+            .await?;
+    }
+    let order = priorities_claimed(b, 13).await?;
+    let low_at = order.iter().position(|&p| p == 0);
+    let expected = (0..13u64).position(lowest_first);
+    ensure!(
+        low_at == expected,
+        "the low-priority job came at claim {low_at:?}, not {expected:?}: {order:?}"
+    );
+    Ok(())
+}
+
+/// A delayed job is `scheduled` (its first event says until when), is not
+/// claimable, and is queued once when its time comes, however many
+/// promoters race.
+pub async fn delayed_job_is_promoted_once_at_its_time(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let at = Timestamp::now().plus(Duration::from_secs(3600));
+    let job = b
+        .create_job(NewJob::new("demo", json!({}), "alice").not_before(at))
+        .await?;
+    ensure!(
+        job.status == JobStatus::Scheduled && job.run_at == Some(at),
+        "{job:?}"
+    );
+    let first = all_events(b, &job.id).await?;
+    ensure!(
+        first.len() == 1 && first[0].data["run_at"] == json!(at.to_string()),
+        "{first:?}"
+    );
+    ensure!(b.health().await?.jobs.scheduled == 1);
+    ensure!(b.queue_stats().await?.scheduled == 1);
+    ensure!(b
+        .claim("w", &demo_queues(), 1, Duration::from_millis(50))
+        .await?
+        .is_empty());
+    ensure!(b.due(Timestamp::now(), 10).await?.is_empty(), "due early");
+    ensure!(promote_due(b, b, Timestamp::now(), 10).await? == 0);
+
+    let later = at.plus(Duration::from_secs(1));
+    ensure!(b.due(later, 10).await? == std::slice::from_ref(&job.id));
+    let (x, y, z) = tokio::join!(
+        promote_due(b, b, later, 10),
+        promote_due(b, b, later, 10),
+        promote_due(b, b, later, 10)
+    );
+    ensure!(x? + y? + z? == 1, "promoted more than once");
+    let events = all_events(b, &job.id).await?;
+    ensure!(events.len() == 2, "{events:?}");
+    ensure!(events[1].kind == EventType::JobQueued);
+    ensure!(b.job(&job.id).await?.status == JobStatus::Queued);
+    ensure!(b.due(later, 10).await?.is_empty(), "still on the schedule");
+    let counts = b.health().await?.jobs;
+    ensure!(counts.scheduled == 0 && counts.queued == 1, "{counts:?}");
+    let claim = claim_one(b, "w").await?;
+    ensure!(claim.job_id == job.id);
+    ensure!(b.queue_stats().await?.scheduled == 0);
+    Ok(())
+}
+
+/// A scheduled job can be cancelled (at once) or deleted, and leaves the
+/// schedule either way.
+pub async fn scheduled_jobs_cancel_and_delete(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let at = Timestamp::now().plus(Duration::from_secs(60));
+    let later = at.plus(Duration::from_secs(1));
+    let a = b
+        .create_job(NewJob::new("demo", json!({}), "alice").not_before(at))
+        .await?;
+    let c = b
+        .create_job(NewJob::new("demo", json!({}), "alice").not_before(at))
+        .await?;
+    ensure!(b.unfinished_jobs("alice").await? == 2);
+    ensure!(b.cancel(&a.id).await? == CancelOutcome::Cancelled);
+    ensure!(b.job(&a.id).await?.status == JobStatus::Cancelled);
+    b.delete(&c.id).await?;
+    ensure!(b.due(later, 10).await?.is_empty(), "left on the schedule");
+    ensure!(promote_due(b, b, later, 10).await? == 0);
+    ensure!(b.unfinished_jobs("alice").await? == 0);
+    ensure!(b.health().await?.jobs.scheduled == 0);
+    Ok(())
+}
+
+/// A failed attempt retried after a backoff: `job_retrying` with a
+/// `retry_at` puts the job on the schedule (its entry is acked by the
+/// worker, or dropped when taken over), and at its time it is queued
+/// again with the next attempt.
+pub async fn retry_after_a_backoff_waits_on_the_schedule(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let job = demo_job(b).await?;
+    let claim = claim_one(b, "w1").await?;
+    b.publish(
+        &job.id,
+        &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
+    )
+    .await?;
+    let at = Timestamp::now().plus(Duration::from_secs(600));
+    let retry = NewEvent::new(
+        EventType::JobRetrying,
+        json!({"retry_at": at.to_string(), "error": "flaky"}),
+    )
+    .fenced(1, 2);
+    b.publish(&job.id, &[retry]).await?;
+    let state = b.job(&job.id).await?;
+    ensure!(
+        state.status == JobStatus::Scheduled && state.attempt == 2 && state.run_at == Some(at),
+        "{state:?}"
+    );
+    // The worker died before acking: whoever takes the entry over drops it.
+    let settled = reclaim(b, "w2", Duration::ZERO, 5, 10).await?;
+    ensure!(
+        settled
+            == [Reclaimed::Dropped {
+                job_id: job.id.clone()
+            }],
+        "{settled:?}"
+    );
+    ensure!(b.queue_stats().await?.pending == 0, "entry kept");
+    ensure!(b
+        .claim("w2", &demo_queues(), 1, Duration::from_millis(50))
+        .await?
+        .is_empty());
+    let later = at.plus(Duration::from_secs(1));
+    ensure!(promote_due(b, b, later, 10).await? == 1);
+    let again = claim_one(b, "w2").await?;
+    ensure!(again.job_id == job.id && again.entry != claim.entry);
+    ensure!(b.job(&job.id).await?.attempt == 2);
+    Ok(())
+}
