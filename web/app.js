@@ -293,6 +293,9 @@ function openJob(id) {
     $("[data-testid=job-files]").textContent = s.total_files ? `${s.processed_files} of ${s.total_files}` : "–";
     $("[data-testid=job-failed]").textContent = String(s.failed_files);
     $("[data-testid=job-attempt]").textContent = String(s.attempt);
+    // A scheduled job (delayed, or a retry after a backoff) says when it runs.
+    $("#run-at").hidden = s.status !== "scheduled" || !s.run_at;
+    if (s.run_at) $("[data-testid=job-run-at]").textContent = new Date(s.run_at).toLocaleString();
     $("[data-testid=job-current]").textContent = s.current_file || "–";
     if (s.message !== undefined) $("[data-testid=job-message]").textContent = s.message || "–";
     if (s.error) $("[data-testid=job-error]").textContent = s.error;

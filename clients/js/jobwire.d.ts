@@ -1,6 +1,6 @@
 // Types of jobwire.js (docs/clients.md, docs/protocol.md).
 
-export type JobStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
+export type JobStatus = "scheduled" | "queued" | "running" | "completed" | "failed" | "cancelled";
 
 export interface Job {
   id: string;
@@ -24,6 +24,16 @@ export interface Job {
   last_event_id: number;
   result: unknown;
   external: boolean;
+  /** The queue it waits in (its kind's unless another was given). */
+  queue: string;
+  /** 0–9, higher first within its queue. */
+  priority: number;
+  /** When a scheduled job becomes runnable (delayed, or a retry after a backoff). */
+  run_at?: string;
+  /** Attempt timeout in milliseconds, when one was given. */
+  timeout_ms?: number;
+  /** The job's own retry policy, when one was given. */
+  retry?: { max_attempts?: number; backoff?: { base: string; factor: number; max: string } };
   cancel_requested: boolean;
 }
 

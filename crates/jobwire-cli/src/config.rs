@@ -233,6 +233,63 @@ pub(crate) struct WorkerFlags {
     #[arg(long = "timeout", env = "JOBWIRE_TIMEOUTS", value_delimiter = ',',
           value_name = "KIND=DURATION", value_parser = parse_kind_timeout)]
     pub(crate) timeouts: Vec<(String, Duration)>,
+    /// How failed attempts of a kind are retried when its job sets no
+    /// policy of its own, as KIND=ATTEMPTS[:BASE[,FACTOR[,MAX]]],
+    /// semicolon-separated (e.g. `scan=5:10s,2,10m;demo=3`).
+    #[arg(long = "retry", env = "JOBWIRE_RETRIES", value_delimiter = ';',
+          value_name = "KIND=ATTEMPTS[:BACKOFF]", value_parser = parse_kind_retry)]
+    pub(crate) retries: Vec<(String, jobwire_core::RetryPolicy)>,
+}
+
+/// An RFC 3339 time.
+fn parse_time(s: &str) -> Result<jobwire_core::Timestamp, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| "expected an RFC 3339 time such as 2030-01-01T09:00:00Z".to_owned())
+}
+
+/// `BASE[,FACTOR[,MAX]]` of a backoff (see `--backoff`).
+pub(crate) fn parse_backoff(s: &str) -> Result<jobwire_core::RetryBackoff, String> {
+    let mut parts = s.split(',').map(str::trim);
+    let defaults = jobwire_core::RetryBackoff::default();
+    let base = parse_duration(parts.next().unwrap_or_default())?;
+    let factor = match parts.next() {
+        Some(f) => f
+            .parse::<f64>()
+            .map_err(|_| format!("factor {f:?}: expected a number such as 2"))?,
+        None => defaults.factor,
+    };
+    let max = match parts.next() {
+        Some(m) => parse_duration(m)?,
+        None => defaults.max.max(base),
+    };
+    if parts.next().is_some() {
+        return Err("expected BASE[,FACTOR[,MAX]], e.g. 1s,2,5m".to_owned());
+    }
+    let backoff = jobwire_core::RetryBackoff { base, factor, max };
+    backoff.check()?;
+    Ok(backoff)
+}
+
+/// `KIND=ATTEMPTS[:BACKOFF]` of `--retry`.
+fn parse_kind_retry(s: &str) -> Result<(String, jobwire_core::RetryPolicy), String> {
+    let (kind, policy) = s.split_once('=').ok_or_else(|| {
+        "expected KIND=ATTEMPTS[:BASE,FACTOR,MAX], e.g. scan=5:10s,2,10m".to_owned()
+    })?;
+    let (attempts, backoff) = match policy.split_once(':') {
+        Some((attempts, backoff)) => (attempts, Some(parse_backoff(backoff)?)),
+        None => (policy, None),
+    };
+    let attempts = attempts
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("attempts {attempts:?}: expected a number from 1 to 100"))?;
+    let policy = jobwire_core::RetryPolicy {
+        max_attempts: Some(attempts),
+        backoff,
+    };
+    policy.check()?;
+    Ok((kind.trim().to_owned(), policy))
 }
 
 /// `KIND=DURATION` of `--timeout`.
@@ -444,7 +501,6 @@ pub(crate) struct SubmitArgs {
     /// (`steps=50`, `fail_at=null`), else as a string (`path=docs`).
     #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
     pub(crate) params: Vec<String>,
-    /// Follow the job until it ends (as `jobwire watch`).
     /// The queue to put the job in (default: the one named after its
     /// kind); a worker takes jobs only from the queues it serves.
     #[arg(long, value_parser = parse_queue)]
@@ -461,6 +517,25 @@ pub(crate) struct SubmitArgs {
     /// it and the job fails.
     #[arg(long, value_parser = parse_duration)]
     pub(crate) timeout: Option<Duration>,
+    /// 0 to 9: within its queue, higher runs first (default 5).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub(crate) priority: Option<u8>,
+    /// Run no sooner than this long from now (e.g. 30s, 2h): the job is
+    /// `scheduled` until then.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "run_at")]
+    pub(crate) delay: Option<Duration>,
+    /// Run no sooner than this time (RFC 3339, e.g. 2030-01-01T09:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) run_at: Option<jobwire_core::Timestamp>,
+    /// Attempts in all (1 to 100): a failing attempt is retried after a
+    /// backoff until they are used up (default: the worker's policy).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) max_attempts: Option<u32>,
+    /// The wait between attempts, as BASE[,FACTOR[,MAX]] (e.g. 1s,2,5m:
+    /// 1 s, doubling, at most 5 min; each jittered by ±20%).
+    #[arg(long, value_parser = parse_backoff, value_name = "BASE[,FACTOR[,MAX]]")]
+    pub(crate) backoff: Option<jobwire_core::RetryBackoff>,
+    /// Follow the job until it ends (as `jobwire watch`).
     #[arg(long)]
     pub(crate) watch: bool,
     /// Print JSON instead of text (with --watch: one event per line).

@@ -58,6 +58,13 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
         idempotency_key: args.idempotency_key.clone(),
         unique_key: args.unique_key.clone(),
         timeout: args.timeout,
+        priority: args.priority,
+        run_at: args.run_at,
+        delay: args.delay,
+        retry: jobwire_core::RetryPolicy {
+            max_attempts: args.max_attempts,
+            backoff: args.backoff.clone(),
+        },
     };
     let submitted = client
         .create_job_with(&args.kind, Value::Object(params), &options)

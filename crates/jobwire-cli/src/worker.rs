@@ -113,19 +113,25 @@ pub(crate) fn build(backend: Arc<dyn Backend>, flags: &WorkerFlags) -> Result<Wo
     for (kind, limit) in &flags.timeouts {
         builder = builder.timeout(kind.clone(), *limit);
     }
+    for (kind, policy) in &flags.retries {
+        builder = builder.retry(kind.clone(), policy.clone());
+    }
     let worker = builder
         .build()
         .map_err(|e| Failure::Usage(anyhow!("worker settings: {e}")))?;
     let kinds = worker.kinds();
-    if let Some((kind, _)) = flags
+    let named = flags
         .timeouts
         .iter()
-        .find(|(kind, _)| !kinds.contains(kind))
-    {
-        return Err(Failure::Usage(anyhow!(
-            "--timeout {kind}=…: this worker runs no kind {kind:?} (it runs: {})",
-            kinds.join(", ")
-        )));
+        .map(|(kind, _)| ("--timeout", kind))
+        .chain(flags.retries.iter().map(|(kind, _)| ("--retry", kind)));
+    for (flag, kind) in named {
+        if !kinds.contains(kind) {
+            return Err(Failure::Usage(anyhow!(
+                "{flag} {kind}=…: this worker runs no kind {kind:?} (it runs: {})",
+                kinds.join(", ")
+            )));
+        }
     }
     Ok(worker)
 }

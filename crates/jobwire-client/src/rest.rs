@@ -71,7 +71,7 @@ pub struct PublishReply {
 }
 
 /// Queue controls of a new job (all optional).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CreateOptions {
     /// The queue to wait in (default: the kind's).
     pub queue: Option<String>,
@@ -84,6 +84,15 @@ pub struct CreateOptions {
     pub unique_key: Option<String>,
     /// How long one attempt may run before it is stopped and failed.
     pub timeout: Option<std::time::Duration>,
+    /// 0–9, higher first within the queue (default 5).
+    pub priority: Option<u8>,
+    /// When the job becomes runnable: it is `scheduled` until then.
+    pub run_at: Option<jobwire_core::Timestamp>,
+    /// Runnable this long from now (instead of `run_at`).
+    pub delay: Option<std::time::Duration>,
+    /// Attempts in all, and the waits between them (unset: the worker's
+    /// policy for the kind).
+    pub retry: jobwire_core::RetryPolicy,
 }
 
 /// What [`Client::create_job_with`] got back.
@@ -125,6 +134,21 @@ impl Client {
         }
         if let Some(timeout) = options.timeout {
             body["timeout"] = json!(format!("{}ms", timeout.as_millis()));
+        }
+        if let Some(priority) = options.priority {
+            body["priority"] = json!(priority);
+        }
+        if let Some(at) = options.run_at {
+            body["run_at"] = json!(at.to_string());
+        }
+        if let Some(delay) = options.delay {
+            body["delay"] = json!(format!("{}ms", delay.as_millis()));
+        }
+        if let Some(n) = options.retry.max_attempts {
+            body["max_attempts"] = json!(n);
+        }
+        if let Some(backoff) = &options.retry.backoff {
+            body["backoff"] = json!(backoff);
         }
         let headers: Vec<(&str, &str)> = options
             .idempotency_key

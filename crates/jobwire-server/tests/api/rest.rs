@@ -428,3 +428,84 @@ async fn a_unique_key_returns_the_unfinished_job() -> Result<()> {
     ensure!(resp.status() == 422, "both keys: {}", resp.status());
     Ok(())
 }
+
+/// Queue controls at create time: a delayed job comes back `scheduled`
+/// with its `run_at` (and can be cancelled at once), priority and retry
+/// policy are stored on the job, and every bad value is a 422 naming the
+/// field.
+#[tokio::test]
+async fn queue_controls_are_stored_and_checked() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let alice = user_token("alice");
+    let body = json!({"kind": "demo", "delay": "1h", "priority": 8, "max_attempts": 4,
+        "backoff": {"base": "2s", "factor": 3, "max": "1m"}});
+    let (status, job) = app.post("/api/jobs", Some(&alice), Some(body)).await?;
+    ensure!(status == 201, "{status} {job}");
+    ensure!(
+        job["status"] == "scheduled" && job["priority"] == 8 && job["run_at"].is_string(),
+        "{job}"
+    );
+    ensure!(
+        job["retry"]
+            == json!({"max_attempts": 4, "backoff": {"base": "2s", "factor": 3.0, "max": "1m"}}),
+        "{job}"
+    );
+    let id = job["id"].as_str().unwrap_or_default();
+    let (status, page) = app
+        .get(&format!("/api/jobs/{id}/events"), Some(&alice))
+        .await?;
+    ensure!(
+        status == 200 && page["events"][0]["data"]["run_at"] == job["run_at"],
+        "{page}"
+    );
+    let (status, _) = app
+        .post(&format!("/api/jobs/{id}/cancel"), Some(&alice), None)
+        .await?;
+    ensure!(status == 202);
+    let (_, job) = app.get(&format!("/api/jobs/{id}"), Some(&alice)).await?;
+    ensure!(job["status"] == "cancelled", "{job}");
+    // A time already past runs at once.
+    let (status, now) = app
+        .post(
+            "/api/jobs",
+            Some(&alice),
+            Some(json!({"kind": "demo", "run_at": "2001-01-01T00:00:00Z"})),
+        )
+        .await?;
+    ensure!(status == 201 && now["status"] == "queued", "{now}");
+    let all_scopes = token("alice", &[Scope::JobsRead, Scope::JobsWrite, Scope::Worker]);
+    for (body, field) in [
+        (json!({"kind": "demo", "priority": 10}), "priority"),
+        (json!({"kind": "demo", "priority": -1}), "priority"),
+        (json!({"kind": "demo", "delay": "soon"}), "delay"),
+        (json!({"kind": "demo", "delay": "1000d"}), "delay"),
+        (json!({"kind": "demo", "run_at": "tomorrow"}), "run_at"),
+        (
+            json!({"kind": "demo", "run_at": "2001-01-01T00:00:00Z", "delay": "1s"}),
+            "run_at or delay",
+        ),
+        (json!({"kind": "demo", "max_attempts": 0}), "max_attempts"),
+        (
+            json!({"kind": "demo", "backoff": {"base": "1m", "max": "1s"}}),
+            "backoff",
+        ),
+        (
+            json!({"kind": "demo", "backoff": {"base": "often"}}),
+            "duration",
+        ),
+        (
+            json!({"kind": "x.y", "external": true, "max_attempts": 2}),
+            "external",
+        ),
+    ] {
+        let (status, err) = app
+            .post("/api/jobs", Some(&all_scopes), Some(body.clone()))
+            .await?;
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            status == 422 && message.contains(field),
+            "{body}: {status} {err}"
+        );
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod data_loss;
 mod queue;
+mod retries;
 mod scan;
 mod stops;
 mod support;
