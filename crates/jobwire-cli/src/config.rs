@@ -163,7 +163,7 @@ pub(crate) struct ServerFlags {
     #[arg(long, env = "JOBWIRE_CREATE_RATE", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) create_rate: u32,
-    /// Unfinished (queued or running) jobs per user.
+    /// Unfinished (scheduled, queued or running) jobs per user.
     #[arg(long, env = "JOBWIRE_MAX_UNFINISHED_JOBS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) max_unfinished_jobs: u64,
@@ -510,7 +510,7 @@ pub(crate) struct SubmitArgs {
     #[arg(long, conflicts_with = "unique_key")]
     pub(crate) idempotency_key: Option<String>,
     /// At most one unfinished job of this kind per key: while one is
-    /// queued or running, print that one instead of creating another.
+    /// scheduled, queued or running, print that one instead of creating another.
     #[arg(long)]
     pub(crate) unique_key: Option<String>,
     /// How long one attempt may run (e.g. 30s, 5m): then the worker stops

@@ -355,7 +355,7 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     ///   under the key returns the job the first made, flagged with whether
     ///   it was the same request; a key whose job is gone is free again;
     /// - at most one unfinished job of its kind per `new.unique_key`: while
-    ///   one is queued or running, that one is returned.
+    ///   one is scheduled, queued or running, that one is returned.
     ///
     /// Both at once are refused ([`BackendError::Invalid`]): a unique key
     /// already makes the create idempotent while its job runs.
@@ -399,7 +399,7 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// Removes a job, its log and its listing entry.
     async fn delete(&self, job: &JobId) -> Result<()>;
 
-    /// Jobs of `owner` not finished yet (queued or running), for the
+    /// Jobs of `owner` not finished yet (scheduled, queued or running), for the
     /// per-user quota. Kept as a counter beside the jobs, so it is cheap;
     /// it may lag a concurrent create by a moment.
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64>;

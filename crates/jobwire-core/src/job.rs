@@ -314,7 +314,7 @@ pub struct NewJob {
     /// The queue to wait in; `None`: the kind's.
     pub queue: Option<String>,
     /// At most one unfinished job of this kind has this key: while one is
-    /// queued or running, creating another returns it
+    /// scheduled, queued or running, creating another returns it
     /// ([`crate::Created::Unique`]).
     pub unique_key: Option<String>,
     /// How long one attempt may run before it is stopped and failed.

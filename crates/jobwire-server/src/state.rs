@@ -61,7 +61,7 @@ pub struct ServerConfig {
     /// Job creations per second per user, in bursts of five seconds' worth
     /// (`JOBWIRE_CREATE_RATE`; per instance).
     pub create_rate: u32,
-    /// Unfinished (queued or running) jobs per user
+    /// Unfinished (scheduled, queued or running) jobs per user
     /// (`JOBWIRE_MAX_UNFINISHED_JOBS`).
     pub max_unfinished_jobs: u64,
     /// Largest page of `GET /api/jobs`.
