@@ -410,3 +410,102 @@ async fn a_kind_timeout_fails_a_long_attempt() -> Result<()> {
     exits_with(&out, 2, "runs no kind \"nokind\"")?;
     Ok(())
 }
+
+/// `JOBWIRE_RETRIES=demo=3:300ms,2,5s`: a demo job failing on every attempt
+/// runs three times, waiting 300 ms then 600 ms (±20%), read back from the
+/// `job_retrying` events `submit --watch --json` prints; `--delay` gives a
+/// scheduled job; bad queue controls are refused before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_with_retries_delays_and_priorities() -> Result<()> {
+    let server = Jobwire::start(
+        &["dev"],
+        &[("JOBWIRE_RETRIES", "demo=3:300ms,2,5s".to_owned())],
+    )?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    let out = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "-p",
+            "steps=2",
+            "-p",
+            "delay_ms=1",
+            "-p",
+            "fail_at=1",
+            "--watch",
+            "--json",
+        ],
+    )?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    let events: Vec<Value> = lines(&out)?
+        .into_iter()
+        .filter(|l| l.get("type").is_some() && l.get("id").is_some())
+        .collect();
+    let retries: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "job_retrying")
+        .collect();
+    ensure!(retries.len() == 2, "{events:?}");
+    for (retry, nominal) in retries.iter().zip([300i64, 600]) {
+        let at = |field: &str| -> Result<i64> {
+            let text = retry["data"]
+                .get(field)
+                .or_else(|| retry.get(field))
+                .and_then(Value::as_str)
+                .context("no time")?;
+            Ok(text.parse::<jobwire_core::Timestamp>()?.unix_millis())
+        };
+        let wait = at("retry_at")? - at("timestamp")?;
+        ensure!(
+            (nominal * 8 / 10..=nominal * 12 / 10 + 1).contains(&wait),
+            "waited {wait} ms, not {nominal} ±20%"
+        );
+    }
+    let last = events.last().context("no events")?;
+    ensure!(
+        last["type"] == "job_failed" && last["data"]["attempt"] == 3,
+        "{last}"
+    );
+
+    let out = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "--delay",
+            "1h",
+            "--priority",
+            "9",
+            "--json",
+        ],
+    )?;
+    ensure!(out.status.success(), "{out:?}");
+    let job: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        job["status"] == "scheduled" && job["priority"] == 9 && job["run_at"].is_string(),
+        "{job}"
+    );
+    for (args, says) in [
+        (&["--priority", "10"][..], "--priority"),
+        (&["--delay", "soon"][..], "--delay"),
+        (
+            &["--delay", "1s", "--run-at", "2030-01-01T00:00:00Z"][..],
+            "--run-at",
+        ),
+        (&["--max-attempts", "0"][..], "--max-attempts"),
+        (&["--backoff", "1m,2,1s"][..], "shorter than its base"),
+    ] {
+        let mut all = vec!["submit", "demo"];
+        all.extend_from_slice(args);
+        exits_with(&jobwire(&server, &all)?, 2, says)?;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["dev", "--retry", "nokind=3"])
+        .env_clear()
+        .output()?;
+    exits_with(&out, 2, "runs no kind \"nokind\"")?;
+    Ok(())
+}
