@@ -4,6 +4,10 @@
 //!    `progress`, `job_completed` → ack) are queued first, then W worker
 //!    runtimes (each with its own store connections, as separate processes
 //!    would have) drain the queue; jobs/s is N over the time to drain it.
+//!    Three mixes in the same run: one plain queue; 4 queues with priorities
+//!    0–9 (each worker serving all four); and delayed jobs, due by the time
+//!    the workers start, so they are promoted while the queue drains. Then
+//!    the promotion alone: N due jobs queued by one promoter.
 //! 2. **Reporter**: one job reports M `progress` events in a tight loop and
 //!    flushes; events/s is M over the time from its first report until all
 //!    are stored.
@@ -16,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use jobwire_core::{Backend, BackendConfig, MemoryBackend, NewJob};
+use jobwire_core::settle::{promote_due, PROMOTE_BATCH};
+use jobwire_core::{Backend, BackendConfig, MemoryBackend, NewJob, Timestamp};
 use jobwire_redis::{RedisBackend, RedisConfig};
 use jobwire_worker::{handler_fn, JobOutcome, Worker, WorkerConfig};
 use serde_json::json;
@@ -43,20 +48,96 @@ pub(crate) struct Args {
     events: u64,
 }
 
+/// How the measured jobs are queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mix {
+    /// One queue, default priority.
+    Plain,
+    /// Four queues, priorities 0–9.
+    Priorities,
+    /// Delayed jobs, due when the workers start (promoted as they run).
+    Delayed,
+}
+
+impl Mix {
+    const ALL: [Mix; 3] = [Mix::Plain, Mix::Priorities, Mix::Delayed];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mix::Plain => "1 queue",
+            Mix::Priorities => "4 queues × 10 priorities",
+            Mix::Delayed => "delayed",
+        }
+    }
+
+    fn queues(self) -> Vec<String> {
+        match self {
+            Mix::Priorities => (0..4).map(|q| format!("q{q}")).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn job(self, i: usize) -> NewJob {
+        let job = NewJob::new("trivial", json!({}), "bench");
+        match self {
+            Mix::Plain => job,
+            Mix::Priorities => job
+                .in_queue(format!("q{}", i % 4))
+                .at_priority((i % 10) as u8),
+            // Due in a moment: before the workers start.
+            Mix::Delayed => job.not_before(Timestamp::now().plus(Duration::from_millis(1))),
+        }
+    }
+
+    /// Events a job's log ends with: `job_queued` (twice when delayed),
+    /// `job_started`, `progress`, `job_completed`.
+    fn events(self) -> u64 {
+        if self == Mix::Delayed {
+            5
+        } else {
+            4
+        }
+    }
+}
+
 pub(crate) async fn run(args: Args) -> Result<()> {
     let (_server, url) = crate::redis(args.redis_url.as_deref())?;
     println!(
         "worker throughput: {} trivial jobs (3 events each), concurrency {} per worker, redis {url}",
         args.jobs, args.concurrency
     );
-    println!("| store | workers | jobs/s | events/s | all completed once |");
-    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| store | workers | queued as | jobs/s | vs 1 queue | events/s | all completed once |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---|");
     for &workers in &args.workers {
-        let stores = redis_stores(&url, workers).await?;
-        queue_row("redis", &stores, &args).await?;
-        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig::default()));
-        queue_row("memory", &vec![memory; workers], &args).await?;
+        for store in ["redis", "memory"] {
+            let mut plain = None;
+            for mix in Mix::ALL {
+                let stores = match store {
+                    "redis" => redis_stores(&url, workers).await?,
+                    _ => {
+                        let memory: Arc<dyn Backend> =
+                            Arc::new(MemoryBackend::new(BackendConfig::default()));
+                        vec![memory; workers]
+                    }
+                };
+                let rate = queue_row(store, &stores, &args, mix, plain).await?;
+                plain = plain.or(Some(rate));
+            }
+        }
     }
+    println!();
+    println!(
+        "promotion alone: {} due jobs queued by one promoter",
+        args.jobs
+    );
+    println!("| store | jobs promoted/s | ms per 10k |");
+    println!("|---|---:|---:|");
+    let redis = redis_stores(&url, 1).await?.remove(0);
+    promotion_row("redis", redis, args.jobs).await?;
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig::default()));
+    promotion_row("memory", memory, args.jobs).await?;
     println!();
     println!(
         "reporter: one job reports {} progress events in a tight loop, then flushes",
@@ -86,9 +167,17 @@ async fn redis_stores(url: &str, n: usize) -> Result<Vec<Arc<dyn Backend>>> {
     Ok(stores)
 }
 
-async fn queue_row(name: &str, stores: &[Arc<dyn Backend>], args: &Args) -> Result<()> {
+/// Drains `args.jobs` jobs queued as `mix`; returns jobs/s. `plain` is the
+/// plain queue's rate in the same run, for the ratio.
+async fn queue_row(
+    name: &str,
+    stores: &[Arc<dyn Backend>],
+    args: &Args,
+    mix: Mix,
+    plain: Option<f64>,
+) -> Result<f64> {
     let client = Arc::clone(&stores[0]);
-    let ids = create_jobs(&client, args.jobs).await?;
+    let ids = create_jobs(&client, args.jobs, mix).await?;
     let stop = CancellationToken::new();
     let mut running = Vec::new();
     for (i, store) in stores.iter().enumerate() {
@@ -96,6 +185,7 @@ async fn queue_row(name: &str, stores: &[Arc<dyn Backend>], args: &Args) -> Resu
             .config(WorkerConfig {
                 consumer: format!("bench-{i}"),
                 concurrency: args.concurrency,
+                queues: mix.queues(),
                 ..WorkerConfig::default()
             })
             .handler(
@@ -135,30 +225,65 @@ async fn queue_row(name: &str, stores: &[Arc<dyn Backend>], args: &Args) -> Resu
         .sum();
     let all_once = completed == args.jobs as u64
         && client.queue_stats().await? == Default::default()
-        && check_sample(&client, &ids).await?;
+        && check_sample(&client, &ids, mix.events()).await?;
     let jobs_per_s = args.jobs as f64 / elapsed;
     println!(
-        "| {name} | {} | {:.0} | {:.0} | {} |",
+        "| {name} | {} | {} | {:.0} | {} | {:.0} | {} |",
         stores.len(),
+        mix.name(),
         jobs_per_s,
+        plain.map_or("–".to_owned(), |p| format!("{:.2}", jobs_per_s / p)),
         jobs_per_s * 3.0,
         if all_once { "yes" } else { "NO" }
+    );
+    Ok(jobs_per_s)
+}
+
+/// Creates `n` due scheduled jobs, then times one promoter queueing them.
+async fn promotion_row(name: &str, store: Arc<dyn Backend>, n: usize) -> Result<()> {
+    create_jobs(&store, n, Mix::Delayed).await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    let mut promoted = 0;
+    while promoted < n {
+        let round = promote_due(
+            store.as_ref(),
+            store.as_ref(),
+            Timestamp::now(),
+            PROMOTE_BATCH,
+        )
+        .await?;
+        ensure!(round > 0, "only {promoted} of {n} were due");
+        promoted += round;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    ensure!(store.queue_stats().await?.waiting == n as u64);
+    println!(
+        "| {name} | {:.0} | {:.0} |",
+        n as f64 / elapsed,
+        elapsed * 1000.0 * 10_000.0 / n as f64
     );
     Ok(())
 }
 
-/// Queues `n` trivial jobs, 16 creations at a time.
-async fn create_jobs(client: &Arc<dyn Backend>, n: usize) -> Result<Vec<jobwire_core::JobId>> {
+/// Queues `n` trivial jobs as `mix`, 16 creations at a time.
+async fn create_jobs(
+    client: &Arc<dyn Backend>,
+    n: usize,
+    mix: Mix,
+) -> Result<Vec<jobwire_core::JobId>> {
     let next = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (client, next, ids) = (Arc::clone(client), Arc::clone(&next), Arc::clone(&ids));
         tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n as u64 {
-                let job = client
-                    .create_job(NewJob::new("trivial", json!({}), "bench"))
-                    .await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    break;
+                }
+                let job = client.create_job(mix.job(i)).await?;
                 ids.lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?
                     .push(job.id);
@@ -173,13 +298,18 @@ async fn create_jobs(client: &Arc<dyn Backend>, n: usize) -> Result<Vec<jobwire_
     Ok(ids)
 }
 
-/// Every 50th job ran once: completed on attempt 1 with exactly 4 events.
-async fn check_sample(client: &Arc<dyn Backend>, ids: &[jobwire_core::JobId]) -> Result<bool> {
+/// Every 50th job ran once: completed on attempt 1 with exactly `events`
+/// events.
+async fn check_sample(
+    client: &Arc<dyn Backend>,
+    ids: &[jobwire_core::JobId],
+    events: u64,
+) -> Result<bool> {
     for id in ids.iter().step_by(50) {
         let state = client.job(id).await?;
         if state.status != jobwire_core::JobStatus::Completed
             || state.attempt != 1
-            || state.last_event_id.0 != 4
+            || state.last_event_id.0 != events
         {
             return Ok(false);
         }

@@ -471,8 +471,10 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Queue depth and pending (claimed, unacknowledged) entries.
     async fn queue_stats(&self) -> Result<QueueStats>;
 
-    /// Up to `max` scheduled jobs whose time is `now` or earlier, earliest
-    /// first. The caller promotes each by publishing `job_queued`
+    /// Up to `max` scheduled jobs whose time is `now` or earlier, for this
+    /// caller to promote. Backends may give concurrent callers disjoint
+    /// shares (the Redis backend leases each partition's promotion to one
+    /// process at a time). The caller promotes each by publishing `job_queued`
     /// ([`crate::settle::promote_due`]): a publish that moves a job out of
     /// `scheduled` takes it off the schedule (and puts it in its queue)
     /// in the same atomic step, so a job is promoted once however many

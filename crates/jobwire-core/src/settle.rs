@@ -142,7 +142,10 @@ pub async fn finish_cancel<S: JobStore + ?Sized>(
 /// publishes `job_queued` for each, which takes it off the schedule and
 /// into its queue in one atomic step. Any number of processes may run this
 /// at once: the first publish wins, and the others' are refused (the job
-/// is no longer `scheduled`). Returns how many this call promoted.
+/// is no longer `scheduled`). Each starts at a random place in the due
+/// list, so that racing promoters mostly take different jobs, and keeps
+/// [`PROMOTE_IN_FLIGHT`] publishes in flight. Returns how many this call
+/// promoted.
 ///
 /// # Errors
 /// Backend errors other than "not found" and "rejected" (a job deleted or
@@ -153,19 +156,33 @@ pub async fn promote_due(
     now: Timestamp,
     max: usize,
 ) -> Result<usize> {
-    let mut promoted = 0;
-    for job in queue.due(now, max).await? {
-        let queued = NewEvent::new(EventType::JobQueued, json!({"reason": "its time came"}));
-        match store.publish(&job, &[queued]).await {
-            Ok(_) => promoted += 1,
-            Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
-                queue.drop_due(&job).await?;
-            }
-            Err(e) => return Err(e),
-        }
+    use futures_util::{StreamExt, TryStreamExt};
+
+    let mut due = queue.due(now, max).await?;
+    if due.len() > 1 {
+        let start = rand::random::<u64>() as usize % due.len();
+        due.rotate_left(start);
     }
+    let promoted = futures_util::stream::iter(due)
+        .map(|job| async move {
+            let queued = NewEvent::new(EventType::JobQueued, json!({"reason": "its time came"}));
+            match store.publish(&job, &[queued]).await {
+                Ok(_) => Ok(1),
+                Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
+                    queue.drop_due(&job).await?;
+                    Ok(0)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(PROMOTE_IN_FLIGHT)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await?;
     Ok(promoted)
 }
+
+/// Promotions [`promote_due`] keeps in flight.
+pub const PROMOTE_IN_FLIGHT: usize = 32;
 
 /// How often [`keep_promoting`] looks for scheduled jobs whose time came: a
 /// delayed job is queued at most about this long after its time.

@@ -18,6 +18,7 @@
 //!                                              (lane: `<queue>` for priority 5, `<queue>#<p>` for the others)
 //! <prefix>:{t}:queues                  set     the lane names used in the partition
 //! <prefix>:{t}:scheduled               zset    scheduled job ids by when they become runnable (Unix ms)
+//! <prefix>:{t}:promoting               string  the promoter holding the partition's promotion lease
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
 //! <prefix>:{t}:user:<sub>:jobs         zset    one user's job ids in the partition
 //! <prefix>:{t}:idem:<sub>\n<key>        string  "<job id> <request digest>": an idempotency key, for its window
@@ -188,6 +189,11 @@ impl Keys {
         format!("{}:scheduled", self.base(p))
     }
 
+    /// Which promoter queues partition `p`'s due jobs now (`lua/due.lua`).
+    pub(crate) fn promoting(&self, p: u16) -> String {
+        format!("{}:promoting", self.base(p))
+    }
+
     /// The names of the queue lanes used in partition `p`.
     pub(crate) fn queues(&self, p: u16) -> String {
         format!("{}:queues", self.base(p))
@@ -226,6 +232,7 @@ mod tests {
             keys.queues(keys.partition_of(&id)),
             keys.queue(keys.partition_of(&id), "demo#9"),
             keys.scheduled(keys.partition_of(&id)),
+            keys.promoting(keys.partition_of(&id)),
             keys.listing(keys.partition_of(&id), None),
             keys.listing(keys.partition_of(&id), Some("alice")),
         ] {

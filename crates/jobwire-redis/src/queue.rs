@@ -700,35 +700,33 @@ impl JobQueue for RedisBackend {
         Ok(stats)
     }
 
+    /// Per partition (side by side), the due jobs of the partitions whose
+    /// promotion lease this process holds or takes (`lua/due.lua`).
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         let keys = &self.shared.keys;
         let per_partition = max.clamp(1, DUE_PER_PARTITION);
-        let replies: Vec<(Vec<(String, f64)>,)> = self
+        let replies: Vec<(Vec<String>,)> = self
             .shared
             .conns
             .each((0..keys.partitions()).map(|p| {
                 let mut pipe = redis::pipe();
-                pipe.cmd("ZRANGEBYSCORE")
+                pipe.cmd("EVAL")
+                    .arg(scripts::DUE)
+                    .arg(2)
                     .arg(keys.scheduled(p))
-                    .arg("-inf")
+                    .arg(keys.promoting(p))
                     .arg(now.unix_millis())
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(per_partition);
+                    .arg(per_partition)
+                    .arg(&self.shared.publisher)
+                    .arg(PROMOTION_LEASE.as_millis() as u64);
                 pipe
             }))
             .await
             .map_err(backend_error)?;
-        let mut due: Vec<(f64, String)> = replies
+        Ok(replies
             .into_iter()
-            .flat_map(|(entries,)| entries)
-            .map(|(id, at)| (at, id))
-            .collect();
-        due.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Ok(due
-            .into_iter()
-            .filter_map(|(_, id)| match id.parse::<JobId>() {
+            .flat_map(|(ids,)| ids)
+            .filter_map(|id| match id.parse::<JobId>() {
                 Ok(id) => Some(id),
                 Err(_) => {
                     tracing::warn!(entry = %id, "ignoring a schedule entry that is not a job id");
@@ -753,6 +751,9 @@ impl JobQueue for RedisBackend {
 
 /// The most scheduled jobs read per partition by one `due` call.
 const DUE_PER_PARTITION: usize = 1_000;
+/// How long a promoter holds a partition's promotion (renewed while it has
+/// due jobs): the longest a crashed promoter delays that partition's.
+const PROMOTION_LEASE: Duration = Duration::from_secs(2);
 
 /// The `pending` count of the `workers` group in an `XINFO GROUPS` reply
 /// (0 when there is no such group).

@@ -27,3 +27,6 @@ pub(crate) static PRUNE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/prune.lua")));
 pub(crate) static DROP_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/drop_due.lua")));
+/// Run with EVAL in pipelines (`RedisBackend::due`): small, and pipelines
+/// do not load scripts by themselves.
+pub(crate) const DUE: &str = include_str!("lua/due.lua");

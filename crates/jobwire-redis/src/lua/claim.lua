@@ -3,7 +3,9 @@
 -- has before the second is looked at. One round trip for any number of
 -- queues and partitions (on a cluster, the streams of one partition: one
 -- slot). A stream without the group gets it (from id 0, so entries queued
--- before count) and is read at once.
+-- before count) and is read at once. An empty stream is passed over with
+-- one XLEN (most streams of an idle priority lane are empty; acked entries
+-- are deleted, so an empty stream has nothing to deliver).
 --
 -- Returns, per entry, the index of its stream in KEYS, its id and its
 -- fields: {i, id, {field, value, ...}, i, id, {...}, ...}.
@@ -16,7 +18,10 @@ for i, key in ipairs(KEYS) do
   if want <= 0 then
     break
   end
-  local reply = read(key)
+  local reply = false
+  if redis.call('XLEN', key) > 0 or redis.call('EXISTS', key) == 0 then
+    reply = read(key)
+  end
   if type(reply) == 'table' and reply.err then
     if string.find(reply.err, 'NOGROUP', 1, true) then
       redis.call('XGROUP', 'CREATE', key, ARGV[1], '0', 'MKSTREAM')
