@@ -190,8 +190,9 @@ pub const PROMOTE_EVERY: std::time::Duration = std::time::Duration::from_millis(
 /// Scheduled jobs promoted per round at most.
 pub const PROMOTE_BATCH: usize = 1_000;
 
-/// Runs [`promote_due`] every [`PROMOTE_EVERY`] (at once again after a full
-/// batch) until the future is dropped; store outages are waited out with
+/// Runs [`promote_due`] every [`PROMOTE_EVERY`] (at once again after a
+/// round that promoted something: more may be due) until the future is
+/// dropped; store outages are waited out with
 /// the one backoff, logged at their start and every doubling. Every worker
 /// and gateway runs one. `promoted` hears how many each round queued.
 pub async fn keep_promoting(
@@ -211,7 +212,7 @@ pub async fn keep_promoting(
                     tracing::info!(failures, "queueing scheduled jobs again");
                 }
                 promoted(n);
-                if n == PROMOTE_BATCH {
+                if n > 0 {
                     continue;
                 }
                 PROMOTE_EVERY

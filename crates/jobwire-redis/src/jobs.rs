@@ -68,7 +68,8 @@ impl RedisBackend {
                 lane.as_ref()
                     .map_or_else(|| keys.job(job), |lane| keys.queue(p, lane)),
             )
-            .key(keys.queues(p));
+            .key(keys.queues(p))
+            .key(keys.ready(p));
         match planned {
             None => {
                 invocation
@@ -178,6 +179,7 @@ impl RedisBackend {
                 (None, None) => keys.job(&new.id),
             })
             .key(keys.scheduled(p))
+            .key(keys.ready(p))
             .arg(to_json(&state)?)
             .arg(&event.json[..])
             .arg(state.epoch.as_str())

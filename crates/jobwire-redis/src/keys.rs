@@ -17,6 +17,7 @@
 //! <prefix>:{t}:queue:<lane>            stream  a queue lane's entries in the partition, group `workers`
 //!                                              (lane: `<queue>` for priority 5, `<queue>#<p>` for the others)
 //! <prefix>:{t}:queues                  set     the lane names used in the partition
+//! <prefix>:{t}:ready                   set     the partition's lanes that may hold undelivered entries
 //! <prefix>:{t}:scheduled               zset    scheduled job ids by when they become runnable (Unix ms)
 //! <prefix>:{t}:promoting               string  the promoter holding the partition's promotion lease
 //! <prefix>:{t}:jobs                    zset    the partition's job ids (lexicographic = by creation)
@@ -110,7 +111,7 @@ impl Keys {
     }
 
     /// `<prefix>:{tag}` of partition `p`.
-    fn base(&self, p: u16) -> &str {
+    pub(crate) fn base(&self, p: u16) -> &str {
         &self.partitions[usize::from(p) % self.partitions.len()]
     }
 
@@ -189,6 +190,12 @@ impl Keys {
         format!("{}:scheduled", self.base(p))
     }
 
+    /// The lanes of partition `p` that may have entries not yet delivered
+    /// (`lua/claim.lua`).
+    pub(crate) fn ready(&self, p: u16) -> String {
+        format!("{}:ready", self.base(p))
+    }
+
     /// Which promoter queues partition `p`'s due jobs now (`lua/due.lua`).
     pub(crate) fn promoting(&self, p: u16) -> String {
         format!("{}:promoting", self.base(p))
@@ -233,6 +240,7 @@ mod tests {
             keys.queue(keys.partition_of(&id), "demo#9"),
             keys.scheduled(keys.partition_of(&id)),
             keys.promoting(keys.partition_of(&id)),
+            keys.ready(keys.partition_of(&id)),
             keys.listing(keys.partition_of(&id), None),
             keys.listing(keys.partition_of(&id), Some("alice")),
         ] {

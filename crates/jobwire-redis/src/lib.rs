@@ -229,6 +229,11 @@ impl RedisBackend {
             }),
         };
         backend.check_layout().await?;
+        if let Err(e) = backend.seed_ready().await {
+            // Only entries queued before ready sets existed need it; their
+            // lanes are read again once anything new is queued there.
+            tracing::warn!(error = %e, "could not mark the queue lanes that hold entries");
+        }
         backend.spawn_keepalive();
         Ok(backend)
     }

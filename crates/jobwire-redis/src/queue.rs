@@ -35,7 +35,7 @@
 //!
 //! A claim's entry id names its partition and queue: `<p>/<queue>/<stream id>`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -149,13 +149,15 @@ impl RedisBackend {
     /// Runs a script that acts on an entry only while `consumer` holds it;
     /// `false` when it does not.
     async fn if_leased(&self, script: &redis::Script, consumer: &str, entry: &str) -> Result<bool> {
-        let (p, queue, id) = parse_entry(entry)?;
+        let (p, lane, id) = parse_entry(entry)?;
         let mut conn = self.shared.conns.command();
         let done: i64 = script
-            .key(self.shared.keys.queue(p, queue))
+            .key(self.shared.keys.queue(p, lane))
+            .key(self.shared.keys.ready(p))
             .arg(WORKERS_GROUP)
             .arg(consumer)
             .arg(id)
+            .arg(lane)
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;
@@ -286,76 +288,79 @@ impl RedisBackend {
                     .filter(|p| Some(*p) != first),
             )
             .collect();
-        if !self.shared.conns.clustered() {
-            let streams: Vec<(u16, &str)> = lanes
-                .iter()
-                .flatten()
-                .flat_map(|lane| order.iter().map(move |&p| (p, lane.as_str())))
-                .collect();
-            return self.claim_from(consumer, &streams, max).await;
-        }
-        // On a cluster, first the length of every lane in every partition,
-        // side by side (one round trip per node); then a script for each
-        // non-empty one, in claim order, until enough are claimed. (A
-        // length counts pending entries too: it only rules streams out.)
-        let keys = &self.shared.keys;
         let all: Vec<&str> = lanes.iter().flatten().map(String::as_str).collect();
-        let lens: Vec<Vec<u64>> = self
+        if !self.shared.conns.clustered() {
+            return self.claim_from(consumer, &order, &all, max).await;
+        }
+        // On a cluster, first every partition's ready lanes, side by side
+        // (one round trip per node); then a script for each ready lane of
+        // each partition, in claim order, until enough are claimed.
+        let keys = &self.shared.keys;
+        let ready: Vec<(HashSet<String>,)> = self
             .shared
             .conns
             .each(order.iter().map(|&p| {
                 let mut pipe = redis::pipe();
-                for lane in &all {
-                    pipe.cmd("XLEN").arg(keys.queue(p, lane));
-                }
+                pipe.cmd("SMEMBERS").arg(keys.ready(p));
                 pipe
             }))
             .await
             .map_err(backend_error)?;
         let mut claims = Vec::new();
-        for (i, lane) in all.iter().enumerate() {
-            for (at, &p) in order.iter().enumerate() {
+        for lane in &all {
+            for (&p, (ready,)) in order.iter().zip(&ready) {
                 if claims.len() >= max {
                     return Ok(claims);
                 }
-                if lens.get(at).and_then(|l| l.get(i)).copied().unwrap_or(1) == 0 {
-                    continue;
+                if ready.contains(*lane) {
+                    claims.extend(
+                        self.claim_from(consumer, &[p], &[lane], max - claims.len())
+                            .await?,
+                    );
                 }
-                claims.extend(
-                    self.claim_from(consumer, &[(p, lane)], max - claims.len())
-                        .await?,
-                );
             }
         }
         Ok(claims)
     }
 
-    /// One run of `lua/claim.lua` over `streams` (partition, lane), in order.
+    /// One run of `lua/claim.lua` over `lanes` in `partitions`, in order.
     async fn claim_from(
         &self,
         consumer: &str,
-        streams: &[(u16, &str)],
+        partitions: &[u16],
+        lanes: &[&str],
         max: usize,
     ) -> Result<Vec<Claim>> {
         let keys = &self.shared.keys;
         let mut invocation = scripts::CLAIM.prepare_invoke();
-        for &(p, queue) in streams {
-            invocation.key(keys.queue(p, queue));
+        for &p in partitions {
+            invocation.key(keys.ready(p));
         }
-        invocation.arg(WORKERS_GROUP).arg(consumer).arg(max.max(1));
+        invocation
+            .arg(WORKERS_GROUP)
+            .arg(consumer)
+            .arg(max.max(1))
+            .arg(partitions.len());
+        for &p in partitions {
+            invocation.arg(keys.base(p));
+        }
+        for lane in lanes {
+            invocation.arg(*lane);
+        }
         let reply: Vec<Value> = invocation
             .invoke_async(&mut self.shared.conns.command())
             .await
             .map_err(backend_error)?;
         let mut claims = Vec::new();
         let mut items = reply.into_iter();
-        while let (Some(index), Some(id), Some(fields)) = (items.next(), items.next(), items.next())
+        while let (Some(l), Some(p), Some(id), Some(fields)) =
+            (items.next(), items.next(), items.next(), items.next())
         {
-            let (Value::Int(index), Some(id)) = (index, text(id)) else {
+            let (Value::Int(l), Value::Int(p), Some(id)) = (l, p, text(id)) else {
                 return Err(BackendError::Data("unexpected claim reply".to_owned()));
             };
-            let Some(&(p, queue)) = usize::try_from(index - 1).ok().and_then(|i| streams.get(i))
-            else {
+            let at = |i: i64, len: usize| usize::try_from(i - 1).ok().filter(|&i| i < len);
+            let (Some(l), Some(p)) = (at(l, lanes.len()), at(p, partitions.len())) else {
                 return Err(BackendError::Data("claim reply names no stream".to_owned()));
             };
             let entry = StreamId {
@@ -363,14 +368,65 @@ impl RedisBackend {
                 map: pairs(fields),
                 ..StreamId::default()
             };
-            claims.extend(self.to_claims(p, queue, vec![entry]).await?);
+            claims.extend(self.to_claims(partitions[p], lanes[l], vec![entry]).await?);
         }
         Ok(claims)
     }
 
+    /// Adds to each partition's ready set the lanes that hold entries
+    /// (once, at start-up): for entries queued by a version that kept no
+    /// ready sets. A lane added needlessly costs one read.
+    pub(crate) async fn seed_ready(&self) -> Result<()> {
+        let keys = &self.shared.keys;
+        for p in 0..keys.partitions() {
+            let streams = self.streams_of(p).await?;
+            if streams.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (_, stream) in &streams {
+                pipe.cmd("XLEN").arg(stream);
+            }
+            let lens: Vec<u64> = pipe
+                .query_async(&mut self.shared.conns.command())
+                .await
+                .map_err(backend_error)?;
+            let held: Vec<&str> = streams
+                .iter()
+                .zip(lens)
+                .filter(|(_, len)| *len > 0)
+                .map(|((lane, _), _)| lane.as_str())
+                .collect();
+            if !held.is_empty() {
+                redis::cmd("SADD")
+                    .arg(keys.ready(p))
+                    .arg(&held)
+                    .query_async::<()>(&mut self.shared.conns.command())
+                    .await
+                    .map_err(backend_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the `workers` group on each stream that lacks it (and the
+    /// stream), for the blocking read of an idle claim.
+    async fn ensure_groups(&self, streams: &[&str]) -> Result<()> {
+        let mut invocation = scripts::ENSURE_GROUPS.prepare_invoke();
+        for stream in streams {
+            invocation.key(*stream);
+        }
+        invocation
+            .arg(WORKERS_GROUP)
+            .invoke_async::<i64>(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(())
+    }
+
     /// Waits up to `wait` for an entry of `lanes` on one Redis: one
-    /// blocking read over every stream (the sweep before made sure each has
-    /// the group). Redis answers it with the one stream that got an entry;
+    /// blocking read over every stream (a stream without the group gets it
+    /// first). Redis answers it with the one stream that got an entry;
     /// should it ever hold more than `max`, the rest go back.
     async fn wait_single(
         &self,
@@ -388,35 +444,40 @@ impl RedisBackend {
         let Some((_, _, first)) = streams.first() else {
             return Ok(Vec::new());
         };
-        let mut conn = self
-            .shared
-            .conns
-            .take_blocking(first)
-            .await
-            .map_err(backend_error)?;
         let names: Vec<&str> = streams.iter().map(|(_, _, key)| key.as_str()).collect();
-        let reply: Option<StreamReadReply> = match redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(WORKERS_GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&names)
-            .arg(vec![">"; names.len()])
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(reply) => reply,
-            // A group vanished (Redis restarted without persistence): the
-            // next claim's sweep makes it again.
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.shared.conns.give_back(conn);
-                return Ok(Vec::new());
+        let mut made_groups = false;
+        let (conn, reply) = loop {
+            let mut conn = self
+                .shared
+                .conns
+                .take_blocking(first)
+                .await
+                .map_err(backend_error)?;
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(WORKERS_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(wait.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(&names)
+                .arg(vec![">"; names.len()])
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(reply) => break (conn, reply),
+                // A lane never read in some partition, or a group that
+                // vanished (Redis restarted without persistence): make the
+                // groups and wait again.
+                Err(e) if e.code() == Some("NOGROUP") && !made_groups => {
+                    self.shared.conns.give_back(conn);
+                    self.ensure_groups(&names).await?;
+                    made_groups = true;
+                }
+                Err(e) => return Err(backend_error(e)),
             }
-            Err(e) => return Err(backend_error(e)),
         };
         self.shared.conns.give_back(conn);
         let mut claims = Vec::new();
@@ -704,7 +765,9 @@ impl JobQueue for RedisBackend {
     /// promotion lease this process holds or takes (`lua/due.lua`).
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         let keys = &self.shared.keys;
-        let per_partition = max.clamp(1, DUE_PER_PARTITION);
+        // An even share each (the earliest of a partition first): `max`
+        // over all partitions, not per partition.
+        let per_partition = (max / usize::from(keys.partitions()) + 1).clamp(1, DUE_PER_PARTITION);
         let replies: Vec<(Vec<String>,)> = self
             .shared
             .conns

@@ -30,3 +30,5 @@ pub(crate) static DROP_DUE: LazyLock<Script> =
 /// Run with EVAL in pipelines (`RedisBackend::due`): small, and pipelines
 /// do not load scripts by themselves.
 pub(crate) const DUE: &str = include_str!("lua/due.lua");
+pub(crate) static ENSURE_GROUPS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/ensure_groups.lua")));

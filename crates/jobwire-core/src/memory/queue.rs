@@ -12,15 +12,19 @@ use tokio::time::Instant;
 
 use crate::backend::{BackendError, Claim, JobQueue, QueueStats, Queues, Result};
 use crate::ids::{JobId, Timestamp};
-use crate::job::{lowest_first, JobState, JobStatus};
+use crate::job::{lowest_first, priority_order, JobState, JobStatus, MAX_PRIORITY};
 use crate::publish::QueueMove;
 
 use super::{lock, MemoryBackend};
 
+/// One FIFO per priority (index = priority), like the Redis backend's lanes.
+type Lanes = [VecDeque<Entry>; MAX_PRIORITY as usize + 1];
+
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     next_id: u64,
-    waiting: VecDeque<Entry>,
+    /// Waiting entries by queue name, then by priority.
+    waiting: HashMap<String, Lanes>,
     pending: BTreeMap<u64, Lease>,
     /// Scheduled jobs by time, and each one's time.
     schedule: BTreeSet<(i64, JobId)>,
@@ -59,13 +63,19 @@ impl Entry {
 impl Queue {
     pub(super) fn enqueue(&mut self, job: &JobState) {
         self.next_id += 1;
-        self.waiting.push_back(Entry {
+        self.wait(Entry {
             id: self.next_id,
             job_id: job.id.clone(),
             kind: job.kind.clone(),
             queue: job.queue().to_owned(),
-            priority: job.priority,
+            priority: job.priority.min(MAX_PRIORITY),
         });
+    }
+
+    /// Puts an entry at the end of its lane.
+    fn wait(&mut self, entry: Entry) {
+        let lanes = self.waiting.entry(entry.queue.clone()).or_default();
+        lanes[usize::from(entry.priority)].push_back(entry);
     }
 
     /// Carries out a publish's (or a create's) [`QueueMove`] for `job`;
@@ -114,37 +124,25 @@ impl Queue {
         let lowest = lowest_first(self.claims_made);
         let mut claims = Vec::new();
         for queue in queues {
-            while claims.len() < max {
-                let best = self
-                    .waiting
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| e.queue == *queue)
-                    .max_by_key(|(i, e)| {
-                        let rank = if lowest {
-                            crate::job::MAX_PRIORITY.saturating_sub(e.priority)
-                        } else {
-                            e.priority
-                        };
-                        // Among equals the earliest (max_by_key keeps the last max).
-                        (rank, std::cmp::Reverse(*i))
-                    })
-                    .map(|(i, _)| i);
-                let Some(at) = best else {
-                    break;
-                };
-                let Some(entry) = self.waiting.remove(at) else {
-                    break;
-                };
-                claims.push(entry.claim());
-                self.pending.insert(
-                    entry.id,
-                    Lease {
-                        entry,
-                        consumer: consumer.to_owned(),
-                        touched: now,
-                    },
-                );
+            let Some(lanes) = self.waiting.get_mut(queue) else {
+                continue;
+            };
+            for priority in priority_order(lowest) {
+                let lane = &mut lanes[usize::from(priority)];
+                while claims.len() < max {
+                    let Some(entry) = lane.pop_front() else {
+                        break;
+                    };
+                    claims.push(entry.claim());
+                    self.pending.insert(
+                        entry.id,
+                        Lease {
+                            entry,
+                            consumer: consumer.to_owned(),
+                            touched: now,
+                        },
+                    );
+                }
             }
         }
         if !claims.is_empty() {
@@ -182,8 +180,13 @@ impl Queue {
 
     pub(super) fn ack(&mut self, entry: &str) {
         if let Ok(id) = entry.parse::<u64>() {
-            self.pending.remove(&id);
-            self.waiting.retain(|e| e.id != id);
+            // A waiting entry is acked only when its job is dropped
+            // unclaimed: rare enough for a scan.
+            if self.pending.remove(&id).is_none() {
+                for lane in self.waiting.values_mut().flat_map(|lanes| lanes.iter_mut()) {
+                    lane.retain(|e| e.id != id);
+                }
+            }
         }
     }
 
@@ -197,7 +200,7 @@ impl Queue {
             _ => return false,
         }
         if let Some(lease) = self.pending.remove(&id) {
-            self.waiting.push_back(lease.entry);
+            self.wait(lease.entry);
         }
         true
     }
@@ -228,7 +231,12 @@ impl Queue {
 
     pub(super) fn stats(&self) -> QueueStats {
         QueueStats {
-            waiting: self.waiting.len() as u64,
+            waiting: self
+                .waiting
+                .values()
+                .flat_map(|lanes| lanes.iter())
+                .map(|lane| lane.len() as u64)
+                .sum(),
             pending: self.pending.len() as u64,
             scheduled: self.schedule.len() as u64,
         }

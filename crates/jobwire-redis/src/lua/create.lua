@@ -15,7 +15,8 @@
 -- (queue and priority) in the partition, KEYS[9] the partition's lane
 -- names (a set), KEYS[10] the record of the create's idempotency key or
 -- unique key (any key of the slot without one), KEYS[11] the partition's
--- schedule (a sorted set: job id by the time it becomes runnable)
+-- schedule (a sorted set: job id by the time it becomes runnable),
+-- KEYS[12] the partition's ready lanes (a set: claim.lua)
 -- ARGV[1] state JSON, ARGV[2] event JSON, ARGV[3] epoch, ARGV[4] status,
 -- ARGV[5] log MAXLEN, ARGV[6] live MAXLEN, ARGV[7] owner, ARGV[8] job id,
 -- ARGV[9] kind, ARGV[10] '1' to queue the job (not external),
@@ -63,6 +64,7 @@ if ARGV[16] ~= '0' then
 elseif ARGV[10] == '1' then
   redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
   redis.call('SADD', KEYS[9], ARGV[11])
+  redis.call('SADD', KEYS[12], ARGV[11])
 end
 if keyed then
   redis.call('SET', KEYS[10], ARGV[8] .. ' ' .. ARGV[12], 'PX', ARGV[13])

@@ -21,7 +21,8 @@
 -- holds it, others' writes are refused as if the head had moved, so a tight
 -- loop of one process cannot starve another; it lapses after 50 ms.
 -- KEYS[7] the partition's schedule (sorted set), KEYS[8] the stream of the
--- job's queue lane, KEYS[9] the partition's lane names (a set): the
+-- job's queue lane, KEYS[9] the partition's lane names (a set), KEYS[10]
+-- the partition's ready lanes (a set: claim.lua): the
 -- publish moves the job between schedule and queue as its status demands
 -- (jobwire_core::publish::QueueMove), in this same step.
 -- ARGV[1] expected seq, ARGV[2] expected epoch, ARGV[3] the plan's epoch
@@ -114,6 +115,7 @@ if n > 0 then
     if move == 'e' then
       redis.call('XADD', KEYS[8], '*', 'job', ARGV[14], 'kind', ARGV[15])
       redis.call('SADD', KEYS[9], ARGV[16])
+      redis.call('SADD', KEYS[10], ARGV[16])
     end
   end
   if ARGV[9] ~= '0' then
