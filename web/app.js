@@ -185,13 +185,16 @@ function jobRow(job) {
     el("td", { class: "wide" }, bar, sub),
     el("td", { class: "sub created", title: job.created_at }, new Date(job.created_at).toLocaleString()),
   );
+  // "no worker serves queue X", from the listing, while the job waits.
+  let waiting = job.waiting || "";
   const update = (s) => {
     status.textContent = s.status;
     status.className = "badge " + s.status;
     bar.className = "bar " + s.status;
     bar.firstChild.style.width = `${s.progress ?? 0}%`;
+    if (s.status !== "queued") waiting = "";
     const files = s.total_files ? `${s.processed_files}/${s.total_files} files` : `${Math.round(s.progress ?? 0)}%`;
-    sub.textContent = [files, s.current_file || s.error || s.message || ""].filter(Boolean).join(" · ");
+    sub.textContent = [files, waiting || s.current_file || s.error || s.message || ""].filter(Boolean).join(" · ");
   };
   update(job);
   return { tr, update };
@@ -228,6 +231,7 @@ function openJob(id) {
   const log = $("#log");
   log.replaceChildren();
   $("#job-notice").hidden = true;
+  $("#job-waiting").hidden = true;
   $("#result-card").hidden = true;
   $("[data-testid=job-id]").textContent = id;
   $("[data-testid=job-error]").textContent = "";
@@ -300,6 +304,17 @@ function openJob(id) {
     if (s.message !== undefined) $("[data-testid=job-message]").textContent = s.message || "–";
     if (s.error) $("[data-testid=job-error]").textContent = s.error;
     $("#cancel").hidden = TERMINAL.has(s.status);
+    if (s.status !== "queued") $("#job-waiting").hidden = true;
+  };
+  // A queued job no live worker serves says so (the server reads the
+  // worker registry); asked again while the job stays queued.
+  const checkWaiting = () => {
+    client.job(id).then((j) => {
+      const w = $("#job-waiting");
+      w.textContent = j.waiting || "";
+      w.hidden = !(j.status === "queued" && j.waiting);
+      if (j.status === "queued" && location.hash === `#/jobs/${id}`) setTimeout(checkWaiting, 5000);
+    }, () => {});
   };
   const notice = (text) => {
     const n = $("#job-notice");
@@ -312,6 +327,7 @@ function openJob(id) {
     onState: (job, { resync }) => {
       $("[data-testid=job-kind]").textContent = job.kind;
       render(job);
+      if (job.status === "queued") checkWaiting();
       showResult(job.result);
       if (!backfilled && !resync) {
         backfilled = true;

@@ -233,3 +233,37 @@ test("at 420 px wide nothing overflows sideways", async () => {
   await p.close();
   await server.kill();
 });
+
+test("a job no worker serves says so, and a delayed one shows when it runs", async () => {
+  const server = await Server.start(["dev"]);
+  const t = token();
+  const create = async (body) =>
+    (
+      await fetch(`${server.url}/api/jobs`, {
+        method: "POST",
+        headers: { Authorization: "Bearer " + t, "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      })
+    ).json();
+  // `dev`'s worker serves the queues `demo` and `scan`, not `nightly`.
+  const parked = await create({ kind: "demo", params: { steps: 1 }, queue: "nightly" });
+  const { p, errors } = await page(`${server.url}/#/jobs/${parked.id}&token=${t}`);
+  await p.waitForSelector("[data-testid=job-waiting]:not([hidden])", { timeout: 10000 });
+  assert.match(await p.textContent("[data-testid=job-waiting]"), /no worker serves queue "nightly"/);
+  assert.equal(await p.textContent("[data-testid=job-status]"), "queued");
+  await p.screenshot({ path: join(SHOTS, "waiting.png") });
+
+  const later = await create({ kind: "demo", params: { steps: 1 }, delay: "1h", priority: 9 });
+  await p.goto(`${server.url}/#/jobs/${later.id}`);
+  await p.waitForFunction(() => document.querySelector("[data-testid=job-status]").textContent === "scheduled", null, { timeout: 10000 });
+  assert.ok(await p.isVisible("[data-testid=job-run-at]"), "no run time shown");
+  assert.equal(await p.isVisible("[data-testid=job-waiting]"), false);
+
+  // The list says it too.
+  await p.goto(`${server.url}/#/`);
+  await p.waitForSelector(`tr[data-job-id="${parked.id}"]`, { timeout: 10000 });
+  assert.match(await p.textContent(`tr[data-job-id="${parked.id}"] .sub`), /no worker serves queue "nightly"/);
+  assert.deepEqual(errors, []);
+  await p.close();
+  await server.kill();
+});

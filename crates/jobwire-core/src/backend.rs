@@ -248,6 +248,41 @@ pub struct QueueStats {
     pub scheduled: u64,
 }
 
+/// A worker process as it describes itself in its heartbeats (the worker
+/// registry: which queues are served, and by whom).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerInfo {
+    /// Its consumer name (unique per process).
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+    /// The jobwire version it runs.
+    pub version: String,
+    /// The queues it claims from, the first first.
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    /// The jobs it runs now.
+    pub running: Vec<JobId>,
+    pub started_at: Timestamp,
+    /// Its last heartbeat.
+    pub last_seen: Timestamp,
+    /// Its lease (visibility timeout) in ms: missing for longer than this,
+    /// it is gone.
+    pub lease_ms: u64,
+}
+
+impl WorkerInfo {
+    /// Whether it was seen within its lease at `now`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        now.unix_millis() - self.last_seen.unix_millis()
+            <= i64::try_from(self.lease_ms).unwrap_or(i64::MAX)
+    }
+}
+
+/// How long the registry keeps a worker that stopped heartbeating (shown
+/// as gone meanwhile).
+pub const FORGET_WORKERS_AFTER: Duration = Duration::from_secs(3600);
+
 /// Figures about the store itself, sampled for `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreHealth {
@@ -485,6 +520,13 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// entry that outlived its job's schedule (the job was deleted, or its
     /// state lost in a Redis data loss).
     async fn drop_due(&self, job: &JobId) -> Result<()>;
+
+    /// Records a worker's heartbeat in the worker registry.
+    async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
+
+    /// The registry: every worker seen within [`FORGET_WORKERS_AFTER`]
+    /// (live or gone: see [`WorkerInfo::is_live`]), by name.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>>;
 }
 
 /// A whole backend: jobs, the live feed and the queue in one store. Each

@@ -25,6 +25,7 @@
 //! <prefix>:{t}:idem:<sub>\n<key>        string  "<job id> <request digest>": an idempotency key, for its window
 //! <prefix>:{t}:unique:<kind>\n<key>    string  the unfinished job holding a unique key
 //! <prefix>:wake                        stream  "a job was queued in partition p" (Cluster only)
+//! <prefix>:workers                     hash    worker name -> its last heartbeat (JSON): the worker registry
 //! ```
 //!
 //! `t` is the partition's tag (see [`partition_tag`]): chosen so that the
@@ -212,6 +213,11 @@ impl Keys {
             None => format!("{}:jobs", self.base(p)),
             Some(owner) => format!("{}:user:{owner}:jobs", self.base(p)),
         }
+    }
+
+    /// The worker registry: name → the worker's last heartbeat (JSON).
+    pub(crate) fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
     }
 
     /// The wake-up stream of Cluster workers (see `queue.rs`).

@@ -41,8 +41,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use jobwire_core::backend::FORGET_WORKERS_AFTER;
 use jobwire_core::job::{lane, lowest_first, parse_lane, priority_order, DEFAULT_PRIORITY};
-use jobwire_core::{BackendError, Claim, JobId, JobQueue, QueueStats, Queues, Timestamp};
+use jobwire_core::{
+    BackendError, Claim, JobId, JobQueue, QueueStats, Queues, Timestamp, WorkerInfo,
+};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
@@ -761,6 +764,45 @@ impl JobQueue for RedisBackend {
         Ok(stats)
     }
 
+    async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {
+        let json = serde_json::to_string(worker).map_err(|e| BackendError::Data(e.to_string()))?;
+        redis::cmd("HSET")
+            .arg(self.shared.keys.workers())
+            .arg(&worker.name)
+            .arg(json)
+            .query_async::<()>(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)
+    }
+    /// Entries not seen for [`FORGET_WORKERS_AFTER`] are removed on the way.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let key = self.shared.keys.workers();
+        let all: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        let forget = Timestamp::now().unix_millis() - FORGET_WORKERS_AFTER.as_millis() as i64;
+        let mut workers = Vec::with_capacity(all.len());
+        let mut stale = Vec::new();
+        for (name, json) in all {
+            match serde_json::from_str::<WorkerInfo>(&json) {
+                Ok(w) if w.last_seen.unix_millis() >= forget => workers.push(w),
+                // Long gone, or written by an incompatible version.
+                _ => stale.push(name),
+            }
+        }
+        if !stale.is_empty() {
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg(&stale)
+                .query_async::<()>(&mut self.shared.conns.command())
+                .await
+                .map_err(backend_error)?;
+        }
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(workers)
+    }
     /// Per partition (side by side), the due jobs of the partitions whose
     /// promotion lease this process holds or takes (`lua/due.lua`).
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {

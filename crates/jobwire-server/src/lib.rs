@@ -32,6 +32,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod routes;
+pub mod served;
 pub mod session;
 pub mod sse;
 pub mod state;
@@ -76,6 +77,7 @@ impl AppState {
             stats: Arc::default(),
             http: Arc::default(),
             create_rate: Arc::default(),
+            served: Arc::default(),
             shutdown,
             tasks: TaskTracker::new(),
         }

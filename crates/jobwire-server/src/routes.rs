@@ -402,9 +402,11 @@ pub async fn list_jobs(
             cursor,
         })
         .await?;
-    Ok(Json(
-        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
-    ))
+    let jobs = state
+        .served
+        .annotate(state.queue.as_ref(), &page.jobs)
+        .await;
+    Ok(Json(json!({"jobs": jobs, "next_cursor": page.next_cursor})))
 }
 
 /// `GET /api/jobs/{id}`.
@@ -412,9 +414,14 @@ pub async fn get_job(
     State(state): State<AppState>,
     credentials: Credentials,
     Path(id): Path<String>,
-) -> Result<Json<JobState>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let principal = caller(&state, &credentials, Scope::JobsRead)?;
-    Ok(Json(visible_job(&state, &principal, &job_id(&id)?).await?))
+    let job = visible_job(&state, &principal, &job_id(&id)?).await?;
+    let mut annotated = state
+        .served
+        .annotate(state.queue.as_ref(), std::slice::from_ref(&job))
+        .await;
+    Ok(Json(annotated.pop().unwrap_or(Value::Null)))
 }
 
 /// `POST /api/jobs/{id}/cancel`.

@@ -117,6 +117,8 @@ pub struct AppState {
     pub http: Arc<crate::listener::HttpConnections>,
     /// Job creations per user (see `limits`).
     pub create_rate: Arc<crate::limits::CreateRate>,
+    /// The queues live workers serve (see `served`).
+    pub served: Arc<crate::served::ServedQueues>,
     /// Cancelled on SIGTERM/SIGINT: sockets close with 1001.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

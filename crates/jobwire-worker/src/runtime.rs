@@ -23,14 +23,16 @@
 //! stopped and *released*: `job_retrying` is published and the entry goes
 //! back to the queue, where another worker takes it at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobwire_core::settle::{keep_promoting, settle_all};
-use jobwire_core::{Backend, JobQueue, JobStore, Reclaimed, RetryPolicy};
+use jobwire_core::{
+    Backend, JobId, JobQueue, JobStore, Reclaimed, RetryPolicy, Timestamp, WorkerInfo,
+};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -217,7 +219,8 @@ impl WorkerBuilder {
                 release: CancellationToken::new(),
                 give_up: CancellationToken::new(),
                 jobs: TaskTracker::new(),
-                running: Mutex::new(HashSet::new()),
+                running: Mutex::new(HashMap::new()),
+                started_at: Timestamp::now(),
             }),
         })
     }
@@ -255,7 +258,9 @@ pub(crate) struct WorkerShared {
     jobs: TaskTracker,
     /// Queue entries this worker runs now; any other entry leased to it is
     /// an orphan (see `reap`).
-    running: Mutex<HashSet<String>>,
+    running: Mutex<HashMap<String, JobId>>,
+    /// When it started (the registry shows it).
+    started_at: Timestamp,
     /// The queues it claims from (see [`WorkerConfig::queues`]).
     queues: Vec<String>,
     /// Per-kind attempt timeouts ([`WorkerBuilder::timeout`]).
@@ -270,6 +275,24 @@ impl WorkerShared {
         self.retries.get(kind).cloned().unwrap_or_default()
     }
 
+    /// What the worker registry shows of this worker now.
+    fn info(&self) -> WorkerInfo {
+        let mut running: Vec<JobId> = self.running_entries().values().cloned().collect();
+        running.sort();
+        WorkerInfo {
+            name: self.config.consumer.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            queues: self.queues.clone(),
+            concurrency: self.config.concurrency,
+            running,
+            started_at: self.started_at,
+            last_seen: Timestamp::now(),
+            lease_ms: u64::try_from(self.config.visibility_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
     /// The attempts a job of `kind` gets when it sets none itself.
     pub(crate) fn max_attempts_of(&self, kind: &str) -> u32 {
         self.retries
@@ -278,7 +301,7 @@ impl WorkerShared {
             .unwrap_or(self.config.max_attempts)
     }
 
-    fn running_entries(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn running_entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobId>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -347,6 +370,7 @@ impl Worker {
             })
             .await;
         });
+        let heart = tokio::spawn(heartbeats(Arc::clone(shared)));
         take_jobs(Arc::clone(shared), shutdown).await;
         promoter.abort();
 
@@ -375,7 +399,30 @@ impl Worker {
                 shared.jobs.wait().await;
             }
         }
+        heart.abort();
+        // Gone at once from the registry, rather than after its lease.
+        let mut last = shared.info();
+        last.lease_ms = 0;
+        if let Err(e) = shared.queue.heartbeat(&last).await {
+            tracing::debug!(error = %e, "could not leave the worker registry");
+        }
         tracing::info!(stats = ?shared.stats.snapshot(), "worker stopped");
+    }
+}
+
+/// Beats every third of the visibility timeout (1 to 10 s) in the worker
+/// registry, until aborted; a missed beat is only logged (the registry
+/// is for operators and for "no worker serves queue X").
+async fn heartbeats(shared: Arc<WorkerShared>) {
+    let every = (shared.config.visibility_timeout / 3)
+        .clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = shared.queue.heartbeat(&shared.info()).await {
+            tracing::debug!(error = %e, "missed a heartbeat");
+        }
     }
 }
 
@@ -453,7 +500,9 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
 fn spawn_job(shared: &Arc<WorkerShared>, claim: jobwire_core::Claim, permit: OwnedSemaphorePermit) {
     let shared_job = Arc::clone(shared);
     let entry = claim.entry.clone();
-    shared.running_entries().insert(entry.clone());
+    shared
+        .running_entries()
+        .insert(entry.clone(), claim.job_id.clone());
     shared.jobs.spawn(async move {
         execute::run(&shared_job, claim).await;
         shared_job.running_entries().remove(&entry);
@@ -517,7 +566,7 @@ async fn reap(
             let running = shared.running_entries();
             leased
                 .into_iter()
-                .filter(|claim| !running.contains(&claim.entry))
+                .filter(|claim| !running.contains_key(&claim.entry))
                 .take(permits.len())
                 .collect()
         }
@@ -675,4 +724,14 @@ impl WorkerStats {
         let s = self.snapshot();
         s.completed + s.failed + s.cancelled
     }
+}
+
+/// This machine's name, as the kernel has it (`HOSTNAME` elsewhere).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

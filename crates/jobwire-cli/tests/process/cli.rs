@@ -355,7 +355,9 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
         .json()
         .await?;
     ensure!(
-        job["queue"] == "nightly" && job["status"] == "queued",
+        job["queue"] == "nightly"
+            && job["status"] == "queued"
+            && job["waiting"] == "no worker serves queue \"nightly\"",
         "{job}"
     );
 

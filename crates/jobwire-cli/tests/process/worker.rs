@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use jobwire_core::{Backend, EventType, JobStatus, QueueStats};
+use jobwire_core::{Backend, EventType, JobStatus, QueueStats, Timestamp};
 use jobwire_testkit::RedisServer;
 use serde_json::json;
 
@@ -176,5 +176,52 @@ async fn the_worker_serves_prometheus_metrics() -> Result<()> {
         .find_map(|l| l.strip_prefix("jobwire_worker_events_published_total "))
         .context("no events counter")?;
     ensure!(events.parse::<u64>()? >= 5, "{after}");
+    Ok(())
+}
+
+/// A running worker is in the registry with its queues, concurrency and
+/// pid; killed with SIGKILL it is shown as gone once its lease (the
+/// visibility timeout) passes; stopped with SIGTERM it leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_shows_workers_and_when_they_are_gone() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let mut killed = start_worker(&redis, "killed", &[("JOBWIRE_QUEUES", "a,b")])?;
+    let mut stopped = start_worker(&redis, "stopped", &[])?;
+    let seen = |name: &'static str| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let workers = backend.workers().await?;
+                if let Some(w) = workers.into_iter().find(|w| w.name == name) {
+                    return Ok::<_, anyhow::Error>(w);
+                }
+                ensure!(std::time::Instant::now() < deadline, "{name} never beat");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let w = seen("killed").await?;
+    ensure!(
+        w.queues == ["a", "b"] && w.pid == killed.child.id() && w.is_live(Timestamp::now()),
+        "{w:?}"
+    );
+    let s = seen("stopped").await?;
+    ensure!(s.queues == ["demo", "scan"], "{s:?}");
+    killed.signal("KILL")?;
+    killed.wait_exit(Duration::from_secs(5))?;
+    stopped.signal("TERM")?;
+    ensure!(stopped.wait_exit(Duration::from_secs(10))? == 0);
+    ensure!(
+        !seen("stopped").await?.is_live(Timestamp::now()),
+        "left late"
+    );
+    // Gone once 2 s (its visibility timeout) pass without a beat.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen("killed").await?.is_live(Timestamp::now()) {
+        ensure!(std::time::Instant::now() < deadline, "still live");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

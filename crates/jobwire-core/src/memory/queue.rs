@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{BackendError, Claim, JobQueue, QueueStats, Queues, Result};
+use crate::backend::{
+    BackendError, Claim, JobQueue, QueueStats, Queues, Result, WorkerInfo, FORGET_WORKERS_AFTER,
+};
 use crate::ids::{JobId, Timestamp};
 use crate::job::{lowest_first, priority_order, JobState, JobStatus, MAX_PRIORITY};
 use crate::publish::QueueMove;
@@ -31,6 +33,8 @@ pub(super) struct Queue {
     scheduled_at: HashMap<JobId, i64>,
     /// Claims that found work (the starvation rule counts them).
     claims_made: u64,
+    /// The worker registry, by name.
+    workers: HashMap<String, WorkerInfo>,
 }
 
 #[derive(Clone, Debug)]
@@ -308,6 +312,24 @@ impl JobQueue for MemoryBackend {
 
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         Ok(self.queue().due(now, max))
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {
+        self.queue()
+            .workers
+            .insert(worker.name.clone(), worker.clone());
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        let forget = Timestamp::now().unix_millis() - FORGET_WORKERS_AFTER.as_millis() as i64;
+        let mut queue = self.queue();
+        queue
+            .workers
+            .retain(|_, w| w.last_seen.unix_millis() >= forget);
+        let mut workers: Vec<WorkerInfo> = queue.workers.values().cloned().collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(workers)
     }
 
     async fn drop_due(&self, job: &JobId) -> Result<()> {

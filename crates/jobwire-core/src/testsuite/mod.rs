@@ -96,6 +96,7 @@ macro_rules! backend_conformance_tests {
             delayed_job_is_promoted_once_at_its_time,
             scheduled_jobs_cancel_and_delete,
             retry_after_a_backoff_waits_on_the_schedule,
+            the_worker_registry_shows_live_and_gone_workers,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -177,3 +177,44 @@ pub async fn retry_after_a_backoff_waits_on_the_schedule(f: &dyn BackendFactory)
     ensure!(b.job(&job.id).await?.attempt == 2);
     Ok(())
 }
+
+fn worker(name: &str, queues: &[&str], seen: Timestamp, lease_ms: u64) -> crate::WorkerInfo {
+    crate::WorkerInfo {
+        name: name.to_owned(),
+        host: "test".to_owned(),
+        pid: 1,
+        version: "0".to_owned(),
+        queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+        concurrency: 4,
+        running: Vec::new(),
+        started_at: seen,
+        last_seen: seen,
+        lease_ms,
+    }
+}
+
+/// The worker registry keeps each worker's last heartbeat: one seen within
+/// its lease is live, one missing longer is gone, one gone for an hour is
+/// forgotten; a new beat replaces the old.
+pub async fn the_worker_registry_shows_live_and_gone_workers(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let now = Timestamp::now();
+    let ago = |secs: u64| Timestamp::from_unix_millis(now.unix_millis() - secs as i64 * 1000);
+    b.heartbeat(&worker("alive", &["demo"], now, 30_000))
+        .await?;
+    b.heartbeat(&worker("gone", &["mail"], ago(60), 30_000))
+        .await?;
+    b.heartbeat(&worker("ancient", &["mail"], ago(7200), 30_000))
+        .await?;
+    let workers = b.workers().await?;
+    let names: Vec<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+    ensure!(names == ["alive", "gone"], "{names:?}");
+    ensure!(workers[0].is_live(now) && !workers[1].is_live(now));
+    let mut again = worker("alive", &["demo", "mail"], now, 30_000);
+    again.running = vec![JobId::generate()];
+    b.heartbeat(&again).await?;
+    let workers = b.workers().await?;
+    ensure!(workers.len() == 2 && workers[0] == again, "{workers:?}");
+    Ok(())
+}

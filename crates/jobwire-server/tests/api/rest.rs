@@ -1,6 +1,8 @@
 //! The REST API: status codes, the error shape, ownership, pagination,
 //! history and the publish endpoint for external workers.
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Result};
 use jobwire_server::Scope;
 use reqwest::Client;
@@ -506,6 +508,57 @@ async fn queue_controls_are_stored_and_checked() -> Result<()> {
             status == 422 && message.contains(field),
             "{body}: {status} {err}"
         );
+    }
+    Ok(())
+}
+
+/// A queued job whose queue no live worker serves says so in `GET
+/// /api/jobs/{id}` and the listing (`waiting`); once a worker serving it
+/// beats in the registry, it no longer does.
+#[tokio::test]
+async fn a_job_no_worker_serves_says_so() -> Result<()> {
+    let backend = memory();
+    let app = spawn_app(Arc::clone(&backend)).await?;
+    let alice = user_token("alice");
+    let (_, job) = app
+        .post(
+            "/api/jobs",
+            Some(&alice),
+            Some(json!({"kind": "demo", "queue": "nightly"})),
+        )
+        .await?;
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    let (_, got) = app.get(&format!("/api/jobs/{id}"), Some(&alice)).await?;
+    ensure!(
+        got["waiting"] == "no worker serves queue \"nightly\"",
+        "{got}"
+    );
+    let (_, page) = app.get("/api/jobs", Some(&alice)).await?;
+    ensure!(page["jobs"][0]["waiting"] == got["waiting"], "{page}");
+    let now = jobwire_core::Timestamp::now();
+    backend
+        .heartbeat(&jobwire_core::WorkerInfo {
+            name: "w1".to_owned(),
+            host: "h".to_owned(),
+            pid: 1,
+            version: "0".to_owned(),
+            queues: vec!["nightly".to_owned()],
+            concurrency: 1,
+            running: Vec::new(),
+            started_at: now,
+            last_seen: now,
+            lease_ms: 60_000,
+        })
+        .await?;
+    // The gateway reads the registry at most once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, got) = app.get(&format!("/api/jobs/{id}"), Some(&alice)).await?;
+        if got.get("waiting").is_none() {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "still waiting: {got}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(())
 }
