@@ -610,19 +610,17 @@ impl JobStore for RedisBackend {
     /// The owner's unfinished jobs, summed over the partitions' counters.
     async fn unfinished_jobs(&self, owner: &str) -> Result<u64> {
         let keys = &self.shared.keys;
-        let counts: Vec<(Option<i64>,)> = self
-            .shared
-            .conns
-            .each((0..keys.partitions()).map(|p| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("HGET").arg(keys.unfinished(p)).arg(owner);
-                pipe
-            }))
-            .await
-            .map_err(backend_error)?;
+        let counts: Vec<Option<i64>> = self
+            .per_partition(0..keys.partitions(), |p| {
+                redis::cmd("HGET")
+                    .arg(keys.unfinished(p))
+                    .arg(owner)
+                    .clone()
+            })
+            .await?;
         Ok(counts
             .into_iter()
-            .map(|(n,)| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
+            .map(|n| u64::try_from(n.unwrap_or(0)).unwrap_or(0))
             .sum())
     }
 

@@ -295,6 +295,26 @@ impl RedisBackend {
         }
     }
 
+    /// One command per partition of `partitions` (built by `command`),
+    /// side by side; the replies in the same order.
+    pub(crate) async fn per_partition<T: redis::FromRedisValue>(
+        &self,
+        partitions: impl IntoIterator<Item = u16>,
+        command: impl Fn(u16) -> redis::Cmd,
+    ) -> Result<Vec<T>> {
+        let replies: Vec<(T,)> = self
+            .shared
+            .conns
+            .each(partitions.into_iter().map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.add_command(command(p));
+                pipe
+            }))
+            .await
+            .map_err(connection::backend_error)?;
+        Ok(replies.into_iter().map(|(reply,)| reply).collect())
+    }
+
     fn turn_of(&self, job: &JobId) -> usize {
         // The partition hash spreads ids well; any stable hash would do.
         usize::from(job.partition(u16::MAX)) % PUBLISH_TURNS

@@ -214,18 +214,13 @@ impl RedisBackend {
             }
         }
         let keys = &self.shared.keys;
-        let names: Vec<(Vec<String>,)> = self
-            .shared
-            .conns
-            .each((0..keys.partitions()).map(|p| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SMEMBERS").arg(keys.queues(p));
-                pipe
-            }))
-            .await
-            .map_err(backend_error)?;
+        let names: Vec<Vec<String>> = self
+            .per_partition(0..keys.partitions(), |p| {
+                redis::cmd("SMEMBERS").arg(keys.queues(p)).clone()
+            })
+            .await?;
         let mut lanes = LanesInUse::new();
-        for name in names.into_iter().flat_map(|(names,)| names) {
+        for name in names.into_iter().flatten() {
             let (queue, priority) = parse_lane(&name);
             if priority != DEFAULT_PRIORITY {
                 lanes.entry(queue.to_owned()).or_default().insert(priority);
@@ -299,19 +294,14 @@ impl RedisBackend {
         // (one round trip per node); then a script for each ready lane of
         // each partition, in claim order, until enough are claimed.
         let keys = &self.shared.keys;
-        let ready: Vec<(HashSet<String>,)> = self
-            .shared
-            .conns
-            .each(order.iter().map(|&p| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SMEMBERS").arg(keys.ready(p));
-                pipe
-            }))
-            .await
-            .map_err(backend_error)?;
+        let ready: Vec<HashSet<String>> = self
+            .per_partition(order.iter().copied(), |p| {
+                redis::cmd("SMEMBERS").arg(keys.ready(p)).clone()
+            })
+            .await?;
         let mut claims = Vec::new();
         for lane in &all {
-            for (&p, (ready,)) in order.iter().zip(&ready) {
+            for (&p, ready) in order.iter().zip(&ready) {
                 if claims.len() >= max {
                     return Ok(claims);
                 }
@@ -721,20 +711,15 @@ impl JobQueue for RedisBackend {
     }
     async fn queue_stats(&self) -> Result<QueueStats> {
         let keys = &self.shared.keys;
-        let scheduled: Vec<(u64,)> = self
-            .shared
-            .conns
-            .each((0..keys.partitions()).map(|p| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZCARD").arg(keys.scheduled(p));
-                pipe
-            }))
-            .await
-            .map_err(backend_error)?;
+        let scheduled: Vec<u64> = self
+            .per_partition(0..keys.partitions(), |p| {
+                redis::cmd("ZCARD").arg(keys.scheduled(p)).clone()
+            })
+            .await?;
         let mut stats = QueueStats {
             waiting: 0,
             pending: 0,
-            scheduled: scheduled.into_iter().map(|(n,)| n).sum(),
+            scheduled: scheduled.into_iter().sum(),
         };
         for p in 0..self.shared.keys.partitions() {
             let streams = self.streams_of(p).await?;
@@ -810,12 +795,9 @@ impl JobQueue for RedisBackend {
         // An even share each (the earliest of a partition first): `max`
         // over all partitions, not per partition.
         let per_partition = (max / usize::from(keys.partitions()) + 1).clamp(1, DUE_PER_PARTITION);
-        let replies: Vec<(Vec<String>,)> = self
-            .shared
-            .conns
-            .each((0..keys.partitions()).map(|p| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("EVAL")
+        let replies: Vec<Vec<String>> = self
+            .per_partition(0..keys.partitions(), |p| {
+                redis::cmd("EVAL")
                     .arg(scripts::DUE)
                     .arg(2)
                     .arg(keys.scheduled(p))
@@ -823,14 +805,13 @@ impl JobQueue for RedisBackend {
                     .arg(now.unix_millis())
                     .arg(per_partition)
                     .arg(&self.shared.publisher)
-                    .arg(PROMOTION_LEASE.as_millis() as u64);
-                pipe
-            }))
-            .await
-            .map_err(backend_error)?;
+                    .arg(PROMOTION_LEASE.as_millis() as u64)
+                    .clone()
+            })
+            .await?;
         Ok(replies
             .into_iter()
-            .flat_map(|(ids,)| ids)
+            .flatten()
             .filter_map(|id| match id.parse::<JobId>() {
                 Ok(id) => Some(id),
                 Err(_) => {

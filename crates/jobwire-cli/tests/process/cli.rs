@@ -19,6 +19,15 @@ fn jobwire(server: &Jobwire, args: &[&str]) -> Result<Output> {
         .output()?)
 }
 
+/// `jobwire dev` with `env`, once it is ready.
+async fn dev(env: &[(&str, String)]) -> Result<Jobwire> {
+    let server = Jobwire::start(&["dev"], env)?;
+    server
+        .wait_for("/readyz", 200, Duration::from_secs(10))
+        .await?;
+    Ok(server)
+}
+
 /// The command exited with `code` and said `text` on stderr.
 fn exits_with(out: &Output, code: i32, text: &str) -> Result<()> {
     ensure!(out.status.code() == Some(code), "{out:?}");
@@ -38,10 +47,7 @@ fn lines(out: &Output) -> Result<Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_watch_jobs_and_cancel() -> Result<()> {
-    let server = Jobwire::start(&["dev"], &[])?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[]).await?;
 
     // Not a terminal: one JSON line per event, consecutive ids, exit 0.
     let out = jobwire(
@@ -144,10 +150,7 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
 /// `JOBWIRE_CA_CERT`; without it the server is not trusted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_commands_speak_https_and_wss() -> Result<()> {
-    let server = Jobwire::start(&["dev"], &[])?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[]).await?;
     let proxy = jobwire_testkit::tls::TlsProxy::start(([127, 0, 0, 1], server.port).into()).await?;
     let submit = |ca: Option<std::path::PathBuf>| {
         let url = proxy.url();
@@ -228,10 +231,7 @@ fn screen_lines(raw: &[u8]) -> Vec<String> {
 /// stays where the job stopped instead of filling to 100%.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_bars_fit_the_width_and_stop_where_the_job_stopped() -> Result<()> {
-    let server = Jobwire::start(&["dev"], &[])?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[]).await?;
     let watch = format!(
         "stty cols 100 rows 30; {} submit demo -p steps=40 -p delay_ms=20 -p fail_at=7 --watch",
         env!("CARGO_BIN_EXE_jobwire")
@@ -305,10 +305,7 @@ fn watch_gives_up_when_no_server_ever_answered() -> Result<()> {
 /// refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
-    let server = Jobwire::start(&["dev"], &[])?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[]).await?;
     let submit = |extra: &[&str]| -> Result<String> {
         let mut args = vec!["submit", "demo", "-p", "steps=2", "-p", "delay_ms=1"];
         args.extend_from_slice(extra);
@@ -388,10 +385,7 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
 /// refused at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kind_timeout_fails_a_long_attempt() -> Result<()> {
-    let server = Jobwire::start(&["dev"], &[("JOBWIRE_TIMEOUTS", "demo=500ms".to_owned())])?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[("JOBWIRE_TIMEOUTS", "demo=500ms".to_owned())]).await?;
     let out = jobwire(
         &server,
         &[
@@ -419,13 +413,7 @@ async fn a_kind_timeout_fails_a_long_attempt() -> Result<()> {
 /// scheduled job; bad queue controls are refused before any request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_with_retries_delays_and_priorities() -> Result<()> {
-    let server = Jobwire::start(
-        &["dev"],
-        &[("JOBWIRE_RETRIES", "demo=3:300ms,2,5s".to_owned())],
-    )?;
-    server
-        .wait_for("/readyz", 200, Duration::from_secs(10))
-        .await?;
+    let server = dev(&[("JOBWIRE_RETRIES", "demo=3:300ms,2,5s".to_owned())]).await?;
     let out = jobwire(
         &server,
         &[

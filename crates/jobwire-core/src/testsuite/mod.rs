@@ -135,6 +135,19 @@ async fn claim_one(b: &dyn Backend, consumer: &str) -> Result<Claim> {
         .context("no claim")
 }
 
+/// A demo job claimed by `consumer`, with its `job_started` published
+/// (fenced as attempt 1's first event), as a worker starts one.
+async fn claimed_and_started(b: &dyn Backend, consumer: &str) -> Result<(JobState, Claim)> {
+    let job = demo_job(b).await?;
+    let claim = claim_one(b, consumer).await?;
+    b.publish(
+        &job.id,
+        &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
+    )
+    .await?;
+    Ok((job, claim))
+}
+
 async fn started(b: &dyn Backend, owner: &str) -> Result<JobState> {
     let job = b
         .create_job(NewJob::new("demo", json!({"steps": 3}), owner))

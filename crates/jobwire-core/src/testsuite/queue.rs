@@ -69,13 +69,7 @@ pub async fn claim_waits_for_an_enqueue(f: &dyn BackendFactory) -> Result<()> {
 pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = demo_job(b).await?;
-    let claim = claim_one(b, "w1").await?;
-    b.publish(
-        &job.id,
-        &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
-    )
-    .await?;
+    let (job, claim) = claimed_and_started(b, "w1").await?;
     let idle = Duration::from_millis(300);
     ensure!(
         reclaim(b, "w2", idle, 3, 10).await?.is_empty(),

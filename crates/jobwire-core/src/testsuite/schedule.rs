@@ -137,13 +137,7 @@ pub async fn scheduled_jobs_cancel_and_delete(f: &dyn BackendFactory) -> Result<
 pub async fn retry_after_a_backoff_waits_on_the_schedule(f: &dyn BackendFactory) -> Result<()> {
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
-    let job = demo_job(b).await?;
-    let claim = claim_one(b, "w1").await?;
-    b.publish(
-        &job.id,
-        &[NewEvent::new(EventType::JobStarted, json!({})).fenced(1, 1)],
-    )
-    .await?;
+    let (job, claim) = claimed_and_started(b, "w1").await?;
     let at = Timestamp::now().plus(Duration::from_secs(600));
     let retry = NewEvent::new(
         EventType::JobRetrying,
