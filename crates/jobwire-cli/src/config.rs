@@ -568,13 +568,23 @@ pub(crate) struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct JobsArgs {
-    /// Only jobs in this status (queued, running, completed, failed, cancelled).
+    /// Only jobs in this status (scheduled, queued, running, completed,
+    /// failed, cancelled).
     #[arg(long)]
     pub(crate) status: Option<String>,
     /// How many jobs to show (1-500).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=500))]
     pub(crate) limit: u16,
     /// Print the page as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkersArgs {
+    /// Print the registry as JSON.
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSource};
 use serde_json::{Map, Value};
 
-use crate::config::{CancelArgs, ClientFlags, JobsArgs, SubmitArgs};
+use crate::config::{CancelArgs, ClientFlags, JobsArgs, SubmitArgs, WorkersArgs};
 use crate::{watch, Failure};
 
 /// A client from `--url` / `JOBWIRE_URL` and `--token` / `JOBWIRE_TOKEN`.
@@ -161,6 +161,47 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
 
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+/// `jobwire workers`: the registry, live workers first.
+pub(crate) async fn workers(args: WorkersArgs) -> Result<(), Failure> {
+    let client = client(&args.client)?;
+    let mut workers = client.workers().await.map_err(failed)?;
+    if args.json {
+        let all: Vec<Value> = workers
+            .iter()
+            .map(|w| {
+                let mut v = serde_json::to_value(&w.worker).unwrap_or_default();
+                v["live"] = Value::Bool(w.live);
+                v
+            })
+            .collect();
+        println!("{}", Value::Array(all));
+        return Ok(());
+    }
+    if workers.is_empty() {
+        println!("no workers have been seen in the last hour");
+        return Ok(());
+    }
+    workers.sort_by_key(|w| !w.live);
+    println!(
+        "{:<24}  {:<5}  {:<16}  {:>7}  {:>7}  {:<24}  QUEUES",
+        "NAME", "STATE", "HOST", "PID", "RUNNING", "LAST SEEN"
+    );
+    for w in &workers {
+        let info = &w.worker;
+        println!(
+            "{:<24}  {:<5}  {:<16}  {:>7}  {:>7}  {:<24}  {}",
+            truncate(&info.name, 24),
+            if w.live { "live" } else { "gone" },
+            truncate(&info.host, 16),
+            info.pid,
+            format!("{}/{}", info.running.len(), info.concurrency),
+            info.last_seen,
+            info.queues.join(",")
+        );
+    }
+    Ok(())
 }
 
 /// `jobwire cancel JOB_ID`.

@@ -54,6 +54,9 @@ enum Command {
     Jobs(config::JobsArgs),
     /// Cancel a job.
     Cancel(config::CancelArgs),
+    /// The workers in the registry: live or gone, their queues and jobs
+    /// (admin token).
+    Workers(config::WorkersArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => watch::watch(args).await,
             Command::Jobs(args) => jobs::jobs(args).await,
             Command::Cancel(args) => jobs::cancel(args).await,
+            Command::Workers(args) => jobs::workers(args).await,
             Command::Token(args) => config::token(args),
         }
     });

@@ -30,6 +30,20 @@ pub struct JobPage {
     pub next_cursor: Option<String>,
 }
 
+/// A worker in the registry (`GET /api/workers`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct RegisteredWorker {
+    #[serde(flatten)]
+    pub worker: jobwire_core::WorkerInfo,
+    /// Seen within its lease (by the server's clock).
+    pub live: bool,
+}
+
+#[derive(Deserialize)]
+struct Workers {
+    workers: Vec<RegisteredWorker>,
+}
+
 /// What a cancel did: `cancelled`, `cancel_requested` or `already_finished`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CancelReply {
@@ -212,6 +226,15 @@ impl Client {
             format!("/api/jobs?{}", query.join("&"))
         };
         self.call(Method::GET, &path, None).await
+    }
+
+    /// `GET /api/workers` (scope `admin`): the worker registry, by name.
+    ///
+    /// # Errors
+    /// `forbidden` without the admin scope; [`ClientError`] from the network.
+    pub async fn workers(&self) -> Result<Vec<RegisteredWorker>, ClientError> {
+        let reply: Workers = self.call(Method::GET, "/api/workers", None).await?;
+        Ok(reply.workers)
     }
 
     /// `POST /api/jobs/{id}/cancel`.

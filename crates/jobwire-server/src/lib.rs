@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             get(routes::history).post(routes::publish),
         )
         .route("/api/jobs/{id}/stream", get(sse::stream))
+        .route("/api/workers", get(routes::workers))
         .route("/ws/jobs", get(ws::many_jobs))
         .route("/ws/jobs/{id}", get(ws::one_job))
         .route("/healthz", get(routes::healthz))

@@ -646,6 +646,31 @@ fn publish_items(
     }
 }
 
+/// `GET /api/workers` (scope `admin`): the worker registry, each worker
+/// with `live` (seen within its lease, by this gateway's clock).
+pub async fn workers(
+    State(state): State<AppState>,
+    credentials: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &credentials, Scope::Admin)?;
+    let now = Timestamp::now();
+    let workers: Vec<Value> = state
+        .queue
+        .workers()
+        .await?
+        .into_iter()
+        .map(|w| {
+            let live = w.is_live(now);
+            let mut value = serde_json::to_value(&w).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut value {
+                map.insert("live".to_owned(), Value::Bool(live));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {
     "ok"

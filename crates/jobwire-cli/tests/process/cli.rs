@@ -492,6 +492,25 @@ async fn submit_with_retries_delays_and_priorities() -> Result<()> {
         all.extend_from_slice(args);
         exits_with(&jobwire(&server, &all)?, 2, says)?;
     }
+    // `dev`'s worker is in the registry; `jobwire workers` needs admin.
+    exits_with(&jobwire(&server, &["workers"])?, 1, "admin")?;
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "root",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["workers"])
+        .env_clear()
+        .env("JOBWIRE_URL", server.url(""))
+        .env("JOBWIRE_TOKEN", &admin)
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && table.contains(" live ") && table.contains("demo,scan"),
+        "{out:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
         .args(["dev", "--retry", "nokind=3"])
         .env_clear()

@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}/events"),
     ("post", "/api/jobs/{id}/events"),
     ("get", "/api/jobs/{id}/stream"),
+    ("get", "/api/workers"),
     ("get", "/ws/jobs"),
     ("get", "/ws/jobs/{id}"),
     ("get", "/healthz"),

@@ -550,6 +550,19 @@ async fn a_job_no_worker_serves_says_so() -> Result<()> {
             lease_ms: 60_000,
         })
         .await?;
+    // The registry, for admins only.
+    let (status, _) = app.get("/api/workers", Some(&alice)).await?;
+    ensure!(status == 403);
+    let (status, reg) = app
+        .get("/api/workers", Some(&token("root", &[Scope::Admin])))
+        .await?;
+    ensure!(
+        status == 200
+            && reg["workers"][0]["name"] == "w1"
+            && reg["workers"][0]["live"] == true
+            && reg["workers"][0]["queues"] == json!(["nightly"]),
+        "{reg}"
+    );
     // The gateway reads the registry at most once a second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
