@@ -338,12 +338,13 @@ async fn submit_with_a_queue_and_an_idempotency_key() -> Result<()> {
         "a submit without a key was deduplicated"
     );
 
-    // `dev`'s workers serve `demo` and `scan`: a job in another queue waits.
+    // `dev`'s workers serve `demo` and `scan`: a job in another queue
+    // waits, and the server says why (no fixed wait needed: the registry
+    // says no worker could have taken it).
     let parked = submit(&["--queue", "nightly"])?;
     let out = jobwire(&server, &["jobs", "--json"])?;
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(listed.contains(&parked), "{listed}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let job: Value = reqwest::Client::new()
         .get(server.url(&format!("/api/jobs/{parked}")))
         .bearer_auth(token())
