@@ -591,6 +591,24 @@ pub(crate) struct WorkersArgs {
     pub(crate) client: ClientFlags,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum QueuesCommand {
+    /// Stop workers claiming from a queue (running jobs finish; new jobs
+    /// still queue up).
+    Pause(QueueArgs),
+    /// Let workers claim from a paused queue again.
+    Resume(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// The queue.
+    #[arg(value_name = "QUEUE", value_parser = parse_queue)]
+    pub(crate) queue: String,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct CancelArgs {
     /// The job to cancel.

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSource};
 use serde_json::{Map, Value};
 
-use crate::config::{CancelArgs, ClientFlags, JobsArgs, SubmitArgs, WorkersArgs};
+use crate::config::{CancelArgs, ClientFlags, JobsArgs, QueuesCommand, SubmitArgs, WorkersArgs};
 use crate::{watch, Failure};
 
 /// A client from `--url` / `JOBWIRE_URL` and `--token` / `JOBWIRE_TOKEN`.
@@ -201,6 +201,29 @@ pub(crate) async fn workers(args: WorkersArgs) -> Result<(), Failure> {
             info.queues.join(",")
         );
     }
+    Ok(())
+}
+
+/// `jobwire queues pause|resume QUEUE`.
+pub(crate) async fn queues(command: QueuesCommand) -> Result<(), Failure> {
+    let (args, paused) = match command {
+        QueuesCommand::Pause(args) => (args, true),
+        QueuesCommand::Resume(args) => (args, false),
+    };
+    let client = client(&args.client)?;
+    client
+        .set_paused(&args.queue, paused)
+        .await
+        .map_err(failed)?;
+    println!(
+        "queue {}: {}",
+        args.queue,
+        if paused {
+            "paused (workers stop claiming from it within a second; running jobs finish)"
+        } else {
+            "resumed"
+        }
+    );
     Ok(())
 }
 

@@ -57,6 +57,9 @@ enum Command {
     /// The workers in the registry: live or gone, their queues and jobs
     /// (admin token).
     Workers(config::WorkersArgs),
+    /// Pause or resume a queue (admin token).
+    #[command(subcommand)]
+    Queues(config::QueuesCommand),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Jobs(args) => jobs::jobs(args).await,
             Command::Cancel(args) => jobs::cancel(args).await,
             Command::Workers(args) => jobs::workers(args).await,
+            Command::Queues(command) => jobs::queues(command).await,
             Command::Token(args) => config::token(args),
         }
     });

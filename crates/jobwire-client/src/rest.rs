@@ -237,6 +237,18 @@ impl Client {
         Ok(reply.workers)
     }
 
+    /// `POST /api/queues/{queue}/pause` or `/resume` (scope `admin`).
+    ///
+    /// # Errors
+    /// `forbidden` without the admin scope, `invalid` for a bad queue name.
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<(), ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        let _: Value = self
+            .call(Method::POST, &format!("/api/queues/{queue}/{action}"), None)
+            .await?;
+        Ok(())
+    }
+
     /// `POST /api/jobs/{id}/cancel`.
     ///
     /// # Errors

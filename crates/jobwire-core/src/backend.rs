@@ -521,6 +521,14 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// state lost in a Redis data loss).
     async fn drop_due(&self, job: &JobId) -> Result<()>;
 
+    /// Pauses (or resumes) a queue: while paused, claims and take-overs
+    /// pass it by (jobs already running finish); creates still queue into
+    /// it. Claims see the change within about a second.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// The paused queues, sorted.
+    async fn paused_queues(&self) -> Result<Vec<String>>;
+
     /// Records a worker's heartbeat in the worker registry.
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
 

@@ -26,6 +26,7 @@
 //! <prefix>:{t}:unique:<kind>\n<key>    string  the unfinished job holding a unique key
 //! <prefix>:wake                        stream  "a job was queued in partition p" (Cluster only)
 //! <prefix>:workers                     hash    worker name -> its last heartbeat (JSON): the worker registry
+//! <prefix>:paused                      set     paused queues (claims pass them by)
 //! ```
 //!
 //! `t` is the partition's tag (see [`partition_tag`]): chosen so that the
@@ -218,6 +219,11 @@ impl Keys {
     /// The worker registry: name → the worker's last heartbeat (JSON).
     pub(crate) fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
+    }
+
+    /// The paused queues (a set).
+    pub(crate) fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
     }
 
     /// The wake-up stream of Cluster workers (see `queue.rs`).

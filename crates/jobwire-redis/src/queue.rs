@@ -70,12 +70,20 @@ pub(crate) const LANES_REFRESH: Duration = Duration::from_secs(1);
 /// The priorities other than the default in use, per queue.
 type LanesInUse = HashMap<String, BTreeSet<u8>>;
 
+/// What claims read at most once a second ([`LANES_REFRESH`]).
+#[derive(Clone, Debug, Default)]
+struct ClaimView {
+    lanes: LanesInUse,
+    /// Paused queues: claims and take-overs pass them by.
+    paused: HashSet<String>,
+}
+
 /// What the claims of one backend know and count.
 #[derive(Debug, Default)]
 pub(crate) struct Claiming {
     /// The priorities other than the default in use, per queue, and when
     /// they were read.
-    lanes: Mutex<Option<(Instant, LanesInUse)>>,
+    view: Mutex<Option<(Instant, ClaimView)>>,
     /// Claims that found work (the starvation rule counts them).
     made: AtomicU64,
 }
@@ -199,18 +207,18 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// The priorities in use per queue (besides the default), read again
-    /// when older than [`LANES_REFRESH`].
-    async fn lanes_in_use(&self) -> Result<LanesInUse> {
+    /// The priorities in use per queue (besides the default) and the
+    /// paused queues, read again when older than [`LANES_REFRESH`].
+    async fn claim_view(&self) -> Result<ClaimView> {
         let claiming = &self.shared.claiming;
-        if let Some((read, lanes)) = claiming
-            .lanes
+        if let Some((read, view)) = claiming
+            .view
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
             if read.elapsed() < LANES_REFRESH {
-                return Ok(lanes.clone());
+                return Ok(view.clone());
             }
         }
         let keys = &self.shared.keys;
@@ -226,9 +234,26 @@ impl RedisBackend {
                 lanes.entry(queue.to_owned()).or_default().insert(priority);
             }
         }
-        *claiming.lanes.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), lanes.clone()));
-        Ok(lanes)
+        let paused: HashSet<String> = redis::cmd("SMEMBERS")
+            .arg(keys.paused())
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        let view = ClaimView { lanes, paused };
+        *claiming.view.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), view.clone()));
+        Ok(view)
+    }
+
+    /// Forgets the cached [`ClaimView`] (this process paused or resumed a
+    /// queue: its own claims see it at once).
+    fn forget_claim_view(&self) {
+        *self
+            .shared
+            .claiming
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The lanes of `queues` in the order a claim takes them: queue by
@@ -583,6 +608,12 @@ impl JobQueue for RedisBackend {
         wait: Duration,
     ) -> Result<Vec<Claim>> {
         let max = max.max(1);
+        let view = self.claim_view().await?;
+        let queues: Vec<String> = queues
+            .iter()
+            .filter(|q| !view.paused.contains(*q))
+            .cloned()
+            .collect();
         if queues.is_empty() {
             tokio::time::sleep(wait.min(MAX_QUEUE_BLOCK)).await;
             return Ok(Vec::new());
@@ -598,8 +629,8 @@ impl JobQueue for RedisBackend {
         };
         let made = &self.shared.claiming.made;
         let lanes = Self::lanes_of(
-            queues,
-            &self.lanes_in_use().await?,
+            &queues,
+            &view.lanes,
             lowest_first(made.load(Ordering::Relaxed)),
         );
         let mut claims = self.sweep(consumer, &lanes, max, None).await?;
@@ -655,10 +686,12 @@ impl JobQueue for RedisBackend {
         max: usize,
     ) -> Result<Vec<Claim>> {
         let max = max.max(1);
+        let paused = self.claim_view().await?.paused;
         let mut claims = Vec::new();
         'partitions: for p in 0..self.shared.keys.partitions() {
             for (lane, _) in self.streams_of(p).await? {
-                if !queues.iter().any(|q| q == parse_lane(&lane).0) {
+                let queue = parse_lane(&lane).0;
+                if !queues.iter().any(|q| q == queue) || paused.contains(queue) {
                     continue;
                 }
                 if claims.len() >= max {
@@ -749,6 +782,25 @@ impl JobQueue for RedisBackend {
         Ok(stats)
     }
 
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        redis::cmd(if paused { "SADD" } else { "SREM" })
+            .arg(self.shared.keys.paused())
+            .arg(queue)
+            .query_async::<()>(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        self.forget_claim_view();
+        Ok(())
+    }
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        let mut paused: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.shared.keys.paused())
+            .query_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        paused.sort();
+        Ok(paused)
+    }
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {
         let json = serde_json::to_string(worker).map_err(|e| BackendError::Data(e.to_string()))?;
         redis::cmd("HSET")

@@ -101,6 +101,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/jobs/{id}/stream", get(sse::stream))
         .route("/api/workers", get(routes::workers))
+        .route("/api/queues/{queue}/pause", post(routes::pause_queue))
+        .route("/api/queues/{queue}/resume", post(routes::resume_queue))
         .route("/ws/jobs", get(ws::many_jobs))
         .route("/ws/jobs/{id}", get(ws::one_job))
         .route("/healthz", get(routes::healthz))

@@ -671,6 +671,37 @@ pub async fn workers(
     Ok(Json(json!({ "workers": workers })))
 }
 
+/// `POST /api/queues/{queue}/pause` (scope `admin`): workers stop claiming
+/// from the queue (within about a second); running jobs finish.
+pub async fn pause_queue(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    Path(queue): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, credentials, queue, true).await
+}
+
+/// `POST /api/queues/{queue}/resume` (scope `admin`).
+pub async fn resume_queue(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    Path(queue): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(state, credentials, queue, false).await
+}
+
+async fn set_paused(
+    state: AppState,
+    credentials: Credentials,
+    queue: String,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &credentials, Scope::Admin)?;
+    jobwire_core::check_queue_name(&queue).map_err(ApiError::unprocessable)?;
+    state.queue.set_paused(&queue, paused).await?;
+    Ok(Json(json!({"queue": queue, "paused": paused})))
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {
     "ok"

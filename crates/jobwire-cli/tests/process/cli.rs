@@ -519,3 +519,57 @@ async fn submit_with_retries_delays_and_priorities() -> Result<()> {
     exits_with(&out, 2, "runs no kind \"nokind\"")?;
     Ok(())
 }
+
+/// `jobwire queues pause demo` (admin): a demo job submitted then stays
+/// queued, and says its queue is paused; `resume` lets it run to the end.
+/// Without an admin token, or with a bad queue name, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
+    let server = dev(&[]).await?;
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "root",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    let as_admin = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
+            .args(args)
+            .env_clear()
+            .env("JOBWIRE_URL", server.url(""))
+            .env("JOBWIRE_TOKEN", &admin)
+            .output()?)
+    };
+    exits_with(&jobwire(&server, &["queues", "pause", "demo"])?, 1, "admin")?;
+    exits_with(&as_admin(&["queues", "pause", "a b"])?, 2, "queue name")?;
+    let out = as_admin(&["queues", "pause", "demo"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("paused"),
+        "{out:?}"
+    );
+    let out = jobwire(
+        &server,
+        &["submit", "demo", "-p", "steps=1", "-p", "delay_ms=1"],
+    )?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let get = || async {
+        let job: Value = reqwest::Client::new()
+            .get(server.url(&format!("/api/jobs/{id}")))
+            .bearer_auth(token())
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(job)
+    };
+    let job = get().await?;
+    ensure!(
+        job["status"] == "queued" && job["waiting"] == "queue \"demo\" is paused",
+        "{job}"
+    );
+    ensure!(as_admin(&["queues", "resume", "demo"])?.status.success());
+    let out = jobwire(&server, &["watch", &id])?;
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(get().await?["status"] == "completed");
+    Ok(())
+}

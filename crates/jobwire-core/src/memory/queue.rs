@@ -35,6 +35,8 @@ pub(super) struct Queue {
     claims_made: u64,
     /// The worker registry, by name.
     workers: HashMap<String, WorkerInfo>,
+    /// Paused queues: claims and take-overs pass them by.
+    paused: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +130,9 @@ impl Queue {
         let lowest = lowest_first(self.claims_made);
         let mut claims = Vec::new();
         for queue in queues {
+            if self.paused.contains(queue) {
+                continue;
+            }
             let Some(lanes) = self.waiting.get_mut(queue) else {
                 continue;
             };
@@ -223,7 +228,10 @@ impl Queue {
             if taken.len() == max {
                 break;
             }
-            if now.duration_since(lease.touched) >= min_idle && queues.contains(&lease.entry.queue)
+            let queue = &lease.entry.queue;
+            if now.duration_since(lease.touched) >= min_idle
+                && queues.contains(queue)
+                && !self.paused.contains(queue)
             {
                 lease.consumer = consumer.to_owned();
                 lease.touched = now;
@@ -312,6 +320,22 @@ impl JobQueue for MemoryBackend {
 
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         Ok(self.queue().due(now, max))
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let mut q = self.queue();
+        if paused {
+            q.paused.insert(queue.to_owned());
+        } else if q.paused.remove(queue) {
+            drop(q);
+            // Its waiting jobs can be claimed again.
+            self.shared.queue_ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        Ok(self.queue().paused.iter().cloned().collect())
     }
 
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()> {

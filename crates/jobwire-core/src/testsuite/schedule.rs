@@ -212,3 +212,53 @@ pub async fn the_worker_registry_shows_live_and_gone_workers(f: &dyn BackendFact
     ensure!(workers.len() == 2 && workers[0] == again, "{workers:?}");
     Ok(())
 }
+
+/// A paused queue is passed by: claims and take-overs leave its entries
+/// (other queues go on); resumed, its jobs are claimed again.
+pub async fn a_paused_queue_is_passed_by_until_resumed(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let queues = vec!["a".to_owned(), "b".to_owned()];
+    let in_a = b
+        .create_job(NewJob::new("demo", json!({}), "alice").in_queue("a"))
+        .await?;
+    let running = b
+        .create_job(NewJob::new("demo", json!({}), "alice").in_queue("a"))
+        .await?;
+    let first = b.claim("w1", &queues, 1, Duration::ZERO).await?;
+    ensure!(first.len() == 1, "{first:?}");
+    b.set_paused("a", true).await?;
+    ensure!(b.paused_queues().await? == ["a"]);
+    let in_b = b
+        .create_job(NewJob::new("demo", json!({}), "alice").in_queue("b"))
+        .await?;
+    let claimed = b
+        .claim("w2", &queues, 10, Duration::from_millis(50))
+        .await?;
+    ensure!(
+        claimed.iter().map(|c| &c.job_id).collect::<Vec<_>>() == [&in_b.id],
+        "claimed from a paused queue: {claimed:?}"
+    );
+    ensure!(
+        b.take_over_idle("w2", &queues, Duration::ZERO, 10)
+            .await?
+            .iter()
+            .all(|c| c.job_id == in_b.id),
+        "took over from a paused queue"
+    );
+    b.set_paused("a", false).await?;
+    ensure!(b.paused_queues().await?.is_empty());
+    let after = b
+        .claim("w3", &queues, 10, Duration::from_millis(50))
+        .await?;
+    let expected = if first[0].job_id == in_a.id {
+        &running.id
+    } else {
+        &in_a.id
+    };
+    ensure!(
+        after.iter().map(|c| &c.job_id).collect::<Vec<_>>() == [expected],
+        "{after:?}"
+    );
+    Ok(())
+}

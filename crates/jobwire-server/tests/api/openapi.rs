@@ -19,6 +19,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/jobs/{id}/events"),
     ("get", "/api/jobs/{id}/stream"),
     ("get", "/api/workers"),
+    ("post", "/api/queues/{queue}/pause"),
+    ("post", "/api/queues/{queue}/resume"),
     ("get", "/ws/jobs"),
     ("get", "/ws/jobs/{id}"),
     ("get", "/healthz"),
