@@ -591,6 +591,17 @@ pub(crate) struct WorkersArgs {
     pub(crate) client: ClientFlags,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct QueuesArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<QueuesCommand>,
+    /// Print the queues as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum QueuesCommand {
     /// Stop workers claiming from a queue (running jobs finish; new jobs

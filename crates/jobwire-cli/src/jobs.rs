@@ -7,7 +7,9 @@ use anyhow::anyhow;
 use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSource};
 use serde_json::{Map, Value};
 
-use crate::config::{CancelArgs, ClientFlags, JobsArgs, QueuesCommand, SubmitArgs, WorkersArgs};
+use crate::config::{
+    CancelArgs, ClientFlags, JobsArgs, QueuesArgs, QueuesCommand, SubmitArgs, WorkersArgs,
+};
 use crate::{watch, Failure};
 
 /// A client from `--url` / `JOBWIRE_URL` and `--token` / `JOBWIRE_TOKEN`.
@@ -204,26 +206,63 @@ pub(crate) async fn workers(args: WorkersArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `jobwire queues pause|resume QUEUE`.
-pub(crate) async fn queues(command: QueuesCommand) -> Result<(), Failure> {
-    let (args, paused) = match command {
-        QueuesCommand::Pause(args) => (args, true),
-        QueuesCommand::Resume(args) => (args, false),
+/// `jobwire queues [pause|resume QUEUE]`.
+pub(crate) async fn queues(args: QueuesArgs) -> Result<(), Failure> {
+    let (action, paused) = match args.action {
+        Some(QueuesCommand::Pause(action)) => (action, true),
+        Some(QueuesCommand::Resume(action)) => (action, false),
+        None => return list_queues(&args.client, args.json).await,
     };
-    let client = client(&args.client)?;
+    let client = client(&action.client)?;
     client
-        .set_paused(&args.queue, paused)
+        .set_paused(&action.queue, paused)
         .await
         .map_err(failed)?;
     println!(
         "queue {}: {}",
-        args.queue,
+        action.queue,
         if paused {
             "paused (workers stop claiming from it within a second; running jobs finish)"
         } else {
             "resumed"
         }
     );
+    Ok(())
+}
+
+async fn list_queues(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
+    let client = client(flags)?;
+    let queues = client.queues().await.map_err(failed)?;
+    if json {
+        println!("{}", serde_json::to_string(&queues).unwrap_or_default());
+        return Ok(());
+    }
+    if queues.is_empty() {
+        println!("no queues yet");
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  WORKERS",
+        "QUEUE", "WAITING", "RUNNING", "OLDEST WAIT", "STATE"
+    );
+    for q in &queues {
+        let oldest = q.oldest_waiting_age_ms.map_or("–".to_owned(), |ms| {
+            humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
+        });
+        println!(
+            "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {}",
+            truncate(&q.name, 24),
+            q.waiting,
+            q.running,
+            oldest,
+            if q.paused { "paused" } else { "active" },
+            if q.workers.is_empty() {
+                "none".to_owned()
+            } else {
+                q.workers.len().to_string()
+            }
+        );
+    }
     Ok(())
 }
 

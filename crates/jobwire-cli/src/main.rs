@@ -57,9 +57,8 @@ enum Command {
     /// The workers in the registry: live or gone, their queues and jobs
     /// (admin token).
     Workers(config::WorkersArgs),
-    /// Pause or resume a queue (admin token).
-    #[command(subcommand)]
-    Queues(config::QueuesCommand),
+    /// The queues at a glance; `pause` or `resume` one (admin token).
+    Queues(config::QueuesArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -104,7 +103,7 @@ fn main() -> ExitCode {
             Command::Jobs(args) => jobs::jobs(args).await,
             Command::Cancel(args) => jobs::cancel(args).await,
             Command::Workers(args) => jobs::workers(args).await,
-            Command::Queues(command) => jobs::queues(command).await,
+            Command::Queues(args) => jobs::queues(args).await,
             Command::Token(args) => config::token(args),
         }
     });

@@ -40,7 +40,7 @@ use thiserror::Error;
 pub use jobwire_core::{Epoch, Event, EventId, EventType, JobId, JobState, JobStatus, Refusal};
 pub use rest::{
     CancelReply, CreateOptions, History, JobPage, ListOptions, PublishEvent, PublishReply,
-    RegisteredWorker, Submitted,
+    QueueRow, RegisteredWorker, Submitted,
 };
 pub use token::{Provider, TokenSource};
 pub use watch::{ConnectionStatus, Cursor, Watch, WatchEvent};

@@ -44,6 +44,23 @@ struct Workers {
     workers: Vec<RegisteredWorker>,
 }
 
+/// One queue of `GET /api/queues`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct QueueRow {
+    pub name: String,
+    pub waiting: u64,
+    pub running: u64,
+    pub oldest_waiting_age_ms: Option<u64>,
+    /// The live workers serving it.
+    pub workers: Vec<String>,
+    pub paused: bool,
+}
+
+#[derive(Deserialize)]
+struct QueueRows {
+    queues: Vec<QueueRow>,
+}
+
 /// What a cancel did: `cancelled`, `cancel_requested` or `already_finished`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CancelReply {
@@ -235,6 +252,15 @@ impl Client {
     pub async fn workers(&self) -> Result<Vec<RegisteredWorker>, ClientError> {
         let reply: Workers = self.call(Method::GET, "/api/workers", None).await?;
         Ok(reply.workers)
+    }
+
+    /// `GET /api/queues` (scope `admin`): the queues at a glance, by name.
+    ///
+    /// # Errors
+    /// `forbidden` without the admin scope; [`ClientError`] from the network.
+    pub async fn queues(&self) -> Result<Vec<QueueRow>, ClientError> {
+        let reply: QueueRows = self.call(Method::GET, "/api/queues", None).await?;
+        Ok(reply.queues)
     }
 
     /// `POST /api/queues/{queue}/pause` or `/resume` (scope `admin`).

@@ -248,6 +248,20 @@ pub struct QueueStats {
     pub scheduled: u64,
 }
 
+/// One queue at a glance (`GET /api/queues`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueOverview {
+    pub name: String,
+    /// Entries waiting for a worker (all priorities).
+    pub waiting: u64,
+    /// Entries claimed and not yet acked: jobs running, or abandoned by a
+    /// dead worker until they are taken over.
+    pub running: u64,
+    /// When the oldest waiting entry was queued.
+    pub oldest_waiting: Option<Timestamp>,
+    pub paused: bool,
+}
+
 /// A worker process as it describes itself in its heartbeats (the worker
 /// registry: which queues are served, and by whom).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -528,6 +542,9 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
 
     /// The paused queues, sorted.
     async fn paused_queues(&self) -> Result<Vec<String>>;
+
+    /// Every queue that has held entries, or is paused, by name.
+    async fn queue_overview(&self) -> Result<Vec<QueueOverview>>;
 
     /// Records a worker's heartbeat in the worker registry.
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;

@@ -37,7 +37,8 @@ pub mod testsuite;
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, Created, EventsAfter, Idempotency,
     JobCounts, JobPage, JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail,
-    PublishOutcome, QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth, TailFrom, WorkerInfo,
+    PublishOutcome, QueueOverview, QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth,
+    TailFrom, WorkerInfo,
 };
 pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};

@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use jobwire_core::backend::FORGET_WORKERS_AFTER;
 use jobwire_core::job::{lane, lowest_first, parse_lane, priority_order, DEFAULT_PRIORITY};
 use jobwire_core::{
-    BackendError, Claim, JobId, JobQueue, QueueStats, Queues, Timestamp, WorkerInfo,
+    BackendError, Claim, JobId, JobQueue, QueueOverview, QueueStats, Queues, Timestamp, WorkerInfo,
 };
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
@@ -391,29 +391,54 @@ impl RedisBackend {
         Ok(claims)
     }
 
+    /// Every lane used in partition `p` with its figures
+    /// (`lua/lane_figures.lua`).
+    async fn lane_figures(&self, p: u16) -> Result<Vec<(String, LaneFigures)>> {
+        let streams = self.streams_of(p).await?;
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = scripts::LANE_FIGURES.prepare_invoke();
+        for (_, stream) in &streams {
+            invocation.key(stream);
+        }
+        let replies: Vec<(u64, u64, String)> = invocation
+            .arg(WORKERS_GROUP)
+            .invoke_async(&mut self.shared.conns.command())
+            .await
+            .map_err(backend_error)?;
+        Ok(streams
+            .into_iter()
+            .zip(replies)
+            .map(|((lane, _), (len, pending, oldest))| {
+                let oldest = oldest
+                    .split_once('-')
+                    .and_then(|(ms, _)| ms.parse::<i64>().ok())
+                    .map(Timestamp::from_unix_millis);
+                (
+                    lane,
+                    LaneFigures {
+                        len,
+                        pending,
+                        oldest,
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// Adds to each partition's ready set the lanes that hold entries
     /// (once, at start-up): for entries queued by a version that kept no
     /// ready sets. A lane added needlessly costs one read.
     pub(crate) async fn seed_ready(&self) -> Result<()> {
         let keys = &self.shared.keys;
         for p in 0..keys.partitions() {
-            let streams = self.streams_of(p).await?;
-            if streams.is_empty() {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            for (_, stream) in &streams {
-                pipe.cmd("XLEN").arg(stream);
-            }
-            let lens: Vec<u64> = pipe
-                .query_async(&mut self.shared.conns.command())
-                .await
-                .map_err(backend_error)?;
-            let held: Vec<&str> = streams
-                .iter()
-                .zip(lens)
-                .filter(|(_, len)| *len > 0)
-                .map(|((lane, _), _)| lane.as_str())
+            let held: Vec<String> = self
+                .lane_figures(p)
+                .await?
+                .into_iter()
+                .filter(|(_, figures)| figures.oldest.is_some())
+                .map(|(lane, _)| lane)
                 .collect();
             if !held.is_empty() {
                 redis::cmd("SADD")
@@ -755,33 +780,47 @@ impl JobQueue for RedisBackend {
             scheduled: scheduled.into_iter().sum(),
         };
         for p in 0..self.shared.keys.partitions() {
-            let streams = self.streams_of(p).await?;
-            if streams.is_empty() {
-                continue;
-            }
-            let mut pipe = redis::pipe();
-            for (_, stream) in &streams {
-                pipe.cmd("XLEN").arg(stream);
-                // No group yet (never claimed from): nothing pending.
-                pipe.cmd("XINFO").arg("GROUPS").arg(stream);
-            }
-            let replies: Vec<Value> = pipe
-                .query_async(&mut self.shared.conns.command())
-                .await
-                .map_err(backend_error)?;
-            for pair in replies.chunks(2) {
-                let len = match pair.first() {
-                    Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-                    _ => 0,
-                };
-                let pending = pair.get(1).map_or(0, group_pending);
-                stats.waiting += len.saturating_sub(pending);
-                stats.pending += pending;
+            for (_, figures) in self.lane_figures(p).await? {
+                stats.waiting += figures.len.saturating_sub(figures.pending);
+                stats.pending += figures.pending;
             }
         }
         Ok(stats)
     }
 
+    async fn queue_overview(&self) -> Result<Vec<QueueOverview>> {
+        let paused = self.paused_queues().await?;
+        let mut by_name: std::collections::BTreeMap<String, QueueOverview> = paused
+            .into_iter()
+            .map(|name| {
+                let q = QueueOverview {
+                    name: name.clone(),
+                    paused: true,
+                    ..QueueOverview::default()
+                };
+                (name, q)
+            })
+            .collect();
+        for p in 0..self.shared.keys.partitions() {
+            for (lane, figures) in self.lane_figures(p).await? {
+                let name = parse_lane(&lane).0.to_owned();
+                let q = by_name
+                    .entry(name.clone())
+                    .or_insert_with(|| QueueOverview {
+                        name,
+                        ..QueueOverview::default()
+                    });
+                q.waiting += figures.len.saturating_sub(figures.pending);
+                q.running += figures.pending;
+                if let Some(at) = figures.oldest {
+                    if q.oldest_waiting.is_none_or(|t| at < t) {
+                        q.oldest_waiting = Some(at);
+                    }
+                }
+            }
+        }
+        Ok(by_name.into_values().collect())
+    }
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         redis::cmd(if paused { "SADD" } else { "SREM" })
             .arg(self.shared.keys.paused())
@@ -887,45 +926,20 @@ impl JobQueue for RedisBackend {
     }
 }
 
+/// A lane stream's figures (`lua/lane_figures.lua`).
+#[derive(Debug)]
+struct LaneFigures {
+    len: u64,
+    pending: u64,
+    /// When its oldest undelivered entry was queued.
+    oldest: Option<Timestamp>,
+}
+
 /// The most scheduled jobs read per partition by one `due` call.
 const DUE_PER_PARTITION: usize = 1_000;
 /// How long a promoter holds a partition's promotion (renewed while it has
 /// due jobs): the longest a crashed promoter delays that partition's.
 const PROMOTION_LEASE: Duration = Duration::from_secs(2);
-
-/// The `pending` count of the `workers` group in an `XINFO GROUPS` reply
-/// (0 when there is no such group).
-fn group_pending(reply: &Value) -> u64 {
-    let Value::Array(groups) = reply else {
-        return 0;
-    };
-    groups
-        .iter()
-        .filter_map(|group| {
-            let fields: Vec<(String, Value)> = match group {
-                Value::Map(map) => map
-                    .iter()
-                    .filter_map(|(k, v)| Some((text(k.clone())?, v.clone())))
-                    .collect(),
-                Value::Array(items) => items
-                    .chunks(2)
-                    .filter_map(|kv| Some((text(kv.first()?.clone())?, kv.get(1)?.clone())))
-                    .collect(),
-                _ => return None,
-            };
-            let is_ours = fields
-                .iter()
-                .any(|(k, v)| k == "name" && text(v.clone()).as_deref() == Some(WORKERS_GROUP));
-            if !is_ours {
-                return None;
-            }
-            fields.into_iter().find_map(|(k, v)| match (k.as_str(), v) {
-                ("pending", Value::Int(n)) => u64::try_from(n).ok(),
-                _ => None,
-            })
-        })
-        .sum()
-}
 
 fn text(v: Value) -> Option<String> {
     match v {

@@ -32,3 +32,5 @@ pub(crate) static DROP_DUE: LazyLock<Script> =
 pub(crate) const DUE: &str = include_str!("lua/due.lua");
 pub(crate) static ENSURE_GROUPS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/ensure_groups.lua")));
+pub(crate) static LANE_FIGURES: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/lane_figures.lua")));

@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/jobs/{id}/stream", get(sse::stream))
         .route("/api/workers", get(routes::workers))
+        .route("/api/queues", get(routes::queues))
         .route("/api/queues/{queue}/pause", post(routes::pause_queue))
         .route("/api/queues/{queue}/resume", post(routes::resume_queue))
         .route("/ws/jobs", get(ws::many_jobs))

@@ -671,6 +671,55 @@ pub async fn workers(
     Ok(Json(json!({ "workers": workers })))
 }
 
+/// `GET /api/queues` (scope `admin`): per queue, its waiting and running
+/// entries, the age of its oldest waiting one, the live workers serving
+/// it, and whether it is paused; queues that live workers serve are listed
+/// even when empty.
+pub async fn queues(
+    State(state): State<AppState>,
+    credentials: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &credentials, Scope::Admin)?;
+    let now = Timestamp::now();
+    let mut overview = state.queue.queue_overview().await?;
+    let live: Vec<jobwire_core::WorkerInfo> = state
+        .queue
+        .workers()
+        .await?
+        .into_iter()
+        .filter(|w| w.is_live(now))
+        .collect();
+    for name in live.iter().flat_map(|w| &w.queues) {
+        if !overview.iter().any(|q| &q.name == name) {
+            overview.push(jobwire_core::QueueOverview {
+                name: name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    overview.sort_by(|a, b| a.name.cmp(&b.name));
+    let queues: Vec<Value> = overview
+        .into_iter()
+        .map(|q| {
+            let workers: Vec<&str> = live
+                .iter()
+                .filter(|w| w.queues.contains(&q.name))
+                .map(|w| w.name.as_str())
+                .collect();
+            json!({
+                "name": q.name,
+                "waiting": q.waiting,
+                "running": q.running,
+                "oldest_waiting_age_ms": q.oldest_waiting
+                    .map(|t| (now.unix_millis() - t.unix_millis()).max(0)),
+                "workers": workers,
+                "paused": q.paused,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "queues": queues })))
+}
+
 /// `POST /api/queues/{queue}/pause` (scope `admin`): workers stop claiming
 /// from the queue (within about a second); running jobs finish.
 pub async fn pause_queue(

@@ -567,6 +567,26 @@ async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
         job["status"] == "queued" && job["waiting"] == "queue \"demo\" is paused",
         "{job}"
     );
+    // The overview: `demo` paused with the job waiting, served by dev's worker.
+    let out = as_admin(&["queues", "--json"])?;
+    let queues: Value = serde_json::from_slice(&out.stdout)?;
+    let demo = queues
+        .as_array()
+        .and_then(|all| all.iter().find(|q| q["name"] == "demo"))
+        .context("no demo queue")?;
+    ensure!(
+        demo["paused"] == true
+            && demo["waiting"] == 1
+            && demo["workers"].as_array().map(Vec::len) == Some(1),
+        "{queues}"
+    );
+    let table = String::from_utf8_lossy(&as_admin(&["queues"])?.stdout).into_owned();
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with("demo") && l.contains("paused")),
+        "{table}"
+    );
     ensure!(as_admin(&["queues", "resume", "demo"])?.status.success());
     let out = jobwire(&server, &["watch", &id])?;
     ensure!(out.status.success(), "{out:?}");

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::backend::{
-    BackendError, Claim, JobQueue, QueueStats, Queues, Result, WorkerInfo, FORGET_WORKERS_AFTER,
+    BackendError, Claim, JobQueue, QueueOverview, QueueStats, Queues, Result, WorkerInfo,
+    FORGET_WORKERS_AFTER,
 };
 use crate::ids::{JobId, Timestamp};
 use crate::job::{lowest_first, priority_order, JobState, JobStatus, MAX_PRIORITY};
@@ -46,6 +47,7 @@ struct Entry {
     kind: String,
     queue: String,
     priority: u8,
+    queued_at: Timestamp,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Queue {
             kind: job.kind.clone(),
             queue: job.queue().to_owned(),
             priority: job.priority.min(MAX_PRIORITY),
+            queued_at: Timestamp::now(),
         });
     }
 
@@ -241,6 +244,34 @@ impl Queue {
         taken
     }
 
+    fn overview(&self) -> Vec<QueueOverview> {
+        let mut by_name: BTreeMap<&str, QueueOverview> = BTreeMap::new();
+        let at = |name: &str| -> QueueOverview {
+            QueueOverview {
+                name: name.to_owned(),
+                paused: self.paused.contains(name),
+                ..QueueOverview::default()
+            }
+        };
+        for (name, lanes) in &self.waiting {
+            let q = by_name.entry(name).or_insert_with(|| at(name));
+            for entry in lanes.iter().flatten() {
+                q.waiting += 1;
+                if q.oldest_waiting.is_none_or(|t| entry.queued_at < t) {
+                    q.oldest_waiting = Some(entry.queued_at);
+                }
+            }
+        }
+        for lease in self.pending.values() {
+            let name = lease.entry.queue.as_str();
+            by_name.entry(name).or_insert_with(|| at(name)).running += 1;
+        }
+        for name in &self.paused {
+            by_name.entry(name).or_insert_with(|| at(name));
+        }
+        by_name.into_values().collect()
+    }
+
     pub(super) fn stats(&self) -> QueueStats {
         QueueStats {
             waiting: self
@@ -320,6 +351,10 @@ impl JobQueue for MemoryBackend {
 
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         Ok(self.queue().due(now, max))
+    }
+
+    async fn queue_overview(&self) -> Result<Vec<QueueOverview>> {
+        Ok(self.queue().overview())
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -98,6 +98,7 @@ macro_rules! backend_conformance_tests {
             retry_after_a_backoff_waits_on_the_schedule,
             the_worker_registry_shows_live_and_gone_workers,
             a_paused_queue_is_passed_by_until_resumed,
+            the_queue_overview_counts_each_queue,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -262,3 +262,41 @@ pub async fn a_paused_queue_is_passed_by_until_resumed(f: &dyn BackendFactory) -
     );
     Ok(())
 }
+
+/// The queue overview counts each queue's waiting (all priorities) and
+/// running entries, knows its oldest waiting entry, and lists paused
+/// queues even when empty.
+pub async fn the_queue_overview_counts_each_queue(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let before = Timestamp::now();
+    for p in [1, 5, 9] {
+        b.create_job(
+            NewJob::new("demo", json!({}), "alice")
+                .in_queue("mail")
+                .at_priority(p),
+        )
+        .await?;
+    }
+    b.create_job(NewJob::new("demo", json!({}), "alice").in_queue("pdf"))
+        .await?;
+    b.claim("w", &["mail".to_owned()], 1, Duration::ZERO)
+        .await?;
+    b.set_paused("idle", true).await?;
+    let overview = b.queue_overview().await?;
+    let names: Vec<&str> = overview.iter().map(|q| q.name.as_str()).collect();
+    ensure!(names == ["idle", "mail", "pdf"], "{overview:?}");
+    let (idle, mail, pdf) = (&overview[0], &overview[1], &overview[2]);
+    ensure!(idle.paused && idle.waiting == 0 && idle.oldest_waiting.is_none());
+    ensure!(
+        mail.waiting == 2 && mail.running == 1 && !mail.paused,
+        "{mail:?}"
+    );
+    ensure!(pdf.waiting == 1 && pdf.running == 0, "{pdf:?}");
+    let oldest = mail.oldest_waiting.context("no oldest")?;
+    ensure!(
+        oldest.unix_millis() >= before.unix_millis() - 1 && oldest <= Timestamp::now(),
+        "{oldest}"
+    );
+    Ok(())
+}

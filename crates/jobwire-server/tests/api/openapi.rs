@@ -19,6 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/jobs/{id}/events"),
     ("get", "/api/jobs/{id}/stream"),
     ("get", "/api/workers"),
+    ("get", "/api/queues"),
     ("post", "/api/queues/{queue}/pause"),
     ("post", "/api/queues/{queue}/resume"),
     ("get", "/ws/jobs"),
