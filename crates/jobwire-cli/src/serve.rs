@@ -75,10 +75,17 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     flags.jwt_secret = Some(secret.clone());
     let auth = build_auth(&flags.auth_config()?)?;
     worker::check(&args.worker)?;
+    // `dev` is one person's machine: its token may do everything, the
+    // operations commands (`jobwire workers`, `jobwire queues`) included.
     let token = mint_token(
         &secret,
         "dev",
-        &[Scope::JobsRead, Scope::JobsWrite, Scope::Worker],
+        &[
+            Scope::JobsRead,
+            Scope::JobsWrite,
+            Scope::Worker,
+            Scope::Admin,
+        ],
         Duration::from_secs(7 * 24 * 3600),
     )
     .map_err(|e| Failure::Runtime(anyhow!("minting the dev token: {e}")))?;
