@@ -583,6 +583,22 @@ pub(crate) struct JobsArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// The failed jobs to retry.
+    #[arg(
+        value_name = "JOB_ID",
+        required_unless_present = "all_failed",
+        conflicts_with = "all_failed"
+    )]
+    pub(crate) jobs: Vec<String>,
+    /// Every failed job (of every user).
+    #[arg(long)]
+    pub(crate) all_failed: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct WorkersArgs {
     /// Print the registry as JSON.
     #[arg(long)]

@@ -8,7 +8,8 @@ use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSo
 use serde_json::{Map, Value};
 
 use crate::config::{
-    CancelArgs, ClientFlags, JobsArgs, QueuesArgs, QueuesCommand, SubmitArgs, WorkersArgs,
+    CancelArgs, ClientFlags, JobsArgs, QueuesArgs, QueuesCommand, RetryArgs, SubmitArgs,
+    WorkersArgs,
 };
 use crate::{watch, Failure};
 
@@ -202,6 +203,55 @@ pub(crate) async fn workers(args: WorkersArgs) -> Result<(), Failure> {
             info.last_seen,
             info.queues.join(",")
         );
+    }
+    Ok(())
+}
+
+/// `jobwire retry JOB_ID...|--all-failed`: one line per job; exit 1 if
+/// any could not be retried.
+pub(crate) async fn retry(args: RetryArgs) -> Result<(), Failure> {
+    let client = client(&args.client)?;
+    let ids = if args.all_failed {
+        let mut ids = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = client
+                .list_jobs(&ListOptions {
+                    status: Some(JobStatus::Failed),
+                    limit: Some(200),
+                    cursor: cursor.take(),
+                })
+                .await
+                .map_err(failed)?;
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        ids
+    } else {
+        job_ids(&args.jobs)?
+    };
+    if ids.is_empty() {
+        println!("no failed jobs");
+        return Ok(());
+    }
+    let mut refused = 0;
+    for id in &ids {
+        match client.retry(id).await {
+            Ok(job) => println!("{id}: retried (attempt {})", job.attempt),
+            Err(e) => {
+                refused += 1;
+                eprintln!("jobwire: {id}: {e}");
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(Failure::Runtime(anyhow!(
+            "{refused} of {} jobs were not retried",
+            ids.len()
+        )));
     }
     Ok(())
 }

@@ -57,6 +57,8 @@ enum Command {
     /// The workers in the registry: live or gone, their queues and jobs
     /// (admin token).
     Workers(config::WorkersArgs),
+    /// Retry failed jobs: a new attempt on the same job (admin token).
+    Retry(config::RetryArgs),
     /// The queues at a glance; `pause` or `resume` one (admin token).
     Queues(config::QueuesArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
             Command::Cancel(args) => jobs::cancel(args).await,
             Command::Workers(args) => jobs::workers(args).await,
             Command::Queues(args) => jobs::queues(args).await,
+            Command::Retry(args) => jobs::retry(args).await,
             Command::Token(args) => config::token(args),
         }
     });

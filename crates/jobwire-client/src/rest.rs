@@ -263,6 +263,16 @@ impl Client {
         Ok(reply.queues)
     }
 
+    /// `POST /api/jobs/{id}/retry` (scope `admin`): a new attempt for a
+    /// failed job; the job, now scheduled.
+    ///
+    /// # Errors
+    /// `conflict` for a job that has not failed; `forbidden` without admin.
+    pub async fn retry(&self, id: &JobId) -> Result<JobState, ClientError> {
+        self.call(Method::POST, &format!("/api/jobs/{id}/retry"), None)
+            .await
+    }
+
     /// `POST /api/queues/{queue}/pause` or `/resume` (scope `admin`).
     ///
     /// # Errors

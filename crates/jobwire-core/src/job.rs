@@ -43,7 +43,9 @@ impl JobStatus {
         JobStatus::Cancelled,
     ];
 
-    /// Completed, failed and cancelled jobs never change again.
+    /// Completed, failed and cancelled jobs have ended: nothing changes
+    /// them again, but an operator's retry of a failed job
+    /// (`failed → scheduled`).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -63,6 +65,7 @@ impl JobStatus {
         matches!(
             (self, to),
             (Scheduled, Queued)
+                | (Failed, Scheduled)
                 | (Scheduled, Cancelled)
                 | (Scheduled, Failed)
                 | (Queued, Scheduled)
@@ -394,10 +397,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn terminal_statuses_go_nowhere() {
+    fn terminal_statuses_go_nowhere_but_a_failed_job_retried() {
         for from in JobStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in JobStatus::ALL {
-                assert!(!from.can_become(to), "{from} -> {to} allowed");
+                let retry = (from, to) == (JobStatus::Failed, JobStatus::Scheduled);
+                assert_eq!(from.can_become(to), retry, "{from} -> {to}");
             }
         }
     }

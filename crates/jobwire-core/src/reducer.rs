@@ -225,7 +225,14 @@ pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), R
                 Some(_) => JobStatus::Scheduled,
                 None => JobStatus::Queued,
             };
-            require(matches!(from, JobStatus::Queued | JobStatus::Running))?;
+            // A failed job is retried by hand (an operator's retry): only
+            // through the schedule, so `job_queued` follows.
+            let by_hand = from == JobStatus::Failed && retry_at.is_some();
+            require(matches!(from, JobStatus::Queued | JobStatus::Running) || by_hand)?;
+            if by_hand {
+                next.finished_at = None;
+                next.expires_at = None;
+            }
             // A new attempt starts from scratch: counters of the dead attempt
             // would otherwise be counted twice.
             next.status = to;
@@ -439,6 +446,18 @@ mod tests {
         assert!(apply(&s, &again).is_err(), "a scheduled job is not retried");
         let bad = event(&s, EventType::JobCancelled, json!({}));
         assert_eq!(apply(&s, &bad).map(|s| s.status), Ok(JobStatus::Cancelled));
+        // A failed job retried by hand goes back on the schedule.
+        let failed = apply(&s, &event(&s, EventType::JobQueued, json!({}))).expect("queued");
+        let failed = apply(&failed, &event(&failed, EventType::JobFailed, json!({}))).expect("ok");
+        let plain = event(&failed, EventType::JobRetrying, json!({}));
+        assert!(
+            apply(&failed, &plain).is_err(),
+            "retried without the schedule"
+        );
+        let by_hand = json!({"retry_at": "2030-01-01T00:00:00Z"});
+        let again = apply(&failed, &event(&failed, EventType::JobRetrying, by_hand)).expect("ok");
+        assert_eq!((again.status, again.attempt), (JobStatus::Scheduled, 3));
+        assert_eq!((again.finished_at, again.expires_at), (None, None));
         let bad_time = event(&s, EventType::JobQueued, json!({"run_at": "tomorrow"}));
         assert!(
             apply(&s, &bad_time).is_ok(),
@@ -499,7 +518,12 @@ mod tests {
                 match apply(&s, &ev) {
                     Ok(next) => {
                         prop_assert!(s.status.can_become(next.status) || s.status == next.status);
-                        prop_assert!(!s.status.is_terminal());
+                        // Nothing leaves a terminal status but an operator's
+                        // retry of a failed job.
+                        prop_assert!(
+                            !s.status.is_terminal()
+                                || (s.status == JobStatus::Failed && ev.kind == EventType::JobRetrying)
+                        );
                         prop_assert_eq!(next.last_event_id, s.last_event_id.next());
                         prop_assert!((0.0..=100.0).contains(&next.progress));
                         let mut enriched = ev.clone();

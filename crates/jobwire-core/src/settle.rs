@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::backend::{BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result};
 use crate::event::{EventType, NewEvent};
-use crate::ids::Timestamp;
+use crate::ids::{JobId, Timestamp};
 use crate::job::{JobState, JobStatus};
 
 /// Decides the fate of a queue entry that `consumer` just took over because
@@ -183,6 +183,39 @@ pub async fn promote_due(
 
 /// Promotions [`promote_due`] keeps in flight.
 pub const PROMOTE_IN_FLIGHT: usize = 32;
+
+/// An operator's retry of a failed job: a new attempt on the same job (its
+/// ids continue), through the schedule: `job_retrying` now, then
+/// `job_queued` from the promoter. `by` says who asked (it is in the
+/// event's `reason`).
+///
+/// # Errors
+/// [`BackendError::Invalid`] when the job has not failed (or was retried
+/// meanwhile); backend errors.
+pub async fn retry_failed(store: &dyn JobStore, job: &JobId, by: &str) -> Result<JobState> {
+    let state = store.job(job).await?;
+    if state.status != JobStatus::Failed {
+        return Err(BackendError::Invalid(format!(
+            "only a failed job can be retried; job {job} is {}",
+            state.status
+        )));
+    }
+    let retry = NewEvent::new(
+        EventType::JobRetrying,
+        json!({
+            "reason": format!("retried by {by} after it failed"),
+            "retry_at": Timestamp::now().to_string(),
+            "previous_attempt": state.attempt,
+        }),
+    );
+    match store.publish(job, &[retry]).await {
+        Ok(_) => store.job(job).await,
+        Err(BackendError::Rejected { .. }) => Err(BackendError::Invalid(format!(
+            "job {job} was retried or changed meanwhile"
+        ))),
+        Err(e) => Err(e),
+    }
+}
 
 /// How often [`keep_promoting`] looks for scheduled jobs whose time came: a
 /// delayed job is queued at most about this long after its time.

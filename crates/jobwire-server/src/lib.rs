@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
             get(routes::get_job).delete(routes::delete_job),
         )
         .route("/api/jobs/{id}/cancel", post(routes::cancel_job))
+        .route("/api/jobs/{id}/retry", post(routes::retry_job))
         .route(
             "/api/jobs/{id}/events",
             get(routes::history).post(routes::publish),

@@ -446,6 +446,25 @@ pub async fn cancel_job(
         .into_response())
 }
 
+/// `POST /api/jobs/{id}/retry` (scope `admin`): a failed job gets a new
+/// attempt (`job_retrying`, then `job_queued`; ids continue). 409 for a
+/// job that has not failed.
+pub async fn retry_job(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let principal = caller(&state, &credentials, Scope::Admin)?;
+    let id = job_id(&id)?;
+    match jobwire_core::settle::retry_failed(state.store.as_ref(), &id, &principal.user).await {
+        Ok(job) => Ok((StatusCode::ACCEPTED, Json(job)).into_response()),
+        Err(jobwire_core::BackendError::Invalid(message)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "conflict", message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `DELETE /api/jobs/{id}`.
 pub async fn delete_job(
     State(state): State<AppState>,

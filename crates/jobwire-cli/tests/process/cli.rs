@@ -593,3 +593,91 @@ async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
     ensure!(get().await?["status"] == "completed");
     Ok(())
 }
+
+/// `jobwire retry JOB_ID` (dev's token is admin): a failed job gets a new
+/// attempt on the same job, its ids continuing (`job_failed`,
+/// `job_retrying`, `job_queued`, `job_started` …); a job that has not
+/// failed is refused; `--all-failed` retries every failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
+    let server = dev(&[]).await?;
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "root",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    let as_admin = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
+            .args(args)
+            .env_clear()
+            .env("JOBWIRE_URL", server.url(""))
+            .env("JOBWIRE_TOKEN", &admin)
+            .output()?)
+    };
+    let failing = [
+        "submit",
+        "demo",
+        "-p",
+        "steps=2",
+        "-p",
+        "delay_ms=1",
+        "-p",
+        "fail_at=2",
+    ];
+    let out = jobwire(&server, &failing)?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    exits_with(&jobwire(&server, &["watch", &id])?, 1, "failed")?;
+    exits_with(&jobwire(&server, &["retry", &id])?, 1, "admin")?;
+    let out = as_admin(&["retry", &id])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("attempt 2"),
+        "{out:?}"
+    );
+    // It runs again (and fails again: fail_at is deterministic).
+    exits_with(&jobwire(&server, &["watch", &id])?, 1, "failed")?;
+    let history: Value = reqwest::Client::new()
+        .get(server.url(&format!("/api/jobs/{id}/events")))
+        .bearer_auth(token())
+        .send()
+        .await?
+        .json()
+        .await?;
+    let events = history["events"].as_array().context("no events")?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    let failed_at = kinds
+        .iter()
+        .position(|k| *k == "job_failed")
+        .context("no failure")?;
+    ensure!(
+        kinds[failed_at + 1..].starts_with(&["job_retrying", "job_queued", "job_started"]),
+        "{kinds:?}"
+    );
+    let ids: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
+    ensure!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+
+    let done = jobwire(
+        &server,
+        &[
+            "submit",
+            "demo",
+            "-p",
+            "steps=1",
+            "-p",
+            "delay_ms=1",
+            "--watch",
+        ],
+    )?;
+    ensure!(done.status.success(), "{done:?}");
+    let completed = lines(&done)?
+        .first()
+        .and_then(|l| l["job_id"].as_str().or(l["id"].as_str()).map(str::to_owned))
+        .context("no job id")?;
+    exits_with(&as_admin(&["retry", &completed])?, 1, "only a failed job")?;
+    let out = as_admin(&["retry", "--all-failed"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&id),
+        "{out:?}"
+    );
+    Ok(())
+}

@@ -99,6 +99,7 @@ macro_rules! backend_conformance_tests {
             the_worker_registry_shows_live_and_gone_workers,
             a_paused_queue_is_passed_by_until_resumed,
             the_queue_overview_counts_each_queue,
+            a_failed_job_is_retried_by_hand,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -300,3 +300,59 @@ pub async fn the_queue_overview_counts_each_queue(f: &dyn BackendFactory) -> Res
     );
     Ok(())
 }
+
+/// An operator's retry of a failed job: a new attempt on the same job,
+/// `job_retrying` then (promoted) `job_queued`, ids continuing; the job no
+/// longer expires with the retention, counts as unfinished again, and is
+/// claimed again. Only a failed job can be retried.
+pub async fn a_failed_job_is_retried_by_hand(f: &dyn BackendFactory) -> Result<()> {
+    let t = f
+        .create(BackendConfig {
+            retention: Duration::from_millis(300),
+            ..small_config()
+        })
+        .await?;
+    let b = t.backend.as_ref();
+    let (job, claim) = claimed_and_started(b, "w1").await?;
+    b.publish(
+        &job.id,
+        &[NewEvent::new(EventType::JobFailed, json!({"error": "boom"})).fenced(1, 2)],
+    )
+    .await?;
+    b.ack(&claim.entry).await?;
+    ensure!(b.unfinished_jobs("alice").await? == 0);
+    let retried = crate::settle::retry_failed(b, &job.id, "root").await?;
+    ensure!(
+        retried.status == JobStatus::Scheduled
+            && retried.attempt == 2
+            && retried.expires_at.is_none(),
+        "{retried:?}"
+    );
+    ensure!(b.unfinished_jobs("alice").await? == 1);
+    let again = crate::settle::retry_failed(b, &job.id, "root").await;
+    ensure!(
+        matches!(again, Err(BackendError::Invalid(_))),
+        "retried twice: {again:?}"
+    );
+    // Past the retention it would have expired: it is kept.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(promote_due(b, b, Timestamp::now(), 10).await? == 1);
+    let events = all_events(b, &job.id).await?;
+    assert_consecutive(&events, 1)?;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    ensure!(
+        kinds
+            == [
+                "job_queued",
+                "job_started",
+                "job_failed",
+                "job_retrying",
+                "job_queued"
+            ],
+        "{kinds:?}"
+    );
+    let claim = claim_one(b, "w2").await?;
+    ensure!(claim.job_id == job.id);
+    ensure!(b.job(&job.id).await?.status == JobStatus::Queued);
+    Ok(())
+}

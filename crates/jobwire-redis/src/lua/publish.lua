@@ -95,6 +95,16 @@ if n > 0 then
       redis.call('HINCRBY', KEYS[4], head[3], -1)
     end
     redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+    if not was_open and open[ARGV[6]] then
+      -- A failed job retried by hand: unfinished again, and kept until it
+      -- ends anew.
+      local owner = redis.call('HGET', KEYS[1], 'owner')
+      if owner then
+        redis.call('HINCRBY', KEYS[5], owner, 1)
+      end
+      redis.call('PERSIST', KEYS[1])
+      redis.call('PERSIST', KEYS[2])
+    end
     if was_open and not open[ARGV[6]] then
       -- A finished job frees its unique key (create.lua; same slot).
       local unique = redis.call('HGET', KEYS[1], 'unique')

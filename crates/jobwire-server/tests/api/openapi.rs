@@ -15,6 +15,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}"),
     ("delete", "/api/jobs/{id}"),
     ("post", "/api/jobs/{id}/cancel"),
+    ("post", "/api/jobs/{id}/retry"),
     ("get", "/api/jobs/{id}/events"),
     ("post", "/api/jobs/{id}/events"),
     ("get", "/api/jobs/{id}/stream"),
