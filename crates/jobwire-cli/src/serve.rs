@@ -115,24 +115,29 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
         worker_flags.shutdown_timeout = worker_flags.shutdown_timeout.min(Duration::from_secs(1));
     }
     let workers = worker::build(Arc::clone(&backend), &worker_flags)?;
-    println!(
-        "jobwire dev is running: jobs kept {store}, {} workers in this process",
-        workers.config().concurrency
+    let concurrency = workers.config().concurrency;
+    let banner = format!(
+        "jobwire dev is running: jobs kept {store}, {concurrency} workers in this process
+
+  Open the web UI (signed in as \"dev\"):
+    http://{addr}/#token={token}
+
+  Or from another terminal:
+    export JOBWIRE_TOKEN={token} JOBWIRE_URL=http://{addr}
+    jobwire submit demo --param steps=50 --watch      # cargo run --release -- submit ...
+    jobwire submit scan --param path=. --watch
+    jobwire token --sub alice      # more tokens ({secret_note})
+
+  API http://{addr}/api/jobs · metrics http://{addr}/metrics · docs/protocol.md
+  Press Ctrl-C to stop."
     );
-    println!();
-    println!("  Open the web UI (signed in as \"dev\"):");
-    println!("    http://{addr}/#token={token}");
-    println!();
-    println!("  Or from another terminal:");
-    println!("    export JOBWIRE_TOKEN={token} JOBWIRE_URL=http://{addr}");
-    println!(
-        "    jobwire submit demo --param steps=50 --watch      # cargo run --release -- submit ..."
-    );
-    println!("    jobwire submit scan --param path=. --watch");
-    println!("    jobwire token --sub alice      # more tokens ({secret_note})");
-    println!();
-    println!("  API http://{addr}/api/jobs · metrics http://{addr}/metrics · docs/protocol.md");
-    println!("  Press Ctrl-C to stop.");
+    // Not `println!`: a closed stdout (`jobwire dev | head -3`, a reader
+    // that went away) must not take the server down with a panic.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
+    }
     let working = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { workers.run(shutdown).await }

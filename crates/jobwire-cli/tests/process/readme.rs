@@ -62,11 +62,11 @@ fn start_dev(home: &Path, cwd: &Path, path: &str) -> Result<Dev> {
     let stdout = child.stdout.take().context("no stdout")?;
     // The output is read on a thread: `dev` prints once, then runs.
     let (tx, rx) = std::sync::mpsc::channel();
+    // It keeps reading after the test stopped listening, as a terminal
+    // would (`dev` itself survives a closed stdout: `dev_survives_...`).
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -250,6 +250,43 @@ async fn the_readme_terminal_section_works_as_written() -> Result<()> {
         "{}",
         text(&out)
     );
+    Ok(())
+}
+
+/// `jobwire dev | true`: dev keeps serving when its stdout is closed
+/// before it prints (printing its banner into a closed pipe once panicked
+/// and killed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_survives_a_closed_stdout() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let port = jobwire_testkit::free_port()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .arg("dev")
+        .env_clear()
+        .env("HOME", home.path())
+        .env("JOBWIRE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // The reading end goes away at once: every write of dev's fails.
+    drop(child.stdout.take());
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            break r.status().as_u16() == 200;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let alive = child.try_wait()?.is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure!(served && alive, "dev died when its stdout was closed");
     Ok(())
 }
 
