@@ -28,6 +28,22 @@ async fn dev(env: &[(&str, String)]) -> Result<Jobwire> {
     Ok(server)
 }
 
+/// `jobwire ARGS` against `server` with a token of the `admin` scope only.
+fn as_admin(server: &Jobwire, args: &[&str]) -> Result<Output> {
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "root",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(args)
+        .env_clear()
+        .env("JOBWIRE_URL", server.url(""))
+        .env("JOBWIRE_TOKEN", admin)
+        .output()?)
+}
+
 /// The command exited with `code` and said `text` on stderr.
 fn exits_with(out: &Output, code: i32, text: &str) -> Result<()> {
     ensure!(out.status.code() == Some(code), "{out:?}");
@@ -495,18 +511,7 @@ async fn submit_with_retries_delays_and_priorities() -> Result<()> {
     }
     // `dev`'s worker is in the registry; `jobwire workers` needs admin.
     exits_with(&jobwire(&server, &["workers"])?, 1, "admin")?;
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "root",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
-        .args(["workers"])
-        .env_clear()
-        .env("JOBWIRE_URL", server.url(""))
-        .env("JOBWIRE_TOKEN", &admin)
-        .output()?;
+    let out = as_admin(&server, &["workers"])?;
     let table = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success() && table.contains(" live ") && table.contains("demo,scan"),
@@ -526,20 +531,7 @@ async fn submit_with_retries_delays_and_priorities() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
     let server = dev(&[]).await?;
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "root",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    let as_admin = |args: &[&str]| -> Result<Output> {
-        Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
-            .args(args)
-            .env_clear()
-            .env("JOBWIRE_URL", server.url(""))
-            .env("JOBWIRE_TOKEN", &admin)
-            .output()?)
-    };
+    let as_admin = |args: &[&str]| as_admin(&server, args);
     exits_with(&jobwire(&server, &["queues", "pause", "demo"])?, 1, "admin")?;
     exits_with(&as_admin(&["queues", "pause", "a b"])?, 2, "queue name")?;
     let out = as_admin(&["queues", "pause", "demo"])?;
@@ -601,20 +593,7 @@ async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
     let server = dev(&[]).await?;
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "root",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    let as_admin = |args: &[&str]| -> Result<Output> {
-        Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
-            .args(args)
-            .env_clear()
-            .env("JOBWIRE_URL", server.url(""))
-            .env("JOBWIRE_TOKEN", &admin)
-            .output()?)
-    };
+    let as_admin = |args: &[&str]| as_admin(&server, args);
     let failing = [
         "submit",
         "demo",
