@@ -27,6 +27,7 @@ use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, JobStatus, NewJob};
 use crate::publish::PlanError;
 use crate::reducer::ReduceError;
+use crate::schedule::Schedule;
 
 /// Limits shared by every backend; all come from configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -554,9 +555,25 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     async fn workers(&self) -> Result<Vec<WorkerInfo>>;
 }
 
-/// A whole backend: jobs, the live feed and the queue in one store. Each
-/// consumer takes the part it needs (`Arc<dyn Backend>` coerces to
-/// `Arc<dyn JobStore>` and the others).
-pub trait Backend: JobStore + LiveFeed + JobQueue {}
+/// Where cron schedules are kept ([`crate::schedule`]): each whole, under
+/// its name.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + fmt::Debug + 'static {
+    /// Every schedule, by name.
+    async fn schedules(&self) -> Result<Vec<Schedule>>;
 
-impl<T: JobStore + LiveFeed + JobQueue + ?Sized> Backend for T {}
+    /// Stores `schedule` under its name: unconditionally when `expected` is
+    /// `None`; otherwise only if the stored one is still `expected` (a
+    /// compare-and-set). Whether it was stored.
+    async fn put_schedule(&self, schedule: &Schedule, expected: Option<&Schedule>) -> Result<bool>;
+
+    /// Removes a schedule; whether there was one.
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+}
+
+/// A whole backend: jobs, the live feed, the queue and the schedules in one
+/// store. Each consumer takes the part it needs (`Arc<dyn Backend>`
+/// coerces to `Arc<dyn JobStore>` and the others).
+pub trait Backend: JobStore + LiveFeed + JobQueue + ScheduleStore {}
+
+impl<T: JobStore + LiveFeed + JobQueue + ScheduleStore + ?Sized> Backend for T {}

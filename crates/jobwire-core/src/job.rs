@@ -169,6 +169,9 @@ pub struct JobState {
     /// kind.
     #[serde(default, skip_serializing_if = "RetryPolicy::is_unset")]
     pub retry: RetryPolicy,
+    /// The cron schedule and tick that made the job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleTick>,
     /// Cancellation was requested; a running job stops at its next report.
     /// Not part of the event-sourced state: backends fill it in on read.
     #[serde(default)]
@@ -207,6 +210,7 @@ impl JobState {
             priority: new.priority,
             run_at: None,
             retry: new.retry.clone(),
+            schedule: new.schedule.clone(),
             cancel_requested: false,
         }
     }
@@ -328,6 +332,8 @@ pub struct NewJob {
     pub run_at: Option<Timestamp>,
     /// How failed attempts are retried (unset: the worker's policy).
     pub retry: RetryPolicy,
+    /// The cron schedule and tick that made the job, if one did.
+    pub schedule: Option<crate::schedule::ScheduleTick>,
 }
 
 impl NewJob {
@@ -345,6 +351,7 @@ impl NewJob {
             priority: DEFAULT_PRIORITY,
             run_at: None,
             retry: RetryPolicy::default(),
+            schedule: None,
         }
     }
 

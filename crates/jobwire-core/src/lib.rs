@@ -14,6 +14,7 @@
 //! - [`backend`]: the backend traits (`JobStore`, `LiveFeed`, `JobQueue`,
 //!   and `Backend`, all three) and their types.
 //! - [`backoff`]: the one exponential backoff, for every retry loop.
+//! - [`schedule`]: cron schedules, and how their ticks fire exactly once.
 //! - [`settle`]: what happens to a lapsed lease, and how a cancel finishes,
 //!   written once on top of the traits.
 //! - [`memory`]: `MemoryBackend`, the in-process backend.
@@ -30,6 +31,7 @@ pub mod protocol;
 pub mod publish;
 pub mod reducer;
 pub mod retry;
+pub mod schedule;
 pub mod settle;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -37,8 +39,8 @@ pub mod testsuite;
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, Created, EventsAfter, Idempotency,
     JobCounts, JobPage, JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail,
-    PublishOutcome, QueueOverview, QueueStats, Queues, Reclaimed, ResyncReason, StoreHealth,
-    TailFrom, WorkerInfo,
+    PublishOutcome, QueueOverview, QueueStats, Queues, Reclaimed, ResyncReason, ScheduleStore,
+    StoreHealth, TailFrom, WorkerInfo,
 };
 pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};
@@ -47,3 +49,4 @@ pub use job::{check_queue_name, JobState, JobStatus, NewJob};
 pub use memory::MemoryBackend;
 pub use protocol::{ClientFrame, Control, Refusal, Resume, ServerMessage};
 pub use retry::{RetryBackoff, RetryPolicy};
+pub use schedule::{Schedule, ScheduleTick};

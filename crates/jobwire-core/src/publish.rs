@@ -202,6 +202,12 @@ pub fn plan_create(
     if let Some(at) = new.run_at {
         data.insert("run_at".into(), serde_json::Value::from(at.to_string()));
     }
+    if let Some(tick) = &new.schedule {
+        data.insert(
+            "schedule".into(),
+            serde_json::json!({"name": tick.name, "tick": tick.tick.to_string()}),
+        );
+    }
     let id = EventId::ZERO.next();
     apply_in_place(
         &mut state,

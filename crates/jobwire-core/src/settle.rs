@@ -6,7 +6,9 @@
 
 use serde_json::json;
 
-use crate::backend::{BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result};
+use crate::backend::{
+    BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result, ScheduleStore,
+};
 use crate::event::{EventType, NewEvent};
 use crate::ids::{JobId, Timestamp};
 use crate::job::{JobState, JobStatus};
@@ -223,29 +225,46 @@ pub const PROMOTE_EVERY: std::time::Duration = std::time::Duration::from_millis(
 /// Scheduled jobs promoted per round at most.
 pub const PROMOTE_BATCH: usize = 1_000;
 
-/// Runs [`promote_due`] every [`PROMOTE_EVERY`] (at once again after a
-/// round that promoted something: more may be due) until the future is
-/// dropped; store outages are waited out with
-/// the one backoff, logged at their start and every doubling. Every worker
-/// and gateway runs one. `promoted` hears how many each round queued.
+/// What one round of [`keep_promoting`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Round {
+    /// Scheduled jobs queued.
+    pub promoted: usize,
+    /// Cron ticks fired or passed over.
+    pub fired: crate::schedule::Fired,
+}
+
+/// Fires the cron schedules whose tick came ([`crate::schedule::fire_due`])
+/// and runs [`promote_due`], every [`PROMOTE_EVERY`] (at once again after a
+/// round that promoted something: more may be due), until the future is
+/// dropped; store outages are waited out with the one backoff, logged at
+/// their start and every doubling. Every worker and gateway runs one.
+/// `report` hears what each round did.
 pub async fn keep_promoting(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
-    promoted: impl Fn(usize) + Send,
+    schedules: &dyn ScheduleStore,
+    report: impl Fn(Round) + Send,
 ) {
     let mut backoff = crate::Backoff::new(
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(5),
     );
     loop {
-        let wait = match promote_due(store, queue, Timestamp::now(), PROMOTE_BATCH).await {
-            Ok(n) => {
+        let now = Timestamp::now();
+        let round = async {
+            let fired = crate::schedule::fire_due(store, schedules, now).await?;
+            let promoted = promote_due(store, queue, now, PROMOTE_BATCH).await?;
+            Ok::<_, BackendError>(Round { promoted, fired })
+        };
+        let wait = match round.await {
+            Ok(round) => {
                 let failures = backoff.reset();
                 if failures > 0 {
                     tracing::info!(failures, "queueing scheduled jobs again");
                 }
-                promoted(n);
-                if n > 0 {
+                report(round);
+                if round.promoted > 0 {
                     continue;
                 }
                 PROMOTE_EVERY
@@ -254,7 +273,7 @@ pub async fn keep_promoting(
                 let wait = backoff.failed();
                 if backoff.worth_logging() {
                     tracing::warn!(failures = backoff.failures(), error = %e,
-                        "cannot queue scheduled jobs; retrying");
+                        "cannot queue scheduled jobs or fire schedules; retrying");
                 }
                 wait
             }

@@ -132,18 +132,7 @@ impl RedisBackend {
                 cancel: is_set(cancel),
             }),
             [Value::Int(code @ (2 | 3)), seq, state, last_n, _cancel] => {
-                let state: JobState = from_json(state)?;
-                let seq = parse_u64(seq)?;
-                if state.last_event_id.0 != seq {
-                    return Err(BackendError::Data(format!(
-                        "job {job}: state is at event {} but the sequence at {seq}",
-                        state.last_event_id
-                    )));
-                }
-                let head = Box::new(LogHead {
-                    state,
-                    last_n: parse_u64(last_n)?,
-                });
+                let head = Box::new(parse_head(job, seq, state, last_n)?);
                 Ok(if *code == 2 {
                     PublishReply::Moved { head }
                 } else {
@@ -242,7 +231,7 @@ impl RedisBackend {
     /// set (and `wait`), a `WAIT` follows it on the same connection, in the
     /// same pipeline (so on a cluster it goes to the same master), and the
     /// write counts only once that many replicas have it.
-    async fn write<T: redis::FromRedisValue>(
+    pub(crate) async fn write<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         wait: bool,
@@ -746,6 +735,28 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> BackendError {
     BackendError::Data(format!("unreadable data in Redis: {e}"))
 }
 
-fn unexpected(what: &str, reply: &[Value]) -> BackendError {
+pub(crate) fn unexpected(what: &str, reply: &[Value]) -> BackendError {
     BackendError::Data(format!("unexpected {what} reply from Redis: {reply:?}"))
+}
+
+/// A job's head as the scripts return it (`seq`, `state`, `last_n` of its
+/// hash), checked for agreement.
+pub(crate) fn parse_head(
+    job: &JobId,
+    seq: &Value,
+    state: &Value,
+    last_n: &Value,
+) -> Result<LogHead> {
+    let state: JobState = from_json(state)?;
+    let seq = parse_u64(seq)?;
+    if state.last_event_id.0 != seq {
+        return Err(BackendError::Data(format!(
+            "job {job}: state is at event {} but the sequence at {seq}",
+            state.last_event_id
+        )));
+    }
+    Ok(LogHead {
+        state,
+        last_n: parse_u64(last_n)?,
+    })
 }

@@ -221,6 +221,13 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// The cron schedules (a hash: name → JSON). One key for all, in a slot
+    /// of its own: a schedule belongs to no job's partition, and every
+    /// process reads them all each round.
+    pub(crate) fn schedules(&self) -> String {
+        format!("{}:schedules", self.prefix)
+    }
+
     /// The paused queues (a set).
     pub(crate) fn paused(&self) -> String {
         format!("{}:paused", self.prefix)

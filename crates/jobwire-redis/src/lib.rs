@@ -10,6 +10,7 @@
 //! - `jobs.rs`: create, publish (compare-and-set on the sequence), read,
 //!   history, listing, cancel, delete.
 //! - `queue.rs`: the job queue on a Streams consumer group.
+//! - `schedules.rs`: the cron schedules, one hash.
 //! - `tail.rs`: the live tail over all partition streams.
 //!
 //! # Why publish is planned in Rust
@@ -24,6 +25,7 @@ mod connection;
 mod jobs;
 mod keys;
 mod queue;
+mod schedules;
 mod scripts;
 mod sentinel;
 mod tail;

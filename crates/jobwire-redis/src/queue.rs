@@ -880,13 +880,15 @@ impl JobQueue for RedisBackend {
         Ok(workers)
     }
     /// Per partition (side by side), the due jobs of the partitions whose
-    /// promotion lease this process holds or takes (`lua/due.lua`).
+    /// promotion lease this process holds or takes (`lua/due.lua`). Their
+    /// heads come along into the head cache, so each promotion is one
+    /// compare-and-set.
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
         let keys = &self.shared.keys;
         // An even share each (the earliest of a partition first): `max`
         // over all partitions, not per partition.
         let per_partition = (max / usize::from(keys.partitions()) + 1).clamp(1, DUE_PER_PARTITION);
-        let replies: Vec<Vec<String>> = self
+        let replies: Vec<Vec<Value>> = self
             .per_partition(0..keys.partitions(), |p| {
                 redis::cmd("EVAL")
                     .arg(scripts::DUE)
@@ -897,21 +899,35 @@ impl JobQueue for RedisBackend {
                     .arg(per_partition)
                     .arg(&self.shared.publisher)
                     .arg(PROMOTION_LEASE.as_millis() as u64)
+                    .arg(keys.job_prefix(p))
                     .clone()
             })
             .await?;
-        Ok(replies
-            .into_iter()
-            .flatten()
-            .filter_map(|id| match id.parse::<JobId>() {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    tracing::warn!(entry = %id, "ignoring a schedule entry that is not a job id");
-                    None
+        let mut due = Vec::new();
+        for reply in &replies {
+            for entry in reply.chunks(4) {
+                let [id, seq, state, last_n] = entry else {
+                    return Err(crate::jobs::unexpected("due", entry));
+                };
+                let Some(job) = redis::from_redis_value::<String>(id.clone())
+                    .ok()
+                    .and_then(|id| id.parse::<JobId>().ok())
+                else {
+                    tracing::warn!(entry = ?id, "ignoring a schedule entry that is not a job id");
+                    continue;
+                };
+                if *seq != Value::Nil {
+                    // A head that does not parse is left for publish to
+                    // fetch (and report).
+                    if let Ok(head) = crate::jobs::parse_head(&job, seq, state, last_n) {
+                        self.cache_head(&job, Some(head));
+                    }
                 }
-            })
-            .take(max)
-            .collect())
+                due.push(job);
+            }
+        }
+        due.truncate(max);
+        Ok(due)
     }
     async fn drop_due(&self, job: &JobId) -> Result<()> {
         let keys = &self.shared.keys;

@@ -25,6 +25,8 @@ pub(crate) static CLAIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
 pub(crate) static PRUNE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/prune.lua")));
+pub(crate) static PUT_SCHEDULE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/put_schedule.lua")));
 pub(crate) static DROP_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/drop_due.lua")));
 /// Run with EVAL in pipelines (`RedisBackend::due`): small, and pipelines

@@ -8,6 +8,7 @@
 //! - [`credentials`]: where a request's token is found, and the Origin
 //!   rule, for every transport.
 //! - [`routes`]: the REST endpoints, health checks.
+//! - [`schedules`]: the cron schedules' endpoints.
 //! - [`ws`], [`sse`]: the two live transports.
 //! - [`session`]: one connection's subscriptions and the subscribe algorithm
 //!   (the part that makes delivery exact).
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod routes;
+pub mod schedules;
 pub mod served;
 pub mod session;
 pub mod sse;
@@ -46,7 +48,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use jobwire_core::{Backend, JobStore, LiveFeed};
+use jobwire_core::{Backend, JobStore, LiveFeed, ScheduleStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,6 +70,7 @@ impl AppState {
         AppState {
             store: Arc::clone(&backend) as Arc<dyn JobStore>,
             live: Arc::clone(&backend) as Arc<dyn LiveFeed>,
+            schedules: Arc::clone(&backend) as Arc<dyn ScheduleStore>,
             queue: backend,
             hub: Arc::default(),
             auth: Arc::new(auth),
@@ -105,6 +108,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/queues", get(routes::queues))
         .route("/api/queues/{queue}/pause", post(routes::pause_queue))
         .route("/api/queues/{queue}/resume", post(routes::resume_queue))
+        .route("/api/schedules", get(schedules::list).post(schedules::put))
+        .route(
+            "/api/schedules/{name}",
+            axum::routing::delete(schedules::delete),
+        )
+        .route("/api/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/schedules/{name}/resume", post(schedules::resume))
         .route("/ws/jobs", get(ws::many_jobs))
         .route("/ws/jobs/{id}", get(ws::one_job))
         .route("/healthz", get(routes::healthz))
@@ -145,13 +155,21 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         state.tailer.clone(),
         state.shutdown.clone(),
     ));
-    // Scheduled jobs are queued when their time comes by every gateway and
-    // worker (once each: jobwire_core::settle::promote_due), so a job's
-    // status moves on even where its worker is not running yet.
+    // Scheduled jobs are queued when their time comes, and cron schedules
+    // fire, by every gateway and worker (once each: jobwire_core::settle::
+    // promote_due, jobwire_core::schedule::fire_due), so a job's status
+    // moves on even where its worker is not running yet.
     let promoter = {
         let (store, queue) = (state.store.clone(), state.queue.clone());
+        let (schedules, stats) = (state.schedules.clone(), state.stats.clone());
         tokio::spawn(async move {
-            jobwire_core::settle::keep_promoting(store.as_ref(), queue.as_ref(), |_| {}).await;
+            jobwire_core::settle::keep_promoting(
+                store.as_ref(),
+                queue.as_ref(),
+                schedules.as_ref(),
+                |round| stats.record_round(round),
+            )
+            .await;
         })
     };
     let shutdown = state.shutdown.clone();

@@ -122,6 +122,8 @@ pub struct Stats {
     delivery_latency: Arc<Histogram>,
     http_requests: Family<RequestLabels, Counter>,
     published: Family<TypeLabel, Counter>,
+    schedule_fires: Counter,
+    schedule_skips: Counter,
     sampled: Arc<Sampled>,
 }
 
@@ -135,6 +137,8 @@ impl Default for Stats {
         let http_requests = Family::<RequestLabels, Counter>::default();
         let published = Family::<TypeLabel, Counter>::default();
         let sampled = Arc::<Sampled>::default();
+        let schedule_fires = Counter::default();
+        let schedule_skips = Counter::default();
         registry.register(
             "jobwire_connections",
             "Open client connections, by transport",
@@ -165,8 +169,20 @@ impl Default for Stats {
             "Events published through the HTTP API, by type (built-in types; every custom one counts as other)",
             published.clone(),
         );
+        registry.register(
+            "jobwire_schedule_fires",
+            "Jobs this process created for cron schedules' ticks",
+            schedule_fires.clone(),
+        );
+        registry.register(
+            "jobwire_schedule_ticks_skipped",
+            "Cron ticks this process passed over (missed = skip)",
+            schedule_skips.clone(),
+        );
         registry.register_collector(Box::new(Arc::clone(&sampled)));
         Stats {
+            schedule_fires,
+            schedule_skips,
             registry,
             connections,
             messages_sent,
@@ -226,6 +242,12 @@ impl Stats {
     /// `n` messages were written to a client.
     pub fn sent(&self, n: u64) {
         self.messages_sent.inc_by(n);
+    }
+
+    /// What a round of the promoter did (`settle::keep_promoting`).
+    pub fn record_round(&self, round: jobwire_core::settle::Round) {
+        self.schedule_fires.inc_by(round.fired.created as u64);
+        self.schedule_skips.inc_by(round.fired.skipped as u64);
     }
 
     /// A slow consumer was cut off.

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Authenticates a request and checks it holds `scope`.
-fn caller(
+pub(crate) fn caller(
     state: &AppState,
     credentials: &Credentials,
     scope: Scope,
@@ -137,16 +137,20 @@ fn retry_of(req: &CreateJob) -> Result<(jobwire_core::RetryPolicy, u8), ApiError
         ));
     }
     policy.check().map_err(ApiError::unprocessable)?;
-    let priority = match req.priority {
-        None => jobwire_core::job::DEFAULT_PRIORITY,
+    Ok((policy, priority_of(req.priority)?))
+}
+
+/// A requested priority, checked (absent: the default).
+pub(crate) fn priority_of(priority: Option<i64>) -> Result<u8, ApiError> {
+    match priority {
+        None => Ok(jobwire_core::job::DEFAULT_PRIORITY),
         Some(p) => u8::try_from(p)
             .ok()
             .filter(|p| *p <= jobwire_core::job::MAX_PRIORITY)
             .ok_or_else(|| {
                 ApiError::unprocessable(format!("priority must be 0 to 9 (higher first), not {p}"))
-            })?,
-    };
-    Ok((policy, priority))
+            }),
+    }
 }
 
 /// The shortest and longest attempt timeouts accepted.
@@ -197,18 +201,7 @@ pub async fn create_job(
     let timeout = timeout_of(&req)?;
     let run_at = run_at_of(&req)?;
     let (retry, priority) = retry_of(&req)?;
-    let params = match req.params {
-        Value::Null => Value::Object(Map::new()),
-        Value::Object(map) => Value::Object(map),
-        _ => return Err(ApiError::unprocessable("params must be a JSON object")),
-    };
-    let size = params.to_string().len();
-    if size > state.config.max_params_bytes {
-        return Err(ApiError::unprocessable(format!(
-            "params are {size} bytes; at most {} are accepted",
-            state.config.max_params_bytes
-        )));
-    }
+    let params = params_object(&state, req.params)?;
     if req.external {
         if !principal.has(Scope::Worker) {
             return Err(ApiError::forbidden("external jobs need the worker scope"));
@@ -220,14 +213,7 @@ pub async fn create_job(
             )));
         }
     } else {
-        if !state.config.kinds.contains(&req.kind) {
-            return Err(ApiError::unprocessable(format!(
-                "unknown kind {:?}; known kinds: {}",
-                truncated(&req.kind, 64),
-                state.config.kinds.join(", ")
-            )));
-        }
-        check_params(&req.kind, &params)?;
+        known_kind(&state, &req.kind, &params)?;
     }
     if let Err(wait) = state
         .create_rate
@@ -355,8 +341,34 @@ fn idempotency(
     }))
 }
 
-/// Validates the parameters of the built-in kinds (docs/protocol.md).
-fn check_params(kind: &str, params: &Value) -> Result<(), ApiError> {
+/// A job's `params`: an object (absent: empty) of at most the configured
+/// size.
+pub(crate) fn params_object(state: &AppState, params: Value) -> Result<Value, ApiError> {
+    let params = match params {
+        Value::Null => Value::Object(Map::new()),
+        Value::Object(map) => Value::Object(map),
+        _ => return Err(ApiError::unprocessable("params must be a JSON object")),
+    };
+    let size = params.to_string().len();
+    if size > state.config.max_params_bytes {
+        return Err(ApiError::unprocessable(format!(
+            "params are {size} bytes; at most {} are accepted",
+            state.config.max_params_bytes
+        )));
+    }
+    Ok(params)
+}
+
+/// Checks that jobwire's workers know `kind`, and the parameters of the
+/// built-in kinds (docs/protocol.md).
+pub(crate) fn known_kind(state: &AppState, kind: &str, params: &Value) -> Result<(), ApiError> {
+    if !state.config.kinds.iter().any(|k| k == kind) {
+        return Err(ApiError::unprocessable(format!(
+            "unknown kind {:?}; known kinds: {}",
+            truncated(kind, 64),
+            state.config.kinds.join(", ")
+        )));
+    }
     jobwire_core::kinds::check_params(kind, params)
         .map_err(|m| ApiError::unprocessable(format!("{kind}: {m}")))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobwire_core::{JobQueue, JobStore, LiveFeed};
+use jobwire_core::{JobQueue, JobStore, LiveFeed, ScheduleStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -105,8 +105,10 @@ pub struct AppState {
     pub store: Arc<dyn JobStore>,
     /// The live feed the tailer reads.
     pub live: Arc<dyn LiveFeed>,
-    /// The queue, for its gauges.
+    /// The queue: its gauges and the operations API.
     pub queue: Arc<dyn JobQueue>,
+    /// Cron schedules: the operations API, and firing them.
+    pub schedules: Arc<dyn ScheduleStore>,
     pub hub: Arc<Hub>,
     pub auth: Arc<Auth>,
     pub config: Arc<ServerConfig>,

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use jobwire_core::settle::{keep_promoting, settle_all};
 use jobwire_core::{
-    Backend, JobId, JobQueue, JobStore, Reclaimed, RetryPolicy, Timestamp, WorkerInfo,
+    Backend, JobId, JobQueue, JobStore, Reclaimed, RetryPolicy, ScheduleStore, Timestamp,
+    WorkerInfo,
 };
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -212,6 +213,7 @@ impl WorkerBuilder {
                 },
                 permits: Arc::new(Semaphore::new(self.config.concurrency)),
                 store: Arc::clone(&self.backend) as Arc<dyn JobStore>,
+                schedules: Arc::clone(&self.backend) as Arc<dyn ScheduleStore>,
                 queue: self.backend,
                 config: self.config,
                 handlers: self.handlers,
@@ -246,6 +248,8 @@ pub(crate) struct WorkerShared {
     pub(crate) store: Arc<dyn JobStore>,
     /// Queue entries: claims, leases, acks.
     pub(crate) queue: Arc<dyn JobQueue>,
+    /// Cron schedules, fired by every worker and gateway.
+    schedules: Arc<dyn ScheduleStore>,
     pub(crate) config: WorkerConfig,
     pub(crate) handlers: HashMap<String, Arc<dyn Handler>>,
     pub(crate) stats: WorkerStats,
@@ -365,9 +369,16 @@ impl Worker {
         let promoting = Arc::clone(shared);
         let promoter = tokio::spawn(async move {
             let w = &promoting;
-            keep_promoting(w.store.as_ref(), w.queue.as_ref(), |n| {
-                w.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
-            })
+            keep_promoting(
+                w.store.as_ref(),
+                w.queue.as_ref(),
+                w.schedules.as_ref(),
+                |round| {
+                    w.stats
+                        .promoted
+                        .fetch_add(round.promoted as u64, Ordering::Relaxed);
+                },
+            )
             .await;
         });
         let heart = tokio::spawn(heartbeats(Arc::clone(shared)));

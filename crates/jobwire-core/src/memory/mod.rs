@@ -14,6 +14,7 @@
 
 mod live;
 mod queue;
+mod schedules;
 mod store;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -56,6 +57,8 @@ struct Shared {
     /// Idempotency keys and the jobs they made. An async mutex: it is held
     /// across the create it guards (the one exception to the rule above).
     idempotency: tokio::sync::Mutex<Keys>,
+    /// Cron schedules by name (a lock of its own, never held with another).
+    schedules: Mutex<std::collections::BTreeMap<String, crate::schedule::Schedule>>,
 }
 
 /// Idempotency keys and unique keys, and the jobs they name.
@@ -143,6 +146,7 @@ impl MemoryBackend {
                 counts: Mutex::new(JobCounts::default()),
                 unfinished: Mutex::new(HashMap::new()),
                 idempotency: tokio::sync::Mutex::new(Keys::default()),
+                schedules: Mutex::default(),
             }),
         }
     }

@@ -13,6 +13,7 @@
 //! ids are compared as complete sequences, not sampled.
 
 mod create;
+mod cron;
 mod listing;
 mod live;
 mod log;
@@ -20,6 +21,7 @@ mod queue;
 mod schedule;
 
 pub use create::*;
+pub use cron::*;
 pub use listing::*;
 pub use live::*;
 pub use log::*;
@@ -100,6 +102,10 @@ macro_rules! backend_conformance_tests {
             a_paused_queue_is_passed_by_until_resumed,
             the_queue_overview_counts_each_queue,
             a_failed_job_is_retried_by_hand,
+            schedules_are_stored_and_compared_whole,
+            a_cron_tick_fires_once_across_racing_processes,
+            a_lost_advance_makes_no_second_job,
+            missed_ticks_fire_once_or_not_at_all,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
