@@ -637,6 +637,76 @@ pub(crate) struct QueueArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ScheduleArgs {
+    #[command(subcommand)]
+    pub(crate) action: ScheduleCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Create a cron schedule, or replace the one of that name: a job of
+    /// KIND at each tick, exactly once however many gateways and workers
+    /// run.
+    Add(ScheduleAddArgs),
+    /// List the schedules with their next and last ticks.
+    Ls(ScheduleListArgs),
+    /// Delete a schedule (its jobs stay).
+    Rm(ScheduleNameArgs),
+    /// Stop a schedule firing until resumed.
+    Pause(ScheduleNameArgs),
+    /// Fire again, from the first tick after now.
+    Resume(ScheduleNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleAddArgs {
+    /// The schedule's name (letters, digits, '-', '_', '.', ':').
+    pub(crate) name: String,
+    /// When: 5 fields (minute hour day-of-month month day-of-week, e.g.
+    /// "*/5 * * * *"), 6 with seconds first, or @hourly, @daily, @weekly...
+    #[arg(long)]
+    pub(crate) cron: String,
+    /// The IANA time zone the expression is read in (default UTC), e.g.
+    /// Europe/Berlin.
+    #[arg(long)]
+    pub(crate) tz: Option<String>,
+    /// The kind of job each tick creates.
+    pub(crate) kind: String,
+    /// A parameter of the jobs, `key=value` (as for `jobwire submit`).
+    #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+    pub(crate) params: Vec<String>,
+    /// The queue of the jobs (default: the one named after the kind).
+    #[arg(long, value_parser = parse_queue)]
+    pub(crate) queue: Option<String>,
+    /// 0 to 9: within its queue, higher runs first (default 5).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub(crate) priority: Option<u8>,
+    /// Ticks missed while nothing ran: fire `once` for all of them (the
+    /// default), or `skip` them.
+    #[arg(long, value_parser = ["once", "skip"])]
+    pub(crate) missed: Option<String>,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleListArgs {
+    /// Print the schedules as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleNameArgs {
+    /// The schedule.
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct CancelArgs {
     /// The job to cancel.
     #[arg(value_name = "JOB_ID")]

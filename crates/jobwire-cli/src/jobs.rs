@@ -48,7 +48,7 @@ pub(crate) fn job_ids(raw: &[String]) -> Result<Vec<JobId>, Failure> {
 }
 
 /// A client error as a one-line runtime failure.
-fn failed(e: ClientError) -> Failure {
+pub(crate) fn failed(e: ClientError) -> Failure {
     Failure::Runtime(e.into())
 }
 
@@ -97,7 +97,7 @@ pub(crate) async fn submit(args: SubmitArgs) -> Result<(), Failure> {
 }
 
 /// `key=value` pairs; values that parse as JSON are JSON, others strings.
-fn parse_params(raw: &[String]) -> Result<Map<String, Value>, Failure> {
+pub(crate) fn parse_params(raw: &[String]) -> Result<Map<String, Value>, Failure> {
     let mut params = Map::new();
     for pair in raw {
         let (key, value) = pair
@@ -162,7 +162,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 

@@ -7,6 +7,7 @@
 mod config;
 mod dev_secret;
 mod jobs;
+mod schedules;
 mod serve;
 mod store;
 mod telemetry;
@@ -61,6 +62,8 @@ enum Command {
     Retry(config::RetryArgs),
     /// The queues at a glance; `pause` or `resume` one (admin token).
     Queues(config::QueuesArgs),
+    /// Cron schedules: `add`, `ls`, `rm`, `pause`, `resume` (admin token).
+    Schedule(config::ScheduleArgs),
     /// Mint a JWT with the configured secret (for development and scripts).
     Token(config::TokenArgs),
 }
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             Command::Workers(args) => jobs::workers(args).await,
             Command::Queues(args) => jobs::queues(args).await,
             Command::Retry(args) => jobs::retry(args).await,
+            Command::Schedule(args) => schedules::schedule(args).await,
             Command::Token(args) => config::token(args),
         }
     });

@@ -37,10 +37,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use jobwire_core::{Epoch, Event, EventId, EventType, JobId, JobState, JobStatus, Refusal};
+pub use jobwire_core::{
+    Epoch, Event, EventId, EventType, JobId, JobState, JobStatus, Refusal, Schedule,
+};
 pub use rest::{
-    CancelReply, CreateOptions, History, JobPage, ListOptions, PublishEvent, PublishReply,
-    QueueRow, RegisteredWorker, Submitted,
+    CancelReply, CreateOptions, History, JobPage, ListOptions, NewSchedule, PublishEvent,
+    PublishReply, QueueRow, RegisteredWorker, Submitted,
 };
 pub use token::{Provider, TokenSource};
 pub use watch::{ConnectionStatus, Cursor, Watch, WatchEvent};

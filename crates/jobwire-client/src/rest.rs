@@ -5,7 +5,7 @@
 //! elsewhere, even a create). A 401 makes a token provider fetch a fresh
 //! token, and the call is tried once more.
 
-use jobwire_core::{Epoch, Event, EventId, JobId, JobState, JobStatus};
+use jobwire_core::{Epoch, Event, EventId, JobId, JobState, JobStatus, Schedule};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,33 @@ pub struct QueueRow {
 #[derive(Deserialize)]
 struct QueueRows {
     queues: Vec<QueueRow>,
+}
+
+/// The body of `POST /api/schedules`: a cron schedule to create or
+/// replace.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NewSchedule {
+    pub name: String,
+    /// 5 fields (minute first) or 6 (seconds first), or `@hourly` and
+    /// the like.
+    pub cron: String,
+    /// IANA time zone (unset: UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    pub kind: String,
+    pub params: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// `once` (the default) or `skip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Schedules {
+    schedules: Vec<Schedule>,
 }
 
 /// What a cancel did: `cancelled`, `cancel_requested` or `already_finished`.
@@ -283,6 +310,55 @@ impl Client {
             .call(Method::POST, &format!("/api/queues/{queue}/{action}"), None)
             .await?;
         Ok(())
+    }
+
+    /// `GET /api/schedules` (scope `admin`): every cron schedule, by name.
+    ///
+    /// # Errors
+    /// `forbidden` without the admin scope; [`ClientError`] from the network.
+    pub async fn schedules(&self) -> Result<Vec<Schedule>, ClientError> {
+        let reply: Schedules = self.call(Method::GET, "/api/schedules", None).await?;
+        Ok(reply.schedules)
+    }
+
+    /// `POST /api/schedules` (scope `admin`): creates the schedule, or
+    /// replaces the one of that name; it as stored.
+    ///
+    /// # Errors
+    /// `invalid` for a bad name, expression, zone, kind or params.
+    pub async fn put_schedule(&self, schedule: &NewSchedule) -> Result<Schedule, ClientError> {
+        let body =
+            serde_json::to_value(schedule).map_err(|e| ClientError::Config(e.to_string()))?;
+        self.call(Method::POST, "/api/schedules", Some(&body)).await
+    }
+
+    /// `DELETE /api/schedules/{name}` (scope `admin`).
+    ///
+    /// # Errors
+    /// `not_found` when there is no such schedule.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/api/schedules/{name}"), None, &[])
+            .await
+            .map(drop)
+    }
+
+    /// `POST /api/schedules/{name}/pause` or `/resume` (scope `admin`);
+    /// the schedule as it now is.
+    ///
+    /// # Errors
+    /// `not_found` when there is no such schedule.
+    pub async fn set_schedule_paused(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<Schedule, ClientError> {
+        let action = if paused { "pause" } else { "resume" };
+        self.call(
+            Method::POST,
+            &format!("/api/schedules/{name}/{action}"),
+            None,
+        )
+        .await
     }
 
     /// `POST /api/jobs/{id}/cancel`.

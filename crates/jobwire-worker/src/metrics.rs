@@ -69,6 +69,13 @@ impl Collector for Figures {
             None,
             promoted.metric_type(),
         )?)?;
+        let fires = ConstCounter::new(s.schedule_fires);
+        fires.encode(encoder.encode_descriptor(
+            "jobwire_worker_schedule_fires",
+            "Jobs this worker created for cron schedules' ticks",
+            None,
+            fires.metric_type(),
+        )?)?;
         for (name, help, value) in [
             (
                 "jobwire_worker_running_jobs",

@@ -377,6 +377,9 @@ impl Worker {
                     w.stats
                         .promoted
                         .fetch_add(round.promoted as u64, Ordering::Relaxed);
+                    w.stats
+                        .schedule_fires
+                        .fetch_add(round.fired.created as u64, Ordering::Relaxed);
                 },
             )
             .await;
@@ -692,6 +695,8 @@ pub struct WorkerStats {
     pub retried: AtomicU64,
     /// Scheduled jobs this worker queued when their time came.
     pub promoted: AtomicU64,
+    /// Jobs this worker created for cron schedules' ticks.
+    pub schedule_fires: AtomicU64,
     /// Events published by this worker's jobs (lifecycle events included).
     pub events: AtomicU64,
 }
@@ -709,6 +714,7 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     pub retried: u64,
     pub promoted: u64,
+    pub schedule_fires: u64,
     pub events: u64,
 }
 
@@ -726,6 +732,7 @@ impl WorkerStats {
             dead_lettered: get(&self.dead_lettered),
             retried: get(&self.retried),
             promoted: get(&self.promoted),
+            schedule_fires: get(&self.schedule_fires),
             events: get(&self.events),
         }
     }

@@ -8,6 +8,7 @@ mod cluster;
 mod external;
 mod queue_controls;
 mod readme;
+mod schedules;
 mod sentinel;
 mod serve;
 mod worker;
