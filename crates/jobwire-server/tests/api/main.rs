@@ -9,3 +9,4 @@ mod live;
 mod openapi;
 mod recovery;
 mod rest;
+mod schedules;
