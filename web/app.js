@@ -1,6 +1,7 @@
 // The jobwire web UI: a list of your jobs with live progress, a form to
-// start a job, and a job page with the live event log. Plain ES modules, no
-// build step; live updates come from jobwire.js (exact resume across
+// start a job, and a job page with the live event log; for an admin token,
+// the operations pages (queues with throughput, workers, failed jobs,
+// schedules), refreshed every 2 s. Plain ES modules, no build step; live updates come from jobwire.js (exact resume across
 // reconnects). The token comes from the URL fragment (#token=…, as
 // `jobwire dev` prints it) or the sign-in box, and stays in sessionStorage.
 
@@ -109,15 +110,35 @@ function show(id) {
   view = id;
 }
 
+/** Whether the token carries the admin scope (the server decides; this
+ *  only shows the operations pages' links). */
+function isAdmin(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const scope = JSON.parse(atob(payload)).scope || "";
+    return (Array.isArray(scope) ? scope : String(scope).split(" ")).includes("admin");
+  } catch {
+    return false;
+  }
+}
+
+const OPS_PAGES = { queues: openQueues, workers: openWorkers, failed: openFailed, schedules: openSchedules };
+
 function route() {
   takeTokenFromUrl();
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) return signOut();
   if (!client) client = new JobwireClient({ token });
   $("#signout").hidden = false;
+  $("#ops-nav").hidden = !isAdmin(token);
   stopWatch();
+  stopPolling();
   const m = location.hash.match(/^#\/jobs\/([0-9A-Za-z]+)/);
+  const ops = location.hash.match(/^#\/(queues|workers|failed|schedules)\b/);
+  const page = m ? "job" : ops ? ops[1] : "list";
+  for (const a of document.querySelectorAll("#ops-nav a")) a.classList.toggle("current", a.dataset.page === page);
   if (m) return openJob(m[1]);
+  if (ops) return OPS_PAGES[ops[1]]();
   openList();
 }
 
@@ -223,6 +244,216 @@ form.addEventListener("submit", async (e) => {
     apiFailed(err, $("#new-job-error"));
   }
 });
+
+// ---- operations pages (admin) -----------------------------------------------
+
+let poller = null;
+function stopPolling() {
+  clearInterval(poller);
+  poller = null;
+}
+
+/** Shows page `id`, and loads it now and every 2 s while it is shown. */
+function polled(id, load) {
+  show(id);
+  const errorAt = $(`[data-testid=${id}-error]`);
+  const tick = async () => {
+    try {
+      await load();
+      errorAt.textContent = "";
+    } catch (e) {
+      if (view === id) apiFailed(e, errorAt);
+    }
+  };
+  tick();
+  poller = setInterval(() => view === id && tick(), 2000);
+}
+
+const ago = (ms) => {
+  if (ms === null || ms === undefined) return "–";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+};
+const when = (t) => (t ? new Date(t).toLocaleString() : "–");
+const jobLink = (id) => el("a", { href: `#/jobs/${id}` }, el("code", {}, id.slice(-8)));
+const badge = (text) => el("span", { class: `badge ${text}` }, text);
+/** A button that runs `action`, then reloads the page's data. */
+const actionButton = (text, cls, testid, action, reload) =>
+  el("button", {
+    class: cls,
+    "data-testid": testid,
+    onclick: async (e) => {
+      e.target.disabled = true;
+      try {
+        await action();
+      } catch (err) {
+        apiFailed(err, $(`[data-testid=${view}-error]`));
+      }
+      await reload();
+    },
+  }, text);
+
+function openQueues() {
+  const load = async () => {
+    const [queues, minutes] = await Promise.all([client.queues(), client.throughput()]);
+    if (view !== "queues") return;
+    $("[data-testid=queues]").replaceChildren(
+      ...queues.map((q) =>
+        el("tr", { "data-queue": q.name },
+          el("td", {}, el("code", {}, q.name)),
+          el("td", { class: "num", "data-testid": "waiting" }, String(q.waiting)),
+          el("td", { class: "num", "data-testid": "running" }, String(q.running)),
+          el("td", { class: "num" }, ago(q.oldest_waiting_age_ms)),
+          el("td", { title: q.workers.join(", ") }, q.workers.length ? String(q.workers.length) : "none"),
+          el("td", { "data-testid": "state" }, badge(q.paused ? "paused" : "active")),
+          el("td", {}, q.paused
+            ? actionButton("Resume", "quiet", "resume", () => client.setQueuePaused(q.name, false), load)
+            : actionButton("Pause", "danger", "pause", () => client.setQueuePaused(q.name, true), load)),
+        )),
+    );
+    $("#queues-empty").hidden = queues.length > 0;
+    drawThroughput($("[data-testid=throughput]"), minutes);
+  };
+  polled("queues", load);
+}
+
+/** Bars of jobs started and finished per minute (the server keeps an hour). */
+function drawThroughput(box, minutes) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs) => {
+    const node = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    return node;
+  };
+  const W = 720, H = 180, pad = 28, n = 60;
+  const peak = Math.max(1, ...minutes.flatMap((m) => [m.started, m.finished]));
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "jobs started and finished per minute" });
+  const slot = (W - pad) / n;
+  const now = Math.floor(Date.now() / 60000) * 60000;
+  for (const m of minutes) {
+    const i = n - 1 - Math.round((now - Date.parse(m.minute)) / 60000);
+    if (i < 0) continue;
+    const x = pad + i * slot;
+    for (const [k, j] of [["started", 0], ["finished", 1]]) {
+      const h = ((H - 20) * m[k]) / peak;
+      chart.append(svg("rect", { class: k, x: x + j * slot * 0.45, y: H - 16 - h, width: slot * 0.42, height: h, "data-minute": m.minute, "data-count": m[k] }));
+    }
+  }
+  const label = (y, text) => chart.append(Object.assign(svg("text", { x: 0, y }), { textContent: text }));
+  label(10, String(peak));
+  label(H - 16, "0");
+  chart.append(Object.assign(svg("text", { x: pad, y: H - 2 }), { textContent: "60 min ago" }));
+  chart.append(Object.assign(svg("text", { x: W - 30, y: H - 2 }), { textContent: "now" }));
+  const total = (k) => minutes.reduce((sum, m) => sum + m[k], 0);
+  const legend = el("div", { class: "legend" },
+    el("span", {}, el("i", { style: "background: var(--accent)" }), `started (${total("started")})`),
+    el("span", {}, el("i", { style: "background: var(--ok)" }), `finished (${total("finished")})`));
+  box.replaceChildren(chart, legend);
+}
+
+function openWorkers() {
+  polled("workers", async () => {
+    const workers = await client.workers();
+    if (view !== "workers") return;
+    $("[data-testid=workers]").replaceChildren(
+      ...workers.map((w) =>
+        el("tr", { "data-worker": w.name },
+          el("td", {}, el("code", {}, w.name), el("div", { class: "sub" }, `v${w.version}`)),
+          el("td", {}, `${w.host} · ${w.pid}`),
+          el("td", {}, w.queues.join(", ")),
+          el("td", { "data-testid": "worker-running" },
+            `${w.running.length} of ${w.concurrency}`,
+            ...(w.running.length ? [el("div", { class: "sub" }, ...w.running.slice(0, 5).flatMap((id) => [jobLink(id), " "]))] : [])),
+          el("td", { class: "sub" }, when(w.started_at)),
+          el("td", { class: "sub" }, when(w.last_seen)),
+          el("td", { "data-testid": "worker-state" }, badge(w.live ? "live" : "gone")),
+        )),
+    );
+    $("#workers-empty").hidden = workers.length > 0;
+  });
+}
+
+function openFailed() {
+  const filters = $("#failed-filters");
+  let shown = [];
+  const load = async () => {
+    const page = await client.listJobs({ status: "failed", limit: 200 });
+    if (view !== "failed") return;
+    const jobs = page.jobs;
+    // The filters offer what the failed jobs hold.
+    for (const [name, values] of [["kind", jobs.map((j) => j.kind)], ["queue", jobs.map((j) => j.queue || j.kind)]]) {
+      const select = filters[name];
+      const have = new Set([...select.options].map((o) => o.value));
+      for (const v of [...new Set(values)].sort()) if (!have.has(v)) select.append(el("option", { value: v }, v));
+    }
+    const f = new FormData(filters);
+    const within = Number(f.get("within") || 0);
+    shown = jobs.filter((j) =>
+      (!f.get("kind") || j.kind === f.get("kind")) &&
+      (!f.get("queue") || (j.queue || j.kind) === f.get("queue")) &&
+      (!within || Date.now() - Date.parse(j.finished_at || j.created_at) <= within));
+    $("[data-testid=failed]").replaceChildren(
+      ...shown.map((j) =>
+        el("tr", { "data-job-id": j.id },
+          el("td", {}, jobLink(j.id)),
+          el("td", { class: "kind" }, j.kind),
+          el("td", {}, j.queue || j.kind),
+          el("td", {}, j.owner),
+          el("td", { class: "num" }, String(j.attempt)),
+          el("td", { class: "wide" }, el("div", { class: "sub error", title: j.error || "" }, j.error || "–")),
+          el("td", { class: "sub created" }, when(j.finished_at)),
+          el("td", {}, actionButton("Retry", "quiet", "retry", () => client.retry(j.id), load)),
+        )),
+    );
+    $("#failed-empty").hidden = shown.length > 0;
+    $("#retry-all").disabled = shown.length === 0;
+  };
+  filters.onchange = load;
+  $("#retry-all").onclick = async () => {
+    $("#retry-all").disabled = true;
+    for (const j of shown) {
+      try {
+        await client.retry(j.id);
+      } catch (err) {
+        // Retried meanwhile (409): the next load drops it.
+        if (err.status !== 409) apiFailed(err, $("[data-testid=failed-error]"));
+      }
+    }
+    await load();
+  };
+  show("failed");
+  load().catch((e) => apiFailed(e, $("[data-testid=failed-error]")));
+}
+
+function openSchedules() {
+  const load = async () => {
+    const schedules = await client.schedules();
+    if (view !== "schedules") return;
+    $("[data-testid=schedules]").replaceChildren(
+      ...schedules.map((s) =>
+        el("tr", { "data-schedule": s.name },
+          el("td", {}, el("code", {}, s.name)),
+          el("td", {}, el("code", {}, s.cron), el("div", { class: "sub" }, s.tz || "UTC")),
+          el("td", { class: "kind" }, s.kind),
+          el("td", { "data-testid": "next-fire" }, s.paused ? "–" : when(s.next_fire)),
+          el("td", {}, ...(s.last_job ? [when(s.last_fire), " ", jobLink(s.last_job)] : ["never"])),
+          el("td", { "data-testid": "state" }, badge(s.paused ? "paused" : "active")),
+          el("td", {},
+            s.paused
+              ? actionButton("Resume", "quiet", "resume", () => client.setSchedulePaused(s.name, false), load)
+              : actionButton("Pause", "quiet", "pause", () => client.setSchedulePaused(s.name, true), load),
+            " ",
+            actionButton("Delete", "danger", "delete", async () => {
+              if (confirm(`Delete schedule ${s.name}? The jobs it made stay.`)) await client.deleteSchedule(s.name);
+            }, load)),
+        )),
+    );
+    $("#schedules-empty").hidden = schedules.length > 0;
+  };
+  polled("schedules", load);
+}
 
 // ---- job page ------------------------------------------------------------------
 

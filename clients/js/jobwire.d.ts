@@ -35,6 +35,10 @@ export interface Job {
   /** The job's own retry policy, when one was given. */
   retry?: { max_attempts?: number; backoff?: { base: string; factor: number; max: string } };
   cancel_requested: boolean;
+  /** The cron schedule and tick that made the job, if one did. */
+  schedule?: { name: string; tick: string };
+  /** Why a queued job waits (no worker serves its queue, or it is paused). */
+  waiting?: string;
 }
 
 /** An event: `data` holds the publisher's payload plus the job's counters after it. */
@@ -129,4 +133,63 @@ export class JobwireClient {
     events: { type: string; data?: Record<string, unknown>; attempt?: number; n?: number }[],
   ): Promise<{ ids: number[]; duplicates: number; cancel_requested: boolean }>;
   watch(jobIds: string | string[], handlers?: WatchHandlers): Watch;
+  // Operations (scope `admin`).
+  queues(): Promise<QueueRow[]>;
+  throughput(): Promise<{ minute: string; started: number; finished: number }[]>;
+  setQueuePaused(queue: string, paused: boolean): Promise<{ queue: string; paused: boolean }>;
+  workers(): Promise<RegisteredWorker[]>;
+  retry(id: string): Promise<Job>;
+  schedules(): Promise<Schedule[]>;
+  putSchedule(schedule: NewSchedule): Promise<Schedule>;
+  deleteSchedule(name: string): Promise<null>;
+  setSchedulePaused(name: string, paused: boolean): Promise<Schedule>;
+}
+
+export interface QueueRow {
+  name: string;
+  waiting: number;
+  running: number;
+  oldest_waiting_age_ms: number | null;
+  /** The live workers serving it. */
+  workers: string[];
+  paused: boolean;
+}
+
+export interface RegisteredWorker {
+  name: string;
+  host: string;
+  pid: number;
+  version: string;
+  queues: string[];
+  concurrency: number;
+  /** The jobs it runs now. */
+  running: string[];
+  started_at: string;
+  last_seen: string;
+  lease_ms: number;
+  /** Seen within its lease. */
+  live: boolean;
+}
+
+export interface NewSchedule {
+  name: string;
+  /** 5 fields, 6 with seconds first, or @hourly and the like. */
+  cron: string;
+  tz?: string;
+  kind: string;
+  params?: Record<string, unknown>;
+  queue?: string;
+  priority?: number;
+  missed?: "once" | "skip";
+  paused?: boolean;
+}
+
+export interface Schedule extends Required<Omit<NewSchedule, "tz" | "queue">> {
+  tz?: string;
+  queue?: string;
+  owner: string;
+  next_fire: string;
+  last_fire?: string;
+  last_job?: string;
+  created_at: string;
 }

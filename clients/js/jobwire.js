@@ -182,6 +182,52 @@ export class JobwireClient {
     return this.request("POST", `/api/jobs/${encodeURIComponent(id)}/events`, events);
   }
 
+  // ---- operations (scope `admin`; docs/operations.md) ----
+
+  /** The queues at a glance: waiting, running, oldest wait, workers, paused. */
+  queues() {
+    return this.request("GET", "/api/queues").then((r) => r.queues);
+  }
+
+  /** Jobs started and finished per minute over the last hour (minutes that had any). */
+  throughput() {
+    return this.request("GET", "/api/throughput").then((r) => r.minutes);
+  }
+
+  /** Pauses (`paused` true) or resumes a queue. */
+  setQueuePaused(queue, paused) {
+    return this.request("POST", `/api/queues/${encodeURIComponent(queue)}/${paused ? "pause" : "resume"}`);
+  }
+
+  /** The worker registry, live and gone. */
+  workers() {
+    return this.request("GET", "/api/workers").then((r) => r.workers);
+  }
+
+  /** A new attempt for a failed job. */
+  retry(id) {
+    return this.request("POST", `/api/jobs/${encodeURIComponent(id)}/retry`);
+  }
+
+  /** The cron schedules. */
+  schedules() {
+    return this.request("GET", "/api/schedules").then((r) => r.schedules);
+  }
+
+  /** Creates a schedule, or replaces the one of that name. */
+  putSchedule(schedule) {
+    return this.request("POST", "/api/schedules", schedule);
+  }
+
+  deleteSchedule(name) {
+    return this.request("DELETE", `/api/schedules/${encodeURIComponent(name)}`);
+  }
+
+  /** Pauses (`paused` true) or resumes a schedule. */
+  setSchedulePaused(name, paused) {
+    return this.request("POST", `/api/schedules/${encodeURIComponent(name)}/${paused ? "pause" : "resume"}`);
+  }
+
   /**
    * Watches jobs live. Callbacks: onState(job, {resync}), onEvent(event),
    * onResumed(jobId, id), onStatus({state, url?, reason?, retryIn?, transport}),

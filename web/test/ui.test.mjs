@@ -4,7 +4,9 @@
 // consecutive; a scan with unreadable files shows its error events and its
 // result; the log follows new events unless scrolled up; a job page opens
 // from a link that carries the token; nothing overflows a phone's width; a
-// bad token gets a clear message. Screenshots go to
+// bad token gets a clear message; an admin drives the operations pages
+// (pause a queue, see the chart and the workers, filter and retry a failed
+// job, pause, resume and delete a schedule) and a non-admin is refused them. Screenshots go to
 // target/test-output/web/ (not committed).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -265,5 +267,93 @@ test("a job no worker serves says so, and a delayed one shows when it runs", asy
   assert.match(await p.textContent(`tr[data-job-id="${parked.id}"] .sub`), /no worker serves queue "nightly"/);
   assert.deepEqual(errors, []);
   await p.close();
+  await server.kill();
+});
+
+test("an admin drives the operations pages: queues, workers, failed jobs, schedules", async () => {
+  const server = await Server.start(["dev"]);
+  const alice = token();
+  const admin = token({ sub: "root", scopes: ["jobs:read", "jobs:write", "admin"] });
+  const api = async (method, path, body, t = admin) => {
+    const r = await fetch(server.url + path, {
+      method,
+      headers: { Authorization: "Bearer " + t, ...(body ? { "Content-Type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    return r.status === 204 ? null : r.json();
+  };
+  const waitJob = async (id, test) => {
+    for (let i = 0; i < 200; i++) {
+      const job = await api("GET", `/api/jobs/${id}`);
+      if (test(job)) return job;
+      await sleep(50);
+    }
+    throw new Error(`job ${id} never got there`);
+  };
+  // Some history for the chart, a failure to retry, a queue no worker
+  // serves, and a schedule.
+  for (let i = 0; i < 3; i++) await api("POST", "/api/jobs", { kind: "demo", params: { steps: 2, delay_ms: 0 } }, alice);
+  const failing = await api("POST", "/api/jobs", { kind: "demo", params: { steps: 3, delay_ms: 0, fail_at: 1 }, max_attempts: 1 }, alice);
+  await waitJob(failing.id, (j) => j.status === "failed");
+  await api("POST", "/api/jobs", { kind: "demo", params: { steps: 1 }, queue: "reports" }, alice);
+  const made = await api("POST", "/api/schedules", { name: "nightly-scan", cron: "0 3 * * *", tz: "Europe/Berlin", kind: "scan", params: { path: "." } });
+  assert.equal(made.name, "nightly-scan");
+
+  const { p, errors } = await page(`${server.url}/#/queues&token=${admin}`);
+  p.on("dialog", (d) => d.accept());
+  await p.waitForSelector("[data-testid=ops-nav]:not([hidden])");
+  // Queues: live figures, pause and resume, the throughput chart.
+  const reports = 'tr[data-queue="reports"]';
+  await p.waitForSelector(reports, { timeout: 10000 });
+  assert.equal(await p.textContent(`${reports} [data-testid=waiting]`), "1");
+  await p.click(`${reports} [data-testid=pause]`);
+  await p.waitForSelector(`${reports} [data-testid=state] .badge.paused`, { timeout: 10000 });
+  assert.deepEqual((await api("GET", "/api/queues")).queues.find((q) => q.name === "reports").paused, true);
+  await p.waitForSelector(".chart rect.started[data-count]", { timeout: 10000 });
+  const started = await p.$$eval(".chart rect.started", (rs) => rs.reduce((n, r) => n + Number(r.dataset.count), 0));
+  assert.ok(started >= 4, `the chart shows ${started} starts`);
+  await p.screenshot({ path: join(SHOTS, "ops-queues.png"), fullPage: true });
+  await p.click(`${reports} [data-testid=resume]`);
+  await p.waitForSelector(`${reports} [data-testid=state] .badge.active`, { timeout: 10000 });
+
+  // Workers: dev's in-process workers, live.
+  await p.click("#ops-nav >> text=Workers");
+  await p.waitForSelector("[data-testid=workers] tr [data-testid=worker-state] .badge.live", { timeout: 10000 });
+  await p.screenshot({ path: join(SHOTS, "ops-workers.png"), fullPage: true });
+
+  // Failed: filtered, then retried (a new attempt on the same job).
+  await p.click("#ops-nav >> text=Failed");
+  const row = `[data-testid=failed] tr[data-job-id="${failing.id}"]`;
+  await p.waitForSelector(row, { timeout: 10000 });
+  await p.selectOption("[data-testid=failed-kind]", "demo");
+  await p.selectOption("[data-testid=failed-within]", "3600000");
+  await p.waitForSelector(row);
+  await p.screenshot({ path: join(SHOTS, "ops-failed.png"), fullPage: true });
+  await p.selectOption("[data-testid=failed-queue]", "demo");
+  await p.click(`${row} [data-testid=retry]`);
+  await waitJob(failing.id, (j) => j.attempt === 2);
+
+  // Schedules: next tick, pause, resume, delete.
+  await p.click("#ops-nav >> text=Schedules");
+  const sched = 'tr[data-schedule="nightly-scan"]';
+  await p.waitForSelector(sched, { timeout: 10000 });
+  assert.notEqual(await p.textContent(`${sched} [data-testid=next-fire]`), "–");
+  await p.screenshot({ path: join(SHOTS, "ops-schedules.png"), fullPage: true });
+  await p.click(`${sched} [data-testid=pause]`);
+  await p.waitForSelector(`${sched} [data-testid=state] .badge.paused`, { timeout: 10000 });
+  await p.click(`${sched} [data-testid=resume]`);
+  await p.waitForSelector(`${sched} [data-testid=state] .badge.active`, { timeout: 10000 });
+  await p.click(`${sched} [data-testid=delete]`);
+  await p.waitForSelector(sched, { state: "detached", timeout: 10000 });
+  assert.deepEqual((await api("GET", "/api/schedules")).schedules, []);
+  assert.deepEqual(errors, []);
+  await p.close();
+
+  // Someone without admin sees no operations links, and a clear refusal.
+  const plain = await page(`${server.url}/#/queues&token=${alice}`);
+  await plain.p.waitForSelector("[data-testid=queues-error]:not(:empty)", { timeout: 10000 });
+  assert.match(await plain.p.textContent("[data-testid=queues-error]"), /admin/);
+  assert.equal(await plain.p.isVisible("[data-testid=ops-nav]"), false);
+  await plain.p.close();
   await server.kill();
 });

@@ -460,6 +460,11 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// Samples the store's own figures (memory, live feed length, jobs by
     /// status).
     async fn health(&self) -> Result<StoreHealth>;
+
+    /// Jobs started and finished per minute, store-wide, over the
+    /// [`THROUGHPUT_MINUTES`] minutes up to `now`: the minutes that had any,
+    /// oldest first.
+    async fn throughput(&self, now: Timestamp) -> Result<Vec<MinuteCounts>>;
 }
 
 /// The live feed: every event of every job, in publication order per job,
@@ -553,6 +558,42 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// The registry: every worker seen within [`FORGET_WORKERS_AFTER`]
     /// (live or gone: see [`WorkerInfo::is_live`]), by name.
     async fn workers(&self) -> Result<Vec<WorkerInfo>>;
+}
+
+/// How many minutes of throughput the stores keep.
+pub const THROUGHPUT_MINUTES: i64 = 60;
+
+/// Jobs that started (moved to `running`) and finished (completed, failed
+/// or cancelled) in one minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteCounts {
+    /// The minute's start.
+    pub minute: Timestamp,
+    pub started: u64,
+    pub finished: u64,
+}
+
+impl MinuteCounts {
+    /// The minutes of `counts` ((minute index since the Unix epoch,
+    /// started, finished)) within [`THROUGHPUT_MINUTES`] of `now`, oldest
+    /// first.
+    pub fn recent(
+        counts: impl IntoIterator<Item = (i64, u64, u64)>,
+        now: Timestamp,
+    ) -> Vec<MinuteCounts> {
+        let current = now.unix_millis().div_euclid(60_000);
+        let mut minutes: Vec<MinuteCounts> = counts
+            .into_iter()
+            .filter(|(m, ..)| *m > current - THROUGHPUT_MINUTES && *m <= current)
+            .map(|(m, started, finished)| MinuteCounts {
+                minute: Timestamp::from_unix_millis(m * 60_000),
+                started,
+                finished,
+            })
+            .collect();
+        minutes.sort_by_key(|m| m.minute);
+        minutes
+    }
 }
 
 /// Where cron schedules are kept ([`crate::schedule`]): each whole, under

@@ -621,6 +621,44 @@ impl JobStore for RedisBackend {
             .map_err(backend_error)
     }
 
+    async fn throughput(&self, now: Timestamp) -> Result<Vec<jobwire_core::MinuteCounts>> {
+        let keys = &self.shared.keys;
+        let hour = now.unix_millis().div_euclid(3_600_000);
+        let hashes: Vec<(
+            std::collections::HashMap<String, u64>,
+            std::collections::HashMap<String, u64>,
+        )> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGETALL").arg(keys.throughput(p, hour - 1));
+                pipe.cmd("HGETALL").arg(keys.throughput(p, hour));
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
+        let mut minutes: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+        for (field, n) in hashes.into_iter().flat_map(|(a, b)| a.into_iter().chain(b)) {
+            let Some((minute, which)) = field.split_once(':') else {
+                continue;
+            };
+            let Ok(minute) = minute.parse::<i64>() else {
+                continue;
+            };
+            let slot = minutes.entry(minute).or_default();
+            match which {
+                "s" => slot.0 += n,
+                "f" => slot.1 += n,
+                _ => {}
+            }
+        }
+        Ok(jobwire_core::MinuteCounts::recent(
+            minutes.into_iter().map(|(m, (s, f))| (m, s, f)),
+            now,
+        ))
+    }
+
     async fn health(&self) -> Result<StoreHealth> {
         let keys = &self.shared.keys;
         let mut conn = self.shared.conns.command();

@@ -172,6 +172,12 @@ impl Keys {
         format!("{}:stats", self.base(p))
     }
 
+    /// Jobs started and finished per minute in partition `p`, one hash per
+    /// hour (`lua/publish.lua` writes them; built there from `stats`).
+    pub(crate) fn throughput(&self, p: u16, hour: i64) -> String {
+        format!("{}:throughput:{hour}", self.base(p))
+    }
+
     pub(crate) fn unfinished_of(&self, id: &JobId) -> String {
         self.unfinished(self.partition_of(id))
     }

@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/jobs/{id}/stream", get(sse::stream))
         .route("/api/workers", get(routes::workers))
         .route("/api/queues", get(routes::queues))
+        .route("/api/throughput", get(routes::throughput))
         .route("/api/queues/{queue}/pause", post(routes::pause_queue))
         .route("/api/queues/{queue}/resume", post(routes::resume_queue))
         .route("/api/schedules", get(schedules::list).post(schedules::put))

@@ -751,6 +751,17 @@ pub async fn queues(
     Ok(Json(json!({ "queues": queues })))
 }
 
+/// `GET /api/throughput` (scope `admin`): jobs started and finished per
+/// minute over the last hour, store-wide (the minutes that had any).
+pub async fn throughput(
+    State(state): State<AppState>,
+    credentials: Credentials,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &credentials, Scope::Admin)?;
+    let minutes = state.store.throughput(Timestamp::now()).await?;
+    Ok(Json(json!({ "minutes": minutes })))
+}
+
 /// `POST /api/queues/{queue}/pause` (scope `admin`): workers stop claiming
 /// from the queue (within about a second); running jobs finish.
 pub async fn pause_queue(

@@ -57,6 +57,9 @@ struct Shared {
     /// Idempotency keys and the jobs they made. An async mutex: it is held
     /// across the create it guards (the one exception to the rule above).
     idempotency: tokio::sync::Mutex<Keys>,
+    /// Jobs started and finished per minute (minute index since the Unix
+    /// epoch), the last hour or so.
+    throughput: Mutex<std::collections::BTreeMap<i64, (u64, u64)>>,
     /// Cron schedules by name (a lock of its own, never held with another).
     schedules: Mutex<std::collections::BTreeMap<String, crate::schedule::Schedule>>,
 }
@@ -147,6 +150,7 @@ impl MemoryBackend {
                 unfinished: Mutex::new(HashMap::new()),
                 idempotency: tokio::sync::Mutex::new(Keys::default()),
                 schedules: Mutex::default(),
+                throughput: Mutex::default(),
             }),
         }
     }
@@ -180,6 +184,20 @@ impl MemoryBackend {
             return Err(BackendError::NotFound(id.clone()));
         }
         f(&mut stored)
+    }
+
+    /// Counts a job (an attempt) that started, and one that finished, in
+    /// this minute's throughput.
+    fn count_minute(&self, started: bool, finished: bool) {
+        if !(started || finished) {
+            return;
+        }
+        let minute = crate::Timestamp::now().unix_millis().div_euclid(60_000);
+        let mut throughput = lock(&self.shared.throughput);
+        let slot = throughput.entry(minute).or_default();
+        slot.0 += u64::from(started);
+        slot.1 += u64::from(finished);
+        throughput.retain(|m, _| *m > minute - crate::backend::THROUGHPUT_MINUTES);
     }
 
     /// Counts a job of `owner` moving from `from` (none: created) to `to`

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use crate::backend::{
-    BackendError, Created, EventsAfter, Idempotency, JobPage, JobStore, ListQuery, PublishOutcome,
-    Result, ResyncReason, StoreHealth,
+    BackendError, Created, EventsAfter, Idempotency, JobPage, JobStore, ListQuery, MinuteCounts,
+    PublishOutcome, Result, ResyncReason, StoreHealth,
 };
 use crate::event::NewEvent;
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
@@ -132,10 +132,14 @@ impl JobStore for MemoryBackend {
             let plan = plan(&stored.head, events, Timestamp::now(), config.retention)
                 .map_err(|e| BackendError::from_plan(job, e))?;
             let ids = plan.events.iter().map(|e| e.id).collect();
-            self.count_move(
-                &plan.state.owner,
-                Some(stored.head.state.status),
-                Some(plan.state.status),
+            let (from, to) = (stored.head.state.status, plan.state.status);
+            self.count_move(&plan.state.owner, Some(from), Some(to));
+            // A start is a new `started_at` (also when the same batch ends
+            // the job); a finish, an open job ending.
+            self.count_minute(
+                plan.state.started_at.is_some()
+                    && plan.state.started_at != stored.head.state.started_at,
+                !from.is_terminal() && to.is_terminal(),
             );
             stored.log.extend(plan.events.iter().cloned());
             let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
@@ -293,6 +297,14 @@ impl JobStore for MemoryBackend {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn throughput(&self, now: Timestamp) -> Result<Vec<MinuteCounts>> {
+        let counts = lock(&self.shared.throughput)
+            .iter()
+            .map(|(m, (s, f))| (*m, *s, *f))
+            .collect::<Vec<_>>();
+        Ok(MinuteCounts::recent(counts, now))
     }
 
     async fn health(&self) -> Result<StoreHealth> {

@@ -178,3 +178,35 @@ pub async fn unfinished_jobs_are_counted_per_owner(f: &dyn BackendFactory) -> Re
     );
     Ok(())
 }
+
+/// Throughput counts each start (also one in the same batch as the end)
+/// and each finish (a cancel before the start included), in this minute.
+pub async fn throughput_counts_starts_and_finishes(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(demo_job(b).await?.id);
+    }
+    let start = || NewEvent::new(EventType::JobStarted, json!({}));
+    let done = || NewEvent::new(EventType::JobCompleted, json!({}));
+    b.publish(&ids[0], &[start()]).await?;
+    b.publish(&ids[0], &[progress(1)]).await?;
+    b.publish(&ids[0], &[done()]).await?;
+    b.publish(&ids[1], &[start(), done()]).await?;
+    b.publish(&ids[2], &[start()]).await?;
+    b.cancel(&ids[3]).await?;
+    let now = crate::Timestamp::now();
+    let minutes = b.throughput(now).await?;
+    let started: u64 = minutes.iter().map(|m| m.started).sum();
+    let finished: u64 = minutes.iter().map(|m| m.finished).sum();
+    ensure!(started == 3 && finished == 3, "{minutes:?}");
+    ensure!(minutes.len() <= 2, "{minutes:?}");
+    ensure!(
+        minutes
+            .iter()
+            .all(|m| m.minute <= now && m.minute.unix_millis() % 60_000 == 0),
+        "{minutes:?}"
+    );
+    Ok(())
+}

@@ -83,6 +83,7 @@ macro_rules! backend_conformance_tests {
             delete_removes_everything,
             listing_is_paginated_newest_first,
             jobs_are_counted_by_status,
+            throughput_counts_starts_and_finishes,
             unfinished_jobs_are_counted_per_owner,
             pending_of_lists_a_consumers_leased_entries,
             claims_come_only_from_served_queues,

@@ -91,6 +91,31 @@ if n > 0 then
   if head[3] ~= ARGV[6] then
     local open = {queued = true, running = true, scheduled = true}
     local was_open = open[head[3]]
+    -- Jobs started ('s') and finished ('f') per minute, by Redis' clock,
+    -- for the throughput chart: one hash per partition and hour
+    -- (`<base>:throughput:<hour>`, the stats key's slot), kept 2 hours.
+    local started = ARGV[6] == 'running'
+    local finished = was_open and not open[ARGV[6]]
+    if finished and head[3] ~= 'running' then
+      -- Started and ended in one batch?
+      for i = 1, n do
+        if string.find(ARGV[16 + i], '"type":"job_started"', 1, true) then
+          started = true
+          break
+        end
+      end
+    end
+    if started or finished then
+      local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
+      local bucket = string.sub(KEYS[4], 1, -7) .. ':throughput:' .. math.floor(minute / 60)
+      if started then
+        redis.call('HINCRBY', bucket, minute .. ':s', 1)
+      end
+      if finished then
+        redis.call('HINCRBY', bucket, minute .. ':f', 1)
+      end
+      redis.call('EXPIRE', bucket, 7200)
+    end
     if was_open then
       redis.call('HINCRBY', KEYS[4], head[3], -1)
     end

@@ -461,4 +461,10 @@ impl JobStore for CountingStore {
     async fn health(&self) -> StoreResult<jobwire_core::StoreHealth> {
         self.inner.health().await
     }
+    async fn throughput(
+        &self,
+        now: jobwire_core::Timestamp,
+    ) -> StoreResult<Vec<jobwire_core::MinuteCounts>> {
+        self.inner.throughput(now).await
+    }
 }

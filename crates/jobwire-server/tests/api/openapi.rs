@@ -21,6 +21,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}/stream"),
     ("get", "/api/workers"),
     ("get", "/api/queues"),
+    ("get", "/api/throughput"),
     ("post", "/api/queues/{queue}/pause"),
     ("post", "/api/queues/{queue}/resume"),
     ("get", "/api/schedules"),
