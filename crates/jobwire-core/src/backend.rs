@@ -261,7 +261,65 @@ pub struct QueueOverview {
     /// When the oldest waiting entry was queued.
     pub oldest_waiting: Option<Timestamp>,
     pub paused: bool,
+    /// Its fleet-wide limits, if any.
+    pub limits: QueueLimits,
 }
+
+/// Fleet-wide limits of one queue, enforced at claim time across every
+/// worker (`PUT /api/queues/{queue}/limits`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueLimits {
+    /// At most this many of the queue's jobs run at once. A worker that
+    /// dies holds its slots until its lease lapses (its visibility
+    /// timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// At most `max` of the queue's jobs start in any window of `per`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
+}
+
+/// `max` starts per `per` (a sliding window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub max: u32,
+    #[serde(with = "crate::retry::human")]
+    pub per: Duration,
+}
+
+impl QueueLimits {
+    /// No limit at all.
+    pub fn is_none(&self) -> bool {
+        self.concurrency.is_none() && self.rate.is_none()
+    }
+
+    /// Checks the figures: a cap of at least 1, a rate of at least 1 per
+    /// 1 ms to 1 day.
+    ///
+    /// # Errors
+    /// What is wrong.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.concurrency == Some(0) {
+            return Err("concurrency must be at least 1 (leave it out for no cap)".into());
+        }
+        if let Some(rate) = self.rate {
+            if rate.max == 0 {
+                return Err("rate.max must be at least 1 (leave out rate for no limit)".into());
+            }
+            if rate.per < Duration::from_millis(1) || rate.per > Duration::from_secs(86_400) {
+                return Err("rate.per must be from 1ms to 1 day".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a claim's limit slot lasts unless renewed, when the claimer
+/// does not say ([`JobQueue::claim`]): the worker's default visibility
+/// timeout.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// A worker process as it describes itself in its heartbeats (the worker
 /// registry: which queues are served, and by whom).
@@ -484,14 +542,38 @@ pub trait LiveFeed: Send + Sync + fmt::Debug + 'static {
 pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Takes up to `max` entries of `queues` for `consumer` (the first
     /// queue's first), waiting up to `wait` for the first. Never an entry
-    /// of another queue.
+    /// of another queue, nor more than a queue's [`QueueLimits`] allow:
+    /// each entry of a limited queue holds a slot for `lease`, renewed by
+    /// [`JobQueue::renew`] and given back by [`JobQueue::ack`] and
+    /// [`JobQueue::release`] (so a dead worker's slots lapse with its
+    /// lease).
+    async fn claim_for(
+        &self,
+        consumer: &str,
+        queues: &Queues,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Claim>>;
+
+    /// [`JobQueue::claim_for`] with the [`DEFAULT_LEASE`].
     async fn claim(
         &self,
         consumer: &str,
         queues: &Queues,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Claim>>;
+    ) -> Result<Vec<Claim>> {
+        self.claim_for(consumer, queues, max, wait, DEFAULT_LEASE)
+            .await
+    }
+
+    /// Sets a queue's limits (all `None`: no limits). Claims see the change
+    /// within about a second.
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()>;
+
+    /// Every queue's limits, by name.
+    async fn limits(&self) -> Result<std::collections::BTreeMap<String, QueueLimits>>;
 
     /// Extends `consumer`'s lease on an entry. `false` when the entry is no
     /// longer this consumer's (it was taken over or acked): stop working on it.

@@ -39,8 +39,8 @@ pub mod testsuite;
 pub use backend::{
     Backend, BackendConfig, BackendError, CancelOutcome, Claim, Created, EventsAfter, Idempotency,
     JobCounts, JobPage, JobQueue, JobStore, ListQuery, LiveBatch, LiveFeed, LivePosition, LiveTail,
-    MinuteCounts, PublishOutcome, QueueOverview, QueueStats, Queues, Reclaimed, ResyncReason,
-    ScheduleStore, StoreHealth, TailFrom, WorkerInfo,
+    MinuteCounts, PublishOutcome, QueueLimits, QueueOverview, QueueStats, Queues, RateLimit,
+    Reclaimed, ResyncReason, ScheduleStore, StoreHealth, TailFrom, WorkerInfo,
 };
 pub use backoff::Backoff;
 pub use event::{Event, EventRecord, EventType, Fence, NewEvent};

@@ -234,6 +234,21 @@ impl Keys {
         format!("{}:schedules", self.prefix)
     }
 
+    /// Every queue's fleet-wide limits (a hash: queue → JSON).
+    pub(crate) fn limits(&self) -> String {
+        format!("{}:limits", self.prefix)
+    }
+
+    /// A limited queue's running slots and recent starts (sorted sets),
+    /// in the queue's own slot: the limit is fleet-wide, so it belongs to
+    /// no partition.
+    pub(crate) fn limit_sets(&self, queue: &str) -> (String, String) {
+        (
+            format!("{}:limit:{{{queue}}}:running", self.prefix),
+            format!("{}:limit:{{{queue}}}:starts", self.prefix),
+        )
+    }
+
     /// The paused queues (a set).
     pub(crate) fn paused(&self) -> String {
         format!("{}:paused", self.prefix)

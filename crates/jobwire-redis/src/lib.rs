@@ -10,6 +10,7 @@
 //! - `jobs.rs`: create, publish (compare-and-set on the sequence), read,
 //!   history, listing, cancel, delete.
 //! - `queue.rs`: the job queue on a Streams consumer group.
+//! - `limits.rs`: fleet-wide queue limits: slots taken at claim time.
 //! - `schedules.rs`: the cron schedules, one hash.
 //! - `tail.rs`: the live tail over all partition streams.
 //!
@@ -24,6 +25,7 @@
 mod connection;
 mod jobs;
 mod keys;
+mod limits;
 mod queue;
 mod schedules;
 mod scripts;
@@ -199,6 +201,8 @@ struct Shared {
     publish_turns: Box<[tokio::sync::Mutex<()>]>,
     /// What the claims of this process know and count (`queue.rs`).
     claiming: queue::Claiming,
+    /// The limit slots this process's claims hold.
+    slots: limits::Slots,
 }
 
 /// Stripes of `publish_turns`.
@@ -228,6 +232,7 @@ impl RedisBackend {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 claiming: queue::Claiming::default(),
+                slots: limits::Slots::default(),
             }),
         };
         backend.check_layout().await?;

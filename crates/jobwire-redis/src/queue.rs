@@ -44,7 +44,8 @@ use async_trait::async_trait;
 use jobwire_core::backend::FORGET_WORKERS_AFTER;
 use jobwire_core::job::{lane, lowest_first, parse_lane, priority_order, DEFAULT_PRIORITY};
 use jobwire_core::{
-    BackendError, Claim, JobId, JobQueue, QueueOverview, QueueStats, Queues, Timestamp, WorkerInfo,
+    BackendError, Claim, JobId, JobQueue, QueueLimits, QueueOverview, QueueStats, Queues,
+    Timestamp, WorkerInfo,
 };
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
@@ -64,6 +65,8 @@ const WAKE_MAXLEN: u32 = 1_000;
 
 /// Where the sweeps of this process start next (see the module docs).
 static SWEEP_START: AtomicUsize = AtomicUsize::new(0);
+/// The longest a claim over limited queues waits before looking again.
+const LIMITED_POLL: Duration = Duration::from_millis(250);
 /// How often a claiming process re-reads which priorities its queues use.
 pub(crate) const LANES_REFRESH: Duration = Duration::from_secs(1);
 
@@ -76,6 +79,8 @@ struct ClaimView {
     lanes: LanesInUse,
     /// Paused queues: claims and take-overs pass them by.
     paused: HashSet<String>,
+    /// Limited queues: claims take slots first.
+    limits: std::collections::BTreeMap<String, QueueLimits>,
 }
 
 /// What the claims of one backend know and count.
@@ -239,10 +244,73 @@ impl RedisBackend {
             .query_async(&mut self.shared.conns.command())
             .await
             .map_err(backend_error)?;
-        let view = ClaimView { lanes, paused };
+        let limits = self.read_limits().await?;
+        let view = ClaimView {
+            lanes,
+            paused,
+            limits,
+        };
         *claiming.view.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), view.clone()));
         Ok(view)
+    }
+
+    /// A claim over queues some of which are limited: queue by queue, in
+    /// order, each limited one after taking its slots (see `limits.rs`).
+    /// With nothing found it waits at most [`LIMITED_POLL`] (blocking only
+    /// on the unlimited queues, whose reads take no slots): a limited
+    /// queue's slots free up with nothing to wake a reader.
+    async fn claim_limited(
+        &self,
+        consumer: &str,
+        queues: &[String],
+        view: &ClaimView,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Claim>> {
+        let made = &self.shared.claiming.made;
+        let lowest = lowest_first(made.load(Ordering::Relaxed));
+        let mut claims = Vec::new();
+        for queue in queues {
+            let want = max - claims.len();
+            if want == 0 {
+                break;
+            }
+            let lanes = Self::lanes_of(std::slice::from_ref(queue), &view.lanes, lowest);
+            match view.limits.get(queue) {
+                None => claims.extend(self.sweep(consumer, &lanes, want, None).await?),
+                Some(limits) => {
+                    let tokens = self
+                        .take_slots(consumer, queue, limits, want, lease)
+                        .await?;
+                    if tokens.is_empty() {
+                        continue;
+                    }
+                    let got = self.sweep(consumer, &lanes, tokens.len(), None).await?;
+                    self.keep_slots(queue, &got, tokens, lease).await?;
+                    claims.extend(got);
+                }
+            }
+        }
+        let wait = wait.min(LIMITED_POLL);
+        if claims.is_empty() && !wait.is_zero() {
+            let unlimited: Vec<String> = queues
+                .iter()
+                .filter(|q| !view.limits.contains_key(*q))
+                .cloned()
+                .collect();
+            if unlimited.is_empty() || self.shared.conns.clustered() {
+                tokio::time::sleep(wait).await;
+            } else {
+                let lanes = Self::lanes_of(&unlimited, &view.lanes, lowest);
+                claims = self.wait_single(consumer, &lanes, max, wait).await?;
+            }
+        }
+        if !claims.is_empty() {
+            made.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(claims)
     }
 
     /// Forgets the cached [`ClaimView`] (this process paused or resumed a
@@ -625,12 +693,13 @@ impl RedisBackend {
 
 #[async_trait]
 impl JobQueue for RedisBackend {
-    async fn claim(
+    async fn claim_for(
         &self,
         consumer: &str,
         queues: &Queues,
         max: usize,
         wait: Duration,
+        lease: Duration,
     ) -> Result<Vec<Claim>> {
         let max = max.max(1);
         let view = self.claim_view().await?;
@@ -642,6 +711,11 @@ impl JobQueue for RedisBackend {
         if queues.is_empty() {
             tokio::time::sleep(wait.min(MAX_QUEUE_BLOCK)).await;
             return Ok(Vec::new());
+        }
+        if queues.iter().any(|q| view.limits.contains_key(q)) {
+            return self
+                .claim_limited(consumer, &queues, &view, max, wait, lease)
+                .await;
         }
         let wait = wait.min(MAX_QUEUE_BLOCK);
         let clustered = self.shared.conns.clustered();
@@ -673,10 +747,23 @@ impl JobQueue for RedisBackend {
         }
         Ok(claims)
     }
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        self.write_limits(queue, limits).await?;
+        self.forget_claim_view();
+        Ok(())
+    }
+    async fn limits(&self) -> Result<std::collections::BTreeMap<String, QueueLimits>> {
+        self.read_limits().await
+    }
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
-        self.if_leased(&scripts::RENEW, consumer, entry).await
+        let renewed = self.if_leased(&scripts::RENEW, consumer, entry).await?;
+        if renewed {
+            self.renew_slot(entry).await?;
+        }
+        Ok(renewed)
     }
     async fn ack(&self, entry: &str) -> Result<()> {
+        self.free_slot(entry).await?;
         let (p, queue, id) = parse_entry(entry)?;
         let queue = self.shared.keys.queue(p, queue);
         let mut conn = self.shared.conns.command();
@@ -698,6 +785,7 @@ impl JobQueue for RedisBackend {
     }
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {
         let released = self.if_leased(&scripts::RELEASE, consumer, entry).await?;
+        self.free_slot(entry).await?;
         if released {
             self.wake_workers(parse_entry(entry)?.0).await;
         }
@@ -711,21 +799,38 @@ impl JobQueue for RedisBackend {
         max: usize,
     ) -> Result<Vec<Claim>> {
         let max = max.max(1);
-        let paused = self.claim_view().await?.paused;
+        let view = self.claim_view().await?;
         let mut claims = Vec::new();
         'partitions: for p in 0..self.shared.keys.partitions() {
             for (lane, _) in self.streams_of(p).await? {
                 let queue = parse_lane(&lane).0;
-                if !queues.iter().any(|q| q == queue) || paused.contains(queue) {
+                if !queues.iter().any(|q| q == queue) || view.paused.contains(queue) {
                     continue;
                 }
                 if claims.len() >= max {
                     break 'partitions;
                 }
-                let taken = self
-                    .auto_claim(consumer, p, &lane, min_idle, max - claims.len())
-                    .await?;
-                claims.extend(self.to_claims(p, &lane, taken).await?);
+                let want = max - claims.len();
+                // A limited queue's take-over is a start like any other.
+                let tokens = match view.limits.get(queue) {
+                    Some(limits) => {
+                        let tokens = self
+                            .take_slots(consumer, queue, limits, want, min_idle)
+                            .await?;
+                        if tokens.is_empty() {
+                            continue;
+                        }
+                        Some(tokens)
+                    }
+                    None => None,
+                };
+                let want = tokens.as_ref().map_or(want, Vec::len);
+                let taken = self.auto_claim(consumer, p, &lane, min_idle, want).await?;
+                let taken = self.to_claims(p, &lane, taken).await?;
+                if let Some(tokens) = tokens {
+                    self.keep_slots(queue, &taken, tokens, min_idle).await?;
+                }
+                claims.extend(taken);
             }
         }
         // Housekeeping only: a failure here (a Redis user without XINFO, a
@@ -818,6 +923,15 @@ impl JobQueue for RedisBackend {
                     }
                 }
             }
+        }
+        for (name, limits) in self.read_limits().await? {
+            by_name
+                .entry(name.clone())
+                .or_insert_with(|| QueueOverview {
+                    name,
+                    ..QueueOverview::default()
+                })
+                .limits = limits;
         }
         Ok(by_name.into_values().collect())
     }

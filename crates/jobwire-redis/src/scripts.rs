@@ -25,6 +25,10 @@ pub(crate) static CLAIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
 pub(crate) static PRUNE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/prune.lua")));
+pub(crate) static LIMIT_TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/limit_take.lua")));
+pub(crate) static LIMIT_SLOT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/limit_slot.lua")));
 pub(crate) static PUT_SCHEDULE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/put_schedule.lua")));
 pub(crate) static DROP_DUE: LazyLock<Script> =

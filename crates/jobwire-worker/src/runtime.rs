@@ -470,11 +470,13 @@ async fn take_jobs(shared: Arc<WorkerShared>, shutdown: CancellationToken) {
         }
         let claims = match shared
             .queue
-            .claim(
+            .claim_for(
                 &shared.config.consumer,
                 &shared.queues,
                 permits.len(),
                 CLAIM_WAIT,
+                // A limited queue's slot lasts as long as the entry's lease.
+                shared.config.visibility_timeout,
             )
             .await
         {

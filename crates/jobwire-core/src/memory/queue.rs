@@ -11,9 +11,13 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::backend::{
-    BackendError, Claim, JobQueue, QueueOverview, QueueStats, Queues, Result, WorkerInfo,
-    FORGET_WORKERS_AFTER,
+    BackendError, Claim, JobQueue, QueueLimits, QueueOverview, QueueStats, Queues, Result,
+    WorkerInfo, FORGET_WORKERS_AFTER,
 };
+
+/// How often a claim waiting on a limited queue looks again (its slots free
+/// up with no enqueue to wake it).
+const LIMITED_POLL: Duration = Duration::from_millis(100);
 use crate::ids::{JobId, Timestamp};
 use crate::job::{lowest_first, priority_order, JobState, JobStatus, MAX_PRIORITY};
 use crate::publish::QueueMove;
@@ -38,6 +42,10 @@ pub(super) struct Queue {
     workers: HashMap<String, WorkerInfo>,
     /// Paused queues: claims and take-overs pass them by.
     paused: BTreeSet<String>,
+    /// Fleet-wide limits by queue.
+    limits: BTreeMap<String, QueueLimits>,
+    /// Recent starts per rate-limited queue, oldest first.
+    starts: HashMap<String, VecDeque<Instant>>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +64,9 @@ struct Lease {
     consumer: String,
     /// Last delivery or renewal: idle time is measured from here.
     touched: Instant,
+    /// How long it holds a slot of its queue's concurrency limit unless
+    /// renewed.
+    lease: Duration,
 }
 
 impl Entry {
@@ -128,7 +139,13 @@ impl Queue {
     /// Up to `max` waiting entries of `queues`, the first queue's first;
     /// within a queue the highest priority first (the lowest, one claim in
     /// [`crate::job::LOWEST_FIRST_EVERY`]), and in order of arrival.
-    pub(super) fn claim(&mut self, consumer: &str, queues: &Queues, max: usize) -> Vec<Claim> {
+    pub(super) fn claim(
+        &mut self,
+        consumer: &str,
+        queues: &Queues,
+        max: usize,
+        lease: Duration,
+    ) -> Vec<Claim> {
         let now = Instant::now();
         let lowest = lowest_first(self.claims_made);
         let mut claims = Vec::new();
@@ -136,31 +153,76 @@ impl Queue {
             if self.paused.contains(queue) {
                 continue;
             }
+            let room = self.room(queue, now);
             let Some(lanes) = self.waiting.get_mut(queue) else {
                 continue;
             };
+            let upto = claims.len() + room.min(max - claims.len());
+            let mut taken = Vec::new();
             for priority in priority_order(lowest) {
                 let lane = &mut lanes[usize::from(priority)];
-                while claims.len() < max {
+                while claims.len() + taken.len() < upto {
                     let Some(entry) = lane.pop_front() else {
                         break;
                     };
-                    claims.push(entry.claim());
-                    self.pending.insert(
-                        entry.id,
-                        Lease {
-                            entry,
-                            consumer: consumer.to_owned(),
-                            touched: now,
-                        },
-                    );
+                    taken.push(entry);
                 }
+            }
+            for entry in taken {
+                self.started(&entry.queue, now);
+                claims.push(entry.claim());
+                self.pending.insert(
+                    entry.id,
+                    Lease {
+                        entry,
+                        consumer: consumer.to_owned(),
+                        touched: now,
+                        lease,
+                    },
+                );
             }
         }
         if !claims.is_empty() {
             self.claims_made += 1;
         }
         claims
+    }
+
+    /// How many more of `queue`'s entries its limits let start now.
+    fn room(&mut self, queue: &str, now: Instant) -> usize {
+        let Some(limits) = self.limits.get(queue) else {
+            return usize::MAX;
+        };
+        let mut room = usize::MAX;
+        if let Some(cap) = limits.concurrency {
+            let running = self
+                .pending
+                .values()
+                .filter(|l| l.entry.queue == queue && now.duration_since(l.touched) < l.lease)
+                .count();
+            room = (cap as usize).saturating_sub(running);
+        }
+        if let Some(rate) = limits.rate {
+            let starts = self.starts.entry(queue.to_owned()).or_default();
+            while starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= rate.per)
+            {
+                starts.pop_front();
+            }
+            room = room.min((rate.max as usize).saturating_sub(starts.len()));
+        }
+        room
+    }
+
+    /// Records a start of one of `queue`'s entries (for its rate limit).
+    fn started(&mut self, queue: &str, now: Instant) {
+        if self.limits.get(queue).is_some_and(|l| l.rate.is_some()) {
+            self.starts
+                .entry(queue.to_owned())
+                .or_default()
+                .push_back(now);
+        }
     }
 
     pub(super) fn pending_of(&self, consumer: &str, max: usize) -> Vec<Claim> {
@@ -217,7 +279,8 @@ impl Queue {
         true
     }
 
-    /// Moves up to `max` leases idle for `min_idle` to `consumer`.
+    /// Moves up to `max` leases idle for `min_idle` to `consumer` (within
+    /// their queues' limits; each then holds its slot for `min_idle`).
     pub(super) fn take_idle(
         &mut self,
         consumer: &str,
@@ -226,18 +289,32 @@ impl Queue {
         max: usize,
     ) -> Vec<Claim> {
         let now = Instant::now();
+        let idle: Vec<u64> = self
+            .pending
+            .values()
+            .filter(|lease| {
+                now.duration_since(lease.touched) >= min_idle
+                    && queues.contains(&lease.entry.queue)
+                    && !self.paused.contains(&lease.entry.queue)
+            })
+            .map(|lease| lease.entry.id)
+            .collect();
         let mut taken = Vec::new();
-        for lease in self.pending.values_mut() {
+        for id in idle {
             if taken.len() == max {
                 break;
             }
-            let queue = &lease.entry.queue;
-            if now.duration_since(lease.touched) >= min_idle
-                && queues.contains(queue)
-                && !self.paused.contains(queue)
-            {
+            let Some(queue) = self.pending.get(&id).map(|l| l.entry.queue.clone()) else {
+                continue;
+            };
+            if self.room(&queue, now) == 0 {
+                continue;
+            }
+            self.started(&queue, now);
+            if let Some(lease) = self.pending.get_mut(&id) {
                 lease.consumer = consumer.to_owned();
                 lease.touched = now;
+                lease.lease = min_idle;
                 taken.push(lease.entry.claim());
             }
         }
@@ -266,8 +343,13 @@ impl Queue {
             let name = lease.entry.queue.as_str();
             by_name.entry(name).or_insert_with(|| at(name)).running += 1;
         }
-        for name in &self.paused {
+        for name in self.paused.iter().chain(self.limits.keys()) {
             by_name.entry(name).or_insert_with(|| at(name));
+        }
+        for (name, limits) in &self.limits {
+            if let Some(q) = by_name.get_mut(name.as_str()) {
+                q.limits = limits.clone();
+            }
         }
         by_name.into_values().collect()
     }
@@ -288,25 +370,39 @@ impl Queue {
 
 #[async_trait]
 impl JobQueue for MemoryBackend {
-    async fn claim(
+    async fn claim_for(
         &self,
         consumer: &str,
         queues: &Queues,
         max: usize,
         wait: Duration,
+        lease: Duration,
     ) -> Result<Vec<Claim>> {
         let deadline = tokio::time::Instant::now() + wait;
+        // A limited queue's slots free up with no enqueue to wake us: look
+        // again at least this often.
+        let limited = {
+            let queue = self.queue();
+            queues.iter().any(|q| queue.limits.contains_key(q))
+        };
         loop {
             // Register interest before looking, so an enqueue between the
             // look and the wait still wakes us.
             let ready = self.shared.queue_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let claims = self.queue().claim(consumer, queues, max.max(1));
+            let claims = self.queue().claim(consumer, queues, max.max(1), lease);
             if !claims.is_empty() {
                 return Ok(claims);
             }
-            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+            let until = if limited {
+                deadline.min(tokio::time::Instant::now() + LIMITED_POLL)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(until, ready).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return Ok(Vec::new());
             }
         }
@@ -318,7 +414,26 @@ impl JobQueue for MemoryBackend {
 
     async fn ack(&self, entry: &str) -> Result<()> {
         self.queue().ack(entry);
+        // A slot of a limited queue may be free now.
+        self.shared.queue_ready.notify_waiters();
         Ok(())
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        let mut q = self.queue();
+        if limits.is_none() {
+            q.limits.remove(queue);
+            q.starts.remove(queue);
+        } else {
+            q.limits.insert(queue.to_owned(), limits.clone());
+        }
+        drop(q);
+        self.shared.queue_ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, QueueLimits>> {
+        Ok(self.queue().limits.clone())
     }
 
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {

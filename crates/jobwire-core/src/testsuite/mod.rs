@@ -14,6 +14,7 @@
 
 mod create;
 mod cron;
+mod limits;
 mod listing;
 mod live;
 mod log;
@@ -22,6 +23,7 @@ mod schedule;
 
 pub use create::*;
 pub use cron::*;
+pub use limits::*;
 pub use listing::*;
 pub use live::*;
 pub use log::*;
@@ -107,6 +109,9 @@ macro_rules! backend_conformance_tests {
             a_cron_tick_fires_once_across_racing_processes,
             a_lost_advance_makes_no_second_job,
             missed_ticks_fire_once_or_not_at_all,
+            queue_limits_are_kept_and_shown,
+            a_concurrency_cap_holds_across_claimers,
+            a_rate_limit_spaces_the_starts,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
