@@ -307,6 +307,7 @@ function openQueues() {
           el("td", { class: "num", "data-testid": "running" }, String(q.running)),
           el("td", { class: "num" }, ago(q.oldest_waiting_age_ms)),
           el("td", { title: q.workers.join(", ") }, q.workers.length ? String(q.workers.length) : "none"),
+          el("td", { class: "sub", "data-testid": "limits" }, limitsText(q.limits)),
           el("td", { "data-testid": "state" }, badge(q.paused ? "paused" : "active")),
           el("td", {}, q.paused
             ? actionButton("Resume", "quiet", "resume", () => client.setQueuePaused(q.name, false), load)
@@ -318,6 +319,12 @@ function openQueues() {
   };
   polled("queues", load);
 }
+
+/** A queue's fleet-wide limits in a few characters. */
+const limitsText = (limits = {}) =>
+  [limits.concurrency ? `≤${limits.concurrency} running` : "", limits.rate ? `≤${limits.rate.max}/${limits.rate.per}` : ""]
+    .filter(Boolean)
+    .join(" · ") || "–";
 
 /** Bars of jobs started and finished per minute (the server keeps an hour). */
 function drawThroughput(box, minutes) {

@@ -296,6 +296,7 @@ test("an admin drives the operations pages: queues, workers, failed jobs, schedu
   const failing = await api("POST", "/api/jobs", { kind: "demo", params: { steps: 3, delay_ms: 0, fail_at: 1 }, max_attempts: 1 }, alice);
   await waitJob(failing.id, (j) => j.status === "failed");
   await api("POST", "/api/jobs", { kind: "demo", params: { steps: 1 }, queue: "reports" }, alice);
+  await api("PUT", "/api/queues/reports/limits", { concurrency: 2, rate: { max: 10, per: "1m" } });
   const made = await api("POST", "/api/schedules", { name: "nightly-scan", cron: "0 3 * * *", tz: "Europe/Berlin", kind: "scan", params: { path: "." } });
   assert.equal(made.name, "nightly-scan");
 
@@ -306,6 +307,7 @@ test("an admin drives the operations pages: queues, workers, failed jobs, schedu
   const reports = 'tr[data-queue="reports"]';
   await p.waitForSelector(reports, { timeout: 10000 });
   assert.equal(await p.textContent(`${reports} [data-testid=waiting]`), "1");
+  assert.equal(await p.textContent(`${reports} [data-testid=limits]`), "≤2 running · ≤10/1m");
   await p.click(`${reports} [data-testid=pause]`);
   await p.waitForSelector(`${reports} [data-testid=state] .badge.paused`, { timeout: 10000 });
   assert.deepEqual((await api("GET", "/api/queues")).queues.find((q) => q.name === "reports").paused, true);

@@ -625,6 +625,47 @@ pub(crate) enum QueuesCommand {
     Pause(QueueArgs),
     /// Let workers claim from a paused queue again.
     Resume(QueueArgs),
+    /// Set a queue's fleet-wide limits: at most N of its jobs running at
+    /// once, at most N started per interval, across every worker.
+    Limit(LimitArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// The queue.
+    #[arg(value_name = "QUEUE", value_parser = parse_queue)]
+    pub(crate) queue: String,
+    /// At most this many of its jobs run at once (a dead worker's slots
+    /// free up when its lease lapses).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: Option<u32>,
+    /// At most N starts per interval, as N/INTERVAL (e.g. 10/1m, 5/1s).
+    #[arg(long, value_parser = parse_rate, value_name = "N/INTERVAL")]
+    pub(crate) rate: Option<jobwire_core::RateLimit>,
+    /// Lift the queue's limits.
+    #[arg(long, conflicts_with_all = ["concurrency", "rate"])]
+    pub(crate) clear: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientFlags,
+}
+
+/// `N/INTERVAL`, e.g. `10/1m`.
+fn parse_rate(text: &str) -> Result<jobwire_core::RateLimit, String> {
+    let (max, per) = text
+        .split_once('/')
+        .ok_or_else(|| "expected N/INTERVAL, e.g. 10/1m".to_owned())?;
+    let max: u32 = max
+        .trim()
+        .parse()
+        .map_err(|_| "N must be a whole number".to_owned())?;
+    let per = humantime::parse_duration(per.trim()).map_err(|e| format!("the interval: {e}"))?;
+    let rate = jobwire_core::RateLimit { max, per };
+    jobwire_core::QueueLimits {
+        concurrency: None,
+        rate: Some(rate),
+    }
+    .check()?;
+    Ok(rate)
 }
 
 #[derive(Debug, Args)]

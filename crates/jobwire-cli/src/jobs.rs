@@ -8,7 +8,7 @@ use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSo
 use serde_json::{Map, Value};
 
 use crate::config::{
-    CancelArgs, ClientFlags, JobsArgs, QueuesArgs, QueuesCommand, RetryArgs, SubmitArgs,
+    CancelArgs, ClientFlags, JobsArgs, LimitArgs, QueuesArgs, QueuesCommand, RetryArgs, SubmitArgs,
     WorkersArgs,
 };
 use crate::{watch, Failure};
@@ -261,6 +261,7 @@ pub(crate) async fn queues(args: QueuesArgs) -> Result<(), Failure> {
     let (action, paused) = match args.action {
         Some(QueuesCommand::Pause(action)) => (action, true),
         Some(QueuesCommand::Resume(action)) => (action, false),
+        Some(QueuesCommand::Limit(limit)) => return set_limits(limit).await,
         None => return list_queues(&args.client, args.json).await,
     };
     let client = client(&action.client)?;
@@ -280,6 +281,44 @@ pub(crate) async fn queues(args: QueuesArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+async fn set_limits(args: LimitArgs) -> Result<(), Failure> {
+    if !args.clear && args.concurrency.is_none() && args.rate.is_none() {
+        return Err(Failure::Usage(anyhow!(
+            "give --concurrency N, --rate N/INTERVAL or both (or --clear to lift the limits)"
+        )));
+    }
+    let limits = jobwire_core::QueueLimits {
+        concurrency: args.concurrency,
+        rate: args.rate,
+    };
+    client(&args.client)?
+        .set_limits(&args.queue, &limits)
+        .await
+        .map_err(failed)?;
+    println!("queue {}: {}", args.queue, describe_limits(&limits));
+    Ok(())
+}
+
+/// `≤2 running, ≤10/1m`, or `no limits`.
+fn describe_limits(limits: &jobwire_core::QueueLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = limits.concurrency {
+        parts.push(format!("≤{n} running"));
+    }
+    if let Some(rate) = limits.rate {
+        parts.push(format!(
+            "≤{}/{}",
+            rate.max,
+            humantime::format_duration(rate.per)
+        ));
+    }
+    if parts.is_empty() {
+        "no limits".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 async fn list_queues(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
     let client = client(flags)?;
     let queues = client.queues().await.map_err(failed)?;
@@ -292,15 +331,15 @@ async fn list_queues(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  WORKERS",
-        "QUEUE", "WAITING", "RUNNING", "OLDEST WAIT", "STATE"
+        "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {:<7}  LIMITS",
+        "QUEUE", "WAITING", "RUNNING", "OLDEST WAIT", "STATE", "WORKERS"
     );
     for q in &queues {
         let oldest = q.oldest_waiting_age_ms.map_or("–".to_owned(), |ms| {
             humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
         });
         println!(
-            "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {}",
+            "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {:<7}  {}",
             truncate(&q.name, 24),
             q.waiting,
             q.running,
@@ -310,6 +349,11 @@ async fn list_queues(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
                 "none".to_owned()
             } else {
                 q.workers.len().to_string()
+            },
+            if q.limits.is_none() {
+                "–".to_owned()
+            } else {
+                describe_limits(&q.limits)
             }
         );
     }

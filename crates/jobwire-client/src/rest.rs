@@ -54,6 +54,9 @@ pub struct QueueRow {
     /// The live workers serving it.
     pub workers: Vec<String>,
     pub paused: bool,
+    /// Its fleet-wide limits (none: `{}`).
+    #[serde(default)]
+    pub limits: jobwire_core::QueueLimits,
 }
 
 #[derive(Deserialize)]
@@ -359,6 +362,27 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `PUT /api/queues/{queue}/limits` (scope `admin`): the queue's
+    /// fleet-wide limits; all `None` lifts them.
+    ///
+    /// # Errors
+    /// `invalid` for a bad queue name or figures; `forbidden` without admin.
+    pub async fn set_limits(
+        &self,
+        queue: &str,
+        limits: &jobwire_core::QueueLimits,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::to_value(limits).map_err(|e| ClientError::Config(e.to_string()))?;
+        self.send(
+            Method::PUT,
+            &format!("/api/queues/{queue}/limits"),
+            Some(&body),
+            &[],
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST /api/jobs/{id}/cancel`.

@@ -109,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/throughput", get(routes::throughput))
         .route("/api/queues/{queue}/pause", post(routes::pause_queue))
         .route("/api/queues/{queue}/resume", post(routes::resume_queue))
+        .route(
+            "/api/queues/{queue}/limits",
+            axum::routing::put(routes::set_limits),
+        )
         .route("/api/schedules", get(schedules::list).post(schedules::put))
         .route(
             "/api/schedules/{name}",

@@ -745,10 +745,28 @@ pub async fn queues(
                     .map(|t| (now.unix_millis() - t.unix_millis()).max(0)),
                 "workers": workers,
                 "paused": q.paused,
+                "limits": q.limits,
             })
         })
         .collect();
     Ok(Json(json!({ "queues": queues })))
+}
+
+/// `PUT /api/queues/{queue}/limits` (scope `admin`): the queue's
+/// fleet-wide limits, `{"concurrency": N, "rate": {"max": N, "per":
+/// "1m"}}`; `{}` lifts them. Claims see the change within about a second.
+pub async fn set_limits(
+    State(state): State<AppState>,
+    credentials: Credentials,
+    Path(queue): Path<String>,
+    body: Result<Json<jobwire_core::QueueLimits>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &credentials, Scope::Admin)?;
+    jobwire_core::check_queue_name(&queue).map_err(ApiError::unprocessable)?;
+    let Json(limits) = body?;
+    limits.check().map_err(ApiError::unprocessable)?;
+    state.queue.set_limits(&queue, &limits).await?;
+    Ok(Json(json!({"queue": queue, "limits": limits})))
 }
 
 /// `GET /api/throughput` (scope `admin`): jobs started and finished per

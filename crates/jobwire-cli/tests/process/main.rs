@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod cluster;
 mod external;
+mod limits;
 mod queue_controls;
 mod readme;
 mod schedules;

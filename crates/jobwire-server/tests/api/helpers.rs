@@ -104,6 +104,17 @@ impl TestApp {
         self.request(reqwest::Method::POST, path, token, body).await
     }
 
+    /// `PUT path` with a JSON body.
+    pub(crate) async fn put(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Result<(StatusCode, Value)> {
+        self.request(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
     /// `DELETE path`.
     pub(crate) async fn delete(
         &self,

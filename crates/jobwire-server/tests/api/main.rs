@@ -7,6 +7,6 @@ mod hardening;
 mod helpers;
 mod live;
 mod openapi;
+mod operations;
 mod recovery;
 mod rest;
-mod schedules;

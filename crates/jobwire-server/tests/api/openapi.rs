@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/throughput"),
     ("post", "/api/queues/{queue}/pause"),
     ("post", "/api/queues/{queue}/resume"),
+    ("put", "/api/queues/{queue}/limits"),
     ("get", "/api/schedules"),
     ("post", "/api/schedules"),
     ("delete", "/api/schedules/{name}"),

@@ -1,6 +1,6 @@
-//! The cron schedules' API: admin only, every field checked, create,
-//! replace, pause, resume, delete; and a schedule's ticks becoming jobs of
-//! its owner.
+//! The fleet operations API: cron schedules (admin only, every field
+//! checked, create, replace, pause, resume, delete; a schedule's ticks
+//! becoming jobs of its owner) and queue limits.
 
 use std::time::{Duration, Instant};
 
@@ -176,5 +176,48 @@ async fn a_schedules_ticks_become_its_owners_jobs() -> Result<()> {
     }
     let (_, list) = app.get("/api/schedules", Some(&root)).await?;
     ensure!(list["schedules"][0]["last_job"].is_string(), "{list}");
+    Ok(())
+}
+
+/// Queue limits: admin only, checked, shown in `GET /api/queues`, lifted
+/// with `{}`.
+#[tokio::test]
+async fn queue_limits_are_set_checked_shown_and_lifted() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let root = admin();
+    let path = "/api/queues/scan/limits";
+    let body = json!({"concurrency": 2, "rate": {"max": 10, "per": "1m"}});
+    let (status, _) = app
+        .put(path, Some(&user_token("alice")), body.clone())
+        .await?;
+    ensure!(status == 403);
+    for bad in [
+        json!({"concurrency": 0}),
+        json!({"rate": {"max": 0, "per": "1s"}}),
+        json!({"rate": {"max": 1, "per": "2d"}}),
+        json!({"rate": {"max": 1, "per": "soon"}}),
+        json!({"concurrency": 1, "burst": 3}),
+    ] {
+        let (status, reply) = app.put(path, Some(&root), bad.clone()).await?;
+        ensure!(status == 422 || status == 400, "{bad}: {status} {reply}");
+    }
+    let (status, set) = app.put(path, Some(&root), body.clone()).await?;
+    ensure!(status == 200 && set["limits"] == body, "{set}");
+    let (_, queues) = app.get("/api/queues", Some(&root)).await?;
+    let scan = queues["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "scan"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(scan["limits"] == body, "{queues}");
+    let (status, _) = app.put(path, Some(&root), json!({})).await?;
+    ensure!(status == 200);
+    let (_, queues) = app.get("/api/queues", Some(&root)).await?;
+    ensure!(
+        !queues["queues"]
+            .as_array()
+            .is_some_and(|qs| qs.iter().any(|q| q["name"] == "scan")),
+        "{queues}"
+    );
     Ok(())
 }

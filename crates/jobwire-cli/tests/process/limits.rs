@@ -1,0 +1,190 @@
+//! Fleet-wide queue limits with real `jobwire worker` processes on one
+//! Redis, set with `jobwire queues limit` through a gateway and checked
+//! from the jobs' event timestamps: a concurrency cap through a `kill -9`,
+//! and a rate limit.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use jobwire_core::{Backend, EventType, JobState, JobStatus, NewJob, Timestamp};
+use jobwire_testkit::jobs::{log, wait_for};
+use jobwire_testkit::RedisServer;
+use serde_json::json;
+
+use crate::{redis_backend, Jobwire};
+
+fn worker(redis: &RedisServer, name: &str) -> Result<Jobwire> {
+    Jobwire::start(
+        &["worker"],
+        &[
+            ("REDIS_URL", redis.url()),
+            ("JOBWIRE_WORKER_NAME", name.to_owned()),
+            ("JOBWIRE_VISIBILITY_TIMEOUT", "2s".to_owned()),
+            ("JOBWIRE_WORKER_CONCURRENCY", "8".to_owned()),
+        ],
+    )
+}
+
+/// `jobwire queues limit ARGS` through `gateway`, as an admin.
+fn limit(gateway: &Jobwire, args: &[&str]) -> Result<()> {
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "ops",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["queues", "limit"])
+        .args(args)
+        .env_clear()
+        .env("JOBWIRE_URL", gateway.url(""))
+        .env("JOBWIRE_TOKEN", admin)
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    Ok(())
+}
+
+async fn demo_jobs(
+    backend: &dyn Backend,
+    n: usize,
+    params: serde_json::Value,
+) -> Result<Vec<JobState>> {
+    let mut jobs = Vec::with_capacity(n);
+    for _ in 0..n {
+        jobs.push(
+            backend
+                .create_job(NewJob::new("demo", params.clone(), "alice"))
+                .await?,
+        );
+    }
+    Ok(jobs)
+}
+
+/// Each job's last attempt, from its `job_started` to its end.
+async fn runs(
+    backend: &dyn Backend,
+    jobs: &[JobState],
+) -> Result<Vec<(Timestamp, Timestamp, u32)>> {
+    let mut runs = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let done = wait_for(backend, &job.id, Duration::from_secs(90), |s| {
+            s.status.is_terminal()
+        })
+        .await?;
+        ensure!(done.status == JobStatus::Completed, "{done:?}");
+        let events = log(backend, &job.id).await?;
+        let start = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventType::JobStarted)
+            .context("never started")?;
+        let end = events.last().context("no events")?;
+        runs.push((start.timestamp, end.timestamp, done.attempt));
+    }
+    Ok(runs)
+}
+
+/// The most runs that overlap at any moment (an end before a start at the
+/// same millisecond: the slot was freed first).
+fn most_at_once(runs: &[(Timestamp, Timestamp, u32)]) -> usize {
+    let mut edges: Vec<(i64, i8)> = runs
+        .iter()
+        .flat_map(|(s, e, _)| [(s.unix_millis(), 1), (e.unix_millis(), -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, d) in edges {
+        now += i64::from(d);
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// `scan ≤ 2`-style cap: 100 jobs queued, three workers of concurrency 8,
+/// and one of them killed with SIGKILL while it runs a job. Never more
+/// than 2 run at once (from the event timestamps); the dead worker's slot
+/// comes back when its lease lapses, and its job completes on attempt 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_cap_holds_across_workers_through_a_kill() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(20))
+        .await?;
+    limit(&gateway, &["demo", "--concurrency", "2"])?;
+    let jobs = demo_jobs(backend.as_ref(), 100, json!({"steps": 3, "delay_ms": 30})).await?;
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        workers.push(worker(&redis, &format!("w{i}"))?);
+    }
+    // Kill a worker while it runs a job (the registry says which).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let victim = loop {
+        let busy = backend
+            .workers()
+            .await?
+            .into_iter()
+            .find(|w| !w.running.is_empty());
+        if let Some(w) = busy {
+            break w;
+        }
+        if Instant::now() > deadline {
+            bail!("no worker ever ran a job");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let index: usize = victim.name.trim_start_matches('w').parse()?;
+    workers[index].signal("KILL")?;
+    workers[index].wait_exit(Duration::from_secs(5))?;
+
+    let runs = runs(backend.as_ref(), &jobs).await?;
+    let most = most_at_once(&runs);
+    ensure!(most <= 2, "{most} jobs ran at once under a cap of 2");
+    ensure!(
+        most == 2,
+        "the cap was never reached ({most}): the test proves nothing"
+    );
+    for job in &victim.running {
+        let done = backend.job(job).await?;
+        ensure!(
+            done.status == JobStatus::Completed && done.attempt == 2,
+            "the killed worker's job: {done:?}"
+        );
+    }
+    Ok(())
+}
+
+/// 5 starts a second at most: 20 jobs through two workers start no faster,
+/// measured from the `job_started` timestamps (a 900 ms window holds at
+/// most 5: the slot is taken a moment before the event is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_the_starts_across_workers() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(20))
+        .await?;
+    limit(&gateway, &["demo", "--rate", "5/1s"])?;
+    let jobs = demo_jobs(backend.as_ref(), 20, json!({"steps": 1, "delay_ms": 0})).await?;
+    let _workers = [worker(&redis, "r0")?, worker(&redis, "r1")?];
+    let mut starts: Vec<i64> = runs(backend.as_ref(), &jobs)
+        .await?
+        .iter()
+        .map(|(s, ..)| s.unix_millis())
+        .collect();
+    starts.sort();
+    for (i, pair) in starts.windows(6).enumerate() {
+        ensure!(
+            pair[5] - pair[0] >= 900,
+            "6 starts within {} ms (from start {i}): {starts:?}",
+            pair[5] - pair[0]
+        );
+    }
+    let span = starts[starts.len() - 1] - starts[0];
+    ensure!(span >= 2_700, "20 starts at 5/s took only {span} ms");
+    Ok(())
+}
