@@ -181,11 +181,6 @@ async def test_refused_jobs_end_their_watch(aclient: jobwire.AsyncClient, server
     assert refused[foreign["id"]].code == "forbidden"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: DELETE /api/jobs/{id} does not send "
-    "`gone` to the job's live watchers (docs/protocol.md says it does)",
-)
 async def test_a_job_deleted_while_watched_is_gone(aclient: jobwire.AsyncClient) -> None:
     job = await aclient.create_external_job("py.gone")
     items: List[jobwire.WatchItem] = []

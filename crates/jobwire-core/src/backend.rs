@@ -430,6 +430,10 @@ pub enum LiveBatch {
     /// tail's position, e.g. during an outage): readers must re-read the logs
     /// of the jobs they serve after the last id they delivered.
     Gap,
+    /// These jobs were deleted (on any instance): their watchers must be
+    /// told. The memory backend has one process, whose server tells them
+    /// itself, and never returns this.
+    Deleted(Vec<JobId>),
 }
 
 /// A reader of the live feed of every partition. It owns its connection

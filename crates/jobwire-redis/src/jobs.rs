@@ -575,7 +575,9 @@ impl JobStore for RedisBackend {
             .key(keys.stats_of(job))
             .key(keys.unfinished_of(job))
             .key(keys.scheduled(keys.partition_of(job)))
+            .key(keys.live_of(job))
             .arg(job.as_str())
+            .arg(self.shared.config.backend.live_maxlen)
             .invoke_async(&mut conn)
             .await
             .map_err(backend_error)?;

@@ -309,7 +309,11 @@ impl Reader {
             .await
             .map_err(backend_error)?;
         let mut events = Vec::new();
-        for (key, entries) in streams_of(reply)? {
+        let mut deleted = Vec::new();
+        // Events and deletions go out in separate batches, in feed order:
+        // the read stops at the first entry of the other sort (its position
+        // stays before it, so the next read starts there).
+        'read: for (key, entries) in streams_of(reply)? {
             let Some(slot) = self.streams.iter().position(|s| *s == key) else {
                 continue;
             };
@@ -318,16 +322,33 @@ impl Reader {
                 self.check_gap = true;
             }
             for (id, fields) in entries {
-                for (name, value) in fields {
-                    match record(&name, value) {
-                        Ok(record) => events.push(record),
-                        Err(e) => {
-                            tracing::error!(entry = %id, error = %e, "skipping unreadable live event")
+                let deletion = fields
+                    .iter()
+                    .find(|(name, _)| name.as_slice() == DELETED_FIELD)
+                    .map(|(_, job)| String::from_utf8_lossy(job).parse::<jobwire_core::JobId>());
+                match deletion {
+                    Some(_) if !events.is_empty() => break 'read,
+                    None if !deleted.is_empty() => break 'read,
+                    Some(Ok(job)) => deleted.push(job),
+                    Some(Err(e)) => {
+                        tracing::error!(entry = %id, error = %e, "skipping an unreadable deletion");
+                    }
+                    None => {
+                        for (name, value) in fields {
+                            match record(&name, value) {
+                                Ok(record) => events.push(record),
+                                Err(e) => {
+                                    tracing::error!(entry = %id, error = %e, "skipping unreadable live event")
+                                }
+                            }
                         }
                     }
                 }
                 self.ids[slot] = id;
             }
+        }
+        if !deleted.is_empty() {
+            return Ok(LiveBatch::Deleted(deleted));
         }
         Ok(LiveBatch::Events(events))
     }
@@ -360,6 +381,10 @@ impl LiveTail for RedisTail {
         LivePosition(self.ids.join(","))
     }
 }
+
+/// The field of a live entry that says a job was deleted (its value: the
+/// job's id; `lua/delete.lua`). No epoch can be named so.
+const DELETED_FIELD: &[u8] = b"!deleted";
 
 /// One live event: its field's name (the job's epoch) and value (the
 /// event's wire JSON). Entries written before fields were named by epoch

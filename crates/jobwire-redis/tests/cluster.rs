@@ -206,7 +206,7 @@ async fn a_master_killed_under_load_fails_over_without_a_restart() -> Result<()>
             Ok(Ok(LiveBatch::Events(events))) if gap && !events.is_empty() => {
                 delivered_after = true
             }
-            Ok(Ok(LiveBatch::Events(_))) | Err(_) => {
+            Ok(Ok(LiveBatch::Events(_) | LiveBatch::Deleted(_))) | Err(_) => {
                 publish_rounds(&backend, &jobs, 1).await;
             }
             Ok(Err(e)) => anyhow::bail!("the cluster tail failed: {e}"),

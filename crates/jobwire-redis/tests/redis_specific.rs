@@ -233,6 +233,7 @@ async fn redis_restart_loses_nothing_and_starts_a_new_history() -> Result<()> {
         match tail.next().await {
             Ok(LiveBatch::Events(events)) => seen.extend(events.into_iter().map(|e| e.id.0)),
             Ok(LiveBatch::Gap) => gaps += 1,
+            Ok(LiveBatch::Deleted(jobs)) => bail!("unexpected deletions {jobs:?}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
         // After the gap, the tail reads on from the streams' ends.
@@ -431,6 +432,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() -> Result<()> {
         match tokio::time::timeout(Duration::from_secs(5), tail.next()).await?? {
             LiveBatch::Events(events) => live.extend(events),
             LiveBatch::Gap => bail!("gap on a fresh tail"),
+            LiveBatch::Deleted(jobs) => bail!("unexpected deletions {jobs:?}"),
         }
     }
 
@@ -570,6 +572,52 @@ async fn a_job_lost_with_its_creation_is_not_found() -> Result<()> {
     ensure!(
         matches!(outcome, Err(BackendError::NotFound(_))),
         "{outcome:?}"
+    );
+    Ok(())
+}
+
+/// A deletion reaches every tail, in its partition's feed order: the
+/// events published before it first, then the deleted job, then what
+/// follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_reaches_the_live_tail_in_order() -> Result<()> {
+    let server = RedisServer::start()?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let mut tail = b.tail(TailFrom::Now).await?;
+    // Both in partition 0 (of 4): one live stream, one order.
+    let in_p0 = || NewJob {
+        id: jobwire_core::JobId::generate_in(0, 4),
+        ..NewJob::new("demo", json!({}), "alice")
+    };
+    let doomed = b.create_job(in_p0()).await?;
+    let other = b.create_job(in_p0()).await?;
+    b.delete(&doomed.id).await?;
+    b.publish(
+        &other.id,
+        &[NewEvent::new(EventType::JobStarted, json!({}))],
+    )
+    .await?;
+    let (d, o) = (doomed.id.to_string(), other.id.to_string());
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 4 {
+        ensure!(tokio::time::Instant::now() < deadline, "tail saw {seen:?}");
+        match tail.next().await? {
+            LiveBatch::Events(events) => {
+                seen.extend(events.iter().map(|e| format!("{}:{}", e.job_id, e.id)));
+            }
+            LiveBatch::Deleted(jobs) => seen.extend(jobs.iter().map(|j| format!("deleted {j}"))),
+            LiveBatch::Gap => bail!("unexpected gap"),
+        }
+    }
+    ensure!(
+        seen == [
+            format!("{d}:1"),
+            format!("{o}:1"),
+            format!("deleted {d}"),
+            format!("{o}:2")
+        ],
+        "{seen:?}"
     );
     Ok(())
 }

@@ -487,6 +487,8 @@ pub async fn delete_job(
     let id = job_id(&id)?;
     visible_job(&state, &principal, &id).await?;
     state.store.delete(&id).await?;
+    // This instance's watchers hear it now (others through the live feed).
+    state.hub.recheck(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

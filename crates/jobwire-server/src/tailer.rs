@@ -152,6 +152,14 @@ pub async fn run(
                     mark_up(&health, &mut backoff);
                     hub.dispatch(&records);
                 }
+                Ok(LiveBatch::Deleted(jobs)) => {
+                    mark_up(&health, &mut backoff);
+                    // Their watchers re-read the log, find nothing, and say
+                    // `gone`.
+                    for job in &jobs {
+                        hub.recheck(job);
+                    }
+                }
                 Ok(LiveBatch::Gap) => {
                     // Up again once the recovery has gone through.
                     tracing::warn!("live feed gap: re-reading the watched jobs' logs");

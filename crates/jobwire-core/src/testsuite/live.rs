@@ -35,6 +35,7 @@ pub async fn live_tail_sees_every_event_in_order(f: &dyn BackendFactory) -> Resu
                 }
             }
             LiveBatch::Gap => bail!("unexpected gap"),
+            LiveBatch::Deleted(jobs) => bail!("unexpected deletions {jobs:?}"),
         }
     }
     for job in &jobs {

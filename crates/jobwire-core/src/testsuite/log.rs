@@ -406,6 +406,7 @@ pub async fn concurrent_publishers_lose_nothing(f: &dyn BackendFactory) -> Resul
                     }
                 }
                 LiveBatch::Gap => bail!("the tail fell behind the live feed after {tailed} events"),
+                LiveBatch::Deleted(jobs) => bail!("unexpected deletions {jobs:?}"),
             }
         }
         Ok(())

@@ -2,7 +2,10 @@
 --
 -- KEYS[1] job hash, KEYS[2] event log, KEYS[3] the partition's job counts,
 -- KEYS[4] the partition's unfinished jobs per owner, KEYS[5] the
--- partition's schedule; ARGV[1] the job's id
+-- partition's schedule, KEYS[6] its live stream; ARGV[1] the job's id,
+-- ARGV[2] the live stream's MAXLEN
+-- The live stream gets a `!deleted` entry (a field no epoch can be named:
+-- see tail.rs), so every gateway tells the job's watchers it is gone.
 -- Returns false when there is no such job, else the job's owner-bearing
 -- state JSON (the caller then removes the listing entries).
 local head = redis.call('HMGET', KEYS[1], 'state', 'status', 'owner', 'unique')
@@ -21,4 +24,5 @@ if head[2] == 'queued' or head[2] == 'running' or head[2] == 'scheduled' then
 end
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[2], '*', '!deleted', ARGV[1])
 return head[1]

@@ -678,3 +678,48 @@ async fn heartbeats_keep_live_clients_and_drop_silent_ones() -> Result<()> {
     }
     Ok(())
 }
+
+/// A job deleted while watched ends its watchers on every instance: the
+/// one that served the DELETE at once, the other through the live feed
+/// (a single-job socket closes with 4404, a multiplexed one says `gone`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_job_ends_its_watchers_on_every_instance() -> Result<()> {
+    let redis_server = RedisServer::start()?;
+    let a = spawn_app(redis(&redis_server.url()).await?).await?;
+    let b = spawn_app(redis(&redis_server.url()).await?).await?;
+    let token = user_token("alice");
+    let job = running_job(&a.backend, "alice").await?;
+    let mut watchers = Vec::new();
+    for app in [&a, &b] {
+        let (single, _) = connect(
+            &app.ws_url(&format!("/ws/jobs/{}", job.id)),
+            Some(&token),
+            Via::Bearer,
+        )
+        .await?;
+        let (mut multi, _) = connect(&app.ws_url("/ws/jobs"), Some(&token), Via::Bearer).await?;
+        send(&mut multi, json!({"type": "subscribe", "job_id": job.id})).await?;
+        watchers.push((single, multi));
+    }
+    for (single, multi) in &mut watchers {
+        ensure!(next_json(single).await?["type"] == "current_state");
+        ensure!(next_json(multi).await?["type"] == "current_state");
+    }
+    let (status, _) = a
+        .delete(&format!("/api/jobs/{}", job.id), Some(&token))
+        .await?;
+    ensure!(status == 204);
+    for (i, (single, multi)) in watchers.iter_mut().enumerate() {
+        let code = tokio::time::timeout(Duration::from_secs(10), close_code(single)).await??;
+        ensure!(
+            code == 4404,
+            "instance {i}: the single-job socket closed with {code}"
+        );
+        let gone = tokio::time::timeout(Duration::from_secs(10), next_json(multi)).await??;
+        ensure!(
+            gone["type"] == "gone" && gone["job_id"] == job.id.as_str(),
+            "instance {i}: {gone}"
+        );
+    }
+    Ok(())
+}
