@@ -148,7 +148,13 @@ export class JobwireClient {
 export interface QueueRow {
   name: string;
   waiting: number;
+  scheduled: number;
   running: number;
+  /** Finished in the last whole minute, and the last 15. */
+  finished_1m: number;
+  finished_15m: number;
+  failed_1h: number;
+  limits: { concurrency?: number; rate?: { max: number; per: string } };
   oldest_waiting_age_ms: number | null;
   /** The live workers serving it. */
   workers: string[];

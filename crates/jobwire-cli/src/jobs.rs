@@ -331,18 +331,31 @@ async fn list_queues(flags: &ClientFlags, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {:<7}  LIMITS",
-        "QUEUE", "WAITING", "RUNNING", "OLDEST WAIT", "STATE", "WORKERS"
+        "{:<20}  {:>7}  {:>9}  {:>7}  {:>9}  {:>9}  {:>11}  {:<6}  {:<7}  LIMITS",
+        "QUEUE",
+        "WAITING",
+        "SCHEDULED",
+        "RUNNING",
+        "DONE/MIN",
+        "FAILED 1H",
+        "OLDEST WAIT",
+        "STATE",
+        "WORKERS"
     );
     for q in &queues {
         let oldest = q.oldest_waiting_age_ms.map_or("–".to_owned(), |ms| {
             humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string()
         });
+        // Jobs per minute: the last minute's, and the last 15's average.
+        let rate = format!("{}/{:.0}", q.finished_1m, q.finished_15m as f64 / 15.0);
         println!(
-            "{:<24}  {:>8}  {:>8}  {:>12}  {:<7}  {:<7}  {}",
-            truncate(&q.name, 24),
+            "{:<20}  {:>7}  {:>9}  {:>7}  {:>9}  {:>9}  {:>11}  {:<6}  {:<7}  {}",
+            truncate(&q.name, 20),
             q.waiting,
+            q.scheduled,
             q.running,
+            rate,
+            q.failed_1h,
             oldest,
             if q.paused { "paused" } else { "active" },
             if q.workers.is_empty() {

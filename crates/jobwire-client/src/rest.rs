@@ -49,7 +49,17 @@ struct Workers {
 pub struct QueueRow {
     pub name: String,
     pub waiting: u64,
+    #[serde(default)]
+    pub scheduled: u64,
     pub running: u64,
+    /// Finished in the last whole minute, and the last 15.
+    #[serde(default)]
+    pub finished_1m: u64,
+    #[serde(default)]
+    pub finished_15m: u64,
+    /// Failed in the last hour.
+    #[serde(default)]
+    pub failed_1h: u64,
     pub oldest_waiting_age_ms: Option<u64>,
     /// The live workers serving it.
     pub workers: Vec<String>,

@@ -263,6 +263,32 @@ pub struct QueueOverview {
     pub paused: bool,
     /// Its fleet-wide limits, if any.
     pub limits: QueueLimits,
+    /// Jobs `scheduled` (delayed, or waiting out a retry's backoff).
+    pub scheduled: u64,
+    /// Jobs that finished (completed, failed or were cancelled) in the
+    /// last whole minute, and in the last 15 whole minutes (the current,
+    /// partial minute not included): the queue's throughput.
+    pub finished_1m: u64,
+    pub finished_15m: u64,
+    /// Jobs that failed in the last 60 minutes (the current one included).
+    pub failed_1h: u64,
+}
+
+impl QueueOverview {
+    /// Adds a minute's finished and failed jobs, `ago` whole minutes
+    /// before the current one.
+    pub fn count_minute(&mut self, ago: i64, finished: u64, failed: u64) {
+        if ago < 0 || ago >= THROUGHPUT_MINUTES {
+            return;
+        }
+        if ago == 1 {
+            self.finished_1m += finished;
+        }
+        if (1..=15).contains(&ago) {
+            self.finished_15m += finished;
+        }
+        self.failed_1h += failed;
+    }
 }
 
 /// Fleet-wide limits of one queue, enforced at claim time across every

@@ -933,6 +933,62 @@ impl JobQueue for RedisBackend {
                 })
                 .limits = limits;
         }
+        // Scheduled jobs (`scheduled/<queue>` in each partition's stats) and
+        // finished and failed ones per minute (`<minute>/<queue>/f|x` in its
+        // hourly throughput hashes; lua/publish.lua writes both).
+        let keys = &self.shared.keys;
+        let now = Timestamp::now().unix_millis();
+        let (minute, hour) = (now.div_euclid(60_000), now.div_euclid(3_600_000));
+        type Hash = HashMap<String, i64>;
+        let partitions: Vec<(Hash, Hash, Hash)> = self
+            .shared
+            .conns
+            .each((0..keys.partitions()).map(|p| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGETALL").arg(keys.stats(p));
+                pipe.cmd("HGETALL").arg(keys.throughput(p, hour - 1));
+                pipe.cmd("HGETALL").arg(keys.throughput(p, hour));
+                pipe
+            }))
+            .await
+            .map_err(backend_error)?;
+        fn at<'a>(
+            by_name: &'a mut std::collections::BTreeMap<String, QueueOverview>,
+            name: &str,
+        ) -> &'a mut QueueOverview {
+            by_name
+                .entry(name.to_owned())
+                .or_insert_with(|| QueueOverview {
+                    name: name.to_owned(),
+                    ..QueueOverview::default()
+                })
+        }
+        for (stats, before, current) in partitions {
+            for (field, n) in stats {
+                if let Some(queue) = field.strip_prefix("scheduled/") {
+                    if n > 0 {
+                        at(&mut by_name, queue).scheduled += n as u64;
+                    }
+                }
+            }
+            for (field, n) in before.into_iter().chain(current) {
+                let mut parts = field.splitn(2, '/');
+                let (Some(m), Some(rest)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let (Ok(m), Some((queue, which))) = (m.parse::<i64>(), rest.rsplit_once('/'))
+                else {
+                    continue;
+                };
+                let n = n.max(0) as u64;
+                let (finished, failed) = match which {
+                    "f" => (n, 0),
+                    "x" => (0, n),
+                    _ => continue,
+                };
+                at(&mut by_name, queue).count_minute(minute - m, finished, failed);
+            }
+        }
         Ok(by_name.into_values().collect())
     }
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -704,10 +704,11 @@ pub async fn workers(
     Ok(Json(json!({ "workers": workers })))
 }
 
-/// `GET /api/queues` (scope `admin`): per queue, its waiting and running
-/// entries, the age of its oldest waiting one, the live workers serving
-/// it, and whether it is paused; queues that live workers serve are listed
-/// even when empty.
+/// `GET /api/queues` (scope `admin`): per queue, its waiting, scheduled
+/// and running jobs, its throughput (finished in the last 1 and 15 whole
+/// minutes) and failures of the last hour, the age of its oldest waiting
+/// entry, the live workers serving it, its limits and whether it is
+/// paused; queues that live workers serve are listed even when empty.
 pub async fn queues(
     State(state): State<AppState>,
     credentials: Credentials,
@@ -742,7 +743,11 @@ pub async fn queues(
             json!({
                 "name": q.name,
                 "waiting": q.waiting,
+                "scheduled": q.scheduled,
                 "running": q.running,
+                "finished_1m": q.finished_1m,
+                "finished_15m": q.finished_15m,
+                "failed_1h": q.failed_1h,
                 "oldest_waiting_age_ms": q.oldest_waiting
                     .map(|t| (now.unix_millis() - t.unix_millis()).max(0)),
                 "workers": workers,

@@ -60,6 +60,8 @@ struct Shared {
     /// Jobs started and finished per minute (minute index since the Unix
     /// epoch), the last hour or so.
     throughput: Mutex<std::collections::BTreeMap<i64, (u64, u64)>>,
+    /// Jobs finished and failed per minute and queue, the last hour or so.
+    queue_minutes: Mutex<std::collections::BTreeMap<(i64, String), (u64, u64)>>,
     /// Cron schedules by name (a lock of its own, never held with another).
     schedules: Mutex<std::collections::BTreeMap<String, crate::schedule::Schedule>>,
 }
@@ -151,6 +153,7 @@ impl MemoryBackend {
                 idempotency: tokio::sync::Mutex::new(Keys::default()),
                 schedules: Mutex::default(),
                 throughput: Mutex::default(),
+                queue_minutes: Mutex::default(),
             }),
         }
     }
@@ -186,18 +189,29 @@ impl MemoryBackend {
         f(&mut stored)
     }
 
-    /// Counts a job (an attempt) that started, and one that finished, in
-    /// this minute's throughput.
-    fn count_minute(&self, started: bool, finished: bool) {
+    /// Counts a job (an attempt) that started, and one that finished
+    /// (`failed` or not), in this minute's throughput, store-wide and for
+    /// its queue.
+    fn count_minute(&self, queue: &str, started: bool, finished: bool, failed: bool) {
         if !(started || finished) {
             return;
         }
         let minute = crate::Timestamp::now().unix_millis().div_euclid(60_000);
-        let mut throughput = lock(&self.shared.throughput);
-        let slot = throughput.entry(minute).or_default();
-        slot.0 += u64::from(started);
-        slot.1 += u64::from(finished);
-        throughput.retain(|m, _| *m > minute - crate::backend::THROUGHPUT_MINUTES);
+        let recent = |m: i64| m > minute - crate::backend::THROUGHPUT_MINUTES;
+        {
+            let mut throughput = lock(&self.shared.throughput);
+            let slot = throughput.entry(minute).or_default();
+            slot.0 += u64::from(started);
+            slot.1 += u64::from(finished);
+            throughput.retain(|m, _| recent(*m));
+        }
+        if finished {
+            let mut per_queue = lock(&self.shared.queue_minutes);
+            let slot = per_queue.entry((minute, queue.to_owned())).or_default();
+            slot.0 += 1;
+            slot.1 += u64::from(failed);
+            per_queue.retain(|(m, _), _| recent(*m));
+        }
     }
 
     /// Counts a job of `owner` moving from `from` (none: created) to `to`

@@ -35,7 +35,8 @@ pub(super) struct Queue {
     pending: BTreeMap<u64, Lease>,
     /// Scheduled jobs by time, and each one's time.
     schedule: BTreeSet<(i64, JobId)>,
-    scheduled_at: HashMap<JobId, i64>,
+    /// Each scheduled job's time and queue.
+    scheduled_at: HashMap<JobId, (i64, String)>,
     /// Claims that found work (the starvation rule counts them).
     claims_made: u64,
     /// The worker registry, by name.
@@ -106,7 +107,8 @@ impl Queue {
             QueueMove::Schedule(at) => {
                 self.unschedule(&job.id);
                 self.schedule.insert((at.unix_millis(), job.id.clone()));
-                self.scheduled_at.insert(job.id.clone(), at.unix_millis());
+                self.scheduled_at
+                    .insert(job.id.clone(), (at.unix_millis(), job.queue().to_owned()));
                 false
             }
             QueueMove::Enqueue => {
@@ -122,7 +124,7 @@ impl Queue {
     }
 
     pub(super) fn unschedule(&mut self, job: &JobId) {
-        if let Some(at) = self.scheduled_at.remove(job) {
+        if let Some((at, _)) = self.scheduled_at.remove(job) {
             self.schedule.remove(&(at, job.clone()));
         }
     }
@@ -346,6 +348,9 @@ impl Queue {
         for name in self.paused.iter().chain(self.limits.keys()) {
             by_name.entry(name).or_insert_with(|| at(name));
         }
+        for (_, name) in self.scheduled_at.values() {
+            by_name.entry(name).or_insert_with(|| at(name)).scheduled += 1;
+        }
         for (name, limits) in &self.limits {
             if let Some(q) = by_name.get_mut(name.as_str()) {
                 q.limits = limits.clone();
@@ -469,7 +474,23 @@ impl JobQueue for MemoryBackend {
     }
 
     async fn queue_overview(&self) -> Result<Vec<QueueOverview>> {
-        Ok(self.queue().overview())
+        let mut overview = self.queue().overview();
+        let current = Timestamp::now().unix_millis().div_euclid(60_000);
+        for ((minute, queue), (finished, failed)) in lock(&self.shared.queue_minutes).iter() {
+            let at = match overview.iter().position(|q| &q.name == queue) {
+                Some(at) => at,
+                None => {
+                    overview.push(QueueOverview {
+                        name: queue.clone(),
+                        ..QueueOverview::default()
+                    });
+                    overview.len() - 1
+                }
+            };
+            overview[at].count_minute(current - minute, *finished, *failed);
+        }
+        overview.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(overview)
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

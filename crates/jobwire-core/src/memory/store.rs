@@ -137,9 +137,11 @@ impl JobStore for MemoryBackend {
             // A start is a new `started_at` (also when the same batch ends
             // the job); a finish, an open job ending.
             self.count_minute(
+                plan.state.queue(),
                 plan.state.started_at.is_some()
                     && plan.state.started_at != stored.head.state.started_at,
                 !from.is_terminal() && to.is_terminal(),
+                to == JobStatus::Failed && from != JobStatus::Failed,
             );
             stored.log.extend(plan.events.iter().cloned());
             let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));

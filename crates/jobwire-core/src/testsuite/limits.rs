@@ -1,6 +1,7 @@
-//! Conformance cases of fleet-wide queue limits: a concurrency cap held
-//! across claimers, slots freed by ack, release and a lapsed lease (a dead
-//! worker), take-overs counted, and a sliding-window rate limit.
+//! Conformance cases of fleet operations: fleet-wide queue limits (a
+//! concurrency cap held across claimers, slots freed by ack, release and a
+//! lapsed lease (a dead worker), take-overs counted, a sliding-window rate
+//! limit), and the overview's scheduled and failed counts per queue.
 
 use crate::backend::{QueueLimits, RateLimit};
 
@@ -144,6 +145,47 @@ pub async fn a_rate_limit_spaces_the_starts(f: &dyn BackendFactory) -> Result<()
     ensure!(
         grab(b, "w2", long).await?.len() == 3,
         "the window did not slide"
+    );
+    Ok(())
+}
+
+/// The overview counts each queue's scheduled jobs (moved on and off the
+/// schedule, deleted) and its failures of the last hour; the finished
+/// counts leave out the current, partial minute.
+pub async fn the_queue_overview_counts_scheduled_and_failed_jobs(
+    f: &dyn BackendFactory,
+) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let later = crate::Timestamp::now().plus(Duration::from_secs(3600));
+    let mut scheduled = Vec::new();
+    for _ in 0..3 {
+        let new = NewJob::new("demo", json!({}), "alice")
+            .in_queue("nightly")
+            .not_before(later);
+        scheduled.push(b.create_job(new).await?);
+    }
+    b.delete(&scheduled[0].id).await?;
+    b.cancel(&scheduled[1].id).await?;
+    let failing = b
+        .create_job(NewJob::new("demo", json!({}), "alice").in_queue("mail"))
+        .await?;
+    b.publish(
+        &failing.id,
+        &[
+            NewEvent::new(EventType::JobStarted, json!({})),
+            NewEvent::new(EventType::JobFailed, json!({"error": "no"})),
+        ],
+    )
+    .await?;
+    let overview = b.queue_overview().await?;
+    let queue = |name: &str| overview.iter().find(|q| q.name == name).cloned();
+    let nightly = queue("nightly").context("nightly listed")?;
+    ensure!(nightly.scheduled == 1, "{nightly:?}");
+    let mail = queue("mail").context("mail listed")?;
+    ensure!(
+        mail.failed_1h == 1 && mail.finished_1m == 0 && mail.scheduled == 0,
+        "{mail:?}"
     );
     Ok(())
 }

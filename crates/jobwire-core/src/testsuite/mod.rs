@@ -112,6 +112,7 @@ macro_rules! backend_conformance_tests {
             queue_limits_are_kept_and_shown,
             a_concurrency_cap_holds_across_claimers,
             a_rate_limit_spaces_the_starts,
+            the_queue_overview_counts_scheduled_and_failed_jobs,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -61,6 +61,8 @@ redis.call('ZADD', KEYS[6], 0, ARGV[8])
 redis.call('ZADD', KEYS[7], 0, ARGV[8])
 if ARGV[16] ~= '0' then
   redis.call('ZADD', KEYS[11], ARGV[16], ARGV[8])
+  -- Scheduled jobs per queue (publish.lua keeps it from here on).
+  redis.call('HINCRBY', KEYS[4], 'scheduled/' .. string.match(ARGV[11], '^[^#]+'), 1)
 elseif ARGV[10] == '1' then
   redis.call('XADD', KEYS[8], '*', 'job', ARGV[8], 'kind', ARGV[9])
   redis.call('SADD', KEYS[9], ARGV[11])

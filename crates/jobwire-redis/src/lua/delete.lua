@@ -18,6 +18,14 @@ if head[2] == 'queued' or head[2] == 'running' or head[2] == 'scheduled' then
     redis.call('DEL', head[4])
   end
   redis.call('HINCRBY', KEYS[3], head[2], -1)
+  if head[2] == 'scheduled' then
+    local state = cjson.decode(head[1])
+    local queue = state.queue
+    if queue == nil or queue == '' then
+      queue = state.kind
+    end
+    redis.call('HINCRBY', KEYS[3], 'scheduled/' .. queue, -1)
+  end
   if head[3] and redis.call('HINCRBY', KEYS[4], head[3], -1) <= 0 then
     redis.call('HDEL', KEYS[4], head[3])
   end

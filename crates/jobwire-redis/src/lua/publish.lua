@@ -105,6 +105,18 @@ if n > 0 then
         end
       end
     end
+    -- The job's queue (its lane up to '#'): per queue, the scheduled jobs
+    -- (a gauge in the stats hash, `scheduled/<queue>`) and the finished
+    -- and failed ones per minute (`<minute>/<queue>/f|x`).
+    local queue = string.match(ARGV[16], '^[^#]+')
+    if queue then
+      if head[3] == 'scheduled' then
+        redis.call('HINCRBY', KEYS[4], 'scheduled/' .. queue, -1)
+      end
+      if ARGV[6] == 'scheduled' then
+        redis.call('HINCRBY', KEYS[4], 'scheduled/' .. queue, 1)
+      end
+    end
     if started or finished then
       local minute = math.floor(tonumber(redis.call('TIME')[1]) / 60)
       local bucket = string.sub(KEYS[4], 1, -7) .. ':throughput:' .. math.floor(minute / 60)
@@ -113,6 +125,12 @@ if n > 0 then
       end
       if finished then
         redis.call('HINCRBY', bucket, minute .. ':f', 1)
+        if queue then
+          redis.call('HINCRBY', bucket, minute .. '/' .. queue .. '/f', 1)
+          if ARGV[6] == 'failed' then
+            redis.call('HINCRBY', bucket, minute .. '/' .. queue .. '/x', 1)
+          end
+        end
       end
       redis.call('EXPIRE', bucket, 7200)
     end
