@@ -278,7 +278,7 @@ impl QueueOverview {
     /// Adds a minute's finished and failed jobs, `ago` whole minutes
     /// before the current one.
     pub fn count_minute(&mut self, ago: i64, finished: u64, failed: u64) {
-        if ago < 0 || ago >= THROUGHPUT_MINUTES {
+        if !(0..THROUGHPUT_MINUTES).contains(&ago) {
             return;
         }
         if ago == 1 {
