@@ -284,6 +284,7 @@ struct Snapshot {
     live_feed_up: bool,
     queue: Option<QueueStats>,
     store: Option<StoreHealth>,
+    queues: Option<Vec<jobwire_core::QueueOverview>>,
 }
 
 impl Collector for Sampled {
@@ -395,6 +396,40 @@ impl Collector for Sampled {
             "Jobs a recovery could not read for all of their watchers (resume point trimmed, job deleted), so each watcher re-read it by itself",
             rechecks,
         )?;
+        if let Some(queues) = &s.queues {
+            let mut jobs = e.encode_descriptor(
+                "jobwire_queue_jobs",
+                "Jobs per queue: waiting (queued, not yet taken), scheduled (waiting for their time), running (taken, not yet acknowledged); sampled at each scrape",
+                None,
+                Gauge,
+            )?;
+            for q in queues {
+                for (state, n) in [
+                    ("waiting", q.waiting),
+                    ("scheduled", q.scheduled),
+                    ("running", q.running),
+                ] {
+                    sample(
+                        Gauge,
+                        n,
+                        jobs.encode_family(&[("queue", q.name.as_str()), ("state", state)])?,
+                    )?;
+                }
+            }
+            let mut paused = e.encode_descriptor(
+                "jobwire_queue_paused",
+                "1 while a queue is paused",
+                None,
+                Gauge,
+            )?;
+            for q in queues {
+                sample(
+                    Gauge,
+                    u64::from(q.paused),
+                    paused.encode_family(&[("queue", q.name.as_str())])?,
+                )?;
+            }
+        }
         if let Some(store) = &s.store {
             by_status(
                 e,
@@ -491,6 +526,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         live_feed_up: tailer.is_up(),
         queue: state.queue.queue_stats().await.ok(),
         store: state.store.health().await.ok(),
+        queues: state.queue.queue_overview().await.ok(),
     };
     *state
         .stats

@@ -95,8 +95,17 @@ impl Job {
             self.claim.entry.clone(),
             Arc::clone(&control),
         ));
+        let kind = state.kind.clone();
+        let began = std::time::Instant::now();
         let ending = self.attempt(state, &reporter, &control).await;
         lease.abort();
+        // Run time: attempts that ended here (not handed back, not lost).
+        if matches!(
+            ending,
+            Ending::Completed(_) | Ending::Failed { .. } | Ending::Cancelled
+        ) {
+            self.worker.stats.timings.ran(&kind, began.elapsed());
+        }
         self.finish(ending, &reporter, attempt, &policy).await;
     }
 
@@ -198,6 +207,14 @@ impl Job {
         if let Err(e) = reporter.flush().await {
             return stopped(e);
         }
+        // Wait time: from when the job became runnable (created, or its
+        // run_at: a delay or a retry's backoff) to its start here.
+        let runnable = state.run_at.unwrap_or(state.created_at);
+        let waited = Timestamp::now().unix_millis() - runnable.unix_millis();
+        self.worker
+            .stats
+            .timings
+            .waited(Duration::from_millis(waited.max(0) as u64));
         if control.reason() == Some(&StopReason::Cancelled) {
             return Ending::Cancelled;
         }

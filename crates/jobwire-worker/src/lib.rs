@@ -29,5 +29,6 @@ mod execute;
 mod metrics;
 
 pub use handler::{handler_fn, Handler, JobContext, JobError, JobOutcome, StopReason, Stopped};
+pub use metrics::Timings;
 pub use reporter::Reporter;
 pub use runtime::{Worker, WorkerBuilder, WorkerConfig, WorkerStats};

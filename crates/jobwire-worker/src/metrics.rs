@@ -3,13 +3,60 @@
 //! --metrics-bind` serves them; a program embedding a [`crate::Worker`] can
 //! serve [`crate::Worker::render_metrics`] from its own endpoint.
 
+use std::time::Duration;
+
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::runtime::StatsSnapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// 5 ms to about 12 minutes, ×2.5 a bucket.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.5, 14))
+}
+
+/// How long jobs waited before they started here, and how long they ran
+/// (per kind), as histograms. Clones share the same counts.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    wait: Histogram,
+    run: Family<KindLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            wait: seconds(),
+            run: Family::new_with_constructor(seconds),
+        }
+    }
+}
+
+impl Timings {
+    /// A job started here after waiting `d` since it became runnable.
+    pub(crate) fn waited(&self, d: Duration) {
+        self.wait.observe(d.as_secs_f64());
+    }
+
+    /// An attempt of `kind` ran `d` and ended here.
+    pub(crate) fn ran(&self, kind: &str, d: Duration) {
+        self.run
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+}
 
 /// The worker's figures at one moment, encoded by `prometheus-client`.
 #[derive(Debug)]
@@ -95,13 +142,28 @@ impl Collector for Figures {
     }
 }
 
-pub(crate) fn render(stats: &StatsSnapshot, running: usize, concurrency: usize) -> String {
+pub(crate) fn render(
+    stats: &StatsSnapshot,
+    timings: &Timings,
+    running: usize,
+    concurrency: usize,
+) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Figures {
         stats: *stats,
         running,
         concurrency,
     }));
+    registry.register(
+        "jobwire_worker_wait_seconds",
+        "How long jobs waited from when they became runnable (created, or their run_at) to their start here",
+        timings.wait.clone(),
+    );
+    registry.register(
+        "jobwire_worker_run_seconds",
+        "How long attempts ran here, by kind (those that completed, failed or were cancelled)",
+        timings.run.clone(),
+    );
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
         tracing::error!(error = %e, "cannot render the worker's metrics");
@@ -122,7 +184,10 @@ mod tests {
             events: 42,
             ..StatsSnapshot::default()
         };
-        let text = render(&stats, 2, 8);
+        let timings = Timings::default();
+        timings.waited(Duration::from_millis(30));
+        timings.ran("scan", Duration::from_secs(2));
+        let text = render(&stats, &timings, 2, 8);
         for line in [
             "jobwire_worker_claims_total{source=\"queue\"} 7",
             "jobwire_worker_claims_total{source=\"reclaimed\"} 0",
@@ -132,6 +197,9 @@ mod tests {
             "jobwire_worker_events_published_total 42",
             "jobwire_worker_running_jobs 2",
             "jobwire_worker_concurrency 8",
+            "jobwire_worker_wait_seconds_count 1",
+            "jobwire_worker_wait_seconds_bucket{le=\"0.03125\"} 1",
+            "jobwire_worker_run_seconds_count{kind=\"scan\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

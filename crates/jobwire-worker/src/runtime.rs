@@ -343,6 +343,7 @@ impl Worker {
     pub fn render_metrics(&self) -> String {
         crate::metrics::render(
             &self.stats().snapshot(),
+            &self.stats().timings,
             self.running(),
             self.shared.config.concurrency,
         )
@@ -701,6 +702,8 @@ pub struct WorkerStats {
     pub schedule_fires: AtomicU64,
     /// Events published by this worker's jobs (lifecycle events included).
     pub events: AtomicU64,
+    /// Wait and run times.
+    pub timings: crate::metrics::Timings,
 }
 
 /// A copy of [`WorkerStats`] at one moment.

@@ -1,5 +1,6 @@
 //! `docs/openapi.json` and the router agree: every documented operation is
-//! served, and every route the server has is documented.
+//! served, and every route the server has is documented. And the Grafana
+//! dashboard in docs/ uses documented series only.
 
 use std::collections::BTreeSet;
 
@@ -81,5 +82,34 @@ async fn the_openapi_document_matches_the_routes() -> Result<()> {
         missing.status() == 404 && missing.text().await?.contains("no_route"),
         "the route check would not notice a missing route"
     );
+    Ok(())
+}
+
+/// `docs/grafana-dashboard.json` queries only series docs/operations.md
+/// lists as exported by the gateways and workers.
+#[test]
+fn the_grafana_dashboard_uses_only_documented_series() -> Result<()> {
+    let doc: Value = serde_json::from_str(include_str!("../../../../docs/grafana-dashboard.json"))?;
+    let documented = include_str!("../../../../docs/operations.md");
+    let mut checked = 0;
+    for panel in doc["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            for (at, _) in expr.match_indices("jobwire_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                ensure!(
+                    documented.contains(&format!("`{base}"))
+                        || documented.contains(&format!("`{}", base.trim_end_matches("_total"))),
+                    "the dashboard queries {name}, which docs/operations.md does not list"
+                );
+                checked += 1;
+            }
+        }
+    }
+    ensure!(checked >= 12, "only {checked} series found");
     Ok(())
 }

@@ -279,6 +279,14 @@ async fn health_and_metrics_answer() -> Result<()> {
         text.contains(r#"jobwire_jobs{status="running"} 1"#),
         "{text}"
     );
+    for state in ["waiting", "scheduled", "running"] {
+        let series = format!(r#"jobwire_queue_jobs{{queue="demo",state="{state}"}} "#);
+        ensure!(text.contains(&series), "{series}: {text}");
+    }
+    ensure!(
+        text.contains(r#"jobwire_queue_paused{queue="demo"} 0"#),
+        "{text}"
+    );
     // Prometheus rejects a whole page that describes one family twice.
     let mut described = std::collections::HashSet::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
