@@ -6,7 +6,7 @@ mod cli;
 mod client;
 mod cluster;
 mod external;
-mod limits;
+mod fleet;
 mod queue_controls;
 mod readme;
 mod schedules;

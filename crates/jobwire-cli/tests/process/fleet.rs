@@ -1,7 +1,7 @@
-//! Fleet-wide queue limits with real `jobwire worker` processes on one
-//! Redis, set with `jobwire queues limit` through a gateway and checked
-//! from the jobs' event timestamps: a concurrency cap through a `kill -9`,
-//! and a rate limit.
+//! Fleet operations with real `jobwire worker` processes on one Redis:
+//! queue limits set with `jobwire queues limit` through a gateway and
+//! checked from the jobs' event timestamps (a concurrency cap through a
+//! `kill -9`, a rate limit), and a dead-lettered job retried by hand.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -186,5 +186,82 @@ async fn a_rate_limit_spaces_the_starts_across_workers() -> Result<()> {
     }
     let span = starts[starts.len() - 1] - starts[0];
     ensure!(span >= 2_700, "20 starts at 5/s took only {span} ms");
+    Ok(())
+}
+
+/// A job whose worker dies on its only attempt is dead-lettered by
+/// another worker's reaper; `jobwire retry` gives it a new attempt on the
+/// same job, which completes: one history, ids consecutive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_job_is_retried_by_hand() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
+    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(20))
+        .await?;
+    let mut new = NewJob::new("demo", json!({"steps": 20, "delay_ms": 100}), "alice");
+    new.retry.max_attempts = Some(1);
+    let job = backend.create_job(new).await?;
+    let mut workers = vec![worker(&redis, "d0")?, worker(&redis, "d1")?];
+    let running = wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
+        s.status == JobStatus::Running
+    })
+    .await?;
+    ensure!(running.attempt == 1);
+    let holder = loop {
+        let busy = backend
+            .workers()
+            .await?
+            .into_iter()
+            .find(|w| w.running.contains(&job.id));
+        if let Some(w) = busy {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let index: usize = holder.name.trim_start_matches('d').parse()?;
+    workers[index].signal("KILL")?;
+    workers[index].wait_exit(Duration::from_secs(5))?;
+    let failed = wait_for(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
+        s.status.is_terminal()
+    })
+    .await?;
+    ensure!(failed.status == JobStatus::Failed, "{failed:?}");
+
+    let admin = jobwire_server::mint_token(
+        crate::SECRET,
+        "ops",
+        &[jobwire_server::Scope::Admin],
+        Duration::from_secs(60),
+    )?;
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["retry", job.id.as_str()])
+        .env_clear()
+        .env("JOBWIRE_URL", gateway.url(""))
+        .env("JOBWIRE_TOKEN", admin)
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let done = wait_for(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
+        s.status.is_terminal()
+    })
+    .await?;
+    ensure!(
+        done.status == JobStatus::Completed && done.attempt == 2,
+        "{done:?}"
+    );
+    // `log` checks the ids are consecutive.
+    let events = log(backend.as_ref(), &job.id).await?;
+    let kinds: Vec<&EventType> = events.iter().map(|e| &e.kind).collect();
+    let failed_at = kinds
+        .iter()
+        .position(|k| **k == EventType::JobFailed)
+        .context("never failed")?;
+    ensure!(
+        kinds[failed_at + 1] == &EventType::JobRetrying
+            && kinds[failed_at + 2] == &EventType::JobQueued
+            && kinds.last() == Some(&&EventType::JobCompleted),
+        "{kinds:?}"
+    );
     Ok(())
 }
