@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{token, Jobwire};
+use crate::{as_admin, token, Jobwire};
 
 fn jobwire(server: &Jobwire, args: &[&str]) -> Result<Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
@@ -26,22 +26,6 @@ async fn dev(env: &[(&str, String)]) -> Result<Jobwire> {
         .wait_for("/readyz", 200, Duration::from_secs(10))
         .await?;
     Ok(server)
-}
-
-/// `jobwire ARGS` against `server` with a token of the `admin` scope only.
-fn as_admin(server: &Jobwire, args: &[&str]) -> Result<Output> {
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "root",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
-        .args(args)
-        .env_clear()
-        .env("JOBWIRE_URL", server.url(""))
-        .env("JOBWIRE_TOKEN", admin)
-        .output()?)
 }
 
 /// The command exited with `code` and said `text` on stderr.

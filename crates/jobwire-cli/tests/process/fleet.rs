@@ -3,7 +3,6 @@
 //! checked from the jobs' event timestamps (a concurrency cap through a
 //! `kill -9`, a rate limit), and a dead-lettered job retried by hand.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use jobwire_testkit::jobs::{log, wait_for};
 use jobwire_testkit::RedisServer;
 use serde_json::json;
 
-use crate::{redis_backend, Jobwire};
+use crate::{as_admin, redis_backend, Jobwire};
 
 fn worker(redis: &RedisServer, name: &str) -> Result<Jobwire> {
     Jobwire::start(
@@ -27,23 +26,45 @@ fn worker(redis: &RedisServer, name: &str) -> Result<Jobwire> {
     )
 }
 
-/// `jobwire queues limit ARGS` through `gateway`, as an admin.
+/// A Redis, a backend on it for the test's own reads, and a gateway.
+async fn fleet() -> Result<(RedisServer, Arc<dyn Backend>, Jobwire)> {
+    let redis = RedisServer::start()?;
+    let backend = redis_backend(&redis.url()).await?;
+    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
+    gateway
+        .wait_for("/readyz", 200, Duration::from_secs(20))
+        .await?;
+    Ok((redis, backend, gateway))
+}
+
+/// `jobwire queues limit ARGS` through `gateway`, as an operator.
 fn limit(gateway: &Jobwire, args: &[&str]) -> Result<()> {
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "ops",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
-        .args(["queues", "limit"])
-        .args(args)
-        .env_clear()
-        .env("JOBWIRE_URL", gateway.url(""))
-        .env("JOBWIRE_TOKEN", admin)
-        .output()?;
+    let out = as_admin(gateway, &[&["queues", "limit"], args].concat())?;
     ensure!(out.status.success(), "{out:?}");
     Ok(())
+}
+
+/// The worker of `workers` (named `<prefix><index>`) running `job` now, or
+/// any job when `job` is `None`: its index and registry entry.
+async fn busy_worker(
+    backend: &dyn Backend,
+    prefix: &str,
+    job: Option<&jobwire_core::JobId>,
+) -> Result<(usize, jobwire_core::WorkerInfo)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let busy = backend.workers().await?.into_iter().find(|w| match job {
+            Some(job) => w.running.contains(job),
+            None => !w.running.is_empty(),
+        });
+        if let Some(w) = busy {
+            return Ok((w.name.trim_start_matches(prefix).parse()?, w));
+        }
+        if Instant::now() > deadline {
+            bail!("no worker ran {job:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn demo_jobs(
@@ -108,12 +129,7 @@ fn most_at_once(runs: &[(Timestamp, Timestamp, u32)]) -> usize {
 /// comes back when its lease lapses, and its job completes on attempt 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_cap_holds_across_workers_through_a_kill() -> Result<()> {
-    let redis = RedisServer::start()?;
-    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
-    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
-    gateway
-        .wait_for("/readyz", 200, Duration::from_secs(20))
-        .await?;
+    let (redis, backend, gateway) = fleet().await?;
     limit(&gateway, &["demo", "--concurrency", "2"])?;
     let jobs = demo_jobs(backend.as_ref(), 100, json!({"steps": 3, "delay_ms": 30})).await?;
     let mut workers = Vec::new();
@@ -121,22 +137,7 @@ async fn a_concurrency_cap_holds_across_workers_through_a_kill() -> Result<()> {
         workers.push(worker(&redis, &format!("w{i}"))?);
     }
     // Kill a worker while it runs a job (the registry says which).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let victim = loop {
-        let busy = backend
-            .workers()
-            .await?
-            .into_iter()
-            .find(|w| !w.running.is_empty());
-        if let Some(w) = busy {
-            break w;
-        }
-        if Instant::now() > deadline {
-            bail!("no worker ever ran a job");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let index: usize = victim.name.trim_start_matches('w').parse()?;
+    let (index, victim) = busy_worker(backend.as_ref(), "w", None).await?;
     workers[index].signal("KILL")?;
     workers[index].wait_exit(Duration::from_secs(5))?;
 
@@ -162,12 +163,7 @@ async fn a_concurrency_cap_holds_across_workers_through_a_kill() -> Result<()> {
 /// most 5: the slot is taken a moment before the event is written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_spaces_the_starts_across_workers() -> Result<()> {
-    let redis = RedisServer::start()?;
-    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
-    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
-    gateway
-        .wait_for("/readyz", 200, Duration::from_secs(20))
-        .await?;
+    let (redis, backend, gateway) = fleet().await?;
     limit(&gateway, &["demo", "--rate", "5/1s"])?;
     let jobs = demo_jobs(backend.as_ref(), 20, json!({"steps": 1, "delay_ms": 0})).await?;
     let _workers = [worker(&redis, "r0")?, worker(&redis, "r1")?];
@@ -194,33 +190,17 @@ async fn a_rate_limit_spaces_the_starts_across_workers() -> Result<()> {
 /// same job, which completes: one history, ids consecutive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_job_is_retried_by_hand() -> Result<()> {
-    let redis = RedisServer::start()?;
-    let backend: Arc<dyn Backend> = redis_backend(&redis.url()).await?;
-    let gateway = Jobwire::start(&["serve"], &[("REDIS_URL", redis.url())])?;
-    gateway
-        .wait_for("/readyz", 200, Duration::from_secs(20))
-        .await?;
+    let (redis, backend, gateway) = fleet().await?;
     let mut new = NewJob::new("demo", json!({"steps": 20, "delay_ms": 100}), "alice");
     new.retry.max_attempts = Some(1);
     let job = backend.create_job(new).await?;
-    let mut workers = vec![worker(&redis, "d0")?, worker(&redis, "d1")?];
+    let mut workers = [worker(&redis, "d0")?, worker(&redis, "d1")?];
     let running = wait_for(backend.as_ref(), &job.id, Duration::from_secs(20), |s| {
         s.status == JobStatus::Running
     })
     .await?;
     ensure!(running.attempt == 1);
-    let holder = loop {
-        let busy = backend
-            .workers()
-            .await?
-            .into_iter()
-            .find(|w| w.running.contains(&job.id));
-        if let Some(w) = busy {
-            break w;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let index: usize = holder.name.trim_start_matches('d').parse()?;
+    let (index, _) = busy_worker(backend.as_ref(), "d", Some(&job.id)).await?;
     workers[index].signal("KILL")?;
     workers[index].wait_exit(Duration::from_secs(5))?;
     let failed = wait_for(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
@@ -229,18 +209,7 @@ async fn a_dead_lettered_job_is_retried_by_hand() -> Result<()> {
     .await?;
     ensure!(failed.status == JobStatus::Failed, "{failed:?}");
 
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "ops",
-        &[jobwire_server::Scope::Admin],
-        Duration::from_secs(60),
-    )?;
-    let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
-        .args(["retry", job.id.as_str()])
-        .env_clear()
-        .env("JOBWIRE_URL", gateway.url(""))
-        .env("JOBWIRE_TOKEN", admin)
-        .output()?;
+    let out = as_admin(&gateway, &["retry", job.id.as_str()])?;
     ensure!(out.status.success(), "{out:?}");
     let done = wait_for(backend.as_ref(), &job.id, Duration::from_secs(30), |s| {
         s.status.is_terminal()

@@ -116,6 +116,26 @@ impl Drop for Jobwire {
     }
 }
 
+/// `jobwire ARGS` against `server`, as an operator: a token of the
+/// `admin` scope (and `jobs:read`, for the listings).
+pub(crate) fn as_admin(server: &Jobwire, args: &[&str]) -> Result<std::process::Output> {
+    let admin = jobwire_server::mint_token(
+        SECRET,
+        "root",
+        &[
+            jobwire_server::Scope::Admin,
+            jobwire_server::Scope::JobsRead,
+        ],
+        Duration::from_secs(600),
+    )?;
+    Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(args)
+        .env_clear()
+        .env("JOBWIRE_URL", server.url(""))
+        .env("JOBWIRE_TOKEN", admin)
+        .output()?)
+}
+
 pub(crate) fn token() -> String {
     jobwire_server::mint_token(
         SECRET,

@@ -3,7 +3,6 @@
 //! restart, and an outage of the whole fleet.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use jobwire_core::{Backend, JobState, JobStatus, ListQuery, Timestamp};
 use jobwire_testkit::RedisServer;
 
-use crate::{redis_backend, Jobwire};
+use crate::{as_admin, redis_backend, Jobwire};
 
 fn start(redis: &RedisServer, role: &str, port: Option<u16>) -> Result<Jobwire> {
     let env = [
@@ -24,30 +23,12 @@ fn start(redis: &RedisServer, role: &str, port: Option<u16>) -> Result<Jobwire> 
     }
 }
 
-/// `jobwire ARGS` against `gateway` with an admin token.
-fn jobwire_admin(gateway: &Jobwire, args: &[&str]) -> Result<std::process::Output> {
-    let admin = jobwire_server::mint_token(
-        crate::SECRET,
-        "ops",
-        &[
-            jobwire_server::Scope::Admin,
-            jobwire_server::Scope::JobsRead,
-        ],
-        Duration::from_secs(600),
-    )?;
-    Ok(Command::new(env!("CARGO_BIN_EXE_jobwire"))
-        .args(args)
-        .env_clear()
-        .env("JOBWIRE_URL", gateway.url(""))
-        .env("JOBWIRE_TOKEN", admin)
-        .output()?)
-}
-
-/// The jobs the schedule made (all `ops`'s), oldest first.
+/// The jobs the schedule made (all `root`'s: it made the schedule),
+/// oldest first.
 async fn fired(backend: &dyn Backend) -> Result<Vec<JobState>> {
     let mut jobs = backend
         .list_jobs(&ListQuery {
-            owner: Some("ops".to_owned()),
+            owner: Some("root".to_owned()),
             status: None,
             limit: 1000,
             cursor: None,
@@ -83,7 +64,7 @@ async fn a_schedule_fires_each_tick_once_across_gateways_workers_and_restarts() 
     for g in &gateways {
         g.wait_for("/readyz", 200, Duration::from_secs(20)).await?;
     }
-    let added = jobwire_admin(
+    let added = as_admin(
         &gateways[0],
         &[
             "schedule",
@@ -124,7 +105,7 @@ async fn a_schedule_fires_each_tick_once_across_gateways_workers_and_restarts() 
         .wait_for("/readyz", 200, Duration::from_secs(20))
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let removed = jobwire_admin(&gateway, &["schedule", "rm", "every-second"])?;
+    let removed = as_admin(&gateway, &["schedule", "rm", "every-second"])?;
     ensure!(removed.status.success(), "{removed:?}");
 
     let jobs = fired(backend.as_ref()).await?;
