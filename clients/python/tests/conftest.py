@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from typing import AsyncIterator, Callable, Iterator, List
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List
 
 import pytest
 
 import jobwire
+from celery_harness import Workers
 from harness import BIN, Redis, Server, token
 
 
@@ -83,3 +84,58 @@ def gateways(private_redis: Redis) -> Iterator[Callable[[], Server]]:
     yield start
     for s in started:
         s.kill()
+
+
+# Celery (test_celery.py): a broker Redis of its own, the test process's
+# Celery app pointed at it, and real `celery worker` processes.
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Redis]:
+    r = Redis()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_token() -> str:
+    """The Celery workers' token: no jobs:read (reporting needs only the
+    worker scope; jobs:write lets a worker create the job of a task sent
+    without JobwireTask.apply_async)."""
+    return token("celery-worker", scopes=("worker", "jobs:write"), ttl="1h")
+
+
+@pytest.fixture(scope="session")
+def celery_env(broker: Redis, server: Server, worker_token: str) -> Dict[str, str]:
+    """The environment of the worker processes."""
+    return {
+        "JOBWIRE_TEST_BROKER": broker.url + "/0",
+        "JOBWIRE_TEST_BACKEND": broker.url + "/1",
+        "JOBWIRE_URL": server.url,
+        "JOBWIRE_TOKEN": worker_token,
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_app(celery_env: Dict[str, str]) -> Iterator[Any]:
+    """celery_tasks.app, configured in this process for sending tasks and
+    reading their results."""
+    import celery_tasks
+
+    app = celery_tasks.app
+    app.conf.update(
+        broker_url=celery_env["JOBWIRE_TEST_BROKER"],
+        result_backend=celery_env["JOBWIRE_TEST_BACKEND"],
+        jobwire_url=celery_env["JOBWIRE_URL"],
+        jobwire_token=celery_env["JOBWIRE_TOKEN"],
+    )
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def workers(celery_env: Dict[str, str]) -> Iterator[Workers]:
+    """Starts celery workers (celery_harness.Worker); all stop at the end."""
+    w = Workers(celery_env)
+    yield w
+    w.close()
