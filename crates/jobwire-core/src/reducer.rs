@@ -144,7 +144,9 @@ pub fn apply_in_place(next: &mut JobState, event: EventView<'_>) -> Result<(), R
             }
         }
         EventType::JobStarted => {
-            require(from == JobStatus::Queued)?;
+            // An external job's program decides when a retry runs: it may
+            // start before the promoter has queued it again.
+            require(from == JobStatus::Queued || (from == JobStatus::Scheduled && next.external))?;
             next.status = JobStatus::Running;
             next.started_at = Some(event.timestamp);
             next.error = None;
@@ -433,6 +435,16 @@ mod tests {
         );
         let early = event(&s, EventType::JobStarted, json!({}));
         assert!(apply(&s, &early).is_err(), "a scheduled job cannot start");
+        // An external one can: its program runs its retries when it likes.
+        let external = JobState {
+            external: true,
+            ..s.clone()
+        };
+        let started = apply(
+            &external,
+            &event(&external, EventType::JobStarted, json!({})),
+        );
+        assert_eq!(started.map(|s| s.status), Ok(JobStatus::Running));
         let s = apply(&s, &event(&s, EventType::JobQueued, json!({}))).expect("promoted");
         assert_eq!(s.status, JobStatus::Queued);
         let twice = event(&s, EventType::JobQueued, json!({}));

@@ -3,7 +3,8 @@
 //! (clients/js/jobwire.js). No build step: they are plain files.
 
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    X_CONTENT_TYPE_OPTIONS,
 };
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,7 +38,16 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route(
             "/jobwire.js",
-            get(|| async { asset("text/javascript; charset=utf-8", CLIENT) }),
+            get(|| async {
+                // A public script, no secret in it: pages of the app's own
+                // origin import it as a module (which needs CORS).
+                let mut response = asset("text/javascript; charset=utf-8", CLIENT);
+                response.headers_mut().insert(
+                    ACCESS_CONTROL_ALLOW_ORIGIN,
+                    axum::http::HeaderValue::from_static("*"),
+                );
+                response
+            }),
         )
 }
 

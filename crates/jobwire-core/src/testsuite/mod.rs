@@ -100,6 +100,7 @@ macro_rules! backend_conformance_tests {
             urgent_backlog_does_not_starve_low_priorities,
             delayed_job_is_promoted_once_at_its_time,
             scheduled_jobs_cancel_and_delete,
+            an_external_retry_may_start_before_its_time,
             retry_after_a_backoff_waits_on_the_schedule,
             the_worker_registry_shows_live_and_gone_workers,
             a_paused_queue_is_passed_by_until_resumed,

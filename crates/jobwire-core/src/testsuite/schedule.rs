@@ -356,3 +356,39 @@ pub async fn a_failed_job_is_retried_by_hand(f: &dyn BackendFactory) -> Result<(
     ensure!(b.job(&job.id).await?.status == JobStatus::Queued);
     Ok(())
 }
+
+/// An external job's retry after a backoff is its program's to start: it
+/// may start before the promoter queues it, and leaves the schedule then.
+pub async fn an_external_retry_may_start_before_its_time(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let job = b
+        .create_job(NewJob::new("py.task", json!({}), "alice").external())
+        .await?;
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    let later = Timestamp::now().plus(Duration::from_secs(3600));
+    b.publish(
+        &job.id,
+        &[NewEvent::new(
+            EventType::JobRetrying,
+            json!({"retry_at": later.to_string()}),
+        )],
+    )
+    .await?;
+    ensure!(b.job(&job.id).await?.status == JobStatus::Scheduled);
+    ensure!(b.queue_stats().await?.scheduled == 1);
+    b.publish(&job.id, &[NewEvent::new(EventType::JobStarted, json!({}))])
+        .await?;
+    let state = b.job(&job.id).await?;
+    ensure!(
+        state.status == JobStatus::Running && state.attempt == 2,
+        "{state:?}"
+    );
+    ensure!(
+        b.queue_stats().await?.scheduled == 0,
+        "left on the schedule"
+    );
+    ensure!(b.due(later, 10).await?.is_empty());
+    Ok(())
+}

@@ -709,5 +709,17 @@ async fn the_ui_may_connect_only_to_its_own_origin() -> Result<()> {
         garbage.contains("not a JWT") && garbage.len() < 200,
         "{garbage}"
     );
+    // The client script may be imported by pages of other origins (an
+    // app's own pages); nothing else is shared with them.
+    let client = reqwest::get(app.url("/jobwire.js")).await?;
+    ensure!(
+        client
+            .headers()
+            .get("access-control-allow-origin")
+            .is_some_and(|v| v == "*"),
+        "{:?}",
+        client.headers()
+    );
+    ensure!(page.headers().get("access-control-allow-origin").is_none());
     Ok(())
 }
