@@ -134,10 +134,11 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     );
     println!("| store | jobs promoted/s | ms per 10k |");
     println!("|---|---:|---:|");
-    let redis = redis_stores(&url, 1).await?.remove(0);
-    promotion_row("redis", redis, args.jobs).await?;
+    let mut redis = redis_stores(&url, 2).await?;
+    let promoter = redis.remove(1);
+    promotion_row("redis", redis.remove(0), promoter, args.jobs).await?;
     let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new(BackendConfig::default()));
-    promotion_row("memory", memory, args.jobs).await?;
+    promotion_row("memory", Arc::clone(&memory), memory, args.jobs).await?;
     println!();
     println!(
         "reporter: one job reports {} progress events in a tight loop, then flushes",
@@ -239,9 +240,16 @@ async fn queue_row(
     Ok(jobs_per_s)
 }
 
-/// Creates `n` due scheduled jobs, then times one promoter queueing them.
-async fn promotion_row(name: &str, store: Arc<dyn Backend>, n: usize) -> Result<()> {
-    create_jobs(&store, n, Mix::Delayed).await?;
+/// Creates `n` due scheduled jobs through `creator`, then times one
+/// promoter (`store`: another process on Redis, as in a deployment, where
+/// gateways create and every process promotes) queueing them.
+async fn promotion_row(
+    name: &str,
+    creator: Arc<dyn Backend>,
+    store: Arc<dyn Backend>,
+    n: usize,
+) -> Result<()> {
+    create_jobs(&creator, n, Mix::Delayed).await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let started = Instant::now();
     let mut promoted = 0;
