@@ -605,6 +605,13 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// Every queue's limits, by name.
     async fn limits(&self) -> Result<std::collections::BTreeMap<String, QueueLimits>>;
 
+    /// How often this process's claims found a limited queue at its limit
+    /// (no slot or no start to spare), per queue, since it started: the
+    /// limit's rejections. Backends without limits have none.
+    fn held_back(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
+
     /// Extends `consumer`'s lease on an entry. `false` when the entry is no
     /// longer this consumer's (it was taken over or acked): stop working on it.
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool>;

@@ -91,6 +91,8 @@ pub(crate) struct Claiming {
     view: Mutex<Option<(Instant, ClaimView)>>,
     /// Claims that found work (the starvation rule counts them).
     made: AtomicU64,
+    /// Claims that found a limited queue at its limit, per queue.
+    held_back: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A claim's entry: its partition, queue and id in that stream.
@@ -285,6 +287,14 @@ impl RedisBackend {
                         .take_slots(consumer, queue, limits, want, lease)
                         .await?;
                     if tokens.is_empty() {
+                        *self
+                            .shared
+                            .claiming
+                            .held_back
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(queue.clone())
+                            .or_default() += 1;
                         continue;
                     }
                     let got = self.sweep(consumer, &lanes, tokens.len(), None).await?;
@@ -754,6 +764,14 @@ impl JobQueue for RedisBackend {
     }
     async fn limits(&self) -> Result<std::collections::BTreeMap<String, QueueLimits>> {
         self.read_limits().await
+    }
+    fn held_back(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared
+            .claiming
+            .held_back
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     async fn renew(&self, consumer: &str, entry: &str) -> Result<bool> {
         let renewed = self.if_leased(&scripts::RENEW, consumer, entry).await?;

@@ -64,6 +64,8 @@ struct Figures {
     stats: StatsSnapshot,
     running: usize,
     concurrency: usize,
+    /// Claims held back by a queue's limit, per queue.
+    held_back: std::collections::BTreeMap<String, u64>,
 }
 
 impl Collector for Figures {
@@ -123,6 +125,15 @@ impl Collector for Figures {
             None,
             fires.metric_type(),
         )?)?;
+        let mut held = encoder.encode_descriptor(
+            "jobwire_worker_limit_waits",
+            "Claims of this worker that found a limited queue at its limit (no slot or no start to spare), per queue: the limit's rejections",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (queue, n) in &self.held_back {
+            ConstCounter::new(*n).encode(held.encode_family(&[("queue", queue.as_str())])?)?;
+        }
         for (name, help, value) in [
             (
                 "jobwire_worker_running_jobs",
@@ -145,6 +156,7 @@ impl Collector for Figures {
 pub(crate) fn render(
     stats: &StatsSnapshot,
     timings: &Timings,
+    held_back: std::collections::BTreeMap<String, u64>,
     running: usize,
     concurrency: usize,
 ) -> String {
@@ -153,6 +165,7 @@ pub(crate) fn render(
         stats: *stats,
         running,
         concurrency,
+        held_back,
     }));
     registry.register(
         "jobwire_worker_wait_seconds",
@@ -187,7 +200,8 @@ mod tests {
         let timings = Timings::default();
         timings.waited(Duration::from_millis(30));
         timings.ran("scan", Duration::from_secs(2));
-        let text = render(&stats, &timings, 2, 8);
+        let held = std::collections::BTreeMap::from([("scan".to_owned(), 3)]);
+        let text = render(&stats, &timings, held, 2, 8);
         for line in [
             "jobwire_worker_claims_total{source=\"queue\"} 7",
             "jobwire_worker_claims_total{source=\"reclaimed\"} 0",
@@ -200,6 +214,7 @@ mod tests {
             "jobwire_worker_wait_seconds_count 1",
             "jobwire_worker_wait_seconds_bucket{le=\"0.03125\"} 1",
             "jobwire_worker_run_seconds_count{kind=\"scan\"} 1",
+            "jobwire_worker_limit_waits_total{queue=\"scan\"} 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -344,6 +344,7 @@ impl Worker {
         crate::metrics::render(
             &self.stats().snapshot(),
             &self.stats().timings,
+            self.shared.queue.held_back(),
             self.running(),
             self.shared.config.concurrency,
         )

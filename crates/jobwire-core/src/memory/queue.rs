@@ -47,6 +47,8 @@ pub(super) struct Queue {
     limits: BTreeMap<String, QueueLimits>,
     /// Recent starts per rate-limited queue, oldest first.
     starts: HashMap<String, VecDeque<Instant>>,
+    /// Claims that found a limited queue at its limit, per queue.
+    held_back: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +158,9 @@ impl Queue {
                 continue;
             }
             let room = self.room(queue, now);
+            if room == 0 {
+                *self.held_back.entry(queue.clone()).or_default() += 1;
+            }
             let Some(lanes) = self.waiting.get_mut(queue) else {
                 continue;
             };
@@ -439,6 +444,10 @@ impl JobQueue for MemoryBackend {
 
     async fn limits(&self) -> Result<BTreeMap<String, QueueLimits>> {
         Ok(self.queue().limits.clone())
+    }
+
+    fn held_back(&self) -> BTreeMap<String, u64> {
+        self.queue().held_back.clone()
     }
 
     async fn release(&self, consumer: &str, entry: &str) -> Result<bool> {

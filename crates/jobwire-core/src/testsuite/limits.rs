@@ -64,6 +64,8 @@ pub async fn a_concurrency_cap_holds_across_claimers(f: &dyn BackendFactory) -> 
         grab(b, "w2", long).await?.is_empty(),
         "a second claimer passed the cap"
     );
+    let held = b.held_back().get("demo").copied().unwrap_or(0);
+    ensure!(held >= 1, "the rejection was not counted ({held})");
 
     b.ack(&first[0].entry).await?;
     let second = grab(b, "w2", long).await?;
