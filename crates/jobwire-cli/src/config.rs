@@ -119,8 +119,9 @@ pub(crate) struct ServerFlags {
     /// `disabled` accepts every request as an admin (local use only).
     #[arg(long, env = "JOBWIRE_AUTH", value_enum, default_value = "enabled")]
     pub(crate) auth: AuthMode,
-    /// Origins allowed to open browser sockets (comma-separated; `*` for any).
-    /// Default: same origin only.
+    /// Origins allowed to open browser sockets and to call the API from
+    /// their pages (CORS), comma-separated; `*` for any. Default: same
+    /// origin only.
     #[arg(long, env = "JOBWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub(crate) allowed_origins: Vec<String>,
     /// Open WebSocket and SSE connections per instance.

@@ -144,7 +144,37 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::count_requests,
         ))
+        .layer(cors(&state.config.allowed_origins))
         .with_state(state)
+}
+
+/// CORS for the origins of `JOBWIRE_ALLOWED_ORIGINS` (the same list that
+/// may open browser sockets): a page of an app served elsewhere may call
+/// the REST API and read SSE with its user's bearer token. No list: no
+/// CORS headers (same origin only). Tokens travel in `Authorization`, not
+/// cookies, so no credentials mode is needed.
+fn cors(allowed: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+
+    if allowed.is_empty() {
+        return CorsLayer::new();
+    }
+    let origins = if allowed.iter().any(|a| a == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|a| HeaderValue::from_str(a).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Serves until `state.shutdown` is cancelled: then stops accepting, closes

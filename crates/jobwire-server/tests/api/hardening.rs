@@ -723,3 +723,63 @@ async fn the_ui_may_connect_only_to_its_own_origin() -> Result<()> {
     ensure!(page.headers().get("access-control-allow-origin").is_none());
     Ok(())
 }
+
+/// CORS follows `JOBWIRE_ALLOWED_ORIGINS`: a listed origin may call the
+/// REST API (preflight included) with a bearer token; others get no CORS
+/// headers; `/jobwire.js` is importable from anywhere, with one header.
+#[tokio::test]
+async fn cors_follows_the_allowed_origins() -> Result<()> {
+    let config = ServerConfig {
+        allowed_origins: vec!["https://app.example".to_owned()],
+        ..ServerConfig::default()
+    };
+    let app = spawn_app_with(memory(), config).await?;
+    let client = reqwest::Client::new();
+    let acao = |r: &reqwest::Response| -> Vec<String> {
+        r.headers()
+            .get_all("access-control-allow-origin")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    };
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, app.url("/api/jobs"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await?;
+    ensure!(preflight.status().is_success(), "{}", preflight.status());
+    ensure!(
+        acao(&preflight) == ["https://app.example"],
+        "{:?}",
+        preflight.headers()
+    );
+    let listed = client
+        .get(app.url("/api/jobs"))
+        .header("origin", "https://app.example")
+        .bearer_auth(user_token("alice"))
+        .send()
+        .await?;
+    ensure!(listed.status() == 200 && acao(&listed) == ["https://app.example"]);
+    let other = client
+        .get(app.url("/api/jobs"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(user_token("alice"))
+        .send()
+        .await?;
+    ensure!(acao(&other).is_empty(), "{:?}", other.headers());
+    for origin in ["https://app.example", "https://evil.example"] {
+        let script = client
+            .get(app.url("/jobwire.js"))
+            .header("origin", origin)
+            .send()
+            .await?;
+        let got = acao(&script);
+        ensure!(got.len() == 1, "{origin}: {got:?}");
+    }
+    Ok(())
+}
