@@ -15,6 +15,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Fields a client acts on, beside the message: a refused publish's
+    /// job `status` and current `attempt`.
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: serde_json::Map::new(),
         }
     }
 
@@ -45,8 +49,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut error = self.details;
+        error.insert("code".to_owned(), json!(self.code));
+        error.insert("message".to_owned(), json!(self.message));
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -80,12 +86,19 @@ impl From<BackendError> for ApiError {
             BackendError::AlreadyExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
-            BackendError::Fenced { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string())
+            BackendError::Fenced { current, .. } => {
+                let mut error = ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string());
+                error.details.insert("attempt".to_owned(), json!(current));
+                error
             }
             BackendError::Rejected { source, .. } => match source {
                 jobwire_core::reducer::ReduceError::InvalidData(_) => {
                     ApiError::unprocessable(e.to_string())
+                }
+                jobwire_core::reducer::ReduceError::IllegalTransition { from, .. } => {
+                    let mut error = ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string());
+                    error.details.insert("status".to_owned(), json!(from));
+                    error
                 }
                 _ => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             },

@@ -198,8 +198,20 @@ async fn external_workers_publish_through_the_api_exactly_once() -> Result<()> {
             Some(json!({"type": "progress", "attempt": 0, "n": 9})),
         )
         .await?;
+    // The refusals say, in fields, what a publisher acts on.
     ensure!(
-        status == 409 && r["error"]["code"] == "stale_attempt",
+        status == 409 && r["error"]["code"] == "stale_attempt" && r["error"]["attempt"] == 1,
+        "{status} {r}"
+    );
+    let (status, r) = app
+        .post(
+            &path,
+            Some(&worker),
+            Some(json!({"type": "progress", "attempt": 1, "n": 10})),
+        )
+        .await?;
+    ensure!(
+        status == 409 && r["error"]["code"] == "conflict" && r["error"]["status"] == "completed",
         "{status} {r}"
     );
     let (status, r) = app
