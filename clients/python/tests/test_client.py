@@ -112,6 +112,7 @@ def test_publish_single_and_batch_with_fences(client: jobwire.Client) -> None:
     with pytest.raises(jobwire.StaleAttempt) as e:
         client.publish(job["id"], "progress", {"current": 1, "total": 2}, attempt=2, n=4)
     assert e.value.code == "stale_attempt"
+    assert e.value.details == {"attempt": 1}
     assert isinstance(e.value, jobwire.Conflict)
 
     unfenced = client.publish(job["id"], "job_completed", {"result": {"ok": True}})
@@ -173,6 +174,7 @@ def test_typed_errors(server: Server, client: jobwire.Client, user: str) -> None
         client.publish(job["id"], "progress", {"current": 1, "total": 2})  # not started
     assert conflict.value.code == "conflict"
     assert "queued" in conflict.value.message
+    assert conflict.value.details == {"status": "queued"}
 
     reader = jobwire.Client(server.url, token=token(user, scopes=["jobs:read"]))
     with pytest.raises(jobwire.Forbidden) as forbidden:

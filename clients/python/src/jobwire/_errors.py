@@ -25,6 +25,9 @@ class JobwireError(Exception):
         self.message = message
         self.code = code or self.default_code
         self.status = status
+        #: The error object's other fields, for the caller to act on (a
+        #: refused publish's job ``status`` and current ``attempt``).
+        self.details: dict[str, Any] = {}
 
     def __str__(self) -> str:
         if self.status:
@@ -228,6 +231,7 @@ def error_from_response(
     """
     code: Optional[str] = None
     message = ""
+    details: dict[str, Any] = {}
     try:
         parsed: Any = json.loads(body)
         error = parsed.get("error") if isinstance(parsed, dict) else None
@@ -235,6 +239,7 @@ def error_from_response(
             raw_code, raw_message = error.get("code"), error.get("message")
             code = raw_code if isinstance(raw_code, str) else None
             message = raw_message if isinstance(raw_message, str) else ""
+            details = {k: v for k, v in error.items() if k not in ("code", "message")}
     except ValueError:
         pass
     if not message:
@@ -251,5 +256,9 @@ def error_from_response(
                 retry_after = float(raw)
             except ValueError:
                 retry_after = None
-        return RateLimited(message, code=code, status=status, retry_after=retry_after)
-    return cls(message, code=code, status=status)
+        limited = RateLimited(message, code=code, status=status, retry_after=retry_after)
+        limited.details = details
+        return limited
+    failure = cls(message, code=code, status=status)
+    failure.details = details
+    return failure

@@ -325,10 +325,14 @@ class ReporterCore:
         """A 409 ``conflict``: the batch is illegal in the job's status.
         ``status`` is the job's status when it could be read."""
         if status is None:
-            # The worker's token may lack jobs:read: the refusal's message
-            # names the status ("... while the job is cancelled").
-            match = re.search(r"while the job is ([a-z]+)", error.message)
-            status = match.group(1) if match else None
+            # The worker's token may lack jobs:read: the refusal names the
+            # status (a field; older servers only in the message).
+            field = error.details.get("status")
+            if isinstance(field, str):
+                status = field
+            else:
+                match = re.search(r"while the job is ([a-z]+)", error.message)
+                status = match.group(1) if match else None
         if status == "cancelled":
             self.refused_as_cancelled()
             return

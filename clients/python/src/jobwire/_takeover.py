@@ -103,13 +103,21 @@ def publish_answered(
 
 
 def current_attempt(error: StaleAttempt) -> Optional[int]:
-    """The job's attempt named in a ``stale_attempt`` refusal."""
+    """The job's attempt in a ``stale_attempt`` refusal: its ``attempt``
+    field, or the message of a server that sends none."""
+    attempt = error.details.get("attempt")
+    if isinstance(attempt, int):
+        return attempt
     match = _CURRENT_ATTEMPT.search(error.message)
     return int(match.group(1)) if match else None
 
 
 def refused_status(error: Conflict) -> Optional[str]:
-    """The job's status named in a ``conflict`` refusal (an illegal event)."""
+    """The job's status in a ``conflict`` refusal (an illegal event): its
+    ``status`` field, or the message of a server that sends none."""
+    status = error.details.get("status")
+    if isinstance(status, str):
+        return status
     match = _STATUS.search(error.message)
     return match.group(1) if match else None
 
