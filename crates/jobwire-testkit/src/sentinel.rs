@@ -182,22 +182,41 @@ impl SentinelSet {
     /// Waits until every sentinel names a master other than `old` (the
     /// replica was promoted); returns the new master's port.
     ///
+    /// A failover takes a few seconds, but a sentinel whose timer stalls
+    /// for 2 s (a loaded 2-core machine running the whole suite) enters
+    /// TILT mode and does nothing for 30 s; the wait allows for that.
+    ///
     /// # Errors
-    /// When the failover does not happen within 30 s.
+    /// When the failover does not happen within 90 s; the error carries
+    /// the end of each sentinel's log.
     pub fn wait_failover(&self, old: u16) -> Result<u16> {
         let mut new = 0;
-        for &port in &self.sentinel_ports {
-            wait_until(Duration::from_secs(30), "the failover", || {
-                Ok(match sentinel_master(port)? {
-                    Some(master) if master != old => {
-                        new = master;
-                        true
-                    }
-                    _ => false,
-                })
-            })?;
-        }
+        let waited = wait_until(Duration::from_secs(90), "the failover", || {
+            let mut promoted = None;
+            for &port in &self.sentinel_ports {
+                match sentinel_master(port)? {
+                    Some(master) if master != old => promoted = Some(master),
+                    _ => return Ok(false),
+                }
+            }
+            new = promoted.unwrap_or(0);
+            Ok(promoted.is_some())
+        });
+        waited.map_err(|e| e.context(self.log_tails()))?;
         Ok(new)
+    }
+
+    /// The last lines of every sentinel's log, for an error message.
+    fn log_tails(&self) -> String {
+        let mut out = String::from("sentinel logs:");
+        for i in 0..self.sentinels.len() {
+            let path = self._dir.path().join(format!("sentinel-{i}.log"));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("\n--- sentinel {i} ---\n"));
+            out.push_str(&lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+        out
     }
 }
 
