@@ -8,6 +8,8 @@
 import { JobwireClient } from "/jobwire.js";
 
 const PAGE_SIZE = 50;
+// Failed jobs per page on the Failed page ("More" loads the next).
+const FAILED_PAGE = 50;
 const LOG_ROWS = 1000; // events kept on the job page; older rows are dropped
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const TOKEN_KEY = "jobwire.token";
@@ -388,39 +390,53 @@ function openWorkers() {
 function openFailed() {
   const filters = $("#failed-filters");
   let shown = [];
-  const load = async () => {
-    const page = await client.listJobs({ status: "failed", limit: 200 });
-    if (view !== "failed") return;
-    const jobs = page.jobs;
-    // The filters offer what the failed jobs hold.
-    for (const [name, values] of [["kind", jobs.map((j) => j.kind)], ["queue", jobs.map((j) => j.queue || j.kind)]]) {
-      const select = filters[name];
-      const have = new Set([...select.options].map((o) => o.value));
-      for (const v of [...new Set(values)].sort()) if (!have.has(v)) select.append(el("option", { value: v }, v));
-    }
+  let cursor = null;
+  // The filter menus offer every kind and queue seen in failed jobs, and
+  // every queue the server knows.
+  const offer = (name, values) => {
+    const select = filters[name];
+    const have = new Set([...select.options].map((o) => o.value));
+    for (const v of [...new Set(values)].sort()) if (v && !have.has(v)) select.append(el("option", { value: v }, v));
+  };
+  const row = (j) =>
+    el("tr", { "data-job-id": j.id },
+      el("td", {}, jobLink(j.id)),
+      el("td", { class: "kind" }, j.kind),
+      el("td", {}, j.queue || j.kind),
+      el("td", {}, j.owner),
+      el("td", { class: "num" }, String(j.attempt)),
+      el("td", { class: "wide" }, el("div", { class: "sub error", title: j.error || "" }, j.error || "–")),
+      el("td", { class: "sub created" }, when(j.finished_at)),
+      el("td", {}, actionButton("Retry", "quiet", "retry", () => client.retry(j.id), () => load(true))),
+    );
+  // The server filters and pages, so every failed job can be reached however
+  // many there are; "More" appends the next page to what is shown.
+  const load = async (fresh) => {
     const f = new FormData(filters);
     const within = Number(f.get("within") || 0);
-    shown = jobs.filter((j) =>
-      (!f.get("kind") || j.kind === f.get("kind")) &&
-      (!f.get("queue") || (j.queue || j.kind) === f.get("queue")) &&
-      (!within || Date.now() - Date.parse(j.finished_at || j.created_at) <= within));
-    $("[data-testid=failed]").replaceChildren(
-      ...shown.map((j) =>
-        el("tr", { "data-job-id": j.id },
-          el("td", {}, jobLink(j.id)),
-          el("td", { class: "kind" }, j.kind),
-          el("td", {}, j.queue || j.kind),
-          el("td", {}, j.owner),
-          el("td", { class: "num" }, String(j.attempt)),
-          el("td", { class: "wide" }, el("div", { class: "sub error", title: j.error || "" }, j.error || "–")),
-          el("td", { class: "sub created" }, when(j.finished_at)),
-          el("td", {}, actionButton("Retry", "quiet", "retry", () => client.retry(j.id), load)),
-        )),
-    );
+    const page = await client.listJobs({
+      status: "failed",
+      kind: f.get("kind") || undefined,
+      queue: f.get("queue") || undefined,
+      finishedAfter: within ? new Date(Date.now() - within) : undefined,
+      limit: FAILED_PAGE,
+      cursor: fresh ? undefined : cursor,
+    });
+    if (view !== "failed") return;
+    shown = fresh ? page.jobs : shown.concat(page.jobs);
+    cursor = page.next_cursor;
+    offer("kind", page.jobs.map((j) => j.kind));
+    offer("queue", page.jobs.map((j) => j.queue || j.kind));
+    const rows = page.jobs.map(row);
+    if (fresh) $("[data-testid=failed]").replaceChildren(...rows);
+    else $("[data-testid=failed]").append(...rows);
     $("#failed-empty").hidden = shown.length > 0;
+    $("#failed-more").hidden = !cursor;
     $("#retry-all").disabled = shown.length === 0;
   };
-  filters.onchange = load;
+  const fail = (e) => apiFailed(e, $("[data-testid=failed-error]"));
+  filters.onchange = () => load(true).catch(fail);
+  $("#failed-more").onclick = () => load(false).catch(fail);
   $("#retry-all").onclick = async () => {
     $("#retry-all").disabled = true;
     for (const j of shown) {
@@ -428,13 +444,14 @@ function openFailed() {
         await client.retry(j.id);
       } catch (err) {
         // Retried meanwhile (409): the next load drops it.
-        if (err.status !== 409) apiFailed(err, $("[data-testid=failed-error]"));
+        if (err.status !== 409) fail(err);
       }
     }
-    await load();
+    await load(true);
   };
   show("failed");
-  load().catch((e) => apiFailed(e, $("[data-testid=failed-error]")));
+  client.queues().then((queues) => offer("queue", queues.map((q) => q.name)), () => {});
+  load(true).catch(fail);
 }
 
 function openSchedules() {

@@ -124,7 +124,15 @@ export class JobwireClient {
   createJob(kind: string, params?: Record<string, unknown>): Promise<Job>;
   createExternalJob(kind: string, params?: Record<string, unknown>): Promise<Job>;
   job(id: string): Promise<Job>;
-  listJobs(query?: { status?: JobStatus; limit?: number; cursor?: string }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
+  /** Filters: `kind`, `queue`, and `finishedAfter` (a Date or RFC 3339: jobs that finished then or later). */
+  listJobs(query?: {
+    status?: JobStatus;
+    kind?: string;
+    queue?: string;
+    finishedAfter?: Date | string;
+    limit?: number;
+    cursor?: string;
+  }): Promise<{ jobs: Job[]; next_cursor: string | null }>;
   cancel(id: string): Promise<{ outcome: "cancelled" | "cancel_requested" | "already_finished"; job: Job }>;
   deleteJob(id: string): Promise<null>;
   history(id: string, query?: { since?: number; epoch?: string; limit?: number }): Promise<{ job_id: string; epoch: string; events: JobEvent[] }>;

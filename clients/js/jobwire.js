@@ -154,9 +154,12 @@ export class JobwireClient {
     return this.request("GET", `/api/jobs/${encodeURIComponent(id)}`);
   }
 
-  listJobs({ status, limit, cursor } = {}) {
+  listJobs({ status, kind, queue, finishedAfter, limit, cursor } = {}) {
     const q = new URLSearchParams();
     if (status) q.set("status", status);
+    if (kind) q.set("kind", kind);
+    if (queue) q.set("queue", queue);
+    if (finishedAfter) q.set("finished_after", finishedAfter instanceof Date ? finishedAfter.toISOString() : finishedAfter);
     if (limit) q.set("limit", String(limit));
     if (cursor) q.set("cursor", cursor);
     const qs = q.toString();

@@ -295,6 +295,13 @@ test("an admin drives the operations pages: queues, workers, failed jobs, schedu
   for (let i = 0; i < 3; i++) await api("POST", "/api/jobs", { kind: "demo", params: { steps: 2, delay_ms: 0 } }, alice);
   const failing = await api("POST", "/api/jobs", { kind: "demo", params: { steps: 3, delay_ms: 0, fail_at: 1 }, max_attempts: 1 }, alice);
   await waitJob(failing.id, (j) => j.status === "failed");
+  // More failures than a page holds, of another kind and queue (scans of
+  // a folder that does not exist).
+  const batch = [];
+  for (let i = 0; i < 50; i++) {
+    batch.push(await api("POST", "/api/jobs", { kind: "scan", params: { path: "no-such-folder" }, max_attempts: 1 }, alice));
+  }
+  for (const j of batch) await waitJob(j.id, (j) => j.status === "failed");
   await api("POST", "/api/jobs", { kind: "demo", params: { steps: 1 }, queue: "reports" }, alice);
   await api("PUT", "/api/queues/reports/limits", { concurrency: 2, rate: { max: 10, per: "1m" } });
   const made = await api("POST", "/api/schedules", { name: "nightly-scan", cron: "0 3 * * *", tz: "Europe/Berlin", kind: "scan", params: { path: "." } });
@@ -326,12 +333,23 @@ test("an admin drives the operations pages: queues, workers, failed jobs, schedu
   // Failed: filtered, then retried (a new attempt on the same job).
   await p.click("#ops-nav >> text=Failed");
   const row = `[data-testid=failed] tr[data-job-id="${failing.id}"]`;
+  const rows = () => p.$$eval("[data-testid=failed] tr", (rs) => rs.length);
+  // A page of the newest 50; the oldest failure is on the next.
+  await p.waitForSelector(`[data-testid=failed] tr[data-job-id="${batch[0].id}"]`, { timeout: 10000 });
+  assert.equal(await rows(), 50);
+  assert.equal(await p.isVisible(row), false);
+  await p.click("[data-testid=failed-more]");
   await p.waitForSelector(row, { timeout: 10000 });
+  assert.equal(await rows(), 51);
+  await p.waitForSelector("[data-testid=failed-more]", { state: "hidden" });
+  // Filtered by the server: the queue, then kind and time too.
+  await p.selectOption("[data-testid=failed-queue]", "demo");
+  await p.waitForFunction(() => document.querySelectorAll("[data-testid=failed] tr").length === 1, null, { timeout: 10000 });
   await p.selectOption("[data-testid=failed-kind]", "demo");
   await p.selectOption("[data-testid=failed-within]", "3600000");
   await p.waitForSelector(row);
+  assert.equal(await rows(), 1);
   await p.screenshot({ path: join(SHOTS, "ops-failed.png"), fullPage: true });
-  await p.selectOption("[data-testid=failed-queue]", "demo");
   await p.click(`${row} [data-testid=retry]`);
   await waitJob(failing.id, (j) => j.attempt === 2);
 

@@ -195,6 +195,14 @@ test("REST calls map errors to JobwireError", async () => {
   assert.equal((await client.job(created.id)).id, created.id);
   const page = await client.listJobs({ limit: 5 });
   assert.ok(page.jobs.some((j) => j.id === created.id));
+  // Filters (the server applies them; other tests' jobs share the store).
+  const demo = await client.listJobs({ kind: "demo", queue: "demo", status: "queued" });
+  assert.ok(demo.jobs.some((j) => j.id === created.id));
+  assert.ok(demo.jobs.every((j) => j.kind === "demo" && j.status === "queued"));
+  assert.deepEqual((await client.listJobs({ kind: "no.such.kind" })).jobs, []);
+  const later = await client.listJobs({ finishedAfter: new Date(Date.now() + 3600e3) });
+  assert.deepEqual(later.jobs, []);
+  await assert.rejects(client.listJobs({ finishedAfter: "soon" }), (e) => e.status === 422 && /finished_after/.test(e.message));
   const cancelled = await client.cancel(created.id);
   assert.equal(cancelled.outcome, "cancelled");
   await assert.rejects(client.job("01ARZ3NDEKTSV4RRFFQ69G5FAV"), (e) => e.status === 404 && e.code === "not_found");

@@ -90,6 +90,16 @@ def test_list_jobs_follows_the_cursor(client: jobwire.Client) -> None:
     assert [j["id"] for j in client.list_jobs(status="cancelled")] == [ids[0]]
     assert len(list(client.list_jobs(status="queued", page_size=2))) == 6
 
+    # Filters: kind, queue (an external job's is its kind), finish time.
+    other = client.create_external_job("py.other")["id"]
+    assert [j["id"] for j in client.list_jobs(kind="py.other")] == [other]
+    assert len(list(client.list_jobs(queue="py.list", page_size=2))) == 7
+    hour_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    assert [j["id"] for j in client.list_jobs(finished_after=hour_ago)] == [ids[0]]
+    assert client.list_page(kind="py.list", finished_after="2999-01-01T00:00:00Z")["jobs"] == []
+    with pytest.raises(jobwire.ValidationError, match="finished_after"):
+        client.list_page(finished_after="2026-13-45T00:00:00Z")
+
 
 def test_publish_single_and_batch_with_fences(client: jobwire.Client) -> None:
     job = client.create_external_job("py.publish")

@@ -573,6 +573,8 @@ pub(crate) struct JobsArgs {
     /// failed, cancelled).
     #[arg(long)]
     pub(crate) status: Option<String>,
+    #[command(flatten)]
+    pub(crate) filters: ListFilters,
     /// How many jobs to show (1-500).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=500))]
     pub(crate) limit: u16,
@@ -592,11 +594,27 @@ pub(crate) struct RetryArgs {
         conflicts_with = "all_failed"
     )]
     pub(crate) jobs: Vec<String>,
-    /// Every failed job (of every user).
+    /// Every failed job (of every user), or those the filters pick.
     #[arg(long)]
     pub(crate) all_failed: bool,
     #[command(flatten)]
+    pub(crate) filters: ListFilters,
+    #[command(flatten)]
     pub(crate) client: ClientFlags,
+}
+
+/// Filters of a job listing (`jobwire jobs`, `jobwire retry --all-failed`).
+#[derive(Debug, Args)]
+pub(crate) struct ListFilters {
+    /// Only jobs of this kind.
+    #[arg(long)]
+    pub(crate) kind: Option<String>,
+    /// Only jobs of this queue.
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Only jobs that finished within this long (e.g. 1h, 30m, 2d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) finished_within: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

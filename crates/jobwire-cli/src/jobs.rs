@@ -5,11 +5,12 @@ use std::io::IsTerminal;
 
 use anyhow::anyhow;
 use jobwire_client::{Client, ClientError, JobId, JobStatus, ListOptions, TokenSource};
+use jobwire_core::Timestamp;
 use serde_json::{Map, Value};
 
 use crate::config::{
-    CancelArgs, ClientFlags, JobsArgs, LimitArgs, QueuesArgs, QueuesCommand, RetryArgs, SubmitArgs,
-    WorkersArgs,
+    CancelArgs, ClientFlags, JobsArgs, LimitArgs, ListFilters, QueuesArgs, QueuesCommand,
+    RetryArgs, SubmitArgs, WorkersArgs,
 };
 use crate::{watch, Failure};
 
@@ -128,7 +129,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
         .list_jobs(&ListOptions {
             status,
             limit: Some(usize::from(args.limit)),
-            cursor: None,
+            ..args.filters.options()?
         })
         .await
         .map_err(failed)?;
@@ -160,6 +161,29 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+impl ListFilters {
+    /// The filters as list options, checked here so that a typo is a usage
+    /// error (exit 2), not a server's 422.
+    fn options(&self) -> Result<ListOptions, Failure> {
+        for (flag, value) in [("--kind", &self.kind), ("--queue", &self.queue)] {
+            if value.as_ref().is_some_and(|v| v.is_empty()) {
+                return Err(Failure::Usage(anyhow!("{flag}: empty")));
+            }
+        }
+        if let Some(queue) = &self.queue {
+            jobwire_core::check_queue_name(queue)
+                .map_err(|e| Failure::Usage(anyhow!("--queue: {e}")))?;
+        }
+        let finished_after = self.finished_within.map(|d| Timestamp::now().minus(d));
+        Ok(ListOptions {
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            finished_after,
+            ..ListOptions::default()
+        })
+    }
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> String {
@@ -211,6 +235,14 @@ pub(crate) async fn workers(args: WorkersArgs) -> Result<(), Failure> {
 /// any could not be retried.
 pub(crate) async fn retry(args: RetryArgs) -> Result<(), Failure> {
     let client = client(&args.client)?;
+    let filters = args.filters.options()?;
+    if !args.all_failed
+        && (filters.kind.is_some() || filters.queue.is_some() || filters.finished_after.is_some())
+    {
+        return Err(Failure::Usage(anyhow!(
+            "--kind, --queue and --finished-within pick jobs for --all-failed"
+        )));
+    }
     let ids = if args.all_failed {
         let mut ids = Vec::new();
         let mut cursor = None;
@@ -220,6 +252,7 @@ pub(crate) async fn retry(args: RetryArgs) -> Result<(), Failure> {
                     status: Some(JobStatus::Failed),
                     limit: Some(200),
                     cursor: cursor.take(),
+                    ..filters.clone()
                 })
                 .await
                 .map_err(failed)?;

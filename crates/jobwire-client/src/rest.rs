@@ -5,7 +5,7 @@
 //! elsewhere, even a create). A 401 makes a token provider fetch a fresh
 //! token, and the call is tried once more.
 
-use jobwire_core::{Epoch, Event, EventId, JobId, JobState, JobStatus, Schedule};
+use jobwire_core::{Epoch, Event, EventId, JobId, JobState, JobStatus, Schedule, Timestamp};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,11 @@ use crate::{Client, ClientError};
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
     pub status: Option<JobStatus>,
+    pub kind: Option<String>,
+    /// The queue (a job's kind's unless it was given another).
+    pub queue: Option<String>,
+    /// Only jobs that finished at or after this time.
+    pub finished_after: Option<Timestamp>,
     /// 1–500 (the server's default is 50).
     pub limit: Option<usize>,
     /// The previous page's `next_cursor`.
@@ -267,16 +272,23 @@ impl Client {
     /// # Errors
     /// [`ClientError`] from the server or the network.
     pub async fn list_jobs(&self, options: &ListOptions) -> Result<JobPage, ClientError> {
-        let mut query = Vec::new();
-        if let Some(status) = options.status {
-            query.push(format!("status={status}"));
-        }
-        if let Some(limit) = options.limit {
-            query.push(format!("limit={limit}"));
-        }
-        if let Some(cursor) = &options.cursor {
-            query.push(format!("cursor={cursor}"));
-        }
+        let finished_after = options.finished_after.map(|t| t.to_string());
+        let limit = options.limit.map(|l| l.to_string());
+        let pairs = [
+            ("status", options.status.map(|s| s.as_str())),
+            ("kind", options.kind.as_deref()),
+            ("queue", options.queue.as_deref()),
+            ("finished_after", finished_after.as_deref()),
+            ("limit", limit.as_deref()),
+            ("cursor", options.cursor.as_deref()),
+        ];
+        let query: Vec<String> = pairs
+            .iter()
+            .filter_map(|(name, value)| {
+                let value: String = form_urlencoded::byte_serialize((*value)?.as_bytes()).collect();
+                Some(format!("{name}={value}"))
+            })
+            .collect();
         let path = if query.is_empty() {
             "/api/jobs".to_owned()
         } else {

@@ -164,10 +164,31 @@ pub struct ListQuery {
     /// Only this user's jobs; `None` lists everyone's (admin).
     pub owner: Option<String>,
     pub status: Option<JobStatus>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Only jobs of this queue (a job's queue is its kind's unless another
+    /// was given).
+    pub queue: Option<String>,
+    /// Only jobs that finished at or after this time (unfinished jobs do
+    /// not match).
+    pub finished_after: Option<Timestamp>,
     /// Page size (at least 1).
     pub limit: usize,
     /// Continue after this job (the previous page's `next_cursor`).
     pub cursor: Option<JobId>,
+}
+
+impl ListQuery {
+    /// Whether a job passes the filters (the owner is the index's to
+    /// match, and the cursor the page's).
+    pub fn admits(&self, job: &JobState) -> bool {
+        self.status.is_none_or(|s| s == job.status)
+            && self.kind.as_deref().is_none_or(|k| k == job.kind)
+            && self.queue.as_deref().is_none_or(|q| q == job.queue())
+            && self
+                .finished_after
+                .is_none_or(|after| job.finished_at.is_some_and(|at| at >= after))
+    }
 }
 
 /// One page of jobs, newest first.

@@ -232,6 +232,14 @@ impl Timestamp {
         self.0
     }
 
+    /// This time minus a duration (saturating).
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(d.as_millis().min(i64::MAX as u128) as i64),
+        )
+    }
+
     /// This time plus a duration (saturating).
     pub fn plus(self, d: std::time::Duration) -> Self {
         Timestamp(

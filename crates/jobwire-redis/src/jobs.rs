@@ -539,7 +539,7 @@ impl JobStore for RedisBackend {
                     continue;
                 };
                 let mut state: JobState = serde_json::from_slice(&state).map_err(corrupt)?;
-                if query.status.is_some_and(|s| s != state.status) {
+                if !query.admits(&state) {
                     continue;
                 }
                 if jobs.len() == limit {

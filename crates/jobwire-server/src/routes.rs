@@ -376,6 +376,10 @@ pub(crate) fn known_kind(state: &AppState, kind: &str, params: &Value) -> Result
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     status: Option<String>,
+    kind: Option<String>,
+    queue: Option<String>,
+    /// RFC 3339: only jobs that finished at or after it.
+    finished_after: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -404,12 +408,30 @@ pub async fn list_jobs(
         .map(|c| c.parse::<JobId>())
         .transpose()
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    if let Some(queue) = &params.queue {
+        jobwire_core::check_queue_name(queue).map_err(ApiError::unprocessable)?;
+    }
+    if params
+        .kind
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(ApiError::unprocessable("kind must be 1 to 256 bytes"));
+    }
+    let finished_after = params
+        .finished_after
+        .map(|t| t.parse::<Timestamp>())
+        .transpose()
+        .map_err(|_| ApiError::unprocessable("finished_after must be an RFC 3339 time"))?;
     let owner = (!principal.scopes.contains(&Scope::Admin)).then(|| principal.user.clone());
     let page = state
         .store
         .list_jobs(&ListQuery {
             owner,
             status,
+            kind: params.kind,
+            queue: params.queue,
+            finished_after,
             limit,
             cursor,
         })

@@ -169,18 +169,30 @@ class AsyncClient:
         self,
         *,
         status: Optional[str] = None,
+        kind: Optional[str] = None,
+        queue: Optional[str] = None,
+        finished_after: Optional[_rest.Instant] = None,
         limit: Optional[int] = None,
         cursor: Optional[str] = None,
     ) -> JobsPage:
-        return cast(JobsPage, await self._request(_rest.list_jobs(status, limit, cursor)))
+        """One page of the caller's jobs; see :meth:`Client.list_page`."""
+        which = _rest.JobFilter(status, kind, queue, finished_after)
+        return cast(JobsPage, await self._request(_rest.list_jobs(which, limit, cursor)))
 
     async def list_jobs(
-        self, *, status: Optional[str] = None, page_size: Optional[int] = None
+        self,
+        *,
+        status: Optional[str] = None,
+        kind: Optional[str] = None,
+        queue: Optional[str] = None,
+        finished_after: Optional[_rest.Instant] = None,
+        page_size: Optional[int] = None,
     ) -> AsyncIterator[Job]:
-        """Every job of the caller, newest first, a page at a time."""
+        """Every job the filters pick, newest first, a page at a time."""
+        which = _rest.JobFilter(status, kind, queue, finished_after)
         cursor: Optional[str] = None
         while True:
-            page = await self.list_page(status=status, limit=page_size, cursor=cursor)
+            page = cast(JobsPage, await self._request(_rest.list_jobs(which, page_size, cursor)))
             for job in page["jobs"]:
                 yield job
             cursor = page.get("next_cursor")

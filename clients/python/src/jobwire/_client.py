@@ -199,20 +199,33 @@ class Client:
         self,
         *,
         status: Optional[str] = None,
+        kind: Optional[str] = None,
+        queue: Optional[str] = None,
+        finished_after: Optional[_rest.Instant] = None,
         limit: Optional[int] = None,
         cursor: Optional[str] = None,
     ) -> JobsPage:
-        """One page of the caller's jobs, newest first (``limit`` 1-200)."""
-        return cast(JobsPage, self._request(_rest.list_jobs(status, limit, cursor)))
+        """One page of the caller's jobs (an admin's: everyone's), newest
+        first (``limit`` 1-200), of the given status, kind and queue, that
+        finished at or after ``finished_after`` (RFC 3339 or a datetime)."""
+        which = _rest.JobFilter(status, kind, queue, finished_after)
+        return cast(JobsPage, self._request(_rest.list_jobs(which, limit, cursor)))
 
     def list_jobs(
-        self, *, status: Optional[str] = None, page_size: Optional[int] = None
+        self,
+        *,
+        status: Optional[str] = None,
+        kind: Optional[str] = None,
+        queue: Optional[str] = None,
+        finished_after: Optional[_rest.Instant] = None,
+        page_size: Optional[int] = None,
     ) -> Iterator[Job]:
-        """Every job of the caller, newest first, fetched a page at a time as
-        the iteration goes (following ``next_cursor``)."""
+        """Every job :meth:`list_page`'s filters pick, newest first, fetched a
+        page at a time as the iteration goes (following ``next_cursor``)."""
+        which = _rest.JobFilter(status, kind, queue, finished_after)
         cursor: Optional[str] = None
         while True:
-            page = self.list_page(status=status, limit=page_size, cursor=cursor)
+            page = cast(JobsPage, self._request(_rest.list_jobs(which, page_size, cursor)))
             yield from page["jobs"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -150,10 +150,30 @@ def create_job(
     return Call("POST", "/api/jobs", body=dumps(body), headers=headers)
 
 
-def list_jobs(status: Optional[str], limit: Optional[int], cursor: Optional[str]) -> Call:
-    params: Dict[str, str] = {}
-    if status is not None:
-        params["status"] = status
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing holds besides the caller's own (an admin's:
+    everyone's): ``finished_after`` keeps jobs that finished then or later
+    (unfinished ones never match)."""
+
+    status: Optional[str] = None
+    kind: Optional[str] = None
+    queue: Optional[str] = None
+    finished_after: Optional[Instant] = None
+
+    def params(self) -> Dict[str, str]:
+        params: Dict[str, str] = {}
+        for name in ("status", "kind", "queue"):
+            value = getattr(self, name)
+            if value is not None:
+                params[name] = value
+        if self.finished_after is not None:
+            params["finished_after"] = instant(self.finished_after)
+        return params
+
+
+def list_jobs(which: JobFilter, limit: Optional[int], cursor: Optional[str]) -> Call:
+    params = which.params()
     if limit is not None:
         params["limit"] = str(limit)
     if cursor is not None:

@@ -637,6 +637,39 @@ async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
         .and_then(|l| l["job_id"].as_str().or(l["id"].as_str()).map(str::to_owned))
         .context("no job id")?;
     exits_with(&as_admin(&["retry", &completed])?, 1, "only a failed job")?;
+    // The listing's filters, also picking what --all-failed retries.
+    let listed = |args: &[&str]| -> Result<Vec<String>> {
+        let mut all = vec!["jobs", "--status", "failed", "--json"];
+        all.extend_from_slice(args);
+        let out = as_admin(&all)?;
+        ensure!(out.status.success(), "{out:?}");
+        let jobs: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(jobs
+            .as_array()
+            .context("not an array")?
+            .iter()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect())
+    };
+    ensure!(listed(&["--kind", "demo", "--finished-within", "1h"])? == std::slice::from_ref(&id));
+    ensure!(listed(&["--queue", "scan"])?.is_empty());
+    ensure!(listed(&["--kind", "scan"])?.is_empty());
+    exits_with(&as_admin(&["jobs", "--queue", "a b"])?, 2, "--queue")?;
+    exits_with(
+        &as_admin(&["jobs", "--finished-within", "soon"])?,
+        2,
+        "soon",
+    )?;
+    exits_with(
+        &as_admin(&["retry", &id, "--kind", "demo"])?,
+        2,
+        "--all-failed",
+    )?;
+    let out = as_admin(&["retry", "--all-failed", "--queue", "scan"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no failed jobs"),
+        "{out:?}"
+    );
     let out = as_admin(&["retry", "--all-failed"])?;
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&id),

@@ -29,9 +29,8 @@ async fn fired(backend: &dyn Backend) -> Result<Vec<JobState>> {
     let mut jobs = backend
         .list_jobs(&ListQuery {
             owner: Some("root".to_owned()),
-            status: None,
             limit: 1000,
-            cursor: None,
+            ..Default::default()
         })
         .await?
         .jobs;

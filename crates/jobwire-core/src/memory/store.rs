@@ -247,7 +247,7 @@ impl JobStore for MemoryBackend {
                 expired.push((id, stored.head.state.owner.clone()));
                 continue;
             }
-            if query.status.is_some_and(|s| s != stored.head.state.status) {
+            if !query.admits(&stored.head.state) {
                 continue;
             }
             if jobs.len() == limit {

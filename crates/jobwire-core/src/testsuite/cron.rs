@@ -39,9 +39,8 @@ async fn jobs_of(b: &dyn Backend, owner: &str) -> Result<Vec<JobState>> {
     let page = b
         .list_jobs(&ListQuery {
             owner: Some(owner.to_owned()),
-            status: None,
             limit: 1000,
-            cursor: None,
+            ..Default::default()
         })
         .await?;
     Ok(page.jobs)

@@ -32,7 +32,7 @@ pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result
                 owner: Some("alice".into()),
                 limit: 2,
                 cursor,
-                status: None,
+                ..Default::default()
             })
             .await?;
         pages += 1;
@@ -55,7 +55,7 @@ pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result
             owner: Some("alice".into()),
             status: Some(JobStatus::Running),
             limit: 10,
-            cursor: None,
+            ..Default::default()
         })
         .await?;
     ensure!(running.jobs.len() == 1 && running.jobs[0].id == alice[1]);
@@ -74,6 +74,153 @@ pub async fn listing_is_paginated_newest_first(f: &dyn BackendFactory) -> Result
         })
         .await?;
     ensure!(nobody.jobs.is_empty() && nobody.next_cursor.is_none());
+    Ok(())
+}
+
+/// Filters by kind, queue and finish time, as the failed-jobs page uses
+/// them: across owners, paged, and exact when most jobs do not match.
+pub async fn listing_filters_by_kind_queue_and_finish_time(f: &dyn BackendFactory) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let fail = |id: JobId| async move {
+        b.publish(
+            &id,
+            &[
+                NewEvent::new(EventType::JobStarted, json!({})),
+                NewEvent::new(EventType::JobFailed, json!({"error": "x"})),
+            ],
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(id)
+    };
+    // 3 failed demo jobs in queue "slow" (alice, bob), 2 failed in the
+    // kind's queue, 20 completed ones between them, one queued.
+    let mut slow = Vec::new();
+    let mut plain = Vec::new();
+    for i in 0..25 {
+        let owner = if i % 2 == 0 { "alice" } else { "bob" };
+        let job = NewJob::new("demo", json!({}), owner);
+        let id = match i {
+            0 | 10 | 20 => {
+                slow.push(fail(b.create_job(job.in_queue("slow")).await?.id).await?);
+                continue;
+            }
+            5 | 15 => b.create_job(job).await?.id,
+            _ => {
+                let id = b.create_job(job).await?.id;
+                b.publish(
+                    &id,
+                    &[
+                        NewEvent::new(EventType::JobStarted, json!({})),
+                        NewEvent::new(EventType::JobCompleted, json!({})),
+                    ],
+                )
+                .await?;
+                continue;
+            }
+        };
+        plain.push(fail(id).await?);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    b.create_job(NewJob::new("other", json!({}), "alice"))
+        .await?;
+    let list = |query: ListQuery| async move {
+        let mut ids = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = b
+                .list_jobs(&ListQuery {
+                    limit: 1,
+                    cursor,
+                    ..query.clone()
+                })
+                .await?;
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+            ensure!(ids.len() < 100, "pagination does not end");
+        }
+        ids.sort();
+        Ok::<_, anyhow::Error>(ids)
+    };
+    let failed = |q: ListQuery| ListQuery {
+        status: Some(JobStatus::Failed),
+        ..q
+    };
+    let mut all: Vec<JobId> = slow.iter().chain(&plain).cloned().collect();
+    all.sort();
+    slow.sort();
+    plain.sort();
+    let got = list(failed(ListQuery::default())).await?;
+    ensure!(got == all, "failed jobs: {got:?}, expected {all:?}");
+    let got = list(failed(ListQuery {
+        queue: Some("slow".into()),
+        ..Default::default()
+    }))
+    .await?;
+    ensure!(got == slow, "queue slow: {got:?}, expected {slow:?}");
+    let got = list(failed(ListQuery {
+        queue: Some("demo".into()),
+        ..Default::default()
+    }))
+    .await?;
+    ensure!(got == plain, "queue demo (the kind's): {got:?}");
+    let got = list(failed(ListQuery {
+        kind: Some("demo".into()),
+        owner: Some("alice".into()),
+        ..Default::default()
+    }))
+    .await?;
+    let alices: Vec<JobId> = {
+        let mut v = Vec::new();
+        for id in &all {
+            if b.job(id).await?.owner == "alice" {
+                v.push(id.clone());
+            }
+        }
+        v
+    };
+    ensure!(got == alices, "alice's demo jobs: {got:?}");
+    ensure!(
+        list(ListQuery {
+            kind: Some("nothing".into()),
+            ..Default::default()
+        })
+        .await?
+        .is_empty(),
+        "a kind nobody has matched"
+    );
+    // Finish time: every failed job finished after the first one did, none
+    // in the future, and an unfinished job never matches.
+    let mut since = Timestamp::now();
+    for id in &all {
+        let at = b.job(id).await?.finished_at;
+        since = since.min(at.context("a failed job without finished_at")?);
+    }
+    ensure!(
+        list(failed(ListQuery {
+            finished_after: Some(since),
+            ..Default::default()
+        }))
+        .await?
+            == all
+    );
+    let later = Timestamp::from_unix_millis(Timestamp::now().unix_millis() + 60_000);
+    ensure!(list(ListQuery {
+        finished_after: Some(later),
+        ..Default::default()
+    })
+    .await?
+    .is_empty());
+    let other = list(ListQuery {
+        kind: Some("other".into()),
+        finished_after: Some(since),
+        ..Default::default()
+    })
+    .await?;
+    ensure!(other.is_empty(), "an unfinished job matched a finish time");
     Ok(())
 }
 

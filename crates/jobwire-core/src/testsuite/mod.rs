@@ -44,7 +44,7 @@ use crate::backend::{
     LiveBatch, QueueStats, Reclaimed, ResyncReason, TailFrom,
 };
 use crate::event::{Event, EventRecord, EventType, NewEvent};
-use crate::ids::{Epoch, EventId, JobId};
+use crate::ids::{Epoch, EventId, JobId, Timestamp};
 use crate::job::{JobState, JobStatus, NewJob};
 
 /// A backend under test, with whatever must outlive it (a redis-server).
@@ -84,6 +84,7 @@ macro_rules! backend_conformance_tests {
             concurrent_publishers_lose_nothing,
             delete_removes_everything,
             listing_is_paginated_newest_first,
+            listing_filters_by_kind_queue_and_finish_time,
             jobs_are_counted_by_status,
             throughput_counts_starts_and_finishes,
             unfinished_jobs_are_counted_per_owner,

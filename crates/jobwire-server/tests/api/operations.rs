@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use jobwire_core::{EventType, NewEvent, NewJob};
 use jobwire_server::Scope;
 use serde_json::{json, Value};
 
@@ -219,5 +220,89 @@ async fn queue_limits_are_set_checked_shown_and_lifted() -> Result<()> {
             .is_some_and(|qs| qs.iter().any(|q| q["name"] == "scan")),
         "{queues}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_jobs_are_listed_by_kind_queue_and_finish_time() -> Result<()> {
+    let app = spawn_app(memory()).await?;
+    let root = admin();
+    let mut made = Vec::new();
+    for (kind, queue) in [("demo", None), ("demo", Some("slow")), ("scan", None)] {
+        let mut job = NewJob::new(kind, json!({"path": "."}), "bob");
+        if let Some(queue) = queue {
+            job = job.in_queue(queue);
+        }
+        let id = app.backend.create_job(job).await?.id;
+        app.backend
+            .publish(
+                &id,
+                &[
+                    NewEvent::new(EventType::JobStarted, json!({})),
+                    NewEvent::new(EventType::JobFailed, json!({"error": "boom"})),
+                ],
+            )
+            .await?;
+        made.push(id.to_string());
+    }
+    // One that has not finished matches no finish time.
+    app.backend
+        .create_job(NewJob::new("demo", json!({}), "bob"))
+        .await?;
+    let ids = |page: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = page["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter_map(|j| j["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let hour_ago = jobwire_core::Timestamp::now().minus(Duration::from_secs(3600));
+    let soon = jobwire_core::Timestamp::now().plus(Duration::from_secs(3600));
+    for (query, expected) in [
+        ("status=failed", made.clone()),
+        ("status=failed&kind=demo", made[..2].to_vec()),
+        ("status=failed&queue=slow", made[1..2].to_vec()),
+        ("status=failed&queue=demo", made[..1].to_vec()),
+        ("kind=scan", made[2..].to_vec()),
+        (&format!("finished_after={hour_ago}"), made.clone()),
+        (
+            &format!(
+                "kind=demo&finished_after={}",
+                hour_ago.to_string().replace('Z', "%2B00:00")
+            ),
+            made[..2].to_vec(),
+        ),
+        (&format!("finished_after={soon}"), Vec::new()),
+    ] {
+        let (status, page) = app.get(&format!("/api/jobs?{query}"), Some(&root)).await?;
+        ensure!(status == 200, "{query}: {status} {page}");
+        ensure!(ids(&page) == sorted(expected.clone()), "{query}: {page}");
+    }
+    // A user sees only their own, filters or not.
+    let (_, page) = app
+        .get("/api/jobs?status=failed", Some(&user_token("alice")))
+        .await?;
+    ensure!(ids(&page).is_empty(), "{page}");
+    for (bad, says) in [
+        ("finished_after=yesterday", "finished_after"),
+        ("queue=a%20b", "queue"),
+        ("kind=", "kind"),
+    ] {
+        let (status, err) = app.get(&format!("/api/jobs?{bad}"), Some(&root)).await?;
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            status == 422 && message.contains(says),
+            "{bad}: {status} {err}"
+        );
+    }
     Ok(())
 }
