@@ -211,6 +211,9 @@ impl<'de> Deserialize<'de> for Epoch {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
+
 const RFC3339_MILLIS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
     "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
 );
@@ -218,8 +221,56 @@ const RFC3339_MILLIS: &[time::format_description::FormatItem<'static>] = time::m
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
-        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-        Timestamp((nanos / 1_000_000) as i64)
+        // The system clock directly: taken for every delivered event (its
+        // latency), where a calendar date would be wasted work.
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+        Timestamp(since_epoch)
+    }
+
+    /// Reads the form [`Timestamp`] writes (`2026-11-28T12:00:00.123Z`)
+    /// without a general RFC 3339 parser: every event read from the store
+    /// carries one. `None` for anything else (which the general parser
+    /// then reads).
+    fn parse_canonical(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        if b.len() != 24
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[23] != b'Z'
+        {
+            return None;
+        }
+        let num = |range: std::ops::Range<usize>| -> Option<i64> {
+            b[range].iter().try_fold(0i64, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, minute, second, millis) =
+            (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
+            return None;
+        }
+        let date = time::Date::from_calendar_date(
+            i32::try_from(year).ok()?,
+            time::Month::try_from(u8::try_from(month).ok()?).ok()?,
+            u8::try_from(day).ok()?,
+        )
+        .ok()?;
+        let days = i64::from(date.to_julian_day()) - i64::from(UNIX_EPOCH_JULIAN_DAY);
+        let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+        Some(Timestamp(seconds * 1_000 + millis))
     }
 
     /// From milliseconds since the Unix epoch.
@@ -266,6 +317,9 @@ impl FromStr for Timestamp {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(t) = Timestamp::parse_canonical(s) {
+            return Ok(t);
+        }
         let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map_err(|_| IdError::Timestamp(s.to_owned()))?;
         Ok(Timestamp((t.unix_timestamp_nanos() / 1_000_000) as i64))
@@ -288,6 +342,38 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_read_back_what_they_write() {
+        for ms in [
+            0,
+            1,
+            999,
+            1_764_331_200_123,
+            4_102_444_799_999,
+            951_782_400_000,
+        ] {
+            let t = Timestamp::from_unix_millis(ms);
+            let text = t.to_string();
+            assert_eq!(Timestamp::parse_canonical(&text), Some(t), "{text}");
+            assert_eq!(text.parse::<Timestamp>().ok(), Some(t));
+        }
+        // Other RFC 3339 forms go to the general parser, and agree with it.
+        let t: Timestamp = "2026-11-28T13:00:00.5+01:00".parse().expect("valid");
+        assert_eq!(t.to_string(), "2026-11-28T12:00:00.500Z");
+        for bad in [
+            "2026-02-30T00:00:00.000Z",
+            "2026-13-01T00:00:00.000Z",
+            "2026-11-28T24:00:00.000Z",
+            "2026-11-28T12:00:00.0a0Z",
+            "2026-11-28T12:00:00.000",
+        ] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad} accepted");
+        }
+        let now = Timestamp::now().unix_millis();
+        let from_time = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        assert!((from_time - now).abs() < 1_000);
+    }
 
     #[test]
     fn job_ids_are_validated() {

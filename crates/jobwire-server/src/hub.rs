@@ -2,7 +2,7 @@
 //! to them, and where each watched job's log stands for recovery.
 //!
 //! Each event is turned into one [`Frame`] (its wire JSON as shared bytes)
-//! and offered to every watching connection's bounded outbox with `try_send`.
+//! and offered to every watching connection's bounded outbox without waiting.
 //! A full outbox marks that connection as a slow consumer (its `stop` token
 //! is cancelled; the connection closes with 1013 and the client resumes with
 //! `since`). Nobody waits for a slow connection.
@@ -32,15 +32,16 @@
 //! duplicate events (sessions drop them) but never leaves a watcher behind
 //! with no later event to show it the hole.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use jobwire_core::{Epoch, EventId, EventRecord, JobId};
 use rustc_hash::FxHashMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// One event, ready to write to any number of sockets.
@@ -76,23 +77,32 @@ impl Frame {
 #[derive(Clone, Debug)]
 pub enum Delivery {
     /// Shared by every watcher of the event: one allocation per event, and
-    /// a small slot in each (pre-allocated) outbox.
+    /// a small slot in each outbox.
     Event(Arc<Frame>),
     /// Live events of this job may have been missed and the Hub could not
     /// recover them for everyone: re-read its log after the last id
-    /// delivered. (An `Arc` keeps `Delivery` two words: every connection's
-    /// outbox pre-allocates 32 slots, so a wider slot costs each idle
-    /// connection 256 bytes more.)
+    /// delivered. (An `Arc` keeps `Delivery` two words: outboxes hold many
+    /// of them.)
     Recheck(Arc<JobId>),
 }
 
 const _: () = assert!(std::mem::size_of::<Delivery>() <= 16);
 
-/// The sending side of one connection, as the Hub sees it.
+/// A connection's bounded queue of deliveries, as the Hub sees it; the
+/// connection reads it through its [`Inbox`].
+///
+/// A `VecDeque` under a mutex, not a channel: an idle connection holds no
+/// buffer at all (a bounded tokio channel pre-allocates a block of 32 slots
+/// and a cache-padded state, about 1 KB per connection), and every offer and
+/// take is one uncontended lock.
 #[derive(Debug)]
 pub struct Outbox {
     pub id: u64,
-    tx: mpsc::Sender<Delivery>,
+    queue: Mutex<Queue>,
+    /// Most deliveries waiting at once; more is a slow consumer.
+    capacity: usize,
+    /// The connection waiting for a delivery.
+    waker: AtomicWaker,
     /// Cancelled when the connection must end: its outbox overflowed (a
     /// slow consumer), or the server is shutting down (it is a child of the
     /// server's shutdown token). One token per connection: waiting on the
@@ -101,33 +111,95 @@ pub struct Outbox {
     pub stop: CancellationToken,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// The connection is gone (its inbox dropped): offers are dropped.
+    closed: bool,
+}
+
+/// A drained queue keeps at most this many slots; a burst's larger buffer
+/// is freed, so that an idle connection does not keep it.
+const KEPT_SLOTS: usize = 16;
+
 impl Outbox {
     /// A new outbox holding at most `capacity` deliveries, stopped with
     /// `shutdown`.
-    pub fn new(
-        capacity: usize,
-        shutdown: &CancellationToken,
-    ) -> (Arc<Outbox>, mpsc::Receiver<Delivery>) {
+    pub fn new(capacity: usize, shutdown: &CancellationToken) -> (Arc<Outbox>, Inbox) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let outbox = Outbox {
+        let outbox = Arc::new(Outbox {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            tx,
+            queue: Mutex::default(),
+            capacity: capacity.max(1),
+            waker: AtomicWaker::new(),
             stop: shutdown.child_token(),
+        });
+        let inbox = Inbox {
+            outbox: Arc::clone(&outbox),
         };
-        (Arc::new(outbox), rx)
+        (outbox, inbox)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding it cannot leave the queue half-changed.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn offer(&self, delivery: Delivery) -> bool {
-        match self.tx.try_send(delivery) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stop.cancel();
-                false
-            }
+        let mut queue = self.queue();
+        if queue.closed {
             // The connection is gone; the Hub forgets it on unsubscribe.
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            return true;
         }
+        if queue.items.len() >= self.capacity {
+            drop(queue);
+            self.stop.cancel();
+            return false;
+        }
+        queue.items.push_back(delivery);
+        drop(queue);
+        self.waker.wake();
+        true
+    }
+}
+
+/// The connection's side of its [`Outbox`].
+#[derive(Debug)]
+pub struct Inbox {
+    outbox: Arc<Outbox>,
+}
+
+impl Inbox {
+    /// The next delivery, waiting for one.
+    pub async fn recv(&mut self) -> Delivery {
+        std::future::poll_fn(|cx| {
+            if let Some(delivery) = self.try_recv() {
+                return Poll::Ready(delivery);
+            }
+            self.outbox.waker.register(cx.waker());
+            // An offer between the first look and the registration woke
+            // nobody: look again.
+            self.try_recv().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    /// The next delivery, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        let mut queue = self.outbox.queue();
+        let delivery = queue.items.pop_front();
+        if queue.items.is_empty() && queue.items.capacity() > KEPT_SLOTS {
+            queue.items = VecDeque::new();
+        }
+        delivery
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut queue = self.outbox.queue();
+        queue.closed = true;
+        queue.items = VecDeque::new();
     }
 }
 
@@ -391,9 +463,9 @@ mod tests {
         }
     }
 
-    fn rechecks(rx: &mut mpsc::Receiver<Delivery>) -> usize {
+    fn rechecks(rx: &mut Inbox) -> usize {
         let mut n = 0;
-        while let Ok(delivery) = rx.try_recv() {
+        while let Some(delivery) = rx.try_recv() {
             if matches!(delivery, Delivery::Recheck(_)) {
                 n += 1;
             }

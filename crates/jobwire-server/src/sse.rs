@@ -90,12 +90,14 @@ pub async fn stream(
     // The stream ends when its token does, like a WebSocket (an
     // `EventSource` then reconnects, and must present a valid token).
     let expires = crate::ws::deadline(&session.principal);
-    let task_state = state.clone();
     let span =
         tracing::info_span!("sse", conn = outbox.id, user = %session.principal.user, job = %job);
-    state.tasks.spawn(
+    let tasks = state.tasks.clone();
+    // Captures are used in place (a capture moved into a local would be a
+    // second copy in every idle stream's task), and the rare log re-read is
+    // boxed.
+    tasks.spawn(
         async move {
-            let state = task_state;
             let _slot = slot;
             let _gauge = state.stats.sse();
             let mut out = first;
@@ -137,8 +139,7 @@ pub async fn stream(
                     }
                     () = tx.closed() => return,
                     delivery = inbox.recv() => {
-                        let Some(delivery) = delivery else { return };
-                        if let Err(e) = session.deliver(delivery, &mut out).await {
+                        if let Err(e) = Box::pin(session.deliver(delivery, &mut out)).await {
                             tracing::warn!(error = %e, "cannot read a job log for an SSE client");
                             return;
                         }

@@ -6,6 +6,7 @@
 //! outbox the Hub fills, client frames, and the heartbeat. Outgoing messages
 //! are fed in a batch and flushed once.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -19,7 +20,7 @@ use tracing::Instrument;
 
 use crate::auth::{AuthError, Principal, Scope};
 use crate::credentials::Credentials;
-use crate::hub::Outbox;
+use crate::hub::{Inbox, Outbox};
 use crate::limits::TokenBucket;
 use crate::metrics::Stats;
 use crate::session::{Out, Session, SubscribeError};
@@ -103,215 +104,294 @@ fn accept(
         upgrade = upgrade.protocols([protocol.to_owned()]);
     }
     // Run the connection inside axum's upgrade task (tracked for shutdown)
-    // rather than in a task of its own: one task per socket, not two.
+    // rather than in a task of its own: one task per socket, not two. The
+    // upgrade task keeps its callback's captures for the socket's life, so
+    // they are boxed: one pointer there, not a second copy of them.
+    let admitted = Box::new(Admitted {
+        state,
+        principal,
+        origin_ok,
+        first,
+    });
     upgrade.on_upgrade(move |socket| {
-        let tasks = state.tasks.clone();
-        tasks.track_future(connection(socket, state, principal, origin_ok, first))
+        let tasks = admitted.state.tasks.clone();
+        tasks.track_future(connection(socket, *admitted))
     })
 }
 
-async fn connection(
-    mut socket: WebSocket,
+/// What the handshake decided about a connection.
+struct Admitted {
     state: AppState,
     principal: Result<Principal, AuthError>,
     origin_ok: bool,
     first: FirstJob,
-) {
-    if !origin_ok {
-        return close_with(&mut socket, close::POLICY, "origin not allowed").await;
-    }
-    let principal = match principal {
-        Ok(p) if p.has(Scope::JobsRead) => p,
-        Ok(_) => {
-            return close_with(
-                &mut socket,
-                close::FORBIDDEN,
-                "the token lacks the jobs:read scope",
-            )
-            .await
-        }
-        Err(e) => return close_with(&mut socket, close::UNAUTHORIZED, &e.to_string()).await,
-    };
-    let _slot = match state.connections.acquire(&principal.user, &state.config) {
-        Ok(slot) => slot,
-        Err(e) => return close_with(&mut socket, close::POLICY, &e.to_string()).await,
-    };
-    let (outbox, inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
-    let mut session = Session::new(
-        state.store.clone(),
-        state.hub.clone(),
-        outbox.clone(),
-        principal,
-        state.config.max_subscriptions,
-    );
-    let single = first.is_some();
-    let mut out = Vec::new();
-    if let Some(first) = first {
-        let (job, resume) = match first {
-            Ok(first) => first,
-            Err((code, reason)) => return close_with(&mut socket, code, &reason).await,
-        };
-        if let Err(e) = Box::pin(session.subscribe(&job, resume, &mut out)).await {
-            let (code, reason) = subscribe_close(&e);
-            return close_with(&mut socket, code, &reason).await;
-        }
-    }
-    let span = tracing::info_span!("ws", conn = outbox.id, user = %session.principal.user);
-    run(socket, state, session, outbox, inbox, out, single)
-        .instrument(span)
-        .await;
 }
 
-/// The connection loop, once the client is admitted.
-async fn run(
-    mut socket: WebSocket,
-    state: AppState,
-    mut session: Session,
-    outbox: std::sync::Arc<Outbox>,
-    mut inbox: tokio::sync::mpsc::Receiver<crate::hub::Delivery>,
-    mut out: Vec<Out>,
-    single: bool,
-) {
-    let _gauge = state.stats.websocket();
-    tracing::debug!("connected");
-    // The socket is not split: reads and writes never overlap in this loop,
-    // and a split socket pays a lock on every read and write.
-    // One timer for both the heartbeat and the token's expiry: each timer
-    // costs memory on every idle connection.
-    let every = state.config.heartbeat;
-    let mut next_ping = Instant::now() + every;
-    let mut expires = deadline(&session.principal);
-    let mut last_heard = Instant::now();
-    let timer = tokio::time::sleep_until(next_ping.min(expires));
-    tokio::pin!(timer);
-    // Client frames per second, in bursts of twice that.
-    let rate = state.config.max_frames_per_second;
-    let mut bucket = TokenBucket::new(rate, rate.saturating_mul(2));
-    // Made once, not on every turn of the loop (measurable per message).
-    // Fires on shutdown and on overflow (see `Outbox::stop`).
-    let stop = outbox.stop.cancelled();
-    tokio::pin!(stop);
-    let mut job_gone = false;
-    let closing: Option<(u16, String)> = loop {
-        if !out.is_empty() {
-            let sent = out.len() as u64;
-            // A client that stops reading blocks this write; the Hub then
-            // overflows its outbox, and the connection must give up on it.
-            let written = tokio::select! {
-                written = Box::pin(write_all(&mut socket, out.drain(..), &state.stats)) => written.is_ok(),
-                () = &mut stop => {
-                    let (code, reason) = stopped(&state);
-                    // The write was cut short, or the socket is full: say
-                    // why behind what the socket holds, then drop it.
-                    let bye = Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    }));
-                    let _ = tokio::time::timeout(CLOSE_WRITE, socket.send(bye)).await;
-                    return;
-                }
-            };
-            if !written {
-                break None;
+/// How a connection's loop ended.
+enum End {
+    /// The client went away, or the socket failed: nothing to say.
+    Gone,
+    /// Say why and let the client answer (the closing handshake).
+    Close(u16, String),
+    /// Stopped while writing (shutdown, or a full outbox): say why, briefly,
+    /// behind what the socket holds, then drop it.
+    Stopped(u16, &'static str),
+}
+
+/// One connection, from admission to close.
+///
+/// Every idle connection's memory is mostly this future, so it is written
+/// for size: a plain function returning an `async move` block uses its
+/// captures in place (an `async fn` also copies its arguments into the
+/// body's locals, and both copies stay in the future), and the loop borrows
+/// what it needs rather than taking it by value (a second copy again).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn connection(mut socket: WebSocket, mut admitted: Admitted) -> impl Future<Output = ()> + Send {
+    async move {
+        // Fields are used in place: a field moved into a local would be
+        // a second copy in the future.
+        let state = &admitted.state;
+        if !admitted.origin_ok {
+            return close_with(&mut socket, close::POLICY, "origin not allowed").await;
+        }
+        let user = match &admitted.principal {
+            Ok(p) if p.has(Scope::JobsRead) => &p.user,
+            Ok(_) => {
+                return close_with(
+                    &mut socket,
+                    close::FORBIDDEN,
+                    "the token lacks the jobs:read scope",
+                )
+                .await
             }
-            if job_gone {
-                break Some((close::NOT_FOUND, "no such job (any more)".into()));
-            }
-            state.stats.sent(sent);
-            if sent <= 2 || out.capacity() > 256 {
-                // Most sockets sit idle between messages: keeping a
-                // batch's capacity would cost every idle connection ~250
-                // bytes (and a resume's backlog far more); re-allocating
-                // it costs a busy one a small malloc.
-                out.shrink_to_fit();
+            Err(e) => return close_with(&mut socket, close::UNAUTHORIZED, &e.to_string()).await,
+        };
+        let _slot = match state.connections.acquire(user, &state.config) {
+            Ok(slot) => slot,
+            Err(e) => return close_with(&mut socket, close::POLICY, &e.to_string()).await,
+        };
+        // Taken out (it was checked above), to move into the session.
+        let Ok(principal) = std::mem::replace(&mut admitted.principal, Err(AuthError::Missing))
+        else {
+            return;
+        };
+        let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
+        let mut session = Session::new(
+            state.store.clone(),
+            state.hub.clone(),
+            outbox.clone(),
+            principal,
+            state.config.max_subscriptions,
+        );
+        let single = admitted.first.is_some();
+        let mut out = Vec::new();
+        if let Some(first) = admitted.first.take() {
+            if let Err((code, reason)) =
+                Box::pin(subscribe_first(&mut session, first, &mut out)).await
+            {
+                return close_with(&mut socket, code, &reason).await;
             }
         }
-        tokio::select! {
-            biased;
-            () = &mut stop => {
-                let (code, reason) = stopped(&state);
-                break Some((code, reason.into()));
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                if now >= expires {
-                    break Some((close::UNAUTHORIZED, "token expired".into()));
-                }
-                if now >= next_ping {
-                    if last_heard.elapsed() > every * 3 {
-                        break Some((close::GOING_AWAY, "no answer to pings".into()));
-                    }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break None;
-                    }
-                    next_ping = now + every;
-                }
-                timer.as_mut().reset(next_ping.min(expires));
-            }
-            delivery = inbox.recv() => {
-                let Some(delivery) = delivery else { break None };
-                // Batch whatever else is already queued. Events in step are
-                // handled without a future; only log re-reads await (boxed:
-                // rare, and large).
-                let mut next = Some(delivery);
-                let mut delivered = Ok(());
-                while let Some(delivery) = next.take() {
-                    if let Some(slow) = session.deliver_now(delivery, &mut out) {
-                        delivered = Box::pin(session.deliver(slow, &mut out)).await;
-                        if delivered.is_err() {
-                            break;
-                        }
-                    }
-                    if out.len() < 256 {
-                        next = inbox.try_recv().ok();
-                    }
-                }
-                // A delivery that could not be handled (a re-read of a log
-                // that failed) is gone from the outbox: the client resumes.
-                if let Err(e) = delivered {
-                    tracing::warn!(error = %e, "cannot read a job log for a client");
-                    break Some((close::TRY_AGAIN, "temporarily unable to read events: resume with since".into()));
-                }
-                // A one-job socket whose job is gone (deleted, expired, its
-                // data lost) ends with "no such job", once what is queued
-                // has been written.
-                job_gone = single && session.is_empty();
-            }
-            frame = socket.recv() => {
-                last_heard = Instant::now();
-                let message = match frame {
-                    None => break None,
-                    Some(Err(e)) => break protocol_close(e),
-                    Some(Ok(message)) => message,
-                };
-                if bucket.take().is_err() {
-                    break Some((close::POLICY, "too many messages".into()));
-                }
-                match message {
-                    Message::Text(text) => {
-                        let reply = Box::pin(client_frame(&text, single, &mut session, &mut out, &state, &mut expires)).await;
-                        timer.as_mut().reset(next_ping.min(expires));
-                        if let Some(reply) = reply {
-                            out.push(Out::notice(&reply));
-                        }
-                        // A refreshed token that may not see this socket's
-                        // one job ends it.
-                        if single && session.is_empty() {
-                            break Some((close::FORBIDDEN, "the refreshed token cannot see this job".into()));
-                        }
-                    }
-                    Message::Binary(_) => break Some((close::UNSUPPORTED, "binary frames are not supported".into())),
-                    Message::Close(_) => break None,
-                    Message::Ping(_) | Message::Pong(_) => {}
-                }
-            }
+        let span = tracing::info_span!("ws", conn = outbox.id, user = %session.principal.user);
+        let end = Loop {
+            socket: &mut socket,
+            state,
+            session: &mut session,
+            outbox: &outbox,
+            inbox: &mut inbox,
+            out: &mut out,
+            single,
         }
-    };
-    tracing::debug!(close = ?closing, "disconnected");
-    if let Some((code, reason)) = closing {
-        // Boxed: this state is rare, and inline it would enlarge every
+        .run()
+        .instrument(span)
+        .await;
+        // Boxed: these states are rare, and inline they would enlarge every
         // idle connection's future.
-        Box::pin(close_gracefully(socket, code, reason)).await;
+        match end {
+            End::Gone => {}
+            End::Close(code, reason) => Box::pin(close_gracefully(socket, code, reason)).await,
+            End::Stopped(code, reason) => {
+                let bye = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }));
+                let _ = Box::pin(tokio::time::timeout(CLOSE_WRITE, socket.send(bye))).await;
+            }
+        }
+    }
+}
+
+/// Subscribes a one-job socket to its job; the close code and reason when
+/// it may not watch it.
+async fn subscribe_first(
+    session: &mut Session,
+    first: Result<(JobId, Option<Resume>), (u16, String)>,
+    out: &mut Vec<Out>,
+) -> Result<(), (u16, String)> {
+    let (job, resume) = first?;
+    session
+        .subscribe(&job, resume, out)
+        .await
+        .map_err(|e| subscribe_close(&e))
+}
+
+/// The connection loop's borrows, once the client is admitted.
+struct Loop<'a> {
+    socket: &'a mut WebSocket,
+    state: &'a AppState,
+    session: &'a mut Session,
+    outbox: &'a Outbox,
+    inbox: &'a mut Inbox,
+    out: &'a mut Vec<Out>,
+    single: bool,
+}
+
+impl Loop<'_> {
+    async fn run(self) -> End {
+        let Loop {
+            socket,
+            state,
+            session,
+            outbox,
+            inbox,
+            out,
+            single,
+        } = self;
+        let _gauge = state.stats.websocket();
+        tracing::debug!("connected");
+        // The socket is not split: reads and writes never overlap in this
+        // loop, and a split socket pays a lock on every read and write.
+        // One timer for both the heartbeat and the token's expiry: each
+        // timer costs memory on every idle connection.
+        let every = state.config.heartbeat;
+        let mut next_ping = Instant::now() + every;
+        let mut expires = deadline(&session.principal);
+        let mut last_heard = Instant::now();
+        let timer = tokio::time::sleep_until(next_ping.min(expires));
+        tokio::pin!(timer);
+        // Client frames per second, in bursts of twice that.
+        let rate = state.config.max_frames_per_second;
+        let mut bucket = TokenBucket::new(rate, rate.saturating_mul(2));
+        // Made once, not on every turn of the loop (measurable per message).
+        // Fires on shutdown and on overflow (see `Outbox::stop`).
+        let stop = outbox.stop.cancelled();
+        tokio::pin!(stop);
+        let mut job_gone = false;
+        let end = loop {
+            if !out.is_empty() {
+                let sent = out.len() as u64;
+                // A client that stops reading blocks this write; the Hub then
+                // overflows its outbox, and the connection must give up on it.
+                let written = tokio::select! {
+                    written = Box::pin(write_all(&mut *socket, out.drain(..), &state.stats)) => written.is_ok(),
+                    () = &mut stop => {
+                        let (code, reason) = stopped(state);
+                        // The write was cut short, or the socket is full.
+                        return End::Stopped(code, reason);
+                    }
+                };
+                if !written {
+                    break End::Gone;
+                }
+                if job_gone {
+                    break End::Close(close::NOT_FOUND, "no such job (any more)".into());
+                }
+                state.stats.sent(sent);
+                if sent <= 2 || out.capacity() > 256 {
+                    // Most sockets sit idle between messages: keeping a
+                    // batch's capacity would cost every idle connection ~250
+                    // bytes (and a resume's backlog far more); re-allocating
+                    // it costs a busy one a small malloc.
+                    out.shrink_to_fit();
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => {
+                    let (code, reason) = stopped(state);
+                    break End::Close(code, reason.into());
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expires {
+                        break End::Close(close::UNAUTHORIZED, "token expired".into());
+                    }
+                    if now >= next_ping {
+                        if last_heard.elapsed() > every * 3 {
+                            break End::Close(close::GOING_AWAY, "no answer to pings".into());
+                        }
+                        if socket.send(Message::Ping(Default::default())).await.is_err() {
+                            break End::Gone;
+                        }
+                        next_ping = now + every;
+                    }
+                    timer.as_mut().reset(next_ping.min(expires));
+                }
+                delivery = inbox.recv() => {
+                    // Batch whatever else is already queued. Events in step
+                    // are handled without a future; only log re-reads await
+                    // (boxed: rare, and large).
+                    let mut next = Some(delivery);
+                    let mut delivered = Ok(());
+                    while let Some(delivery) = next.take() {
+                        if let Some(slow) = session.deliver_now(delivery, out) {
+                            delivered = Box::pin(session.deliver(slow, out)).await;
+                            if delivered.is_err() {
+                                break;
+                            }
+                        }
+                        if out.len() < 256 {
+                            next = inbox.try_recv();
+                        }
+                    }
+                    // A delivery that could not be handled (a re-read of a
+                    // log that failed) is gone from the outbox: the client
+                    // resumes.
+                    if let Err(e) = delivered {
+                        tracing::warn!(error = %e, "cannot read a job log for a client");
+                        break End::Close(close::TRY_AGAIN, "temporarily unable to read events: resume with since".into());
+                    }
+                    // A one-job socket whose job is gone (deleted, expired,
+                    // its data lost) ends with "no such job", once what is
+                    // queued has been written.
+                    job_gone = single && session.is_empty();
+                }
+                frame = socket.recv() => {
+                    last_heard = Instant::now();
+                    let message = match frame {
+                        None => break End::Gone,
+                        Some(Err(e)) => break protocol_close(e).map_or(End::Gone, |(code, reason)| End::Close(code, reason)),
+                        Some(Ok(message)) => message,
+                    };
+                    if bucket.take().is_err() {
+                        break End::Close(close::POLICY, "too many messages".into());
+                    }
+                    match message {
+                        Message::Text(text) => {
+                            let reply = Box::pin(client_frame(&text, single, session, out, state, &mut expires)).await;
+                            timer.as_mut().reset(next_ping.min(expires));
+                            if let Some(reply) = reply {
+                                out.push(Out::notice(&reply));
+                            }
+                            // A refreshed token that may not see this
+                            // socket's one job ends it.
+                            if single && session.is_empty() {
+                                break End::Close(close::FORBIDDEN, "the refreshed token cannot see this job".into());
+                            }
+                        }
+                        Message::Binary(_) => break End::Close(close::UNSUPPORTED, "binary frames are not supported".into()),
+                        Message::Close(_) => break End::Gone,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            }
+        };
+        match &end {
+            End::Gone => tracing::debug!("disconnected"),
+            End::Close(code, reason) => tracing::debug!(code, reason, "disconnected"),
+            End::Stopped(code, reason) => tracing::debug!(code, reason, "disconnected"),
+        }
+        end
     }
 }
 
@@ -509,4 +589,23 @@ async fn close_with(socket: &mut WebSocket, code: u16, reason: &str) {
 pub(crate) fn deadline(principal: &Principal) -> Instant {
     let far = Duration::from_secs(100 * 365 * 24 * 3600);
     Instant::now() + principal.time_left().unwrap_or(far).min(far)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn returned_size<A, B, R>(_: fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Idle connections are mostly this future (docs/benchmarks.md,
+    /// density): an `async fn` copying its arguments, or a large future
+    /// awaited inline, would double it without anything else showing it.
+    #[test]
+    fn a_connections_future_stays_small() {
+        let size = returned_size(connection);
+        println!("connection future: {size} bytes");
+        assert!(size <= 2_048, "the connection future grew to {size} bytes");
+    }
 }
