@@ -67,7 +67,7 @@ impl AppState {
         config: ServerConfig,
         shutdown: CancellationToken,
     ) -> AppState {
-        AppState {
+        AppState::from_shared(state::Shared {
             store: Arc::clone(&backend) as Arc<dyn JobStore>,
             live: Arc::clone(&backend) as Arc<dyn LiveFeed>,
             schedules: Arc::clone(&backend) as Arc<dyn ScheduleStore>,
@@ -83,7 +83,7 @@ impl AppState {
             served: Arc::default(),
             shutdown,
             tasks: TaskTracker::new(),
-        }
+        })
     }
 }
 

@@ -74,7 +74,7 @@ async fn spawn(
     let shutdown = CancellationToken::new();
     let mut state = AppState::new(backend.clone(), auth, config, shutdown.clone());
     if let Some(store) = store {
-        state.store = store;
+        state = state.with_store(store);
     }
     let served = tokio::spawn(jobwire_server::serve(listener, state));
     let app = TestApp {
