@@ -127,11 +127,7 @@ impl From<BackendError> for ApiError {
 /// are not JSON already (axum's own rejections of a bad query or path, 404
 /// for an unknown route, 405, a body limit …) get their text as the
 /// message, truncated.
-pub(crate) async fn json_errors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -136,29 +136,39 @@ pub fn router(state: AppState) -> Router {
             },
         )
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            listener::body_deadline(body_timeout, body_limit, request, next)
-        }))
-        .layer(axum::middleware::from_fn(error::json_errors))
+        // One middleware for both (each layer of `from_fn` costs every
+        // request a boxed future): the body read within its deadline, and
+        // every error in the JSON shape.
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let response = match listener::read_body(body_timeout, body_limit, request).await {
+                    Ok(request) => next.run(request).await,
+                    Err(refused) => refused,
+                };
+                error::json_errors(response).await
+            },
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_requests,
         ))
-        .layer(cors(&state.config.allowed_origins))
+        .layer(tower::util::option_layer(cors(
+            &state.config.allowed_origins,
+        )))
         .with_state(state)
 }
 
 /// CORS for the origins of `JOBWIRE_ALLOWED_ORIGINS` (the same list that
 /// may open browser sockets): a page of an app served elsewhere may call
 /// the REST API and read SSE with its user's bearer token. No list: no
-/// CORS headers (same origin only). Tokens travel in `Authorization`, not
-/// cookies, so no credentials mode is needed.
-fn cors(allowed: &[String]) -> tower_http::cors::CorsLayer {
+/// layer and no CORS headers (same origin only). Tokens travel in
+/// `Authorization`, not cookies, so no credentials mode is needed.
+fn cors(allowed: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use axum::http::{header, HeaderName, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
 
     if allowed.is_empty() {
-        return CorsLayer::new();
+        return None;
     }
     let origins = if allowed.iter().any(|a| a == "*") {
         AllowOrigin::any()
@@ -175,6 +185,7 @@ fn cors(allowed: &[String]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("last-event-id"),
         ])
         .max_age(std::time::Duration::from_secs(600))
+        .into()
 }
 
 /// Serves until `state.shutdown` is cancelled: then stops accepting, closes

@@ -6,7 +6,7 @@
 //!   `header_timeout` of opening, and of finishing its previous request
 //!   (hyper's header read timeout also bounds the idle wait between
 //!   requests on a keep-alive connection). A request body must arrive
-//!   within `body_timeout` ([`body_deadline`]). Slowloris connections,
+//!   within `body_timeout` ([`read_body`]). Slowloris connections,
 //!   trickling headers or promising large bodies, are closed.
 //! - **Caps.** At most `max_http_connections` plain HTTP connections at
 //!   once, and `max_http_connections_per_ip` per client address. WebSocket
@@ -32,7 +32,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
@@ -309,14 +308,14 @@ async fn serve_with<S>(
 
 /// Reads a request's body within `timeout` (a client that declares a body
 /// and then trickles it, or sends nothing, is answered 408 and the
-/// connection closed) and up to `limit` bytes (413). Requests without a
-/// body pass straight through.
-pub(crate) async fn body_deadline(
+/// connection closed) and up to `limit` bytes (413): the request with its
+/// body read, or the refusal. Requests without a body pass straight
+/// through.
+pub(crate) async fn read_body(
     timeout: Duration,
     limit: usize,
     request: Request,
-    next: Next,
-) -> Response {
+) -> Result<Request, Response> {
     let has_body = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -325,18 +324,18 @@ pub(crate) async fn body_deadline(
         && (request.headers().contains_key(header::CONTENT_LENGTH)
             || request.headers().contains_key(header::TRANSFER_ENCODING));
     if !has_body {
-        return next.run(request).await;
+        return Ok(request);
     }
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("the request body exceeds {limit} bytes"),
             )
-            .into_response()
+            .into_response())
         }
         Err(_) => {
             let mut response = ApiError::new(
@@ -349,9 +348,8 @@ pub(crate) async fn body_deadline(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
             );
-            return response;
+            return Err(response);
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
