@@ -31,7 +31,8 @@ use jobwire_core::{
 };
 
 use crate::auth::Principal;
-use crate::hub::{Delivery, Frame, Hub, Outbox};
+use crate::hub::{Delivery, Frame, Hub, Inbox, Outbox};
+use crate::state::AppState;
 
 /// Events read from the log per round when catching up.
 const CATCH_UP_PAGE: usize = 500;
@@ -102,21 +103,24 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        store: Arc<dyn JobStore>,
-        hub: Arc<Hub>,
-        outbox: Arc<Outbox>,
+    /// A new connection's session, with the outbox the Hub fills for it
+    /// (bounded by the server's `client_queue`, stopped on shutdown) and
+    /// the connection's end of it.
+    pub fn open(
+        state: &AppState,
         principal: Principal,
         max_subscriptions: usize,
-    ) -> Session {
-        Session {
-            store,
-            hub,
-            outbox,
+    ) -> (Session, Arc<Outbox>, Inbox) {
+        let (outbox, inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
+        let session = Session {
+            store: state.store.clone(),
+            hub: state.hub.clone(),
+            outbox: outbox.clone(),
             principal,
             subs: FxHashMap::default(),
             max_subscriptions,
-        }
+        };
+        (session, outbox, inbox)
     }
 
     /// Subscribes to a job (again, if already subscribed: a fresh start).

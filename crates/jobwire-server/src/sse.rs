@@ -22,7 +22,6 @@ use tracing::Instrument;
 use crate::auth::Scope;
 use crate::credentials::Credentials;
 use crate::error::ApiError;
-use crate::hub::Outbox;
 use crate::session::{Out, Session, SubscribeError};
 use crate::state::AppState;
 
@@ -68,14 +67,7 @@ pub async fn stream(
     if let Some(axum::Extension(http_slot)) = http_slot {
         http_slot.promote();
     }
-    let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
-    let mut session = Session::new(
-        state.store.clone(),
-        state.hub.clone(),
-        outbox.clone(),
-        principal,
-        1,
-    );
+    let (mut session, outbox, mut inbox) = Session::open(&state, principal, 1);
     let mut first = Vec::new();
     session
         .subscribe(&job, resume, &mut first)

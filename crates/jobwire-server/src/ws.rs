@@ -175,14 +175,8 @@ fn connection(mut socket: WebSocket, mut admitted: Admitted) -> impl Future<Outp
         else {
             return;
         };
-        let (outbox, mut inbox) = Outbox::new(state.config.client_queue, &state.shutdown);
-        let mut session = Session::new(
-            state.store.clone(),
-            state.hub.clone(),
-            outbox.clone(),
-            principal,
-            state.config.max_subscriptions,
-        );
+        let (mut session, outbox, mut inbox) =
+            Session::open(state, principal, state.config.max_subscriptions);
         let single = admitted.first.is_some();
         let mut out = Vec::new();
         if let Some(first) = admitted.first.take() {
