@@ -284,13 +284,10 @@ impl Tracked {
             String::new()
         };
         match (self.status, &self.error) {
-            (_, Some(e)) if self.status != Some(JobStatus::Completed) => {
-                format!(
-                    "{} {}{took}{files}: {e}",
-                    self.kind,
-                    self.status
-                        .map_or("unavailable".to_owned(), |s| s.to_string())
-                )
+            // Never seen (an unknown job, another user's): only the refusal.
+            (None, Some(e)) => format!("refused: {e}"),
+            (Some(s), Some(e)) if s != JobStatus::Completed => {
+                format!("{} {s}{took}{files}: {e}", self.kind)
             }
             (Some(s), _) => format!("{} {s}{took}{files}", self.kind),
             (None, _) => "unknown".to_owned(),
