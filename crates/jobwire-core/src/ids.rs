@@ -300,8 +300,38 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The form [`Timestamp`]'s `Display` writes, for years 1970–9999,
+    /// without a general formatter: every event carries one.
+    fn canonical(self) -> Option<[u8; 24]> {
+        let days = i32::try_from(self.0.div_euclid(86_400_000)).ok()?;
+        let ms = u32::try_from(self.0.rem_euclid(86_400_000)).ok()?;
+        let date = time::Date::from_julian_day(days.checked_add(UNIX_EPOCH_JULIAN_DAY)?).ok()?;
+        let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, u32::from(u8::from(date.month())));
+        put(8, 2, u32::from(date.day()));
+        put(11, 2, ms / 3_600_000);
+        put(14, 2, ms / 60_000 % 60);
+        put(17, 2, ms / 1_000 % 60);
+        put(20, 3, ms % 1_000);
+        Some(out)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.canonical() {
+            // ASCII digits and separators only.
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         let nanos = i128::from(self.0) * 1_000_000;
         match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
             Ok(t) => match t.format(RFC3339_MILLIS) {
@@ -352,9 +382,23 @@ mod tests {
             1_764_331_200_123,
             4_102_444_799_999,
             951_782_400_000,
+            253_402_300_799_999,
+            -1,
+            253_402_300_800_000,
         ] {
             let t = Timestamp::from_unix_millis(ms);
             let text = t.to_string();
+            // The fast form agrees with the general formatter (which
+            // writes milliseconds where it has no calendar date).
+            let general =
+                match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+                    Ok(t) => t.format(RFC3339_MILLIS).expect("formats"),
+                    Err(_) => ms.to_string(),
+                };
+            assert_eq!(text, general, "{ms}");
+            if !(0..253_402_300_800_000).contains(&ms) {
+                continue;
+            }
             assert_eq!(Timestamp::parse_canonical(&text), Some(t), "{text}");
             assert_eq!(text.parse::<Timestamp>().ok(), Some(t));
         }
