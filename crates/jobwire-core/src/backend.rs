@@ -676,6 +676,15 @@ pub trait JobQueue: Send + Sync + fmt::Debug + 'static {
     /// processes try.
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>>;
 
+    /// As [`JobQueue::due`], for a promoter about to promote what it gets
+    /// ([`crate::settle::promote_due`]): a backend whose promoters share
+    /// one instance (the memory backend: a process's server and workers)
+    /// hands each a share no other got within a moment, so that they do
+    /// not all publish the same batch. By default, [`JobQueue::due`].
+    async fn claim_due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
+        self.due(now, max).await
+    }
+
     /// Takes `job` off the schedule unless it is still `scheduled`: for an
     /// entry that outlived its job's schedule (the job was deleted, or its
     /// state lost in a Redis data loss).

@@ -160,7 +160,7 @@ pub async fn promote_due(
 ) -> Result<usize> {
     use futures_util::{StreamExt, TryStreamExt};
 
-    let mut due = queue.due(now, max).await?;
+    let mut due = queue.claim_due(now, max).await?;
     if due.len() > 1 {
         let start = rand::random::<u64>() as usize % due.len();
         due.rotate_left(start);

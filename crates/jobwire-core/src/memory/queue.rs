@@ -37,6 +37,9 @@ pub(super) struct Queue {
     schedule: BTreeSet<(i64, JobId)>,
     /// Each scheduled job's time and queue.
     scheduled_at: HashMap<JobId, (i64, String)>,
+    /// Due jobs handed to a promoter ([`JobQueue::claim_due`]), and when:
+    /// another is not handed them for [`HANDED_FOR`].
+    handed: HashMap<JobId, Instant>,
     /// Claims that found work (the starvation rule counts them).
     claims_made: u64,
     /// The worker registry, by name.
@@ -50,6 +53,11 @@ pub(super) struct Queue {
     /// Claims that found a limited queue at its limit, per queue.
     held_back: BTreeMap<String, u64>,
 }
+
+/// How long a due job handed to one promoter is not handed to another (a
+/// promotion is one publish; a promoter stopped before it lets another
+/// have the job after this).
+const HANDED_FOR: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -129,15 +137,32 @@ impl Queue {
         if let Some((at, _)) = self.scheduled_at.remove(job) {
             self.schedule.remove(&(at, job.clone()));
         }
+        self.handed.remove(job);
     }
 
-    fn due(&self, now: Timestamp, max: usize) -> Vec<JobId> {
-        self.schedule
+    /// Up to `max` due jobs; with `claim`, only those no promoter was
+    /// handed within [`HANDED_FOR`], which are then handed to this one.
+    fn due(&mut self, now: Timestamp, max: usize, claim: bool) -> Vec<JobId> {
+        let at = Instant::now();
+        if claim {
+            self.handed
+                .retain(|_, handed| at.duration_since(*handed) < HANDED_FOR);
+        }
+        let handed = &self.handed;
+        let due: Vec<JobId> = self
+            .schedule
             .iter()
-            .take_while(|(at, _)| *at <= now.unix_millis())
+            .take_while(|(when, _)| *when <= now.unix_millis())
+            .filter(|(_, id)| !(claim && handed.contains_key(id)))
             .take(max)
             .map(|(_, id)| id.clone())
-            .collect()
+            .collect();
+        if claim {
+            for id in &due {
+                self.handed.insert(id.clone(), at);
+            }
+        }
+        due
     }
 
     /// Up to `max` waiting entries of `queues`, the first queue's first;
@@ -479,7 +504,14 @@ impl JobQueue for MemoryBackend {
     }
 
     async fn due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
-        Ok(self.queue().due(now, max))
+        Ok(self.queue().due(now, max, false))
+    }
+
+    /// The server and the workers of a process share this backend, each
+    /// with a promoter: each is handed its own share (the Redis backend
+    /// leases partitions to one process instead).
+    async fn claim_due(&self, now: Timestamp, max: usize) -> Result<Vec<JobId>> {
+        Ok(self.queue().due(now, max, true))
     }
 
     async fn queue_overview(&self) -> Result<Vec<QueueOverview>> {
