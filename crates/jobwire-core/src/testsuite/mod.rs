@@ -100,6 +100,7 @@ macro_rules! backend_conformance_tests {
             higher_priorities_are_claimed_first,
             urgent_backlog_does_not_starve_low_priorities,
             delayed_job_is_promoted_once_at_its_time,
+            promoters_sharing_a_backend_promote_each_job_once,
             scheduled_jobs_cancel_and_delete,
             an_external_retry_may_start_before_its_time,
             retry_after_a_backoff_waits_on_the_schedule,

@@ -392,3 +392,61 @@ pub async fn an_external_retry_may_start_before_its_time(f: &dyn BackendFactory)
     ensure!(b.due(later, 10).await?.is_empty());
     Ok(())
 }
+
+/// Promoters sharing one backend (a process's server and workers): claims
+/// hand out only due jobs, a look ([`JobQueue::due`]) is not a claim, and
+/// racing promoters promote each job exactly once, all of them in the end
+/// (a share handed out and not promoted comes back after a moment).
+pub async fn promoters_sharing_a_backend_promote_each_job_once(
+    f: &dyn BackendFactory,
+) -> Result<()> {
+    let t = f.create(small_config()).await?;
+    let b = t.backend.as_ref();
+    let at = Timestamp::now().plus(Duration::from_secs(3600));
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let job = NewJob::new("demo", json!({}), "alice").not_before(at);
+        ids.push(b.create_job(job).await?.id);
+    }
+    ids.sort();
+    ensure!(
+        b.claim_due(Timestamp::now(), 40).await?.is_empty(),
+        "claimed early"
+    );
+    let later = at.plus(Duration::from_secs(1));
+    let (w, x) = tokio::join!(b.claim_due(later, 10), b.claim_due(later, 10));
+    ensure!(
+        [w?, x?].concat().iter().all(|id| ids.contains(id)),
+        "a claim handed out a job that is not due"
+    );
+    // A look is not a claim: every due job is still there to see.
+    ensure!(
+        b.due(later, 100).await?.len() == 40,
+        "due changed by claims"
+    );
+    let mut promoted = 0;
+    for _ in 0..100 {
+        let (w, x, y, z) = tokio::join!(
+            promote_due(b, b, later, 8),
+            promote_due(b, b, later, 8),
+            promote_due(b, b, later, 8),
+            promote_due(b, b, later, 8)
+        );
+        promoted += w? + x? + y? + z?;
+        if b.due(later, 100).await?.is_empty() {
+            break;
+        }
+        // A share handed out and not promoted comes back after a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(promoted == 40, "{promoted} promotions of 40 jobs");
+    for id in &ids {
+        let queued = all_events(b, id)
+            .await?
+            .iter()
+            .filter(|e| e.kind == EventType::JobQueued)
+            .count();
+        ensure!(queued == 2, "job {id} has {queued} job_queued events");
+    }
+    Ok(())
+}
