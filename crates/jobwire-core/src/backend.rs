@@ -499,6 +499,16 @@ pub trait LiveTail: Send + fmt::Debug {
     fn position(&self) -> LivePosition;
 }
 
+/// What [`JobStore::promote`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// Jobs queued.
+    pub promoted: usize,
+    /// Jobs that were not `scheduled` any more (or are gone): their
+    /// schedule entries are stale.
+    pub stale: Vec<JobId>,
+}
+
 /// Jobs: each job's state and event log, changed together by one atomic
 /// publish; listing, cancel, delete; and the store's own health.
 #[async_trait]
@@ -525,6 +535,16 @@ pub trait JobStore: Send + Sync + fmt::Debug + 'static {
     /// are skipped; a stale attempt refuses the whole batch. An empty batch
     /// only reports the cancel flag.
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome>;
+
+    /// Queues scheduled jobs whose time came ([`crate::settle::promote_due`]):
+    /// publishes `job_queued` to each of `jobs` and says which were no
+    /// longer `scheduled` (promoted by another promoter, cancelled, gone),
+    /// so their schedule entries are stale. By default one
+    /// [`JobStore::publish`] each ([`crate::settle::promote_each`]); the
+    /// Redis backend promotes a partition's batch in one script call.
+    async fn promote(&self, jobs: &[JobId]) -> Result<Promotion> {
+        crate::settle::promote_each(self, jobs).await
+    }
 
     /// The job's state as of its last event.
     async fn job(&self, job: &JobId) -> Result<JobState>;

@@ -7,7 +7,8 @@
 use serde_json::json;
 
 use crate::backend::{
-    BackendError, CancelOutcome, Claim, JobQueue, JobStore, Reclaimed, Result, ScheduleStore,
+    BackendError, CancelOutcome, Claim, JobQueue, JobStore, Promotion, Reclaimed, Result,
+    ScheduleStore,
 };
 use crate::event::{EventType, NewEvent};
 use crate::ids::{JobId, Timestamp};
@@ -141,46 +142,66 @@ pub async fn finish_cancel<S: JobStore + ?Sized>(
 }
 
 /// Queues up to `max` scheduled jobs whose time came (`now` or earlier):
-/// publishes `job_queued` for each, which takes it off the schedule and
-/// into its queue in one atomic step. Any number of processes may run this
-/// at once: the first publish wins, and the others' are refused (the job
-/// is no longer `scheduled`). Each starts at a random place in the due
-/// list, so that racing promoters mostly take different jobs, and keeps
-/// [`PROMOTE_IN_FLIGHT`] publishes in flight. Returns how many this call
-/// promoted.
+/// [`JobStore::promote`] publishes `job_queued` for each, which takes it off
+/// the schedule and into its queue in one atomic step. Any number of
+/// processes may run this at once: the first publish wins, and the others'
+/// are refused (the job is no longer `scheduled`); their schedule entries,
+/// and those of jobs gone meanwhile, are dropped. Each starts at a random
+/// place in the due list, so that racing promoters mostly take different
+/// jobs. Returns how many this call promoted.
 ///
 /// # Errors
-/// Backend errors other than "not found" and "rejected" (a job deleted or
-/// promoted meanwhile, whose stale schedule entry is dropped).
+/// Backend errors.
 pub async fn promote_due(
     store: &dyn JobStore,
     queue: &dyn JobQueue,
     now: Timestamp,
     max: usize,
 ) -> Result<usize> {
-    use futures_util::{StreamExt, TryStreamExt};
-
     let mut due = queue.claim_due(now, max).await?;
     if due.len() > 1 {
         let start = rand::random::<u64>() as usize % due.len();
         due.rotate_left(start);
     }
-    let promoted = futures_util::stream::iter(due)
+    let promotion = store.promote(&due).await?;
+    for job in &promotion.stale {
+        queue.drop_due(job).await?;
+    }
+    Ok(promotion.promoted)
+}
+
+/// The event that queues a scheduled job whose time came.
+pub fn promotion_event() -> NewEvent {
+    NewEvent::new(EventType::JobQueued, json!({"reason": "its time came"}))
+}
+
+/// [`JobStore::promote`] one [`JobStore::publish`] at a time per job,
+/// [`PROMOTE_IN_FLIGHT`] in flight: the default, and the Redis backend's
+/// way for jobs its batch could not promote as planned.
+///
+/// # Errors
+/// Backend errors other than "not found" and "rejected" (a job deleted or
+/// promoted meanwhile: stale).
+pub async fn promote_each<S: JobStore + ?Sized>(store: &S, jobs: &[JobId]) -> Result<Promotion> {
+    use futures_util::{StreamExt, TryStreamExt};
+
+    futures_util::stream::iter(jobs.iter().cloned())
         .map(|job| async move {
-            let queued = NewEvent::new(EventType::JobQueued, json!({"reason": "its time came"}));
-            match store.publish(&job, &[queued]).await {
-                Ok(_) => Ok(1),
-                Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
-                    queue.drop_due(&job).await?;
-                    Ok(0)
-                }
+            match store.publish(&job, &[promotion_event()]).await {
+                Ok(_) => Ok(None),
+                Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => Ok(Some(job)),
                 Err(e) => Err(e),
             }
         })
         .buffer_unordered(PROMOTE_IN_FLIGHT)
-        .try_fold(0, |sum, n| async move { Ok(sum + n) })
-        .await?;
-    Ok(promoted)
+        .try_fold(Promotion::default(), |mut sum, stale| async move {
+            match stale {
+                Some(job) => sum.stale.push(job),
+                None => sum.promoted += 1,
+            }
+            Ok(sum)
+        })
+        .await
 }
 
 /// Promotions [`promote_due`] keeps in flight.

@@ -3,7 +3,11 @@
 
 use async_trait::async_trait;
 use jobwire_core::ids::partition_of;
-use jobwire_core::publish::{plan, plan_new_job, LogHead, QueueMove};
+use std::collections::BTreeMap;
+
+use jobwire_core::backend::Promotion;
+use jobwire_core::publish::{plan, plan_new_job, LogHead, Plan, QueueMove};
+use jobwire_core::settle::{promote_each, promotion_event};
 use jobwire_core::{
     BackendError, Created, Epoch, EventId, EventRecord, EventsAfter, Idempotency, JobId, JobPage,
     JobState, JobStatus, JobStore, ListQuery, NewEvent, NewJob, PublishOutcome, ResyncReason,
@@ -13,6 +17,18 @@ use redis::Value;
 
 use crate::connection::backend_error;
 use crate::{scripts, RedisBackend, Result};
+
+/// Promotions per `lua/promote.lua` call at most.
+const PROMOTE_CHUNK: usize = 200;
+
+/// A promotion planned from a cached head (`JobStore::promote`).
+struct Planned {
+    job: JobId,
+    /// The head it was planned from: its last event id and epoch.
+    expected: EventId,
+    epoch: Epoch,
+    plan: Plan,
+}
 
 /// A publish retries its compare-and-set this often under contention.
 const MAX_CAS_ATTEMPTS: usize = 64;
@@ -141,6 +157,67 @@ impl RedisBackend {
             }
             other => Err(unexpected("publish", other)),
         }
+    }
+
+    /// Runs `lua/promote.lua` on one partition's planned promotions;
+    /// returns what it did and the jobs it left to be published alone.
+    async fn promote_batch(&self, p: u16, batch: Vec<Planned>) -> Result<(Promotion, Vec<JobId>)> {
+        let keys = &self.shared.keys;
+        let limits = &self.shared.config.backend;
+        let mut invocation = scripts::PROMOTE.prepare_invoke();
+        invocation
+            .key(keys.live(p))
+            .key(keys.stats(p))
+            .key(keys.scheduled(p))
+            .key(keys.queues(p))
+            .key(keys.ready(p))
+            .arg(limits.stream_maxlen)
+            .arg(limits.live_maxlen);
+        for planned in &batch {
+            let lane = planned.plan.state.lane();
+            invocation
+                .key(keys.job(&planned.job))
+                .key(keys.events(&planned.job))
+                .key(keys.queue(p, &lane))
+                .arg(planned.expected.0)
+                .arg(planned.epoch.as_str())
+                .arg(to_json(&planned.plan.state)?)
+                .arg(planned.plan.last_n)
+                .arg(planned.job.as_str())
+                .arg(&planned.plan.state.kind)
+                .arg(lane)
+                .arg(&planned.plan.events[0].json[..]);
+        }
+        let codes: Vec<i64> = self.write(&invocation, true).await?;
+        if codes.len() != batch.len() {
+            return Err(BackendError::Data(format!(
+                "promote answered {} codes for {} jobs",
+                codes.len(),
+                batch.len()
+            )));
+        }
+        let (mut done, mut left) = (Promotion::default(), Vec::new());
+        for (planned, code) in batch.into_iter().zip(codes) {
+            match code {
+                1 => {
+                    done.promoted += 1;
+                    let head = LogHead {
+                        state: planned.plan.state,
+                        last_n: planned.plan.last_n,
+                    };
+                    self.cache_head(&planned.job, Some(head));
+                }
+                0 => {
+                    self.cache_head(&planned.job, None);
+                    done.stale.push(planned.job);
+                }
+                _ => left.push(planned.job),
+            }
+        }
+        if done.promoted > 0 {
+            self.wake_workers(p).await;
+        }
+        Ok((done, left))
     }
 
     /// Runs `lua/create.lua` (see there), with `once`'s key checked and
@@ -419,6 +496,65 @@ impl JobStore for RedisBackend {
         Err(BackendError::Unavailable(format!(
             "job {job}: gave up after {MAX_CAS_ATTEMPTS} concurrent-publish retries"
         )))
+    }
+    /// A partition's due jobs in one `lua/promote.lua` call per
+    /// [`PROMOTE_CHUNK`], planned from the heads `due` cached, partitions
+    /// side by side. A job without a cached head, or one the script left
+    /// alone (its head moved, or it needs a new epoch), is published on
+    /// its own.
+    async fn promote(&self, jobs: &[JobId]) -> Result<Promotion> {
+        let limits = &self.shared.config.backend;
+        let now = Timestamp::now();
+        let event = promotion_event();
+        let mut planned: BTreeMap<u16, Vec<Planned>> = BTreeMap::new();
+        let mut alone = Vec::new();
+        for job in jobs {
+            let Some(head) = self.take_cached_head(job) else {
+                alone.push(job.clone());
+                continue;
+            };
+            match plan(&head, std::slice::from_ref(&event), now, limits.retention) {
+                Ok(plan)
+                    if head.state.status == JobStatus::Scheduled
+                        && plan.queue_move == QueueMove::Enqueue
+                        && plan.events.len() == 1 =>
+                {
+                    let p = self.shared.keys.partition_of(job);
+                    planned.entry(p).or_default().push(Planned {
+                        job: job.clone(),
+                        expected: head.state.last_event_id,
+                        epoch: head.state.epoch,
+                        plan,
+                    });
+                }
+                // The cached head may be stale: the publish decides.
+                _ => {
+                    self.cache_head(job, Some(head));
+                    alone.push(job.clone());
+                }
+            }
+        }
+        let batches = planned.into_iter().flat_map(|(p, jobs)| {
+            let mut jobs = jobs.into_iter().peekable();
+            std::iter::from_fn(move || {
+                jobs.peek()?;
+                Some((p, jobs.by_ref().take(PROMOTE_CHUNK).collect::<Vec<_>>()))
+            })
+        });
+        let mut promotion = Promotion::default();
+        let done = futures_util::future::try_join_all(
+            batches.map(|(p, batch)| self.promote_batch(p, batch)),
+        )
+        .await?;
+        for (batch, left) in done {
+            promotion.promoted += batch.promoted;
+            promotion.stale.extend(batch.stale);
+            alone.extend(left);
+        }
+        let each = promote_each(self, &alone).await?;
+        promotion.promoted += each.promoted;
+        promotion.stale.extend(each.stale);
+        Ok(promotion)
     }
     async fn job(&self, job: &JobId) -> Result<JobState> {
         let mut conn = self.shared.conns.command();

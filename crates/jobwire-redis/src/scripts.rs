@@ -31,6 +31,8 @@ pub(crate) static LIMIT_SLOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/limit_slot.lua")));
 pub(crate) static PUT_SCHEDULE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/put_schedule.lua")));
+pub(crate) static PROMOTE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 pub(crate) static DROP_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/drop_due.lua")));
 /// Run with EVAL in pipelines (`RedisBackend::due`): small, and pipelines

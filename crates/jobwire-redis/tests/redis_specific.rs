@@ -621,3 +621,54 @@ async fn a_deletion_reaches_the_live_tail_in_order() -> Result<()> {
     );
     Ok(())
 }
+
+/// Scheduled jobs whose last write was before a Redis restart are promoted
+/// under a new epoch (Redis cannot tell a clean restart from one that lost
+/// writes), each once, and reach the queue; the batch promotion hands them
+/// to the one-by-one publish, which starts the new history.
+#[tokio::test]
+async fn promotions_after_a_restart_start_a_new_history() -> Result<()> {
+    use jobwire_core::settle::promote_due;
+    use jobwire_core::{JobStatus, Timestamp};
+
+    let mut server = RedisServer::start_private(Persistence::Aof)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let at = Timestamp::now().plus(Duration::from_secs(3600));
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        let new = NewJob::new("demo", json!({}), "alice").not_before(at);
+        jobs.push(b.create_job(new).await?);
+    }
+    server.kill()?;
+    server.restart()?;
+    let later = at.plus(Duration::from_secs(1));
+    let mut promoted = 0;
+    for _ in 0..100 {
+        match promote_due(&b, &b, later, 100).await {
+            Ok(n) => promoted += n,
+            Err(e) if e.is_retryable() => {}
+            Err(e) => return Err(e.into()),
+        }
+        if promoted == jobs.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(promoted == jobs.len(), "{promoted} promotions of 12 jobs");
+    for job in &jobs {
+        let now = b.job(&job.id).await?;
+        ensure!(now.status == JobStatus::Queued, "{now:?}");
+        ensure!(now.epoch != job.epoch, "promoted under the old epoch");
+        let EventsAfter::Events(events) = b.events_after(&job.id, EventId::ZERO, None, 10).await?
+        else {
+            bail!("job {} cannot be read", job.id);
+        };
+        let ids: Vec<u64> = events.iter().map(|e| e.id.0).collect();
+        ensure!(ids == [1, 2], "job {}: {ids:?}", job.id);
+    }
+    let claims = b
+        .claim("w", &["demo".to_owned()], 100, Duration::from_millis(200))
+        .await?;
+    ensure!(claims.len() == jobs.len(), "{} claims", claims.len());
+    Ok(())
+}

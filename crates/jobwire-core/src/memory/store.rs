@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::backend::{
     BackendError, Created, EventsAfter, Idempotency, JobPage, JobStore, ListQuery, MinuteCounts,
-    PublishOutcome, Result, ResyncReason, StoreHealth,
+    Promotion, PublishOutcome, Result, ResyncReason, StoreHealth,
 };
 use crate::event::NewEvent;
 use crate::ids::{Epoch, EventId, JobId, Timestamp};
@@ -18,6 +18,56 @@ use crate::publish::{plan, plan_new_job, LogHead, QueueMove};
 use super::{lock, KeyRecord, MemoryBackend, StoredJob};
 
 impl MemoryBackend {
+    /// A publish's atomic step, without telling the live feed's readers
+    /// and the waiting workers: returns its outcome, the live position of
+    /// its last event, and whether it queued the job.
+    fn publish_unannounced(
+        &self,
+        job: &JobId,
+        events: &[NewEvent],
+    ) -> Result<(PublishOutcome, Option<u64>, bool)> {
+        let config = &self.shared.config;
+        self.with_job(job, |stored| {
+            let plan = plan(&stored.head, events, Timestamp::now(), config.retention)
+                .map_err(|e| BackendError::from_plan(job, e))?;
+            let ids = plan.events.iter().map(|e| e.id).collect();
+            let (from, to) = (stored.head.state.status, plan.state.status);
+            self.count_move(&plan.state.owner, Some(from), Some(to));
+            // A start is a new `started_at` (also when the same batch ends
+            // the job); a finish, an open job ending.
+            self.count_minute(
+                plan.state.queue(),
+                plan.state.started_at.is_some()
+                    && plan.state.started_at != stored.head.state.started_at,
+                !from.is_terminal() && to.is_terminal(),
+                to == JobStatus::Failed && from != JobStatus::Failed,
+            );
+            stored.log.extend(plan.events.iter().cloned());
+            let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
+            stored.log.drain(..excess);
+            let queued = self.queue().apply(&plan.state, plan.queue_move);
+            stored.head = LogHead {
+                state: plan.state,
+                last_n: plan.last_n,
+            };
+            // Still under the job's lock: the job's events reach the live
+            // feed in id order.
+            let position = if plan.events.is_empty() {
+                None
+            } else {
+                let mut live = self.live();
+                plan.events.into_iter().map(|e| live.push(e)).last()
+            };
+            let outcome = PublishOutcome {
+                ids,
+                duplicates: plan.duplicates,
+                cancel_requested: stored.cancel,
+                last_event_id: stored.head.state.last_event_id,
+            };
+            Ok((outcome, position, queued))
+        })
+    }
+
     /// Stores a new job, with no key checked (see `create_job_once`).
     fn insert(&self, new: NewJob) -> Result<JobState> {
         let (state, event) = plan_new_job(&new)?;
@@ -127,46 +177,7 @@ impl JobStore for MemoryBackend {
     }
 
     async fn publish(&self, job: &JobId, events: &[NewEvent]) -> Result<PublishOutcome> {
-        let config = &self.shared.config;
-        let (outcome, position, queued) = self.with_job(job, |stored| {
-            let plan = plan(&stored.head, events, Timestamp::now(), config.retention)
-                .map_err(|e| BackendError::from_plan(job, e))?;
-            let ids = plan.events.iter().map(|e| e.id).collect();
-            let (from, to) = (stored.head.state.status, plan.state.status);
-            self.count_move(&plan.state.owner, Some(from), Some(to));
-            // A start is a new `started_at` (also when the same batch ends
-            // the job); a finish, an open job ending.
-            self.count_minute(
-                plan.state.queue(),
-                plan.state.started_at.is_some()
-                    && plan.state.started_at != stored.head.state.started_at,
-                !from.is_terminal() && to.is_terminal(),
-                to == JobStatus::Failed && from != JobStatus::Failed,
-            );
-            stored.log.extend(plan.events.iter().cloned());
-            let excess = stored.log.len().saturating_sub(config.stream_maxlen.max(1));
-            stored.log.drain(..excess);
-            let queued = self.queue().apply(&plan.state, plan.queue_move);
-            stored.head = LogHead {
-                state: plan.state,
-                last_n: plan.last_n,
-            };
-            // Still under the job's lock: the job's events reach the live
-            // feed in id order.
-            let position = if plan.events.is_empty() {
-                None
-            } else {
-                let mut live = self.live();
-                plan.events.into_iter().map(|e| live.push(e)).last()
-            };
-            let outcome = PublishOutcome {
-                ids,
-                duplicates: plan.duplicates,
-                cancel_requested: stored.cancel,
-                last_event_id: stored.head.state.last_event_id,
-            };
-            Ok((outcome, position, queued))
-        })?;
+        let (outcome, position, queued) = self.publish_unannounced(job, events)?;
         if let Some(position) = position {
             self.announce(position);
         }
@@ -174,6 +185,35 @@ impl JobStore for MemoryBackend {
             self.shared.queue_ready.notify_waiters();
         }
         Ok(outcome)
+    }
+
+    /// One publish after another, under no lock but each job's own, and
+    /// one announcement to the live feed and the waiting workers for the
+    /// batch: a worker woken per promoted job claimed them one by one.
+    async fn promote(&self, jobs: &[JobId]) -> Result<Promotion> {
+        let event = [crate::settle::promotion_event()];
+        let mut promotion = Promotion::default();
+        let (mut last, mut queued) = (None, false);
+        for job in jobs {
+            match self.publish_unannounced(job, &event) {
+                Ok((_, position, q)) => {
+                    promotion.promoted += 1;
+                    last = position.or(last);
+                    queued |= q;
+                }
+                Err(BackendError::NotFound(_) | BackendError::Rejected { .. }) => {
+                    promotion.stale.push(job.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(position) = last {
+            self.announce(position);
+        }
+        if queued {
+            self.shared.queue_ready.notify_waiters();
+        }
+        Ok(promotion)
     }
 
     async fn job(&self, job: &JobId) -> Result<JobState> {

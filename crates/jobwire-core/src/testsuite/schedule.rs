@@ -413,6 +413,7 @@ pub async fn promoters_sharing_a_backend_promote_each_job_once(
         b.claim_due(Timestamp::now(), 40).await?.is_empty(),
         "claimed early"
     );
+    let mut tail = b.tail(TailFrom::Now).await?;
     let later = at.plus(Duration::from_secs(1));
     let (w, x) = tokio::join!(b.claim_due(later, 10), b.claim_due(later, 10));
     ensure!(
@@ -448,5 +449,28 @@ pub async fn promoters_sharing_a_backend_promote_each_job_once(
             .count();
         ensure!(queued == 2, "job {id} has {queued} job_queued events");
     }
+    // The live feed carries each promotion once (the Redis backend writes
+    // a batch's promotions into shared live entries).
+    let mut live: Vec<(JobId, u64)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while live.len() < 40 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the live feed had {} of 40 promotions",
+            live.len()
+        );
+        match tail.next().await? {
+            LiveBatch::Events(events) => {
+                live.extend(events.into_iter().map(|e| (e.job_id.clone(), e.id.0)))
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    live.sort();
+    let expected: Vec<(JobId, u64)> = ids.iter().map(|id| (id.clone(), 2)).collect();
+    ensure!(live == expected, "live feed: {live:?}");
+    ensure!(b.queue_stats().await?.scheduled == 0);
+    let counts = b.health().await?.jobs;
+    ensure!(counts.scheduled == 0 && counts.queued == 40, "{counts:?}");
     Ok(())
 }
