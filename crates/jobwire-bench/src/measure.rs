@@ -229,6 +229,12 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user and system) `pids` have used so far, together.
+pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Linux reports CPU time in ticks of 1/100 s (USER_HZ).
+    pids.iter().map(|&pid| cpu_ticks(pid)).sum::<u64>() as f64 / 100.0
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

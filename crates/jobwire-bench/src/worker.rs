@@ -7,7 +7,11 @@
 //!    Three mixes in the same run: one plain queue; 4 queues with priorities
 //!    0–9 (each worker serving all four); and delayed jobs, due by the time
 //!    the workers start, so they are promoted while the queue drains. Then
-//!    the promotion alone: N due jobs queued by one promoter.
+//!    the promotion alone: N due jobs queued by one promoter. Beside jobs/s,
+//!    the CPU time the benchmark process and its private redis-server used
+//!    per 1,000 jobs: on a small shared machine wall-clock rates swing by a
+//!    third between identical runs, CPU time far less. `--rounds` measures
+//!    each mix several times, taking turns, and reports medians.
 //! 2. **Reporter**: one job reports M `progress` events in a tight loop and
 //!    flushes; events/s is M over the time from its first report until all
 //!    are stored.
@@ -46,6 +50,11 @@ pub(crate) struct Args {
     /// Events the busy job reports.
     #[arg(long, default_value_t = 200_000)]
     events: u64,
+    /// Times each queue mix is measured, the mixes taking turns (each round
+    /// starting with the next) on an emptied private Redis; the table gives
+    /// each mix's median, so the machine's drift falls on every mix alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 /// How the measured jobs are queued.
@@ -101,29 +110,84 @@ impl Mix {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let (_server, url) = crate::redis(args.redis_url.as_deref())?;
+    let (server, url) = crate::redis(args.redis_url.as_deref())?;
+    // A private standalone server is emptied before each measurement, so
+    // that no mix runs against a Redis grown by the ones before it.
+    let redis_pid = match &server {
+        Some(crate::OwnRedis::Server(server)) => server.pid(),
+        _ => None,
+    };
     println!(
-        "worker throughput: {} trivial jobs (3 events each), concurrency {} per worker, redis {url}",
-        args.jobs, args.concurrency
+        "worker throughput: {} trivial jobs (3 events each), concurrency {} per worker, \
+         median of {} rounds, redis {url}",
+        args.jobs, args.concurrency, args.rounds
     );
     println!(
-        "| store | workers | queued as | jobs/s | vs 1 queue | events/s | all completed once |"
+        "CPU: user + system seconds of the benchmark process{} per 1,000 jobs (steadier than \
+         jobs/s on a shared machine)",
+        if redis_pid.is_some() {
+            " and the private redis-server"
+        } else {
+            ""
+        }
     );
-    println!("|---|---:|---|---:|---:|---:|---|");
+    println!(
+        "| store | workers | queued as | jobs/s | vs 1 queue | CPU ms per 1k jobs | vs 1 queue | all completed once |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---|");
     for &workers in &args.workers {
         for store in ["redis", "memory"] {
-            let mut plain = None;
-            for mix in Mix::ALL {
-                let stores = match store {
-                    "redis" => redis_stores(&url, workers).await?,
-                    _ => {
-                        let memory: Arc<dyn Backend> =
-                            Arc::new(MemoryBackend::new(BackendConfig::default()));
-                        vec![memory; workers]
+            let mut rates: [Vec<f64>; 3] = Default::default();
+            let mut cpu: [Vec<f64>; 3] = Default::default();
+            let pids: Vec<u32> = std::iter::once(std::process::id())
+                .chain(redis_pid.filter(|_| store == "redis"))
+                .collect();
+            let mut all_once = true;
+            for round in 0..args.rounds as usize {
+                // Each round starts with another mix.
+                for turn in 0..Mix::ALL.len() {
+                    let i = (round + turn) % Mix::ALL.len();
+                    let mix = Mix::ALL[i];
+                    let stores = match store {
+                        "redis" => {
+                            if redis_pid.is_some() {
+                                flush(&url).await?;
+                            }
+                            redis_stores(&url, workers).await?
+                        }
+                        _ => {
+                            let memory: Arc<dyn Backend> =
+                                Arc::new(MemoryBackend::new(BackendConfig::default()));
+                            vec![memory; workers]
+                        }
+                    };
+                    let before = crate::measure::cpu_seconds(&pids);
+                    let (rate, once) = drain(&stores, &args, mix).await?;
+                    let used = crate::measure::cpu_seconds(&pids) - before;
+                    cpu[i].push(used * 1e6 / args.jobs as f64);
+                    rates[i].push(rate);
+                    all_once &= once;
+                }
+            }
+            let (plain_rate, plain_cpu) = (median(&mut rates[0]), median(&mut cpu[0]));
+            let ratio = |x: f64| format!("{x:.2}");
+            for (i, mix) in Mix::ALL.into_iter().enumerate() {
+                let (rate, cpu) = (median(&mut rates[i]), median(&mut cpu[i]));
+                let plain = mix == Mix::Plain;
+                let vs = |x: f64, of: f64| {
+                    if plain {
+                        "–".to_owned()
+                    } else {
+                        ratio(x / of)
                     }
                 };
-                let rate = queue_row(store, &stores, &args, mix, plain).await?;
-                plain = plain.or(Some(rate));
+                println!(
+                    "| {store} | {workers} | {} | {rate:.0} | {} | {cpu:.0} | {} | {} |",
+                    mix.name(),
+                    vs(rate, plain_rate),
+                    vs(cpu, plain_cpu),
+                    if all_once { "yes" } else { "NO" }
+                );
             }
         }
     }
@@ -168,15 +232,24 @@ async fn redis_stores(url: &str, n: usize) -> Result<Vec<Arc<dyn Backend>>> {
     Ok(stores)
 }
 
-/// Drains `args.jobs` jobs queued as `mix`; returns jobs/s. `plain` is the
-/// plain queue's rate in the same run, for the ratio.
-async fn queue_row(
-    name: &str,
-    stores: &[Arc<dyn Backend>],
-    args: &Args,
-    mix: Mix,
-    plain: Option<f64>,
-) -> Result<f64> {
+/// Empties the (private) Redis at `url`.
+async fn flush(url: &str) -> Result<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
+    Ok(())
+}
+
+/// The median of `values` (not empty).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Drains `args.jobs` jobs queued as `mix`; returns jobs/s and whether each
+/// completed once.
+async fn drain(stores: &[Arc<dyn Backend>], args: &Args, mix: Mix) -> Result<(f64, bool)> {
     let client = Arc::clone(&stores[0]);
     let ids = create_jobs(&client, args.jobs, mix).await?;
     let stop = CancellationToken::new();
@@ -227,17 +300,7 @@ async fn queue_row(
     let all_once = completed == args.jobs as u64
         && client.queue_stats().await? == Default::default()
         && check_sample(&client, &ids, mix.events()).await?;
-    let jobs_per_s = args.jobs as f64 / elapsed;
-    println!(
-        "| {name} | {} | {} | {:.0} | {} | {:.0} | {} |",
-        stores.len(),
-        mix.name(),
-        jobs_per_s,
-        plain.map_or("–".to_owned(), |p| format!("{:.2}", jobs_per_s / p)),
-        jobs_per_s * 3.0,
-        if all_once { "yes" } else { "NO" }
-    );
-    Ok(jobs_per_s)
+    Ok((args.jobs as f64 / elapsed, all_once))
 }
 
 /// Creates `n` due scheduled jobs through `creator`, then times one
