@@ -414,23 +414,33 @@ function openFailed() {
   const load = async (fresh) => {
     const f = new FormData(filters);
     const within = Number(f.get("within") || 0);
-    const page = await client.listJobs({
-      status: "failed",
-      kind: f.get("kind") || undefined,
-      queue: f.get("queue") || undefined,
-      finishedAfter: within ? new Date(Date.now() - within) : undefined,
-      limit: FAILED_PAGE,
-      cursor: fresh ? undefined : cursor,
-    });
-    if (view !== "failed") return;
-    shown = fresh ? page.jobs : shown.concat(page.jobs);
-    cursor = page.next_cursor;
-    offer("kind", page.jobs.map((j) => j.kind));
-    offer("queue", page.jobs.map((j) => j.queue || j.kind));
-    const rows = page.jobs.map(row);
+    // The server reads a bounded number of jobs per request, so a filter
+    // that matches few may answer a short page with a cursor: go on until
+    // the page is full or the list ends (at most 20 requests per click).
+    let jobs = [];
+    let next = fresh ? undefined : cursor;
+    for (let asked = 0; asked < 20; asked++) {
+      const page = await client.listJobs({
+        status: "failed",
+        kind: f.get("kind") || undefined,
+        queue: f.get("queue") || undefined,
+        finishedAfter: within ? new Date(Date.now() - within) : undefined,
+        limit: FAILED_PAGE - jobs.length,
+        cursor: next,
+      });
+      if (view !== "failed") return;
+      jobs = jobs.concat(page.jobs);
+      next = page.next_cursor;
+      if (!next || jobs.length >= FAILED_PAGE) break;
+    }
+    shown = fresh ? jobs : shown.concat(jobs);
+    cursor = next;
+    offer("kind", jobs.map((j) => j.kind));
+    offer("queue", jobs.map((j) => j.queue || j.kind));
+    const rows = jobs.map(row);
     if (fresh) $("[data-testid=failed]").replaceChildren(...rows);
     else $("[data-testid=failed]").append(...rows);
-    $("#failed-empty").hidden = shown.length > 0;
+    $("#failed-empty").hidden = shown.length > 0 || Boolean(cursor);
     $("#failed-more").hidden = !cursor;
     $("#retry-all").disabled = shown.length === 0;
   };

@@ -125,24 +125,38 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
         ),
         None => None,
     };
-    let page = client
-        .list_jobs(&ListOptions {
-            status,
-            limit: Some(usize::from(args.limit)),
-            ..args.filters.options()?
-        })
-        .await
-        .map_err(failed)?;
+    let limit = usize::from(args.limit);
+    let filters = args.filters.options()?;
+    // A page may come back short while there is more (the server reads a
+    // bounded number of jobs per request): follow the cursor until `limit`
+    // jobs are found or the list ends.
+    let mut jobs = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client
+            .list_jobs(&ListOptions {
+                status,
+                limit: Some((limit - jobs.len()).min(200)),
+                cursor: cursor.take(),
+                ..filters.clone()
+            })
+            .await
+            .map_err(failed)?;
+        jobs.extend(page.jobs);
+        match page.next_cursor {
+            Some(next) if jobs.len() < limit => cursor = Some(next),
+            _ => break,
+        }
+    }
     if args.json {
-        let jobs: Vec<Value> = page
-            .jobs
+        let jobs: Vec<Value> = jobs
             .iter()
             .map(|j| serde_json::to_value(j).unwrap_or_default())
             .collect();
         println!("{}", Value::Array(jobs));
         return Ok(());
     }
-    if page.jobs.is_empty() {
+    if jobs.is_empty() {
         println!("no jobs");
         return Ok(());
     }
@@ -150,7 +164,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
         "{:<26}  {:<10}  {:<9}  {:>5}  CREATED",
         "ID", "KIND", "STATUS", "PROG"
     );
-    for job in &page.jobs {
+    for job in &jobs {
         println!(
             "{:<26}  {:<10}  {:<9}  {:>4.0}%  {}",
             job.id,

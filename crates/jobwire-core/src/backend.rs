@@ -42,6 +42,11 @@ pub struct BackendConfig {
     pub live_maxlen: usize,
     /// Number of partitions (Redis hash tags / live streams).
     pub partitions: u16,
+    /// Jobs a listing reads at most for one page. A filter that matches
+    /// few of very many jobs then gets a short page (possibly empty) with a
+    /// `next_cursor` to go on from, instead of one request reading the
+    /// whole index.
+    pub list_scan_budget: usize,
 }
 
 impl Default for BackendConfig {
@@ -51,6 +56,7 @@ impl Default for BackendConfig {
             retention: Duration::from_secs(24 * 3600),
             live_maxlen: 500,
             partitions: 16,
+            list_scan_budget: 5_000,
         }
     }
 }
@@ -191,7 +197,10 @@ impl ListQuery {
     }
 }
 
-/// One page of jobs, newest first.
+/// One page of jobs, newest first. A page holds fewer than the asked number
+/// of jobs (possibly none) while `next_cursor` is set when a filter passed
+/// over more than [`BackendConfig::list_scan_budget`] jobs: the listing goes
+/// on from the cursor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobPage {
     pub jobs: Vec<JobState>,

@@ -629,8 +629,18 @@ impl JobStore for RedisBackend {
             Some(cursor) => format!("({cursor}"),
             None => "+".to_owned(),
         };
+        let budget = self.shared.config.backend.list_scan_budget.max(1);
+        let mut scanned = 0;
         let mut jobs = Vec::with_capacity(limit);
         loop {
+            if scanned >= budget {
+                // Passed over enough: the caller goes on after the last
+                // job read (`from` is "(<that id>").
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: Some(from[1..].parse().map_err(corrupt)?),
+                });
+            }
             let reads = (0..keys.partitions()).map(|p| {
                 let mut pipe = redis::pipe();
                 pipe.cmd("ZREVRANGEBYLEX")
@@ -654,6 +664,7 @@ impl JobStore for RedisBackend {
                 });
             };
             from = format!("({last}");
+            scanned += ids.len();
             let ids: Vec<JobId> = ids
                 .iter()
                 .map(|id| id.parse().map_err(corrupt))

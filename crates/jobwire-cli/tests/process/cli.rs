@@ -677,3 +677,38 @@ async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
     );
     Ok(())
 }
+
+/// `jobwire jobs --limit N` shows N jobs also past one server page (200):
+/// it follows the listing's cursor.
+#[tokio::test]
+async fn jobs_lists_more_than_one_page() -> Result<()> {
+    let server = dev(&[("JOBWIRE_CREATE_RATE", "1000".to_owned())]).await?;
+    let http = reqwest::Client::new();
+    for _ in 0..205 {
+        let created = http
+            .post(server.url("/api/jobs"))
+            .bearer_auth(token())
+            .json(&serde_json::json!({"kind": "demo", "params": {}, "delay": "1h"}))
+            .send()
+            .await?;
+        ensure!(created.status() == 201, "{created:?}");
+    }
+    let out = jobwire(&server, &["jobs", "--limit", "203", "--json"])?;
+    ensure!(out.status.success(), "{out:?}");
+    let jobs: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    ensure!(jobs.len() == 203, "{} jobs", jobs.len());
+    let ids: std::collections::HashSet<&str> =
+        jobs.iter().filter_map(|j| j["id"].as_str()).collect();
+    ensure!(ids.len() == 203, "repeated jobs");
+    let out = jobwire(
+        &server,
+        &["jobs", "--status", "scheduled", "--kind", "demo"],
+    )?;
+    ensure!(out.status.success() && lines_of(&out) == 21, "{out:?}");
+    Ok(())
+}
+
+/// Lines a command printed.
+fn lines_of(out: &Output) -> usize {
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

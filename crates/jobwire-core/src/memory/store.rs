@@ -255,43 +255,49 @@ impl JobStore for MemoryBackend {
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage> {
         let now = Timestamp::now();
         let limit = query.limit.max(1);
+        let budget = self.shared.config.list_scan_budget.max(1);
         let mut index = self.index();
-        let ids: Vec<JobId> = {
-            let set = match &query.owner {
-                Some(owner) => match index.by_owner.get(owner) {
-                    Some(set) => set,
-                    None => {
-                        return Ok(JobPage {
-                            jobs: Vec::new(),
-                            next_cursor: None,
-                        })
-                    }
-                },
-                None => &index.all_jobs,
-            };
-            let newest_first: Box<dyn Iterator<Item = &JobId>> = match &query.cursor {
-                Some(cursor) => Box::new(set.range(..cursor).rev()),
-                None => Box::new(set.iter().rev()),
-            };
-            newest_first.cloned().collect()
+        let set = match &query.owner {
+            Some(owner) => match index.by_owner.get(owner) {
+                Some(set) => set,
+                None => {
+                    return Ok(JobPage {
+                        jobs: Vec::new(),
+                        next_cursor: None,
+                    })
+                }
+            },
+            None => &index.all_jobs,
+        };
+        let newest_first: Box<dyn Iterator<Item = &JobId>> = match &query.cursor {
+            Some(cursor) => Box::new(set.range(..cursor).rev()),
+            None => Box::new(set.iter().rev()),
         };
         let mut jobs = Vec::with_capacity(limit);
-        let mut more = false;
+        let mut next_cursor = None;
         let mut expired = Vec::new();
-        for id in ids {
-            let Some(job) = index.jobs.get(&id) else {
+        let mut scanned: Option<&JobId> = None;
+        for (n, id) in newest_first.enumerate() {
+            if n == budget {
+                // Passed over enough: the caller goes on after the last
+                // job read.
+                next_cursor = scanned.cloned();
+                break;
+            }
+            scanned = Some(id);
+            let Some(job) = index.jobs.get(id) else {
                 continue;
             };
             let stored = lock(job);
             if stored.expired(now) {
-                expired.push((id, stored.head.state.owner.clone()));
+                expired.push((id.clone(), stored.head.state.owner.clone()));
                 continue;
             }
             if !query.admits(&stored.head.state) {
                 continue;
             }
             if jobs.len() == limit {
-                more = true;
+                next_cursor = jobs.last().map(|j: &JobState| j.id.clone());
                 break;
             }
             jobs.push(stored.snapshot());
@@ -299,11 +305,6 @@ impl JobStore for MemoryBackend {
         for (id, owner) in expired {
             index.remove(&id, &owner);
         }
-        let next_cursor = if more {
-            jobs.last().map(|j| j.id.clone())
-        } else {
-            None
-        };
         Ok(JobPage { jobs, next_cursor })
     }
 

@@ -85,6 +85,7 @@ macro_rules! backend_conformance_tests {
             delete_removes_everything,
             listing_is_paginated_newest_first,
             listing_filters_by_kind_queue_and_finish_time,
+            a_sparse_filter_is_scanned_in_steps,
             jobs_are_counted_by_status,
             throughput_counts_starts_and_finishes,
             unfinished_jobs_are_counted_per_owner,
