@@ -378,7 +378,9 @@ pub async fn a_sparse_filter_is_scanned_in_steps(f: &dyn BackendFactory) -> Resu
             rare.push(job.id);
         }
     }
-    rare.reverse();
+    // Newest first is by id (ids made in one millisecond are not in
+    // creation order).
+    rare.sort_by(|a, b| b.cmp(a));
     let mut found = Vec::new();
     let mut cursor = None;
     let mut pages = 0;
