@@ -1,11 +1,11 @@
 //! `RedisBackend` as a [`JobStore`]: create, publish, snapshot, history,
 //! listing, cancel, delete, the per-user counters and the store's health.
 
-use async_trait::async_trait;
-use jobwire_core::ids::partition_of;
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use jobwire_core::backend::Promotion;
+use jobwire_core::ids::partition_of;
 use jobwire_core::publish::{plan, plan_new_job, LogHead, Plan, QueueMove};
 use jobwire_core::settle::{promote_each, promotion_event};
 use jobwire_core::{
@@ -534,16 +534,19 @@ impl JobStore for RedisBackend {
                 }
             }
         }
-        let batches = planned.into_iter().flat_map(|(p, jobs)| {
-            let mut jobs = jobs.into_iter().peekable();
-            std::iter::from_fn(move || {
-                jobs.peek()?;
-                Some((p, jobs.by_ref().take(PROMOTE_CHUNK).collect::<Vec<_>>()))
-            })
-        });
+        let mut batches = Vec::new();
+        for (p, mut jobs) in planned {
+            while jobs.len() > PROMOTE_CHUNK {
+                let rest = jobs.split_off(PROMOTE_CHUNK);
+                batches.push((p, std::mem::replace(&mut jobs, rest)));
+            }
+            batches.push((p, jobs));
+        }
         let mut promotion = Promotion::default();
         let done = futures_util::future::try_join_all(
-            batches.map(|(p, batch)| self.promote_batch(p, batch)),
+            batches
+                .into_iter()
+                .map(|(p, batch)| self.promote_batch(p, batch)),
         )
         .await?;
         for (batch, left) in done {

@@ -672,3 +672,34 @@ async fn promotions_after_a_restart_start_a_new_history() -> Result<()> {
     ensure!(claims.len() == jobs.len(), "{} claims", claims.len());
     Ok(())
 }
+
+/// A partition with more due jobs than one promotion script call takes
+/// (200) is promoted in several calls, each job once.
+#[tokio::test]
+async fn a_large_due_batch_is_promoted_in_chunks_each_job_once() -> Result<()> {
+    use jobwire_core::settle::promote_due;
+    use jobwire_core::{JobStatus, Timestamp};
+
+    let server = RedisServer::start_private(Persistence::None)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let at = Timestamp::now().plus(Duration::from_secs(3600));
+    let mut jobs = Vec::new();
+    for _ in 0..1200 {
+        let new = NewJob::new("demo", json!({}), "alice").not_before(at);
+        jobs.push(b.create_job(new).await?.id);
+    }
+    let later = at.plus(Duration::from_secs(1));
+    // 4 partitions of about 300 due jobs each, all in one round.
+    ensure!(promote_due(&b, &b, later, 2000).await? == 1200);
+    ensure!(promote_due(&b, &b, later, 2000).await? == 0);
+    for job in &jobs {
+        ensure!(b.job(job).await?.status == JobStatus::Queued);
+        let EventsAfter::Events(events) = b.events_after(job, EventId::ZERO, None, 10).await?
+        else {
+            bail!("job {job} cannot be read");
+        };
+        ensure!(events.len() == 2, "job {job} has {} events", events.len());
+    }
+    ensure!(b.queue_stats().await?.scheduled == 0);
+    Ok(())
+}
