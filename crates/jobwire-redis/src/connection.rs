@@ -31,6 +31,7 @@ use redis::{
 };
 
 use crate::sentinel::{self, SentinelUrl};
+use crate::tail_connection::TailConnection;
 use crate::{ConnectError, RedisConfig};
 
 /// The configured TLS certificates, if any, read from their files.
@@ -71,6 +72,54 @@ fn certificates(config: &RedisConfig) -> Result<Option<TlsCertificates>, Connect
         client_tls,
         root_cert,
     }))
+}
+
+/// The TLS set-up of the live tail's own connections, as redis-rs makes its
+/// own from the same certificates: the configured CA alone, else the
+/// system's roots; the client certificate when there is one.
+fn tls_config(
+    certificates: Option<&TlsCertificates>,
+) -> Result<rustls::ClientConfig, ConnectError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| ConnectError::Tls(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match certificates.and_then(|c| c.root_cert.as_deref()) {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| bad("the CA certificate (JOBWIRE_REDIS_CA_CERT)", &e))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad("the CA certificate (JOBWIRE_REDIS_CA_CERT)", &e))?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped, as redis-rs's
+            // own connections would fail on them anyway.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS", &e))?
+        .with_root_certificates(roots);
+    match certificates.and_then(|c| c.client_tls.as_ref()) {
+        Some(client) => {
+            let chain = CertificateDer::pem_slice_iter(&client.client_cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("the client certificate (JOBWIRE_REDIS_CLIENT_CERT)", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(&client.client_key)
+                .map_err(|e| bad("the client key (JOBWIRE_REDIS_CLIENT_KEY)", &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("the client certificate and key", &e))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// Where the master is: one URL, or wherever Sentinel says.
@@ -125,6 +174,8 @@ impl std::fmt::Debug for Source {
 
 /// How long connecting may take before Redis counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much longer than its block time a blocking read may take to answer.
+const BLOCK_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub(crate) struct Connections {
@@ -133,6 +184,8 @@ pub(crate) struct Connections {
     /// calls (opening one per claim would cost a handshake each time). All
     /// go to one node: the master, or on a cluster the wake-up stream's.
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// For the live tail's own connections to a `rediss://` server.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug)]
@@ -248,9 +301,15 @@ impl Connections {
                 Topology::Single(Box::new(single))
             }
         };
+        let tls = if config.url.starts_with("rediss") {
+            Some(Arc::new(tls_config(certificates(config)?.as_ref())?))
+        } else {
+            None
+        };
         Ok(Connections {
             topology,
             blocking: Mutex::new(Vec::new()),
+            tls,
         })
     }
 
@@ -345,14 +404,37 @@ impl Connections {
     ) -> Result<MultiplexedConnection, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        let client = match &self.topology {
-            Topology::Single(single) => single.node().client.clone(),
-            Topology::Cluster(cluster) => cluster.client_for(key).await?,
-        };
-        client
+            .set_response_timeout(Some(block + BLOCK_SLACK));
+        self.client_for(key)
+            .await?
             .get_multiplexed_async_connection_with_config(&config)
             .await
+    }
+
+    /// A new connection of the live tail's own kind for blocking `XREAD`s
+    /// of up to `block` on `key` (see `tail_connection.rs`).
+    pub(crate) async fn tail_connection(
+        &self,
+        key: &str,
+        block: Duration,
+    ) -> Result<TailConnection, RedisError> {
+        let client = self.client_for(key).await?;
+        TailConnection::connect(
+            client.get_connection_info(),
+            self.tls.as_ref(),
+            CONNECT_TIMEOUT,
+            block + BLOCK_SLACK,
+        )
+        .await
+    }
+
+    /// A client for the master, or on a cluster for the master of `key`'s
+    /// slot.
+    async fn client_for(&self, key: &str) -> Result<Client, RedisError> {
+        Ok(match &self.topology {
+            Topology::Single(single) => single.node().client.clone(),
+            Topology::Cluster(cluster) => cluster.client_for(key).await?,
+        })
     }
 
     /// A dedicated connection for blocking reads on `key` from the idle set,

@@ -31,6 +31,7 @@ mod schedules;
 mod scripts;
 mod sentinel;
 mod tail;
+mod tail_connection;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -37,11 +37,11 @@ use jobwire_core::{
     BackendError, Backoff, Epoch, EventRecord, LiveBatch, LiveFeed, LivePosition, LiveTail,
     TailFrom,
 };
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::connection::backend_error;
 use crate::jobs::corrupt;
+use crate::tail_connection::{xread_reply, TailConnection};
 use crate::{RedisBackend, Result};
 
 /// How long one read blocks in Redis.
@@ -75,7 +75,11 @@ struct Reader {
     partitions: Vec<u16>,
     streams: Vec<String>,
     ids: Vec<String>,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<TailConnection>,
+    /// The epoch of the last live event read: consecutive events of one
+    /// job (and of jobs of one history) share it rather than each parsing
+    /// and allocating their own.
+    epoch: Option<Epoch>,
     /// Check for trimmed entries before the next read.
     check_gap: bool,
     /// The Redis history (`master_replid`) the positions were taken in;
@@ -140,6 +144,7 @@ impl LiveFeed for RedisBackend {
                 partitions: group,
                 ids: group_ids,
                 conn: None,
+                epoch: None,
                 check_gap,
                 history,
                 backoff: (!single).then(|| Backoff::new(READER_BACKOFF.0, READER_BACKOFF.1)),
@@ -270,7 +275,7 @@ impl Reader {
                 .backend
                 .shared
                 .conns
-                .dedicated(&self.streams[0], BLOCK)
+                .tail_connection(&self.streams[0], BLOCK)
                 .await
                 .map_err(backend_error)?;
             let (history, ends) = read_ends(&self.streams, &mut conn).await?;
@@ -295,17 +300,10 @@ impl Reader {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(LiveBatch::Events(Vec::new()));
         };
-        // Parsed by hand: an entry repeats the field `e` once per event, which
-        // redis-rs's map-based stream reply would collapse.
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(COUNT)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.streams)
-            .arg(&self.ids)
-            .query_async(conn)
+        // Taken apart in place (an entry repeats its field once per event
+        // of the batch, which a map-shaped stream reply would collapse).
+        let reply = conn
+            .xread(COUNT, BLOCK, &self.streams, &self.ids)
             .await
             .map_err(backend_error)?;
         let mut events = Vec::new();
@@ -313,38 +311,41 @@ impl Reader {
         // Events and deletions go out in separate batches, in feed order:
         // the read stops at the first entry of the other sort (its position
         // stays before it, so the next read starts there).
-        'read: for (key, entries) in streams_of(reply)? {
-            let Some(slot) = self.streams.iter().position(|s| *s == key) else {
+        'read: for stream in xread_reply(&reply).map_err(backend_error)? {
+            let Some(slot) = self.streams.iter().position(|s| s.as_bytes() == stream.key) else {
                 continue;
             };
-            if entries.len() >= COUNT {
+            if stream.entries.len() >= COUNT {
                 // A full batch: this reader may be falling behind the trimming.
                 self.check_gap = true;
             }
-            for (id, fields) in entries {
-                let deletion = fields
+            for entry in stream.entries {
+                let deletion = entry
+                    .fields
                     .iter()
-                    .find(|(name, _)| name.as_slice() == DELETED_FIELD)
+                    .find(|(name, _)| *name == DELETED_FIELD)
                     .map(|(_, job)| String::from_utf8_lossy(job).parse::<jobwire_core::JobId>());
                 match deletion {
                     Some(_) if !events.is_empty() => break 'read,
                     None if !deleted.is_empty() => break 'read,
                     Some(Ok(job)) => deleted.push(job),
                     Some(Err(e)) => {
-                        tracing::error!(entry = %id, error = %e, "skipping an unreadable deletion");
+                        tracing::error!(entry = %entry.id, error = %e, "skipping an unreadable deletion");
                     }
                     None => {
-                        for (name, value) in fields {
-                            match record(&name, value) {
+                        for (name, value) in entry.fields {
+                            match record(name, value, &mut self.epoch) {
                                 Ok(record) => events.push(record),
                                 Err(e) => {
-                                    tracing::error!(entry = %id, error = %e, "skipping unreadable live event")
+                                    tracing::error!(entry = %entry.id, error = %e, "skipping unreadable live event")
                                 }
                             }
                         }
                     }
                 }
-                self.ids[slot] = id;
+                let position = &mut self.ids[slot];
+                position.clear();
+                position.push_str(entry.id);
             }
         }
         if !deleted.is_empty() {
@@ -390,83 +391,17 @@ const DELETED_FIELD: &[u8] = b"!deleted";
 /// event's wire JSON). Entries written before fields were named by epoch
 /// are named `e`, which is never a job's epoch: a reader takes such an
 /// event for one of another history and re-reads the job's log (slower,
-/// never wrong).
-fn record(name: &[u8], value: Vec<u8>) -> Result<EventRecord> {
-    let epoch: Epoch = std::str::from_utf8(name)
-        .map_err(corrupt)?
-        .parse()
-        .map_err(corrupt)?;
-    // The reply's bytes become the record's: no copy on the way out.
-    EventRecord::from_bytes(bytes::Bytes::from(value), epoch).map_err(corrupt)
-}
-
-/// A stream's entries as read: (entry id, its (field, value) pairs).
-type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
-
-/// Takes apart an XREAD reply: `nil`, or per stream `[key, [[id, [field,
-/// value, ...]], ...]]` (a map of key to entries under RESP3).
-fn streams_of(reply: Value) -> Result<Vec<(String, Entries)>> {
-    let bad = |what: &str| BackendError::Data(format!("unexpected XREAD reply: {what}"));
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(map) => map,
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|stream| match stream {
-                Value::Array(pair) if pair.len() == 2 => {
-                    let mut it = pair.into_iter();
-                    match (it.next(), it.next()) {
-                        (Some(k), Some(v)) => Ok((k, v)),
-                        _ => Err(bad("stream")),
-                    }
-                }
-                _ => Err(bad("stream")),
-            })
-            .collect::<Result<_>>()?,
-        _ => return Err(bad("top level")),
+/// never wrong). `last` is the epoch of the event read before, reused when
+/// this one's is the same.
+fn record(name: &[u8], value: &[u8], last: &mut Option<Epoch>) -> Result<EventRecord> {
+    let name = std::str::from_utf8(name).map_err(corrupt)?;
+    let epoch = match last {
+        Some(epoch) if epoch.as_str() == name => epoch.clone(),
+        _ => last.insert(name.parse().map_err(corrupt)?).clone(),
     };
-    pairs
-        .into_iter()
-        .map(|(key, entries)| {
-            let key = text(key).ok_or_else(|| bad("key"))?;
-            let Value::Array(entries) = entries else {
-                return Err(bad("entries"));
-            };
-            let entries = entries
-                .into_iter()
-                .map(|entry| {
-                    let Value::Array(parts) = entry else {
-                        return Err(bad("entry"));
-                    };
-                    let mut parts = parts.into_iter();
-                    let id = parts.next().and_then(text).ok_or_else(|| bad("entry id"))?;
-                    let Some(Value::Array(fields)) = parts.next() else {
-                        return Err(bad("entry fields"));
-                    };
-                    let mut fields = fields.into_iter().map(|v| match v {
-                        Value::BulkString(bytes) => Some(bytes),
-                        _ => None,
-                    });
-                    let mut pairs = Vec::new();
-                    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-                        if let (Some(name), Some(value)) = (name, value) {
-                            pairs.push((name, value));
-                        }
-                    }
-                    Ok((id, pairs))
-                })
-                .collect::<Result<Entries>>()?;
-            Ok((key, entries))
-        })
-        .collect()
-}
-
-fn text(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
+    // Copied out of the reply (see `tail_connection.rs`): the only copy of
+    // the event's bytes on their way to the sockets.
+    EventRecord::from_bytes(bytes::Bytes::copy_from_slice(value), epoch).map_err(corrupt)
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {

@@ -703,3 +703,65 @@ async fn a_large_due_batch_is_promoted_in_chunks_each_job_once() -> Result<()> {
     ensure!(b.queue_stats().await?.scheduled == 0);
     Ok(())
 }
+
+/// A Redis that wants a user and password, with jobwire's data in database
+/// 3: every connection signs in and selects it, the live tail's own one
+/// included (it reads what a publish wrote, over an ACL user).
+#[tokio::test]
+async fn an_acl_user_and_a_database_number_reach_every_connection() -> Result<()> {
+    let server = RedisServer::start_private(Persistence::None)?;
+    let setuser = redis::cmd("ACL")
+        .arg(&["SETUSER", "tail", "on", ">s3cret pass", "~*", "&*", "+@all"])
+        .clone();
+    redis_cmd::<()>(&server, &setuser).await?;
+    let url = format!("redis://tail:s3cret%20pass@127.0.0.1:{}/3", server.port());
+    let b = RedisBackend::connect(RedisConfig {
+        url: url.clone(),
+        ..config(&server)
+    })
+    .await?;
+    // The default user may no longer do anything: only `tail` gets in.
+    redis_cmd::<()>(
+        &server,
+        redis::cmd("ACL").arg(&["SETUSER", "default", "off"]),
+    )
+    .await?;
+    let mut tail = b.tail(TailFrom::Now).await?;
+    let job = started_job(&b).await?;
+    // (A read that times out answers no events: the deadline is overall.)
+    let live = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tail.next().await? {
+                LiveBatch::Events(events) if !events.is_empty() => return Ok(events),
+                LiveBatch::Events(_) => {}
+                other => bail!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .context("the tail read nothing")??;
+    ensure!(live[0].job_id == job.id, "{live:?}");
+    // Written to database 3, as the URL says.
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("jobwire:*")
+        .query_async(&mut conn)
+        .await?;
+    ensure!(!keys.is_empty(), "nothing in database 3");
+
+    let wrong = format!("redis://tail:nope@127.0.0.1:{}/3", server.port());
+    match RedisBackend::connect(RedisConfig {
+        url: wrong,
+        ..config(&server)
+    })
+    .await
+    {
+        Err(_) => {}
+        Ok(b) => match b.tail(TailFrom::Now).await {
+            Err(_) => {}
+            Ok(mut tail) => ensure!(tail.next().await.is_err(), "a wrong password read the feed"),
+        },
+    }
+    Ok(())
+}
