@@ -240,6 +240,15 @@ impl EventRecord {
     /// # Errors
     /// When the JSON has no valid `id` and `job_id`.
     pub fn from_bytes(json: Bytes, epoch: Epoch) -> Result<EventRecord, serde_json::Error> {
+        if let Some((id, job_id, timestamp)) = canonical_head(&json) {
+            return Ok(EventRecord {
+                id,
+                job_id,
+                epoch,
+                timestamp,
+                json,
+            });
+        }
         #[derive(Deserialize)]
         struct Head {
             id: EventId,
@@ -274,6 +283,45 @@ impl EventRecord {
     pub fn parse(&self) -> Result<Event, serde_json::Error> {
         serde_json::from_slice(&self.json)
     }
+}
+
+/// The routing fields of wire JSON in the shape jobwire writes it
+/// (`{"id":7,"job_id":"…","type":"…","timestamp":"…","data":{…}}`, see
+/// [`WireEvent`]), read without a JSON parser: every event a gateway reads
+/// from the store passes here, and a parser would walk its whole payload to
+/// find the end of the object. `None` for any other shape, which the
+/// general parser then reads. The rest is not checked: the store holds only
+/// JSON serialized by jobwire, and the bytes are checked as UTF-8 before
+/// they go to a socket.
+fn canonical_head(json: &[u8]) -> Option<(EventId, JobId, Timestamp)> {
+    /// A string's contents up to its closing quote (none escaped), and
+    /// what follows it.
+    fn plain_string(rest: &[u8]) -> Option<(&str, &[u8])> {
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        (rest[end] == b'"').then_some(())?;
+        Some((std::str::from_utf8(&rest[..end]).ok()?, &rest[end + 1..]))
+    }
+    if json.last() != Some(&b'}') {
+        return None;
+    }
+    let rest = json.strip_prefix(br#"{"id":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let id: u64 = std::str::from_utf8(rest.get(..digits)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let rest = rest[digits..].strip_prefix(br#","job_id":""#)?;
+    let (job_id, rest) = plain_string(rest)?;
+    let rest = rest.strip_prefix(br#","type":""#)?;
+    let (_, rest) = plain_string(rest)?;
+    let rest = rest.strip_prefix(br#","timestamp":""#)?;
+    let (timestamp, rest) = plain_string(rest)?;
+    rest.starts_with(b",").then_some(())?;
+    Some((
+        EventId(id),
+        job_id.parse().ok()?,
+        Timestamp::parse_canonical(timestamp)?,
+    ))
 }
 
 /// Serializes a freshly applied event in its wire shape, with the job's
@@ -366,6 +414,50 @@ mod tests {
         }
         assert!(EventType::parse("").is_err());
         assert!(EventType::parse("Bad Type").is_err());
+    }
+
+    #[test]
+    fn records_read_the_head_jobwire_writes_and_any_other_json() {
+        let event = Event {
+            id: EventId(42),
+            job_id: "01JDX".parse().expect("valid id"),
+            kind: EventType::Custom("thumbnail.ready".into()),
+            timestamp: Timestamp::from_unix_millis(1_764_331_200_123),
+            data: serde_json::json!({"n": "a \"quoted\" }"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let written = event.to_json();
+        let epoch: Epoch = "e1".parse().expect("valid epoch");
+        assert!(canonical_head(written.as_bytes()).is_some(), "{written}");
+        // Other key orders, spaces and escapes take the general parser.
+        let reordered = r#"{"job_id":"01JDX", "timestamp":"2025-11-28T12:00:00.123Z","id":42,"type":"x","data":{}}"#;
+        let escaped = r#"{"id":42,"job_id":"01J\u0044X","type":"x","timestamp":"2025-11-28T12:00:00.123Z","data":{}}"#;
+        for json in [written.as_str(), reordered] {
+            let record = EventRecord::from_json(json, epoch.clone()).expect("reads");
+            assert_eq!(record.id, EventId(42), "{json}");
+            assert_eq!(record.job_id.as_str(), "01JDX", "{json}");
+            assert_eq!(record.timestamp, event.timestamp, "{json}");
+        }
+        assert!(canonical_head(reordered.as_bytes()).is_none());
+        assert!(canonical_head(escaped.as_bytes()).is_none());
+        assert_eq!(
+            EventRecord::from_json(escaped, epoch.clone())
+                .map(|r| r.job_id.as_str().to_owned())
+                .ok()
+                .as_deref(),
+            Some("01JDX")
+        );
+        for bad in [
+            r#"{"id":-1,"job_id":"01JDX","type":"x","timestamp":"2025-11-28T12:00:00.123Z","data":{}}"#,
+            r#"{"id":1,"job_id":"no spaces","type":"x","timestamp":"2025-11-28T12:00:00.123Z","data":{}}"#,
+            r#"{"id":1,"job_id":"01JDX","type":"x","timestamp":"yesterday","data":{}}"#,
+            r#"{"id":1,"job_id":"01JDX""#,
+            "",
+        ] {
+            assert!(EventRecord::from_json(bad, epoch.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl Timestamp {
     /// without a general RFC 3339 parser: every event read from the store
     /// carries one. `None` for anything else (which the general parser
     /// then reads).
-    fn parse_canonical(s: &str) -> Option<Timestamp> {
+    pub(crate) fn parse_canonical(s: &str) -> Option<Timestamp> {
         let b = s.as_bytes();
         if b.len() != 24
             || b[4] != b'-'

@@ -270,6 +270,10 @@ impl Loop<'_> {
         // Fires on shutdown and on overflow (see `Outbox::stop`).
         let stop = outbox.stop.cancelled();
         tokio::pin!(stop);
+        // Whether the stop token and the timer hold this task's waker (see
+        // `when_due`).
+        let mut stop_armed = false;
+        let mut timer_armed = false;
         let mut job_gone = false;
         let end = loop {
             if !out.is_empty() {
@@ -278,7 +282,7 @@ impl Loop<'_> {
                 // overflows its outbox, and the connection must give up on it.
                 let written = tokio::select! {
                     written = Box::pin(write_all(&mut *socket, out.drain(..), &state.stats)) => written.is_ok(),
-                    () = &mut stop => {
+                    () = when_due(stop.as_mut(), &mut stop_armed, |_| outbox.stop.is_cancelled()) => {
                         let (code, reason) = stopped(state);
                         // The write was cut short, or the socket is full.
                         return End::Stopped(code, reason);
@@ -301,11 +305,12 @@ impl Loop<'_> {
             }
             tokio::select! {
                 biased;
-                () = &mut stop => {
+                () = when_due(stop.as_mut(), &mut stop_armed, |_| outbox.stop.is_cancelled()) => {
                     let (code, reason) = stopped(state);
                     break End::Close(code, reason.into());
                 }
-                () = &mut timer => {
+                () = when_due(timer.as_mut(), &mut timer_armed, tokio::time::Sleep::is_elapsed) => {
+                    timer_armed = false;
                     let now = Instant::now();
                     if now >= expires {
                         break End::Close(close::UNAUTHORIZED, "token expired".into());
@@ -364,6 +369,7 @@ impl Loop<'_> {
                         Message::Text(text) => {
                             let reply = Box::pin(client_frame(&text, single, session, out, state, &mut expires)).await;
                             timer.as_mut().reset(next_ping.min(expires));
+                            timer_armed = false;
                             if let Some(reply) = reply {
                                 out.push(Out::notice(&reply));
                             }
@@ -387,6 +393,26 @@ impl Loop<'_> {
         }
         end
     }
+}
+
+/// Polls `future` once to register this task's waker, then again only when
+/// `due` says it may have completed. A registered timer or stop token
+/// keeps the waker and wakes the task itself; polling one anyway on every
+/// wake-up (every delivery) costs a lock (the token's waiter list) or an
+/// atomic exchange (the timer's waker) for nothing. `armed` must be reset
+/// whenever the future is re-armed (a timer reset).
+fn when_due<'a, F: Future>(
+    mut future: std::pin::Pin<&'a mut F>,
+    armed: &'a mut bool,
+    due: impl Fn(&F) -> bool + 'a,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *armed && !due(future.as_ref().get_ref()) {
+            return std::task::Poll::Pending;
+        }
+        *armed = true;
+        future.as_mut().poll(cx)
+    })
 }
 
 /// Why the connection's stop token fired: server shutdown (1001), else its
