@@ -41,7 +41,7 @@ use redis::Value;
 
 use crate::connection::backend_error;
 use crate::jobs::corrupt;
-use crate::tail_connection::{xread_reply, TailConnection};
+use crate::tail_connection::{xread_reply, TailConnection, XreadCommand};
 use crate::{RedisBackend, Result};
 
 /// How long one read blocks in Redis.
@@ -75,6 +75,8 @@ struct Reader {
     partitions: Vec<u16>,
     streams: Vec<String>,
     ids: Vec<String>,
+    /// The `XREAD` of `streams`, written once.
+    command: XreadCommand,
     conn: Option<TailConnection>,
     /// The epoch of the last live event read: consecutive events of one
     /// job (and of jobs of one history) share it rather than each parsing
@@ -138,9 +140,11 @@ impl LiveFeed for RedisBackend {
         };
         let reading = FuturesUnordered::new();
         for (group, (group_ids, check_gap, history)) in groups.into_iter().zip(start) {
+            let group_streams = streams(&group);
             let reader = Reader {
                 backend: self.clone(),
-                streams: streams(&group),
+                command: XreadCommand::new(COUNT, BLOCK, &group_streams),
+                streams: group_streams,
                 partitions: group,
                 ids: group_ids,
                 conn: None,
@@ -303,7 +307,7 @@ impl Reader {
         // Taken apart in place (an entry repeats its field once per event
         // of the batch, which a map-shaped stream reply would collapse).
         let reply = conn
-            .xread(COUNT, BLOCK, &self.streams, &self.ids)
+            .xread(&self.command, &self.ids)
             .await
             .map_err(backend_error)?;
         let mut events = Vec::new();

@@ -89,28 +89,18 @@ impl TailConnection {
         Ok(conn)
     }
 
-    /// `XREAD COUNT count BLOCK block STREAMS streams... ids...`; its reply
-    /// unparsed (see [`xread_reply`]).
+    /// Runs `command` from `ids` on; its reply unparsed (see
+    /// [`xread_reply`]).
     pub(crate) async fn xread(
         &mut self,
-        count: usize,
-        block: Duration,
-        streams: &[String],
+        command: &XreadCommand,
         ids: &[String],
     ) -> Result<BytesMut, RedisError> {
         let mut out = std::mem::take(&mut self.output);
         out.clear();
-        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
-        header(&mut out, b'*', (6 + streams.len() + ids.len()) as u64);
-        for fixed in [&b"XREAD"[..], b"COUNT"] {
-            bulk(&mut out, fixed);
-        }
-        bulk_number(&mut out, count as u64);
-        bulk(&mut out, b"BLOCK");
-        bulk_number(&mut out, block_ms);
-        bulk(&mut out, b"STREAMS");
-        for arg in streams.iter().chain(ids) {
-            bulk(&mut out, arg.as_bytes());
+        out.extend_from_slice(&command.prefix);
+        for id in ids {
+            bulk(&mut out, id.as_bytes());
         }
         let sent = self.send(&out).await;
         self.output = out;
@@ -239,6 +229,31 @@ async fn open(
     })
 }
 
+/// `XREAD COUNT count BLOCK block STREAMS streams...`, written once: only
+/// the positions that follow change from read to read.
+#[derive(Debug)]
+pub(crate) struct XreadCommand {
+    prefix: Vec<u8>,
+}
+
+impl XreadCommand {
+    pub(crate) fn new(count: usize, block: Duration, streams: &[String]) -> XreadCommand {
+        let mut prefix = Vec::new();
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        header(&mut prefix, b'*', (6 + 2 * streams.len()) as u64);
+        bulk(&mut prefix, b"XREAD");
+        bulk(&mut prefix, b"COUNT");
+        bulk(&mut prefix, count.to_string().as_bytes());
+        bulk(&mut prefix, b"BLOCK");
+        bulk(&mut prefix, block_ms.to_string().as_bytes());
+        bulk(&mut prefix, b"STREAMS");
+        for stream in streams {
+            bulk(&mut prefix, stream.as_bytes());
+        }
+        XreadCommand { prefix }
+    }
+}
+
 fn invalid(what: &'static str) -> RedisError {
     RedisError::from((ErrorKind::InvalidClientConfig, what))
 }
@@ -265,12 +280,6 @@ fn bulk(out: &mut Vec<u8>, arg: &[u8]) {
     header(out, b'$', arg.len() as u64);
     out.extend_from_slice(arg);
     out.extend_from_slice(b"\r\n");
-}
-
-fn bulk_number(out: &mut Vec<u8>, n: u64) {
-    let mut digits = Vec::with_capacity(20);
-    decimal(&mut digits, n);
-    bulk(out, &digits);
 }
 
 fn decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -505,11 +514,23 @@ mod tests {
 
     #[test]
     fn commands_are_written_as_resp_arrays() {
-        let mut out = Vec::new();
-        header(&mut out, b'*', 2);
-        bulk(&mut out, b"GET");
-        bulk_number(&mut out, 1_000);
-        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$4\r\n1000\r\n");
+        let command = XreadCommand::new(
+            10,
+            Duration::from_secs(1),
+            &["a".to_owned(), "bc".to_owned()],
+        );
+        let mut out = command.prefix.clone();
+        bulk(&mut out, b"0-0");
+        bulk(&mut out, b"12-3");
+        let packed = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(10)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&["a", "bc", "0-0", "12-3"])
+            .get_packed_command();
+        assert_eq!(out, packed);
         let mut zero = Vec::new();
         decimal(&mut zero, 0);
         assert_eq!(zero, b"0");
