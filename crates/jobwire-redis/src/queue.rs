@@ -1076,10 +1076,24 @@ impl JobQueue for RedisBackend {
         // An even share each (the earliest of a partition first): `max`
         // over all partitions, not per partition.
         let per_partition = (max / usize::from(keys.partitions()) + 1).clamp(1, DUE_PER_PARTITION);
-        let replies: Vec<Vec<Value>> = self
-            .per_partition(0..keys.partitions(), |p| {
-                redis::cmd("EVAL")
-                    .arg(scripts::DUE)
+        // By hash: every gateway and worker asks each partition several
+        // times a second, and EVAL would send (and Redis hash) the whole
+        // script each time. A server that does not know it yet (new, or
+        // restarted) gets it with EVAL, for that round.
+        let round = |by_hash: bool| {
+            self.shared
+                .conns
+                .each(Vec::from_iter((0..keys.partitions()).map(|p| {
+                    let mut cmd = if by_hash {
+                        redis::cmd("EVALSHA")
+                    } else {
+                        redis::cmd("EVAL")
+                    };
+                    cmd.arg(if by_hash {
+                        scripts::DUE.get_hash()
+                    } else {
+                        scripts::DUE_CODE
+                    })
                     .arg(2)
                     .arg(keys.scheduled(p))
                     .arg(keys.promoting(p))
@@ -1087,10 +1101,18 @@ impl JobQueue for RedisBackend {
                     .arg(per_partition)
                     .arg(&self.shared.publisher)
                     .arg(PROMOTION_LEASE.as_millis() as u64)
-                    .arg(keys.job_prefix(p))
-                    .clone()
-            })
-            .await?;
+                    .arg(keys.job_prefix(p));
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(cmd);
+                    pipe
+                })))
+        };
+        let replies: Vec<(Vec<Value>,)> = match round(true).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => round(false).await,
+            other => other,
+        }
+        .map_err(crate::connection::backend_error)?;
+        let replies: Vec<Vec<Value>> = replies.into_iter().map(|(reply,)| reply).collect();
         let mut due = Vec::new();
         for reply in &replies {
             for entry in reply.chunks(4) {

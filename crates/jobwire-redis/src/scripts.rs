@@ -35,9 +35,10 @@ pub(crate) static PROMOTE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 pub(crate) static DROP_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/drop_due.lua")));
-/// Run with EVAL in pipelines (`RedisBackend::due`): small, and pipelines
-/// do not load scripts by themselves.
-pub(crate) const DUE: &str = include_str!("lua/due.lua");
+/// Run by hash in pipelines (`RedisBackend::due`), which do not load
+/// scripts by themselves: its code goes with EVAL when a server lacks it.
+pub(crate) const DUE_CODE: &str = include_str!("lua/due.lua");
+pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| Script::new(DUE_CODE));
 pub(crate) static ENSURE_GROUPS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/ensure_groups.lua")));
 pub(crate) static LANE_FIGURES: LazyLock<Script> =

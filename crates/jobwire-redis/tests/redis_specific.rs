@@ -765,3 +765,53 @@ async fn an_acl_user_and_a_database_number_reach_every_connection() -> Result<()
     }
     Ok(())
 }
+
+/// The promoter asks each partition by script hash (`EVALSHA`), not with
+/// the script's text every round; a server that lost its scripts (`SCRIPT
+/// FLUSH`, as after a restart) is given it again and promotion goes on.
+#[tokio::test]
+async fn due_jobs_are_found_by_script_hash_and_after_a_script_flush() -> Result<()> {
+    use jobwire_core::settle::promote_due;
+    use jobwire_core::Timestamp;
+
+    let server = RedisServer::start_private(Persistence::None)?;
+    let b = RedisBackend::connect(config(&server)).await?;
+    let stats = || async {
+        let info: String = redis_cmd(&server, redis::cmd("INFO").arg("commandstats")).await?;
+        let calls = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok::<_, anyhow::Error>((calls("eval"), calls("evalsha")))
+    };
+    let at = Timestamp::now().plus(Duration::from_secs(3600));
+    let later = at.plus(Duration::from_secs(1));
+    let new = || NewJob::new("demo", json!({}), "alice").not_before(at);
+    b.create_job(new()).await?;
+    ensure!(promote_due(&b, &b, later, 100).await? == 1);
+    let (eval_before, by_hash_before) = stats().await?;
+    for _ in 0..5 {
+        promote_due(&b, &b, later, 100).await?;
+    }
+    let (eval, by_hash) = stats().await?;
+    ensure!(
+        eval == eval_before,
+        "EVAL ran {} more times",
+        eval - eval_before
+    );
+    ensure!(
+        by_hash >= by_hash_before + 5 * 4,
+        "EVALSHA ran {} times",
+        by_hash - by_hash_before
+    );
+
+    redis_cmd::<()>(&server, redis::cmd("SCRIPT").arg("FLUSH")).await?;
+    b.create_job(new()).await?;
+    ensure!(
+        promote_due(&b, &b, later, 100).await? == 1,
+        "not promoted after SCRIPT FLUSH"
+    );
+    Ok(())
+}
