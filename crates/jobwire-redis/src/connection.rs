@@ -383,16 +383,43 @@ impl Connections {
     /// Runs commands that each stay within one slot, side by side (on one
     /// connection they still travel as one pipeline), and returns their
     /// replies in order. On a cluster each goes to the node of its slot.
+    ///
+    /// On one master they go as one pipeline: one request through the
+    /// multiplexed connection instead of one each (the promoter asks every
+    /// partition several times a second). The pipelines given must not be
+    /// atomic nor ignore replies.
     pub(crate) async fn each<T: redis::FromRedisValue>(
         &self,
         commands: impl IntoIterator<Item = redis::Pipeline>,
     ) -> Result<Vec<T>, RedisError> {
-        let conn = self.command();
-        futures_util::future::try_join_all(commands.into_iter().map(|pipe| {
-            let mut conn = conn.clone();
-            async move { pipe.query_async::<T>(&mut conn).await }
-        }))
-        .await
+        let mut conn = self.command();
+        if matches!(self.topology, Topology::Cluster(_)) {
+            return futures_util::future::try_join_all(commands.into_iter().map(|pipe| {
+                let mut conn = conn.clone();
+                async move { pipe.query_async::<T>(&mut conn).await }
+            }))
+            .await;
+        }
+        let mut all = redis::pipe();
+        let mut sizes = Vec::new();
+        for pipe in commands {
+            let before = all.len();
+            for cmd in pipe.cmd_iter() {
+                all.add_command(cmd.clone());
+            }
+            sizes.push(all.len() - before);
+        }
+        let replies: Vec<Value> = if all.is_empty() {
+            Vec::new()
+        } else {
+            all.query_async(&mut conn).await?
+        };
+        let mut replies = replies.into_iter();
+        sizes
+            .into_iter()
+            .map(|n| redis::from_redis_value(Value::Array(replies.by_ref().take(n).collect())))
+            .collect::<Result<_, _>>()
+            .map_err(RedisError::from)
     }
 
     /// A new dedicated connection for blocking reads of up to `block` on
