@@ -344,7 +344,9 @@ fn frame_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
 fn line(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let kind = *buf.get(at)?;
     let rest = buf.get(at + 1..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    // A header line holds no CR of its own: its end is the first one.
+    let end = rest.iter().position(|&b| b == b'\r')?;
+    (*rest.get(end + 1)? == b'\n').then_some(())?;
     Some((kind, &rest[..end], at + 1 + end + 2))
 }
 
