@@ -37,26 +37,35 @@ use crate::state::AppState;
 /// Events read from the log per round when catching up.
 const CATCH_UP_PAGE: usize = 500;
 
-/// Something to send to the client, in order.
+/// Something to send to the client, in order. Two words: a connection
+/// keeps a few slots of these between messages (see `ws.rs`).
 #[derive(Clone, Debug)]
 pub enum Out {
     /// A message of the protocol (`current_state`, `resumed`, `pong`, an
-    /// error …), with the resume position it stands for, if any.
-    Control {
-        json: String,
-        position: Option<(Epoch, EventId)>,
-    },
+    /// error …): rare next to events, so boxed.
+    Control(Box<Notice>),
     /// An event of a job's log (of the subscription's epoch).
     Event { frame: Arc<Frame> },
+}
+
+const _: () = assert!(std::mem::size_of::<Out>() <= 16);
+
+/// A protocol message as sent, with the resume position it stands for, if
+/// any.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub json: String,
+    pub position: Option<(Epoch, EventId)>,
 }
 
 impl Out {
     /// A message that moves no resume position.
     pub fn notice(message: &Control) -> Out {
-        Out::Control {
-            json: message.to_json(),
-            position: None,
-        }
+        Out::control(message.to_json(), None)
+    }
+
+    fn control(json: String, position: Option<(Epoch, EventId)>) -> Out {
+        Out::Control(Box::new(Notice { json, position }))
     }
 }
 
@@ -288,10 +297,10 @@ impl Session {
             id: resume.id,
             epoch: epoch.clone(),
         };
-        out.push(Out::Control {
-            json: resumed.to_json(),
-            position: Some((epoch.clone(), resume.id)),
-        });
+        out.push(Out::control(
+            resumed.to_json(),
+            Some((epoch.clone(), resume.id)),
+        ));
         self.subs.insert(
             job.clone(),
             Sub {
@@ -396,8 +405,5 @@ fn current_state(state: JobState, resync: bool) -> Out {
         data: Box::new(state),
         resync,
     };
-    Out::Control {
-        json: message.to_json(),
-        position,
-    }
+    Out::control(message.to_json(), position)
 }

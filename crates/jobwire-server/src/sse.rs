@@ -98,7 +98,7 @@ pub async fn stream(
                 for item in out.drain(..) {
                     let published = match &item {
                         Out::Event { frame, .. } => Some(frame.published),
-                        Out::Control { .. } => None,
+                        Out::Control(_) => None,
                     };
                     if tx.send(Ok(to_sse(item))).await.is_err() {
                         return;
@@ -151,9 +151,9 @@ fn to_sse(item: Out) -> Event {
         Out::Event { frame } => Event::default()
             .id(format!("{}:{}", frame.epoch, frame.id))
             .data(frame.text.as_str()),
-        Out::Control { json, position } => {
-            let event = Event::default().data(json);
-            match position {
+        Out::Control(notice) => {
+            let event = Event::default().data(&notice.json);
+            match notice.position {
                 Some((epoch, id)) => event.id(format!("{epoch}:{id}")),
                 None => event,
             }
