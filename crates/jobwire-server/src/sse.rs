@@ -24,6 +24,7 @@ use crate::credentials::Credentials;
 use crate::error::ApiError;
 use crate::session::{Out, Session, SubscribeError};
 use crate::state::AppState;
+use crate::ws::when_due;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
@@ -93,6 +94,14 @@ pub async fn stream(
             let _slot = slot;
             let _gauge = state.stats.sse();
             let mut out = first;
+            // Made once, and polled only when they may have fired (see
+            // `ws::when_due`): a timer made anew for every delivery cost a
+            // registration in the timer wheel each time.
+            let expiry = tokio::time::sleep_until(expires);
+            tokio::pin!(expiry);
+            let stop = outbox.stop.cancelled();
+            tokio::pin!(stop);
+            let (mut expiry_armed, mut stop_armed) = (false, false);
             loop {
                 let ended = session.is_empty();
                 for item in out.drain(..) {
@@ -114,7 +123,7 @@ pub async fn stream(
                 }
                 tokio::select! {
                     biased;
-                    () = tokio::time::sleep_until(expires) => {
+                    () = when_due(expiry.as_mut(), &mut expiry_armed, tokio::time::Sleep::is_elapsed) => {
                         let expired = jobwire_core::Control::Refused {
                             code: jobwire_core::Refusal::Unauthorized,
                             message: "token expired: reconnect with a fresh token".to_owned(),
@@ -123,7 +132,7 @@ pub async fn stream(
                         let _ = tx.send(Ok(Event::default().data(expired.to_json()))).await;
                         return;
                     }
-                    () = outbox.stop.cancelled() => {
+                    () = when_due(stop.as_mut(), &mut stop_armed, |_| outbox.stop.is_cancelled()) => {
                         if !state.shutdown.is_cancelled() {
                             state.stats.slow_disconnect();
                         }

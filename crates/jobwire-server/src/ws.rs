@@ -402,7 +402,7 @@ impl Loop<'_> {
 /// wake-up (every delivery) costs a lock (the token's waiter list) or an
 /// atomic exchange (the timer's waker) for nothing. `armed` must be reset
 /// whenever the future is re-armed (a timer reset).
-fn when_due<'a, F: Future>(
+pub(crate) fn when_due<'a, F: Future>(
     mut future: std::pin::Pin<&'a mut F>,
     armed: &'a mut bool,
     due: impl Fn(&F) -> bool + 'a,
