@@ -81,9 +81,7 @@ impl TailConnection {
             setup.cmd("SELECT").arg(settings.db());
         }
         if !setup.is_empty() {
-            let commands = setup.len();
-            let replies = conn.req_packed_commands(&setup, 0, commands).await?;
-            debug_assert_eq!(replies.len(), commands);
+            conn.req_packed_commands(&setup, 0, setup.len()).await?;
         }
         conn.timeout = timeout;
         Ok(conn)
