@@ -7,12 +7,17 @@
 //! are fed in a batch and flushed once.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use futures_util::SinkExt;
+use futures_util::task::AtomicWaker;
+use futures_util::{SinkExt, Stream};
 use jobwire_core::{ClientFrame, Control, JobId, Refusal, Resume};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -277,6 +282,7 @@ impl Loop<'_> {
         // `when_due`).
         let mut stop_armed = false;
         let mut timer_armed = false;
+        let reader = Arc::new(ReadSignal::default());
         let mut job_gone = false;
         let end = loop {
             if !out.is_empty() {
@@ -356,7 +362,7 @@ impl Loop<'_> {
                     // queued has been written.
                     job_gone = single && session.is_empty();
                 }
-                frame = socket.recv() => {
+                frame = next_frame(&mut *socket, &reader) => {
                     last_heard = Instant::now();
                     let message = match frame {
                         None => break End::Gone,
@@ -413,6 +419,52 @@ pub(crate) fn when_due<'a, F: Future>(
         }
         *armed = true;
         future.as_mut().poll(cx)
+    })
+}
+
+/// Whether a connection's socket may have input: set when the socket wakes
+/// the task for a read (and at first, and after every frame read).
+#[derive(Default)]
+struct ReadSignal {
+    quiet: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.quiet.store(false, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The socket's next frame, read only when the socket may have one. A
+/// read attempt that finds nothing (the WebSocket layer's buffers, then the
+/// socket) cost ~830 instructions, paid on every wake-up, that is on every
+/// delivery; clients rarely send. The read is given a waker of its own,
+/// which marks the signal before it wakes the task, so other wake-ups skip
+/// it. After a frame the read stays due: more may be buffered already, and
+/// the socket will not wake the task for those.
+fn next_frame<'a>(
+    socket: &'a mut WebSocket,
+    signal: &'a Arc<ReadSignal>,
+) -> impl Future<Output = Option<Result<Message, axum::Error>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        // Cleared before the read: a wake-up during it is not lost.
+        if signal.quiet.swap(true, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        signal.task.register(cx.waker());
+        let waker = Waker::from(Arc::clone(signal));
+        match Pin::new(&mut *socket).poll_next(&mut Context::from_waker(&waker)) {
+            Poll::Ready(frame) => {
+                signal.quiet.store(false, Ordering::Release);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     })
 }
 
