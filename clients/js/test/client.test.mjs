@@ -20,7 +20,7 @@ after(() => {
 const serve = (port) => Server.start(["serve"], { REDIS_URL: redis.url }, port);
 
 /** Watches `jobId` until its terminal event; resolves with what was seen. */
-function collect(client, jobId, { timeout = 60000 } = {}) {
+function collect(client, jobId, { timeout = 60000, onState = () => {} } = {}) {
   const seen = { ids: [], types: [], states: [], resumed: 0, disconnects: 0, transports: new Set(), error: null, refused: null };
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -28,7 +28,10 @@ function collect(client, jobId, { timeout = 60000 } = {}) {
       reject(new Error(`timed out; seen ${seen.ids.length} events, last ${seen.ids.at(-1)}`));
     }, timeout);
     const watch = client.watch(jobId, {
-      onState: (job, { resync }) => seen.states.push({ id: job.last_event_id, resync }),
+      onState: (job, { resync }) => {
+        seen.states.push({ id: job.last_event_id, resync });
+        onState();
+      },
       onEvent: (e) => {
         seen.ids.push(e.id);
         seen.types.push(e.type);
@@ -216,8 +219,11 @@ for (const transport of ["websocket", "sse"]) {
   test(`${transport}: a job's own error events are shown and do not end the watch`, async () => {
     const a = await serve();
     const client = new JobwireClient({ url: a.url, token: token(), transport });
-    const job = await feed(() => a.url, { total: 30, every: 2, errorEvery: 3 });
-    const seen = await collect(client, job.id);
+    // The events start once the watch holds the job's state: every error must be seen live.
+    let subscribed;
+    const startWhen = new Promise((resolve) => (subscribed = resolve));
+    const job = await feed(() => a.url, { total: 30, every: 2, errorEvery: 3, startWhen });
+    const seen = await collect(client, job.id, { onState: () => subscribed() });
     await job.done;
     assertConsecutive(seen);
     assert.equal(seen.types.filter((t) => t === "error").length, 10, seen.types.join());

@@ -99,7 +99,9 @@ export function token({ sub = "alice", scopes = ["jobs:read", "jobs:write"], ttl
  * `every` ms, then completes it: progress events, and an `error` event every
  * `errorEvery`-th one when given.
  */
-export async function feed(url, { total, every, errorEvery = 0 }) {
+// `startWhen` holds the job's events back until it settles (a watch that must
+// see every event, not a snapshot of the first ones, is subscribed by then).
+export async function feed(url, { total, every, errorEvery = 0, startWhen = Promise.resolve() }) {
   const worker = token({ scopes: ["jobs:read", "jobs:write", "worker"] });
   let stopped = false;
   const post = async (path, body) => {
@@ -119,6 +121,7 @@ export async function feed(url, { total, every, errorEvery = 0 }) {
   const event = (type, data) => ({ type, data, attempt: 1, n: ++n });
   await post(`/api/jobs/${job.id}/events`, [event("job_started", {})]);
   const done = (async () => {
+    await startWhen;
     for (let i = 1; i <= total && !stopped; i++) {
       // A job's own per-file "error" events, which it survives.
       const next = errorEvery && i % errorEvery === 0 ? event("error", { file: `f${i}`, message: "unreadable" }) : event("progress", { current: i, total });
