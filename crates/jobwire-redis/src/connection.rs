@@ -368,6 +368,12 @@ impl Connections {
         }
     }
 
+    /// Whether every key is on one master (a fixed URL or Sentinel's): a
+    /// script may then touch keys of any slot.
+    pub(crate) fn one_master(&self) -> bool {
+        matches!(self.topology, Topology::Single(_))
+    }
+
     /// A shared connection for ordinary (non-blocking) commands.
     pub(crate) fn command(&self) -> Conn {
         match &self.topology {
@@ -393,7 +399,7 @@ impl Connections {
         commands: impl IntoIterator<Item = redis::Pipeline>,
     ) -> Result<Vec<T>, RedisError> {
         let mut conn = self.command();
-        if matches!(self.topology, Topology::Cluster(_)) {
+        if !self.one_master() {
             return futures_util::future::try_join_all(commands.into_iter().map(|pipe| {
                 let mut conn = conn.clone();
                 async move { pipe.query_async::<T>(&mut conn).await }

@@ -1,5 +1,5 @@
--- Up to ARGV[2] scheduled jobs of a partition whose time (ARGV[1], Unix
--- ms) came, for promoter ARGV[3] to queue, under a lease on the
+-- Up to ARGV[2] scheduled jobs per partition whose time (ARGV[1], Unix
+-- ms) came, for promoter ARGV[3] to queue, under a lease on each
 -- partition's promotion (ARGV[4] ms): while one promoter holds it, the
 -- others pass the partition by, so they do not all race to publish the
 -- same jobs. The lease is only about efficiency: a promotion is exactly
@@ -12,29 +12,34 @@
 -- promoted job. The head is only a starting point: publish.lua's
 -- compare-and-set still decides.
 --
--- KEYS[1] the partition's schedule, KEYS[2] its promotion lease;
--- ARGV[5] what the partition's job hash keys start with (the hashes are in
--- the schedule's slot).
+-- Any number of partitions, in pairs of keys: KEYS[2i-1] partition i's
+-- schedule, KEYS[2i] its promotion lease; ARGV[4+i] what its job hash keys
+-- start with (the hashes are in the schedule's slot). One call asks every
+-- partition of a master (on a cluster, one partition per call: its keys
+-- share a slot).
 -- Returns {id, seq, state, last_n} flattened per due job, seq false when
--- the job is gone (none while another promoter holds the lease).
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[3] then
-  return {}
-end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due == 0 then
-  if holder then
-    redis.call('DEL', KEYS[2])
-  end
-else
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-end
+-- the job is gone (none from a partition another promoter holds).
 local out = {}
-for _, id in ipairs(due) do
-  local head = redis.call('HMGET', ARGV[5] .. id, 'seq', 'state', 'last_n')
-  out[#out + 1] = id
-  out[#out + 1] = head[1]
-  out[#out + 1] = head[2]
-  out[#out + 1] = head[3]
+for i = 1, #KEYS / 2 do
+  local schedule, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local holder = redis.call('GET', lease)
+  if not holder or holder == ARGV[3] then
+    local due = redis.call('ZRANGEBYSCORE', schedule, '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+    if #due == 0 then
+      if holder then
+        redis.call('DEL', lease)
+      end
+    else
+      redis.call('SET', lease, ARGV[3], 'PX', ARGV[4])
+    end
+    local prefix = ARGV[4 + i]
+    for _, id in ipairs(due) do
+      local head = redis.call('HMGET', prefix .. id, 'seq', 'state', 'last_n')
+      out[#out + 1] = id
+      out[#out + 1] = head[1]
+      out[#out + 1] = head[2]
+      out[#out + 1] = head[3]
+    end
+  end
 end
 return out
