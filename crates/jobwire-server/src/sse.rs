@@ -101,7 +101,11 @@ pub async fn stream(
             tokio::pin!(expiry);
             let stop = outbox.stop.cancelled();
             tokio::pin!(stop);
-            let (mut expiry_armed, mut stop_armed) = (false, false);
+            // Likewise the wait for the client to go: a fresh `closed()` per
+            // delivery joined (and left) the channel's waiter list each time.
+            let closed = tx.closed();
+            tokio::pin!(closed);
+            let (mut expiry_armed, mut stop_armed, mut closed_armed) = (false, false, false);
             loop {
                 let ended = session.is_empty();
                 for item in out.drain(..) {
@@ -138,11 +142,15 @@ pub async fn stream(
                         }
                         return;
                     }
-                    () = tx.closed() => return,
+                    () = when_due(closed.as_mut(), &mut closed_armed, |_| tx.is_closed()) => return,
                     delivery = inbox.recv() => {
-                        if let Err(e) = Box::pin(session.deliver(delivery, &mut out)).await {
-                            tracing::warn!(error = %e, "cannot read a job log for an SSE client");
-                            return;
+                        // Events in step are handled without a future; only
+                        // a log re-read awaits (boxed: rare, and large).
+                        if let Some(slow) = session.deliver_now(delivery, &mut out) {
+                            if let Err(e) = Box::pin(session.deliver(slow, &mut out)).await {
+                                tracing::warn!(error = %e, "cannot read a job log for an SSE client");
+                                return;
+                            }
                         }
                     }
                 }

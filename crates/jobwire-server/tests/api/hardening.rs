@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use futures_util::StreamExt;
 use jobwire_server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,6 +219,60 @@ async fn sse_streams_leave_the_http_caps_for_the_live_limits() -> Result<()> {
     ensure!(get_status(&app, "/healthz").await? == 200);
     let past = open().await?;
     ensure!(past.status() == 429, "the 41st stream: {}", past.status());
+    Ok(())
+}
+
+/// A stream the client drops gives its slot back at once, with no event
+/// published meanwhile (the stream notices the client is gone, not only
+/// its next write failing): 40 streams dropped, 40 new ones accepted
+/// under a per-user limit of 40.
+#[tokio::test]
+async fn a_dropped_sse_stream_frees_its_slot_without_waiting_for_an_event() -> Result<()> {
+    let app = spawn_app_with(
+        memory(),
+        ServerConfig {
+            max_connections_per_user: 40,
+            ..tight()
+        },
+    )
+    .await?;
+    let job = running_job(&app.backend, "alice").await?;
+    let client = reqwest::Client::new();
+    let open = || async {
+        let response = client
+            .get(app.url(&format!("/api/jobs/{}/stream", job.id)))
+            .bearer_auth(user_token("alice"))
+            .send()
+            .await?;
+        if response.status() != 200 {
+            return Ok::<_, anyhow::Error>(None);
+        }
+        let mut body = response.bytes_stream();
+        tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await?
+            .context("the stream ended")??;
+        Ok(Some(body))
+    };
+    let mut streams = Vec::new();
+    for i in 0..40 {
+        streams.push(
+            open()
+                .await?
+                .with_context(|| format!("stream {i} refused"))?,
+        );
+    }
+    drop(streams);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut again = Vec::new();
+    while again.len() < 40 {
+        match open().await? {
+            Some(body) => again.push(body),
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => bail!("{} streams accepted after 40 were dropped", again.len()),
+        }
+    }
     Ok(())
 }
 
