@@ -276,6 +276,47 @@ async fn a_dropped_sse_stream_frees_its_slot_without_waiting_for_an_event() -> R
     Ok(())
 }
 
+/// A quiet stream carries a comment line every 15 s (docs/protocol.md), so
+/// that proxies keep it open; it is served as `text/event-stream`, not
+/// cached.
+#[tokio::test]
+async fn a_quiet_sse_stream_carries_keep_alive_comments() -> Result<()> {
+    let app = spawn_app_with(memory(), tight()).await?;
+    let job = running_job(&app.backend, "alice").await?;
+    let response = reqwest::Client::new()
+        .get(app.url(&format!("/api/jobs/{}/stream", job.id)))
+        .bearer_auth(user_token("alice"))
+        .send()
+        .await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ensure!(
+        header("content-type") == "text/event-stream",
+        "{}",
+        header("content-type")
+    );
+    ensure!(header("cache-control") == "no-cache");
+    let mut body = response.bytes_stream();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while !seen.windows(4).any(|w| w == b"\n:\n\n") {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .context("no keep-alive comment within 25 s")?
+            .context("the stream ended")??;
+        seen.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(seen)?;
+    ensure!(text.starts_with("id: "), "{text}");
+    Ok(())
+}
+
 /// A token with arbitrary claims, signed with the test secret.
 fn claims_token(claims: serde_json::Value) -> Result<String> {
     use jsonwebtoken::{encode, EncodingKey, Header};
