@@ -358,6 +358,14 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The usual case as one string: `collect_str` goes through a
+        // formatting adapter that escapes each piece (a job's state holds
+        // up to four timestamps, written on every publish).
+        if let Some(text) = self.canonical() {
+            if let Ok(text) = std::str::from_utf8(&text) {
+                return s.serialize_str(text);
+            }
+        }
         s.collect_str(self)
     }
 }
