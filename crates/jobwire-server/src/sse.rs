@@ -7,8 +7,8 @@
 //!
 //! Messages are written as SSE text by [`sse_message`], one buffer each,
 //! rather than through axum's `Sse`/`Event`: those grow a buffer field by
-//! field and check every value for line breaks, per message and per
-//! stream (measured: ~1,000 instructions of a delivery's ~11,000).
+//! field and check every value for line breaks (measured: ~3,000 of a
+//! delivery's ~11,400 instructions).
 
 use std::convert::Infallible;
 use std::sync::Arc;
