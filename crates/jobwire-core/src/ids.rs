@@ -404,11 +404,15 @@ mod tests {
                     Err(_) => ms.to_string(),
                 };
             assert_eq!(text, general, "{ms}");
+            // JSON holds the same text, fast form or not.
+            let json = serde_json::to_string(&t).expect("serializes");
+            assert_eq!(json, format!("\"{text}\""), "{ms}");
             if !(0..253_402_300_800_000).contains(&ms) {
                 continue;
             }
             assert_eq!(Timestamp::parse_canonical(&text), Some(t), "{text}");
             assert_eq!(text.parse::<Timestamp>().ok(), Some(t));
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).ok(), Some(t));
         }
         // Other RFC 3339 forms go to the general parser, and agree with it.
         let t: Timestamp = "2026-11-28T13:00:00.5+01:00".parse().expect("valid");

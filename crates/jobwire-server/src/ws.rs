@@ -422,10 +422,11 @@ pub(crate) fn when_due<'a, F: Future>(
     })
 }
 
-/// Whether a connection's socket may have input: set when the socket wakes
-/// the task for a read (and at first, and after every frame read).
+/// Whether a connection's socket may have input ([`next_frame`]).
 #[derive(Default)]
 struct ReadSignal {
+    /// No read is due: set by a read that found nothing, cleared when the
+    /// socket wakes the task for a read (and after every frame read).
     quiet: AtomicBool,
     task: AtomicWaker,
 }
