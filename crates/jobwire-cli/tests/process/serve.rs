@@ -1,6 +1,8 @@
 //! `jobwire serve` (and the command line's configuration errors).
 
+use std::io::Read;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -295,7 +297,10 @@ fn secrets_never_show_in_help_or_logs() -> Result<()> {
     const JWT: &str = "s3cret-jwt-secret-0123456789";
     let port = jobwire_testkit::free_port()?;
     let redis_url = format!("redis://user:{PASSWORD}@127.0.0.1:{port}");
-    let run = |args: &[&str], wait: Option<Duration>| -> Result<String> {
+    // With `until`, the process runs until its output names that text (the
+    // "waiting for Redis" warning, which repeats) or 20 s pass, then is
+    // killed; without, it runs to its end.
+    let run = |args: &[&str], until: Option<&str>| -> Result<String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_jobwire"))
             .args(args)
             .env_clear()
@@ -306,26 +311,57 @@ fn secrets_never_show_in_help_or_logs() -> Result<()> {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
-        if let Some(wait) = wait {
-            // Long enough for several "waiting for Redis" warnings.
-            std::thread::sleep(wait);
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|mut out| {
+            let shown = Arc::clone(&shown);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = out.read(&mut buf) {
+                    shown
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+        let text = || {
+            String::from_utf8_lossy(&shown.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        };
+        if let Some(until) = until {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !text().contains(until) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
         }
-        let out = child.wait_with_output()?;
-        Ok(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        child.wait()?;
+        for reader in readers {
+            let _ = reader.join();
+        }
+        Ok(text())
     };
+    const REDACTED: &str = "user:***@127.0.0.1";
     for (args, wait) in [
         (&["serve", "--help"][..], None),
         (&["worker", "--help"], None),
         (&["dev", "--help"], None),
         (&["submit", "--help"], None),
         (&["token", "--help"], None),
-        (&["serve"], Some(Duration::from_millis(1500))),
-        (&["worker"], Some(Duration::from_millis(1500))),
+        (&["serve"], Some(REDACTED)),
+        (&["worker"], Some(REDACTED)),
     ] {
         let shown = run(args, wait)?;
         ensure!(
@@ -334,7 +370,7 @@ fn secrets_never_show_in_help_or_logs() -> Result<()> {
         );
         if wait.is_some() {
             ensure!(
-                shown.contains("user:***@127.0.0.1"),
+                shown.contains(REDACTED),
                 "{args:?}: the redacted URL is not named: {shown}"
             );
         }

@@ -70,7 +70,8 @@ pub async fn unacked_claim_is_reclaimed_with_a_new_attempt(f: &dyn BackendFactor
     let t = f.create(small_config()).await?;
     let b = t.backend.as_ref();
     let (job, claim) = claimed_and_started(b, "w1").await?;
-    let idle = Duration::from_millis(300);
+    // A second, so the fresh lease is still fresh when checked on a loaded host.
+    let idle = Duration::from_secs(1);
     ensure!(
         reclaim(b, "w2", idle, 3, 10).await?.is_empty(),
         "reclaimed a fresh lease"
@@ -122,9 +123,11 @@ pub async fn renewed_lease_is_not_reclaimed(f: &dyn BackendFactory) -> Result<()
     let b = t.backend.as_ref();
     demo_job(b).await?;
     let claim = claim_one(b, "w1").await?;
-    let idle = Duration::from_millis(400);
+    // Renewed four times over longer than the idle window; the window is
+    // wide enough that the last renewal is still fresh on a loaded host.
+    let idle = Duration::from_secs(1);
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         ensure!(b.renew("w1", &claim.entry).await?, "renew refused");
     }
     ensure!(

@@ -108,8 +108,10 @@ async fn a_stalled_worker_is_fenced_and_stops_its_job() -> Result<()> {
             job.reporter().flush().await?;
             if job.attempt() == 1 {
                 // Freezes the stalled worker's whole runtime, lease keeper
-                // included, as a long GC pause or SIGSTOP would.
-                std::thread::sleep(Duration::from_secs(3));
+                // included, as a long GC pause or SIGSTOP would. Long
+                // enough past the 1 s visibility timeout that the rescuer
+                // takes over first even on a loaded host.
+                std::thread::sleep(Duration::from_secs(5));
             }
             job.reporter().progress(2, 2, "after").await?;
             job.reporter().flush().await?;
@@ -156,7 +158,7 @@ async fn a_stalled_worker_is_fenced_and_stops_its_job() -> Result<()> {
         "{state:?}"
     );
     // Let the stalled worker wake up and try.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     stop_a.cancel();
     let a = thread_a
         .join()
@@ -188,11 +190,13 @@ async fn a_stalled_worker_is_fenced_and_stops_its_job() -> Result<()> {
 async fn shutdown_finishes_short_jobs_and_releases_long_ones() -> Result<()> {
     let server = RedisServer::start()?;
     let backend = support::backend(&server).await?;
+    // The deadline leaves the short job (0.4 s) ample time on a loaded host;
+    // the long one (4.5 s) cannot make it.
     let mut c = config("leaving");
-    c.shutdown_timeout = Duration::from_millis(800);
+    c.shutdown_timeout = Duration::from_secs(3);
     let a = Running::start(builtin(&backend, c).build()?);
     let short = create_demo(backend.as_ref(), json!({"steps": 4, "delay_ms": 100})).await?;
-    let long = create_demo(backend.as_ref(), json!({"steps": 60, "delay_ms": 30})).await?;
+    let long = create_demo(backend.as_ref(), json!({"steps": 150, "delay_ms": 30})).await?;
     for id in [&short.id, &long.id] {
         wait_progressing(backend.as_ref(), id).await?;
     }
