@@ -22,10 +22,12 @@ app = Celery("celery_tasks")
 app.conf.update(
     broker_url=os.environ.get("JOBWIRE_TEST_BROKER", "redis://127.0.0.1:9/0"),
     result_backend=os.environ.get("JOBWIRE_TEST_BACKEND", "redis://127.0.0.1:9/1"),
-    # A message a lost worker had taken comes back after 6 s (checked every
-    # second); the tasks that acknowledge late run for less than that.
+    # A message a lost worker had taken comes back after 10 s (checked every
+    # second); the tasks that acknowledge late run for well less than that
+    # (crashable(30, 0.1): 3 s asleep plus 60 publishes), so that even on a
+    # loaded host a rerun is not delivered a third time.
     broker_transport_options={
-        "visibility_timeout": 6,
+        "visibility_timeout": 10,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     },

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 import jobwire
-from harness import Server, token
+from harness import Server, quick_token, token
 
 
 class _AnyMessage(str):
@@ -30,7 +30,11 @@ def any_text() -> str:
 
 class Feeder:
     """Publishes ``total`` progress events to a new external job, one every
-    ``every`` seconds, then completes it (in a thread, through ``url``)."""
+    ``every`` seconds, then completes it (in a thread, through ``url``).
+
+    It starts publishing only once ``go()`` is called: tests call it when the
+    watch has the job's state, so the events they act on (a kill at event
+    60, say) are still ahead however slowly the watch connected."""
 
     def __init__(self, url: str, user: str, total: int, every: float = 0.004) -> None:
         self.client = jobwire.Client(url, token=token(user))
@@ -39,11 +43,19 @@ class Feeder:
         self.total = total
         self.every = every
         self.error: Optional[BaseException] = None
+        self._go = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
+    def go(self, item: Optional[jobwire.WatchItem] = None) -> None:
+        """Starts the feed; given a watch item, only if it is the job's state."""
+        if item is None or isinstance(item, jobwire.State):
+            self._go.set()
+
     def _run(self) -> None:
         try:
+            if not self._go.wait(60):
+                raise RuntimeError("the feed was never started")
             with self.reporter as job:
                 for i in range(1, self.total + 1):
                     job.progress(i, self.total)
@@ -79,6 +91,7 @@ def test_watch_follows_a_job_to_its_end(server: Server, client: jobwire.Client, 
     with client.watch(feeder.id) as watch:
         for item in watch:  # ends by itself once the job has finished
             items.append(item)
+            feeder.go(item)
     feeder.join()
     check_exact(items, feeder.id, 150)
     assert isinstance(items[0], jobwire.Status) and items[0].state == "connecting"
@@ -97,6 +110,7 @@ async def test_async_watch_survives_a_killed_gateway(
         async with c.watch([feeder.id]) as watch:
             async for item in watch:
                 items.append(item)
+                feeder.go(item)
                 if isinstance(item, jobwire.WatchEvent) and item.id == 60 and not killed:
                     killed = True
                     await asyncio.to_thread(a.kill)  # SIGKILL the instance we are on
@@ -116,6 +130,7 @@ def test_sync_watch_survives_a_killed_gateway(gateways: Callable[[], Server], us
     with jobwire.Client([b.url, a.url], token=token(user)) as c, c.watch(feeder.id) as watch:
         for item in watch:
             items.append(item)
+            feeder.go(item)
             if isinstance(item, jobwire.WatchEvent) and item.id == 100:
                 b.kill()
     feeder.join()
@@ -136,6 +151,7 @@ def test_a_restarted_gateway_is_resumed_on(gateways: Callable[[], Server], user:
     with jobwire.Client(only.url, token=token(user)) as c, c.watch(feeder.id) as watch:
         for item in watch:
             items.append(item)
+            feeder.go(item)
             if isinstance(item, jobwire.WatchEvent) and item.id == 50:
                 restarted.start()
     restarted.join()
@@ -220,13 +236,15 @@ def test_short_lived_tokens_are_refreshed_on_the_socket(server: Server, user: st
     minted: List[str] = []
 
     def provider() -> str:
-        minted.append(token(user, ttl="3s"))
+        minted.append(quick_token(user, 3))
         return minted[-1]
 
     feeder = Feeder(server.url, user, total=1200, every=0.005)  # about 7 s
     items: List[jobwire.WatchItem] = []
     with jobwire.Client(server.url, token=provider) as c, c.watch(feeder.id) as watch:
-        items.extend(watch)
+        for item in watch:
+            items.append(item)
+            feeder.go(item)
     feeder.join()
     check_exact(items, feeder.id, 1200)
     assert len(minted) >= 3  # refreshed before each expiry, without a new connection
