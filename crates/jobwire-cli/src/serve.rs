@@ -30,6 +30,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "REDIS_URL is required (or --memory / JOBWIRE_MEMORY=true for a single-node server)"
         )));
     }
+    if !args.memory {
+        store::check(&flags.store)?;
+    }
     let listener = bind(&flags).await?;
     let shutdown = shutdown_on_signal();
     let backend: Arc<dyn Backend> = if args.memory {
@@ -75,6 +78,7 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     flags.jwt_secret = Some(secret.clone());
     let auth = build_auth(&flags.auth_config()?)?;
     worker::check(&args.worker)?;
+    store::check(&flags.store)?;
     // `dev` is one person's machine: its token may do everything, the
     // operations commands (`jobwire workers`, `jobwire queues`) included.
     let token = mint_token(

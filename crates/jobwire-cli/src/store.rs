@@ -12,6 +12,18 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StoreFlags;
 use crate::Failure;
 
+/// Checks `REDIS_URL` and the TLS files without connecting: a bad one is a
+/// configuration error, reported before the process takes its port.
+pub(crate) fn check(store: &StoreFlags) -> Result<(), Failure> {
+    if store.redis_url.is_none() {
+        return Ok(());
+    }
+    store
+        .redis_config()
+        .check()
+        .map_err(|e| Failure::Usage(e.into()))
+}
+
 /// Connects to `REDIS_URL`. `None` when shutdown came first.
 pub(crate) async fn connect_redis(
     store: &StoreFlags,
@@ -26,6 +38,7 @@ pub(crate) async fn connect_redis(
                 e @ (ConnectError::Url { .. }
                 | ConnectError::Sentinel { .. }
                 | ConnectError::Layout(_)
+                | ConnectError::Cluster(_)
                 | ConnectError::Tls(_)),
             ) => return Err(Failure::Usage(e.into())),
             Err(e) => {

@@ -26,6 +26,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         )));
     }
     check(&args.worker)?;
+    store::check(&args.store)?;
     // Served from the start, before Redis is reached (a taken address fails
     // at once, and probes get an answer while Redis is awaited), and until
     // the worker has finished draining its jobs.
@@ -101,6 +102,21 @@ pub(crate) fn check(flags: &WorkerFlags) -> Result<(), Failure> {
             )));
         }
     }
+    // The command line's worker runs the built-in kinds, no others.
+    let kinds = jobwire_core::kinds::BUILTIN_KINDS;
+    let named = flags
+        .timeouts
+        .iter()
+        .map(|(kind, _)| ("--timeout", kind))
+        .chain(flags.retries.iter().map(|(kind, _)| ("--retry", kind)));
+    for (flag, kind) in named {
+        if !kinds.contains(&kind.as_str()) {
+            return Err(Failure::Usage(anyhow!(
+                "{flag} {kind}=…: this worker runs no kind {kind:?} (it runs: {})",
+                kinds.join(", ")
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -116,22 +132,7 @@ pub(crate) fn build(backend: Arc<dyn Backend>, flags: &WorkerFlags) -> Result<Wo
     for (kind, policy) in &flags.retries {
         builder = builder.retry(kind.clone(), policy.clone());
     }
-    let worker = builder
+    builder
         .build()
-        .map_err(|e| Failure::Usage(anyhow!("worker settings: {e}")))?;
-    let kinds = worker.kinds();
-    let named = flags
-        .timeouts
-        .iter()
-        .map(|(kind, _)| ("--timeout", kind))
-        .chain(flags.retries.iter().map(|(kind, _)| ("--retry", kind)));
-    for (flag, kind) in named {
-        if !kinds.contains(kind) {
-            return Err(Failure::Usage(anyhow!(
-                "{flag} {kind}=…: this worker runs no kind {kind:?} (it runs: {})",
-                kinds.join(", ")
-            )));
-        }
-    }
-    Ok(worker)
+        .map_err(|e| Failure::Usage(anyhow!("worker settings: {e}")))
 }

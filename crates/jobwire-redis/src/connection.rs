@@ -544,6 +544,49 @@ impl Single {
     }
 }
 
+/// The nodes of a cluster's URL list, each a `redis://` or `rediss://` URL.
+fn cluster_nodes<'a>(
+    config: &RedisConfig,
+    urls: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<ConnectionInfo>, ConnectError> {
+    let mut nodes = Vec::new();
+    for url in urls {
+        let url = url.trim();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConnectError::Cluster(format!(
+                "invalid REDIS_URL {}: {} is not a redis:// or rediss:// URL; a cluster \
+                 is given as a comma-separated list of node URLs",
+                crate::redacted(&config.url),
+                crate::redacted(url)
+            )));
+        }
+        nodes.push(
+            url.into_connection_info()
+                .map_err(|cause| ConnectError::Url {
+                    url: crate::redacted(&config.url),
+                    cause,
+                })?,
+        );
+    }
+    Ok(nodes)
+}
+
+/// The checks of `config` that need no Redis: the URL (each node's, for a
+/// cluster list; Sentinel's form), and the TLS files and certificates.
+/// Processes run them before they take their port or wait for Redis, so a
+/// typo is reported as one at once.
+pub(crate) fn check_offline(config: &RedisConfig) -> Result<(), ConnectError> {
+    if is_cluster_list(&config.url) {
+        cluster_nodes(config, config.url.split(','))?;
+    } else {
+        Source::new(config)?;
+    }
+    if config.url.starts_with("rediss") {
+        tls_config(certificates(config)?.as_ref())?;
+    }
+    Ok(())
+}
+
 impl Cluster {
     async fn open<'a>(
         config: &RedisConfig,
@@ -553,19 +596,7 @@ impl Cluster {
             url: crate::redacted(&config.url),
             cause,
         };
-        let mut nodes = Vec::new();
-        for url in urls {
-            let url = url.trim();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConnectError::Cluster(format!(
-                    "invalid REDIS_URL {}: {} is not a redis:// or rediss:// URL; a cluster \
-                     is given as a comma-separated list of node URLs",
-                    crate::redacted(&config.url),
-                    crate::redacted(url)
-                )));
-            }
-            nodes.push(url.into_connection_info().map_err(invalid)?);
-        }
+        let nodes = cluster_nodes(config, urls)?;
         let Some(seed) = nodes.first().cloned() else {
             return Err(ConnectError::Cluster("REDIS_URL lists no node".to_owned()));
         };

@@ -149,6 +149,14 @@ impl RedisConfig {
             wait_replicas: 0,
         }
     }
+
+    /// What can be checked without Redis: the URL (every node's, for a
+    /// cluster; Sentinel's form) and the TLS files. [`RedisBackend::connect`]
+    /// makes the same checks; a process makes them first to report a typo
+    /// at once, before it takes its port or waits for Redis.
+    pub fn check(&self) -> Result<(), ConnectError> {
+        connection::check_offline(self)
+    }
 }
 
 /// Why the backend could not start.

@@ -16,8 +16,23 @@ use crate::{next, redis_backend, token, watch, Jobwire, SECRET};
 fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
     /// Arguments, environment, and a word the error must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 14] = [
+    let cases: [Case; 17] = [
         (&["serve"], &[], "REDIS_URL"),
+        (
+            &["serve"],
+            &[("REDIS_URL", "redis://127.0.0.1:1,ftp://127.0.0.1:2")],
+            "not a redis:// or rediss:// URL",
+        ),
+        (
+            &["worker", "--timeout", "nokind=1m"],
+            &[("REDIS_URL", "redis://127.0.0.1:1")],
+            "runs no kind \"nokind\"",
+        ),
+        (
+            &["dev", "--retry", "nokind=3"],
+            &[("REDIS_URL", "redis://127.0.0.1:1")],
+            "runs no kind \"nokind\"",
+        ),
         (
             &["serve", "--memory"],
             &[("JOBWIRE_BIND", "notanaddress")],
@@ -91,9 +106,17 @@ fn configuration_errors_exit_2_naming_the_setting() -> Result<()> {
             "JOBWIRE_SCAN_ROOT",
         ),
     ];
+    // Every case runs with its address taken: a setting is checked before
+    // the port is (a busy port must not hide a typo, and a typo must not
+    // wait for Redis).
+    let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = held.local_addr()?.to_string();
     for (args, env, needle) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobwire"));
-        cmd.args(args).env_clear().env("JOBWIRE_JWT_SECRET", SECRET);
+        cmd.args(args)
+            .env_clear()
+            .env("JOBWIRE_JWT_SECRET", SECRET)
+            .env("JOBWIRE_BIND", &taken);
         for (k, v) in env {
             cmd.env(k, v);
         }
