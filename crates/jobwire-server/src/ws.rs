@@ -139,6 +139,10 @@ struct Admitted {
 enum End {
     /// The client went away, or the socket failed: nothing to say.
     Gone,
+    /// The client sent its Close: tungstenite has queued the answering
+    /// Close, which a flush writes (RFC 6455 §5.5.1; without it the
+    /// client sees 1006, an abnormal closure).
+    Answer,
     /// Say why and let the client answer (the closing handshake).
     Close(u16, String),
     /// Stopped while writing (shutdown, or a full outbox): say why, briefly,
@@ -211,6 +215,9 @@ fn connection(mut socket: WebSocket, mut admitted: Admitted) -> impl Future<Outp
         // idle connection's future.
         match end {
             End::Gone => {}
+            End::Answer => {
+                let _ = Box::pin(tokio::time::timeout(CLOSE_WRITE, socket.flush())).await;
+            }
             End::Close(code, reason) => Box::pin(close_gracefully(socket, code, reason)).await,
             End::Stopped(code, reason) => {
                 let bye = Message::Close(Some(CloseFrame {
@@ -387,14 +394,14 @@ impl Loop<'_> {
                             }
                         }
                         Message::Binary(_) => break End::Close(close::UNSUPPORTED, "binary frames are not supported".into()),
-                        Message::Close(_) => break End::Gone,
+                        Message::Close(_) => break End::Answer,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }
             }
         };
         match &end {
-            End::Gone => tracing::debug!("disconnected"),
+            End::Gone | End::Answer => tracing::debug!("disconnected"),
             End::Close(code, reason) => tracing::debug!(code, reason, "disconnected"),
             End::Stopped(code, reason) => tracing::debug!(code, reason, "disconnected"),
         }

@@ -636,6 +636,46 @@ async fn a_client_flooding_frames_is_closed_with_1008() -> Result<()> {
     Ok(())
 }
 
+/// A client that closes gets the server's Close back (the closing
+/// handshake), on both kinds of socket: a browser otherwise reports 1006,
+/// an abnormal closure, every time a page leaves.
+#[tokio::test]
+async fn a_client_s_close_is_answered_with_a_close() -> Result<()> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let app = spawn_app(memory()).await?;
+    let job = running_job(&app.backend, "alice").await?;
+    for path in [format!("/ws/jobs/{}", job.id), "/ws/jobs".to_owned()] {
+        let (mut ws, _) =
+            connect(&app.ws_url(&path), Some(&user_token("alice")), Via::Bearer).await?;
+        if path == "/ws/jobs" {
+            send(&mut ws, json!({"type": "ping"})).await?;
+        }
+        next_json(&mut ws).await?;
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await?;
+        let answer = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return Ok(frame),
+                    Some(Ok(_)) => continue,
+                    other => return Err(anyhow::anyhow!("{path}: no Close came back: {other:?}")),
+                }
+            }
+        })
+        .await
+        .context("no answer to a Close")??;
+        ensure!(
+            answer.as_ref().is_some_and(|f| f.code == CloseCode::Normal),
+            "{path}: answered with {answer:?}"
+        );
+    }
+    Ok(())
+}
+
 /// The server pings on its heartbeat; a client that answers stays, one that
 /// stops reading (and so never answers) is closed with 1001 after three
 /// intervals.
