@@ -119,12 +119,7 @@ impl Handler for Scan {
     async fn run(&self, job: JobContext) -> Result<JobOutcome, JobError> {
         let params = ScanParams::parse(job.params()).map_err(JobError::msg)?;
         let (dir, root) = self.resolve(&params.path)?;
-        let pattern = match &params.glob {
-            Some(g) => {
-                Some(glob::Pattern::new(g).map_err(|e| JobError::msg(format!("glob {g:?}: {e}")))?)
-            }
-            None => None,
-        };
+        let pattern = params.glob.as_deref().map(Glob::new).transpose()?;
         let reporter = job.reporter();
 
         let visited = Arc::new(AtomicU64::new(0));
@@ -212,8 +207,73 @@ enum Found {
     Broken { rel: String, message: String },
 }
 
+/// A scan's `glob`, matched against paths relative to the scanned
+/// directory (`*` stays within one directory, `**` spans any number).
+struct Glob {
+    pattern: glob::Pattern,
+    /// The pattern's parts between slashes, for [`Glob::may_match_below`].
+    parts: Vec<glob::Pattern>,
+}
+
+const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Glob {
+    fn new(text: &str) -> Result<Glob, JobError> {
+        let bad = |e: glob::PatternError| JobError::msg(format!("glob {text:?}: {e}"));
+        Ok(Glob {
+            pattern: glob::Pattern::new(text).map_err(bad)?,
+            parts: text
+                .split('/')
+                .map(glob::Pattern::new)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?,
+        })
+    }
+
+    fn matches(&self, rel: &str) -> bool {
+        self.pattern.matches_with(rel, GLOB_OPTIONS)
+    }
+
+    /// Whether some path below the directory `rel` could match: its
+    /// components match the pattern's leading parts, and the pattern goes
+    /// deeper (or reaches a `**`, which matches at any depth).
+    fn may_match_below(&self, rel: &str) -> bool {
+        let mut dirs = rel.split('/');
+        for part in &self.parts {
+            if part.as_str() == "**" {
+                return true;
+            }
+            match dirs.next() {
+                Some(dir) if part.matches_with(dir, GLOB_OPTIONS) => {}
+                Some(_) => return false,
+                None => return true,
+            }
+        }
+        false
+    }
+
+    /// Whether a failed entry is reported: a file (or a link to one) when
+    /// it matches; a directory that could not be entered when what it
+    /// holds could match. So `**/*.rs` does not count a link to a program
+    /// outside the root among its failures.
+    fn reports(glob: Option<&Glob>, rel: &str, is_dir: bool) -> bool {
+        glob.is_none_or(|g| {
+            if is_dir {
+                g.matches(rel) || g.may_match_below(rel)
+            } else {
+                g.matches(rel)
+            }
+        })
+    }
+}
+
 /// Walks `dir` in a stable order (by name), following symlinks that stay
-/// inside `root`; keeps the files matching `pattern` (relative to `dir`).
+/// inside `root`; keeps the files matching `pattern` (relative to `dir`),
+/// and the failures a match could be among.
 /// Counts visited entries in `visited`; stops (with what it found) when the
 /// job must stop.
 ///
@@ -222,7 +282,7 @@ enum Found {
 fn find(
     dir: &Path,
     root: &Path,
-    pattern: Option<&glob::Pattern>,
+    pattern: Option<&Glob>,
     limits: ScanLimits,
     reporter: &Reporter,
     visited: &AtomicU64,
@@ -233,10 +293,6 @@ fn find(
             .unwrap_or(p)
             .to_string_lossy()
             .into_owned()
-    };
-    let glob_opts = glob::MatchOptions {
-        require_literal_separator: true,
-        ..glob::MatchOptions::new()
     };
     let inside = |p: &Path| p.canonicalize().is_ok_and(|real| real.starts_with(root));
     // Links that lead out of the root, met by the filter (which cannot
@@ -251,7 +307,10 @@ fn find(
             // A link whose target exists outside the root. (A dangling
             // link passes: the walk reports it as the error it is.)
             if entry.path_is_symlink() && !inside(entry.path()) && entry.path().exists() {
-                outside.borrow_mut().push(relative(entry.path()));
+                let rel = relative(entry.path());
+                if Glob::reports(pattern, &rel, entry.path().is_dir()) {
+                    outside.borrow_mut().push(rel);
+                }
                 return false;
             }
             true
@@ -277,8 +336,16 @@ fn find(
             Ok(entry) => entry,
             Err(e) => {
                 let rel = e.path().map(relative).unwrap_or_else(|| ".".to_owned());
+                let is_link = e.path().is_some_and(|p| p.is_symlink());
+                let is_dir = e.loop_ancestor().is_some() || e.path().is_some_and(Path::is_dir);
+                if !Glob::reports(pattern, &rel, is_dir) {
+                    continue;
+                }
                 let message = match (e.loop_ancestor(), e.io_error()) {
                     (Some(ancestor), _) => format!("symlink loop back to {}", relative(ancestor)),
+                    (None, Some(io)) if is_link && io.kind() == io::ErrorKind::NotFound => {
+                        "a dangling link: its target does not exist".to_owned()
+                    }
                     (None, Some(io)) => io.to_string(),
                     (None, None) => e.to_string(),
                 };
@@ -298,7 +365,7 @@ fn find(
             continue;
         }
         let rel = relative(entry.path());
-        if pattern.is_some_and(|p| !p.matches_with(&rel, glob_opts)) {
+        if pattern.is_some_and(|p| !p.matches(&rel)) {
             continue;
         }
         if !file_type.is_file() {
@@ -415,6 +482,28 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a glob, a failure is reported when a match could be among it:
+    /// a file by its own name, a directory by what it could hold.
+    #[test]
+    fn a_glob_reports_only_the_failures_a_match_could_be_among() -> Result<(), JobError> {
+        let any_rs = Glob::new("**/*.rs")?;
+        assert!(!Glob::reports(Some(&any_rs), ".venv/bin/python", false));
+        assert!(Glob::reports(Some(&any_rs), "src/lib.rs", false));
+        assert!(Glob::reports(Some(&any_rs), "vendor/linked", true));
+        let fixed = Glob::new("d0[0-4]/*.txt")?;
+        assert!(!Glob::reports(Some(&fixed), "odd", true));
+        assert!(!Glob::reports(Some(&fixed), "odd/loop", true));
+        assert!(Glob::reports(Some(&fixed), "d01", true));
+        assert!(!Glob::reports(Some(&fixed), "d01/deeper", true));
+        assert!(Glob::reports(Some(&fixed), "d01/a.txt", false));
+        assert!(!Glob::reports(Some(&fixed), "d01/a.md", false));
+        let odd = Glob::new("odd/*")?;
+        assert!(Glob::reports(Some(&odd), "odd/loop", true));
+        assert!(Glob::reports(None, "anything", false));
+        assert!(Glob::new("a/**b").is_err());
+        Ok(())
+    }
 
     /// A walk stops as soon as the job must stop (here: cancelled), instead
     /// of collecting the whole tree first.

@@ -169,6 +169,21 @@ async fn scan_counts_a_tree_of_ten_thousand_files() -> Result<()> {
         some.result.as_ref().map(|r| r["files"].clone()) == Some(json!(500)),
         "{some:?}"
     );
+    // ... and reports only the failures a match could be among: none of
+    // odd/'s here; all of them when the glob is odd/*.
+    ensure!(some.failed_files == 0, "{some:?}");
+    let odd = scan(backend.as_ref(), json!({ "path": path, "glob": "odd/*" })).await?;
+    ensure!(
+        odd.failed_files == expected.failed && odd.total_files == 4,
+        "{odd:?}"
+    );
+    let errors = log(backend.as_ref(), &odd.id).await?;
+    ensure!(
+        errors.iter().any(|e| e.kind == EventType::Error
+            && e.data["file"] == "odd/dangling"
+            && e.data["message"] == "a dangling link: its target does not exist"),
+        "{errors:?}"
+    );
     running.shut_down().await?;
     Ok(())
 }
