@@ -69,8 +69,32 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             StatusCode::BAD_REQUEST => StatusCode::UNPROCESSABLE_ENTITY,
             other => other,
         };
-        ApiError::new(status, code, e.body_text())
+        ApiError::new(status, code, without_type_names(&e.body_text()))
     }
+}
+
+/// serde names the Rust type it expected ("expected struct CreateJob with
+/// 11 elements"): says "an object" instead, which is what the client must
+/// send. An array where an object belongs is said to be one, instead of
+/// "invalid length".
+fn without_type_names(text: &str) -> String {
+    const STRUCT: &str = "expected struct ";
+    let Some(at) = text.find(STRUCT) else {
+        return text.to_owned();
+    };
+    let rest = &text[at + STRUCT.len()..];
+    let mut tail = &rest[rest.find(' ').unwrap_or(rest.len())..];
+    if let Some(count) = tail.strip_prefix(" with ") {
+        if let Some(end) = count.find(" elements") {
+            tail = &count[end + " elements".len()..];
+        }
+    }
+    let mut head = &text[..at];
+    let array = head.rfind("invalid length ").map(|start| {
+        head = &text[..start];
+    });
+    let found = if array.is_some() { "an array, " } else { "" };
+    format!("{head}{found}expected an object{tail}")
 }
 
 impl From<AuthError> for ApiError {
@@ -166,4 +190,31 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         }
     }
     rebuilt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_type_names;
+
+    #[test]
+    fn body_errors_name_json_shapes_not_rust_types() {
+        let cases = [
+            (
+                "Failed to deserialize the JSON body into the target type: invalid length 0, expected struct CreateJob with 11 elements at line 1 column 2",
+                "Failed to deserialize the JSON body into the target type: an array, expected an object at line 1 column 2",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct CreateJob at line 1 column 3",
+                "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected an object at line 1 column 3",
+            ),
+            (
+                "backoff: invalid type: integer `5`, expected struct RetryBackoff",
+                "backoff: invalid type: integer `5`, expected an object",
+            ),
+            ("missing field `kind`", "missing field `kind`"),
+        ];
+        for (axum, ours) in cases {
+            assert_eq!(without_type_names(axum), ours);
+        }
+    }
 }

@@ -572,9 +572,11 @@ pub async fn history(
                 ResyncReason::Trimmed { oldest } => {
                     format!("events after {since} were trimmed; the oldest kept is {oldest}")
                 }
-                ResyncReason::EpochChanged { current } => {
-                    format!("the job's log was rebuilt (epoch is now {current})")
-                }
+                ResyncReason::EpochChanged { current } => format!(
+                    "the job's log is at epoch {current}, not {}: it was rebuilt, or the epoch \
+                     is not this job's; read it again from the start",
+                    epoch.as_ref().map_or("(none)", |e| e.as_str())
+                ),
                 ResyncReason::Ahead { last } => {
                     format!("since {since} is beyond the last event {last}")
                 }
