@@ -320,18 +320,28 @@ impl Auth {
     }
 }
 
+/// Whether `sub` can name a user: what [`mint_token`]'s callers check
+/// before signing a token the server would refuse.
+///
+/// # Errors
+/// Why not, in words for the person who chose it.
+pub fn check_user(sub: &str) -> Result<(), &'static str> {
+    if sub.trim().is_empty() {
+        return Err("the token's sub (user) is empty");
+    }
+    if sub.len() > 256 || sub.chars().any(char::is_control) {
+        return Err(
+            "the token's sub (user) must be at most 256 characters, without control characters",
+        );
+    }
+    Ok(())
+}
+
 /// The caller of a verified token. `sub` names the user in listings, keys
 /// and logs: it must be non-empty and free of control characters (a newline
 /// would forge log lines).
 fn principal(claims: Claims) -> Result<Principal, AuthError> {
-    if claims.sub.trim().is_empty() {
-        return Err(AuthError::Invalid("the token's sub (user) is empty"));
-    }
-    if claims.sub.len() > 256 || claims.sub.chars().any(char::is_control) {
-        return Err(AuthError::Invalid(
-            "the token's sub (user) must be at most 256 characters, without control characters",
-        ));
-    }
+    check_user(&claims.sub).map_err(AuthError::Invalid)?;
     Ok(Principal {
         user: claims.sub,
         scopes: claims.scope.0,

@@ -53,7 +53,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{mint_token, Auth, AuthConfig, Scope};
+pub use auth::{check_user, mint_token, Auth, AuthConfig, Scope};
 pub use state::{AppState, ServerConfig};
 
 /// How long shutdown waits for sockets to close before giving up on them.

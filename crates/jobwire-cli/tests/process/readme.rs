@@ -290,8 +290,9 @@ async fn dev_survives_a_closed_stdout() -> Result<()> {
     Ok(())
 }
 
-/// `jobwire token` with no secret, before `dev` ever ran: one clear line
-/// and exit 2, not a token nobody accepts.
+/// `jobwire token` with no secret, before `dev` ever ran, or for a user or
+/// a lifetime no server accepts: one clear line and exit 2, not a token
+/// nobody accepts.
 #[test]
 fn token_without_a_secret_or_a_dev_secret_says_what_to_do() -> Result<()> {
     let home = tempfile::tempdir()?;
@@ -308,6 +309,28 @@ fn token_without_a_secret_or_a_dev_secret_says_what_to_do() -> Result<()> {
     );
     if !out.stdout.is_empty() {
         bail!("printed a token: {}", text(&out));
+    }
+    // Nor one the server would refuse: an empty user, an expiry now.
+    for (args, needle) in [
+        (&["--sub", ""][..], "--sub: the token's sub (user) is empty"),
+        (&["--sub", "a\nb"], "--sub: "),
+        (
+            &["--sub", "alice", "--ttl", "0s"],
+            "--ttl: a token lives at least 1s",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+            .arg("token")
+            .args(args)
+            .env_clear()
+            .env("JOBWIRE_JWT_SECRET", "0123456789abcdef0123")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2) && out.stdout.is_empty() && stderr.contains(needle),
+            "{args:?}: {}",
+            text(&out)
+        );
     }
     Ok(())
 }
