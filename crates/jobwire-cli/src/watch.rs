@@ -272,7 +272,7 @@ impl Tracked {
                     humantime::format_duration(Duration::from_secs(d.as_secs()))
                 )
             }
-            Some(d) => format!(" in {:.1?}", d),
+            Some(d) => format!(" in {}", short_duration(d)),
             None => String::new(),
         };
         let files = if self.total > 0 {
@@ -345,7 +345,10 @@ impl View {
                 width,
             } => match item {
                 WatchEvent::Status(ConnectionStatus::Disconnected { reason, retry_in }) => {
-                    connection.set_message(format!("⟳ reconnecting in {retry_in:.1?}: {reason}"));
+                    connection.set_message(format!(
+                        "⟳ reconnecting in {}: {reason}",
+                        short_duration(*retry_in)
+                    ));
                 }
                 WatchEvent::Resumed { .. }
                 | WatchEvent::Status(ConnectionStatus::Connected { .. }) => {
@@ -546,12 +549,27 @@ fn print_line(item: &WatchEvent) {
             .to_json()
         ),
         WatchEvent::Status(ConnectionStatus::Disconnected { reason, retry_in }) => {
-            eprintln!("jobwire: disconnected ({reason}); reconnecting in {retry_in:.1?}");
+            eprintln!(
+                "jobwire: disconnected ({reason}); reconnecting in {}",
+                short_duration(*retry_in)
+            );
         }
         WatchEvent::Status(ConnectionStatus::Connected { url }) => {
             eprintln!("jobwire: connected to {url}");
         }
         WatchEvent::Status(ConnectionStatus::Connecting { .. }) => {}
+    }
+}
+
+/// A duration under a minute as people write it: "under 1ms", "307ms",
+/// "2.5s".
+fn short_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        "under 1ms".to_owned()
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -574,6 +592,10 @@ mod tests {
         t.kind = "demo".into();
         assert_eq!(t.took(), Some(Duration::from_millis(2_500)));
         assert_eq!(t.summary(), "demo completed in 2.5s");
+        t.finished_at = t.started_at;
+        assert_eq!(t.summary(), "demo completed in under 1ms");
+        t.finished_at = Some(Timestamp::from_unix_millis(1_307));
+        assert_eq!(t.summary(), "demo completed in 307ms");
     }
 
     #[test]

@@ -274,11 +274,13 @@ fn file_progress(state: &JobState) -> f64 {
     clamp_percent(done / state.total_files as f64 * 100.0)
 }
 
+/// A percentage from 0 to 100, to two decimals: 7 of 50 is 14, not
+/// 14.000000000000002.
 fn clamp_percent(p: f64) -> f64 {
     if p.is_nan() {
         0.0
     } else {
-        p.clamp(0.0, 100.0)
+        (p.clamp(0.0, 100.0) * 100.0).round() / 100.0
     }
 }
 
@@ -382,6 +384,17 @@ mod tests {
         assert_eq!(s.progress, 100.0);
         assert_eq!(s.last_event_id, EventId(6));
         assert_eq!(s.result, Some(json!({"files": 2})));
+    }
+
+    #[test]
+    fn progress_is_a_percentage_to_two_decimals() {
+        let mut s = queued();
+        s = apply(&s, &event(&s, EventType::JobStarted, json!({}))).expect("legal");
+        for (current, total, percent) in [(7, 50, 14.0), (29, 50, 58.0), (1, 3, 33.33)] {
+            let data = json!({"current": current, "total": total});
+            s = apply(&s, &event(&s, EventType::Progress, data)).expect("legal");
+            assert_eq!(s.progress, percent);
+        }
     }
 
     #[test]
