@@ -211,7 +211,8 @@ pub(crate) struct WorkerFlags {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) max_attempts: u32,
     /// On SIGTERM, how long running jobs may take to finish before they are
-    /// handed back to the queue.
+    /// handed back to the queue. (`jobwire dev` without Redis waits at most
+    /// 1s: its jobs end with the process anyway.)
     #[arg(long, env = "JOBWIRE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) shutdown_timeout: Duration,
     /// This worker's name in the queue's consumer group (default:

@@ -121,7 +121,7 @@ pub(crate) async fn dev(args: DevArgs) -> Result<(), Failure> {
     let workers = worker::build(Arc::clone(&backend), &worker_flags)?;
     let concurrency = workers.config().concurrency;
     let banner = format!(
-        "jobwire dev is running: jobs kept {store}, {concurrency} workers in this process
+        "jobwire dev is running: jobs kept {store}; a worker in this process runs up to {concurrency} jobs at once
 
   Open the web UI (signed in as \"dev\"):
     http://{addr}/#token={token}
@@ -163,7 +163,10 @@ async fn run(
     let config = flags.server_config();
     warn_if_too_few_files(&config);
     let state = AppState::new(backend, auth, config, shutdown);
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "serving"),
+        Err(e) => tracing::info!(error = %e, "serving (the bound address cannot be read)"),
+    }
     jobwire_server::serve(listener, state)
         .await
         .map_err(|e| Failure::Runtime(anyhow!("server failed: {e}")))?;

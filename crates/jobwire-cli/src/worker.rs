@@ -81,7 +81,9 @@ fn serve_metrics(listener: TcpListener, worker: Arc<OnceLock<Worker>>, done: Can
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    tracing::info!(?addr, "serving worker metrics");
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "serving worker metrics");
+    }
     tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(done.cancelled_owned())
