@@ -25,7 +25,7 @@ use jobwire_client::{
     Client, ConnectionStatus, Cursor, Event, EventType, JobId, JobState, JobStatus, WatchEvent,
 };
 use jobwire_core::{Control, Timestamp};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::WatchArgs;
@@ -532,9 +532,15 @@ fn print_line(item: &WatchEvent) {
             }
             .to_json()
         ),
-        WatchEvent::Resumed { job_id, id } => {
-            println!("{}", json!({"type": "resumed", "job_id": job_id, "id": id}));
-        }
+        WatchEvent::Resumed { job_id, id, epoch } => println!(
+            "{}",
+            Control::Resumed {
+                job_id: job_id.clone(),
+                id: *id,
+                epoch: epoch.clone(),
+            }
+            .to_json()
+        ),
         WatchEvent::Refused {
             job_id,
             code,

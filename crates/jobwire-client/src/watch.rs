@@ -70,8 +70,13 @@ pub enum WatchEvent {
     /// fresh watch, or, with `resync`, after a resume point was lost (events
     /// were trimmed or the log rebuilt): the state replaces what you had.
     State { job: Box<JobState>, resync: bool },
-    /// A reconnect resumed exactly after `id`; nothing was missed.
-    Resumed { job_id: JobId, id: EventId },
+    /// A reconnect resumed exactly after `id` of the log `epoch`; nothing
+    /// was missed.
+    Resumed {
+        job_id: JobId,
+        id: EventId,
+        epoch: Epoch,
+    },
     /// The next event of a job: its id is the previous one's plus one.
     Event(Event),
     /// The connection changed.
@@ -485,7 +490,10 @@ impl Runner {
             return Step::Go;
         };
         match &watched.cursor {
-            Some(c) if c.id == id => self.go(WatchEvent::Resumed { job_id, id }).await,
+            Some(c) if c.id == id => {
+                let epoch = c.epoch.clone();
+                self.go(WatchEvent::Resumed { job_id, id, epoch }).await
+            }
             _ => Step::End(lost(format!(
                 "the server resumed {job_id} elsewhere than asked"
             ))),

@@ -73,6 +73,16 @@ async fn submit_watch_jobs_and_cancel() -> Result<()> {
                 && !["current_state", "resumed"].contains(&i["type"].as_str().unwrap_or_default())
         })
         .collect();
+    // The watch resumes after the state `submit` printed: its `resumed`
+    // line is the protocol's message, with the log's epoch.
+    let resumed: Vec<&Value> = items.iter().filter(|i| i["type"] == "resumed").collect();
+    ensure!(resumed.len() == 1, "{items:?}");
+    for resumed in resumed {
+        ensure!(
+            resumed["epoch"] == state["epoch"] && resumed["job_id"] == state["job_id"],
+            "{resumed} after {state}"
+        );
+    }
     let first = state["id"].as_u64().context("no id")?;
     for (i, e) in events.iter().enumerate() {
         ensure!(
