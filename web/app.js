@@ -168,6 +168,10 @@ async function openList() {
     rows.set(job.id, row);
     tbody.append(row.tr);
   }
+  // An admin lists everyone's jobs: then say so, and whose each one is.
+  const severalOwners = new Set(page.jobs.map((j) => j.owner)).size > 1;
+  tbody.closest("table").classList.toggle("several-owners", severalOwners);
+  $("#jobs-title").textContent = severalOwners ? "All users' jobs" : "Your jobs";
   $("#empty").hidden = page.jobs.length > 0;
   $("#newer").disabled = cursors.length <= 1;
   $("#older").disabled = !page.next_cursor;
@@ -204,6 +208,7 @@ function jobRow(job) {
     { "data-job-id": job.id },
     el("td", {}, el("a", { href: `#/jobs/${job.id}` }, el("code", {}, job.id.slice(-8)))),
     el("td", { class: "kind" }, job.kind),
+    el("td", { class: "owner", "data-testid": "row-owner" }, job.owner),
     el("td", {}, status),
     el("td", { class: "wide" }, bar, sub),
     el("td", { class: "sub created", title: job.created_at }, new Date(job.created_at).toLocaleString()),

@@ -375,5 +375,20 @@ test("an admin drives the operations pages: queues, workers, failed jobs, schedu
   assert.match(await plain.p.textContent("[data-testid=queues-error]"), /admin/);
   assert.equal(await plain.p.isVisible("[data-testid=ops-nav]"), false);
   await plain.p.close();
+
+  // The job list: an admin's holds everyone's jobs, and says whose each is;
+  // alice's holds her own, with no owner column.
+  await api("POST", "/api/jobs", { kind: "demo", params: { steps: 1, delay_ms: 0 } });
+  const all = await page(`${server.url}/#token=${admin}`);
+  await all.p.waitForFunction(() => document.querySelector("#jobs-title").textContent === "All users' jobs", null, { timeout: 10000 });
+  const owners = await all.p.$$eval("[data-testid=row-owner]", (tds) => tds.filter((td) => td.offsetParent !== null).map((td) => td.textContent));
+  assert.deepEqual([...new Set(owners)].sort(), ["alice", "root"]);
+  assert.deepEqual(all.errors, []);
+  await all.p.close();
+  const mine = await page(`${server.url}/#token=${alice}`);
+  await mine.p.waitForSelector("[data-testid=row-owner]", { state: "attached", timeout: 10000 });
+  assert.equal(await mine.p.textContent("#jobs-title"), "Your jobs");
+  assert.equal(await mine.p.isVisible("[data-testid=row-owner]"), false);
+  await mine.p.close();
   await server.kill();
 });

@@ -160,15 +160,29 @@ pub(crate) async fn jobs(args: JobsArgs) -> Result<(), Failure> {
         println!("no jobs");
         return Ok(());
     }
+    // An admin lists everyone's jobs: then the table says whose each is.
+    let several_owners = jobs.iter().any(|j| j.owner != jobs[0].owner);
+    let owner = |name: &str| {
+        if several_owners {
+            format!("{:<12}  ", truncate(name, 12))
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<26}  {:<10}  {:<9}  {:>5}  CREATED",
-        "ID", "KIND", "STATUS", "PROG"
+        "{:<26}  {:<10}  {}{:<9}  {:>5}  CREATED",
+        "ID",
+        "KIND",
+        owner("OWNER"),
+        "STATUS",
+        "PROG"
     );
     for job in &jobs {
         println!(
-            "{:<26}  {:<10}  {:<9}  {:>4.0}%  {}",
+            "{:<26}  {:<10}  {}{:<9}  {:>4.0}%  {}",
             job.id,
             truncate(&job.kind, 10),
+            owner(&job.owner),
             job.status.as_str(),
             job.progress,
             job.created_at

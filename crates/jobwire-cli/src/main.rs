@@ -51,7 +51,7 @@ enum Command {
     /// Follow jobs live with progress bars; resumes across reconnects. Exits
     /// 0 when all completed, 1 if any failed or was cancelled.
     Watch(config::WatchArgs),
-    /// List your jobs, newest first.
+    /// List your jobs, newest first (an admin token lists everyone's, with an OWNER column).
     Jobs(config::JobsArgs),
     /// Cancel a job.
     Cancel(config::CancelArgs),

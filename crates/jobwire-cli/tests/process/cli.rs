@@ -687,6 +687,33 @@ async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&id),
         "{out:?}"
     );
+
+    // The table: alice's jobs need no owner column; an admin's listing of
+    // everyone's (root's job among alice's) says whose each one is.
+    let root = jobwire_server::mint_token(
+        crate::SECRET,
+        "root",
+        &[jobwire_server::Scope::JobsWrite],
+        Duration::from_secs(600),
+    )?;
+    let made = reqwest::Client::new()
+        .post(server.url("/api/jobs"))
+        .bearer_auth(root)
+        .json(&serde_json::json!({"kind": "demo", "params": {"steps": 1}}))
+        .send()
+        .await?;
+    ensure!(made.status() == 201, "{made:?}");
+    let mine = jobwire(&server, &["jobs"])?;
+    let mine = String::from_utf8_lossy(&mine.stdout);
+    ensure!(mine.starts_with("ID") && !mine.contains("OWNER"), "{mine}");
+    let all = as_admin(&["jobs"])?;
+    let all = String::from_utf8_lossy(&all.stdout);
+    ensure!(
+        all.lines().next().is_some_and(|h| h.contains("OWNER"))
+            && all.contains(" alice ")
+            && all.contains(" root "),
+        "{all}"
+    );
     Ok(())
 }
 
