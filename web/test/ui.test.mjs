@@ -38,8 +38,11 @@ async function page(url, viewport = { width: 1200, height: 900 }) {
   const p = await browser.newPage({ viewport });
   const errors = [];
   p.on("pageerror", (e) => errors.push(e.message));
+  // Whatever the page asks for must exist (the favicon too).
+  const missing = [];
+  p.on("response", (r) => r.status() === 404 && missing.push(r.url()));
   await p.goto(url);
-  return { p, errors };
+  return { p, errors, missing };
 }
 
 async function startDemo(p, { steps, delay }) {
@@ -62,7 +65,7 @@ function assertConsecutive(ids) {
 
 test("a demo job started from the page runs to 100% live", async () => {
   const server = await Server.start(["dev"]);
-  const { p, errors } = await page(`${server.url}/#token=${token()}`);
+  const { p, errors, missing } = await page(`${server.url}/#token=${token()}`);
   await p.waitForSelector("[data-testid=new-job]");
   assert.ok(!p.url().includes("token="), "the token stayed in the URL");
   const id = await startDemo(p, { steps: 20, delay: 50 });
@@ -79,6 +82,13 @@ test("a demo job started from the page runs to 100% live", async () => {
   await p.waitForSelector(`tr[data-job-id="${id}"] [data-testid=row-status].completed`);
   await p.screenshot({ path: `${SHOTS}/job-list.png`, fullPage: true });
   assert.deepEqual(errors, []);
+  assert.deepEqual(missing, []);
+  // The icon the page names, and the one browsers ask for unprompted.
+  for (const icon of [await p.getAttribute("link[rel=icon]", "href"), "/favicon.ico"]) {
+    const r = await fetch(server.url + icon);
+    assert.equal(r.status, 200, icon);
+    assert.equal(r.headers.get("content-type"), "image/svg+xml");
+  }
   await p.close();
   await server.kill();
 });

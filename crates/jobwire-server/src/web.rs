@@ -1,6 +1,8 @@
 //! The web UI and the JavaScript client, compiled into the binary: `/`
-//! (web/index.html), `/app.js`, `/style.css` and `/jobwire.js`
-//! (clients/js/jobwire.js). No build step: they are plain files.
+//! (web/index.html), `/app.js`, `/style.css`, `/favicon.svg` (also served
+//! as `/favicon.ico`, which browsers ask for by themselves) and
+//! `/jobwire.js` (clients/js/jobwire.js). No build step: they are plain
+//! files.
 
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
@@ -15,6 +17,7 @@ use crate::state::AppState;
 const INDEX: &str = include_str!("../../../web/index.html");
 const APP: &str = include_str!("../../../web/app.js");
 const STYLE: &str = include_str!("../../../web/style.css");
+const ICON: &str = include_str!("../../../web/favicon.svg");
 const CLIENT: &str = include_str!("../../../clients/js/jobwire.js");
 
 /// Scripts and styles from this server only; sockets and requests to it
@@ -35,6 +38,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/favicon.svg",
+            get(|| async { asset("image/svg+xml", ICON) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { asset("image/svg+xml", ICON) }),
         )
         .route(
             "/jobwire.js",
