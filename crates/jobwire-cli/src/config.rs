@@ -594,13 +594,11 @@ pub(crate) struct JobsArgs {
 }
 
 #[derive(Debug, Args)]
+// Job ids or --all-failed, one of them: said so in the usage line.
+#[command(group(clap::ArgGroup::new("which").required(true).args(["jobs", "all_failed"])))]
 pub(crate) struct RetryArgs {
     /// The failed jobs to retry.
-    #[arg(
-        value_name = "JOB_ID",
-        required_unless_present = "all_failed",
-        conflicts_with = "all_failed"
-    )]
+    #[arg(value_name = "JOB_ID")]
     pub(crate) jobs: Vec<String>,
     /// Every failed job (of every user), or those the filters pick.
     #[arg(long)]

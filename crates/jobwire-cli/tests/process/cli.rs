@@ -677,6 +677,8 @@ async fn retry_gives_a_failed_job_a_new_attempt() -> Result<()> {
         2,
         "--all-failed",
     )?;
+    // Neither ids nor --all-failed: the usage names both.
+    exits_with(&as_admin(&["retry"])?, 2, "<JOB_ID|--all-failed>")?;
     let out = as_admin(&["retry", "--all-failed", "--queue", "scan"])?;
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no failed jobs"),
