@@ -109,14 +109,8 @@ impl Cron {
     /// # Errors
     /// A message saying what is wrong with the expression or the zone.
     pub fn parse(expr: &str, tz: Option<&str>) -> std::result::Result<Cron, String> {
-        use croner::parser::{CronParser, Seconds, Year};
-
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build()
-            .parse(expr)
-            .map_err(|e| format!("cron {expr:?}: {e}"))?;
+        let cron =
+            parse_cron(expr).map_err(|e| format!("cron {expr:?}: {}", explained(expr, &e)))?;
         let tz = match tz {
             None => jiff::tz::TimeZone::UTC,
             Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
@@ -126,7 +120,11 @@ impl Cron {
         let parsed = Cron { cron, tz };
         // An expression that never matches (31 February) is refused now,
         // not found out at its first tick.
-        parsed.next_after(Timestamp::now())?;
+        if parsed.next_after(Timestamp::now()).is_err() {
+            return Err(format!(
+                "cron {expr:?} never fires: no date matches it (such as 31 February)"
+            ));
+        }
         Ok(parsed)
     }
 
@@ -148,6 +146,53 @@ impl Cron {
             next.timestamp().as_millisecond(),
         ))
     }
+}
+
+fn parse_cron(expr: &str) -> std::result::Result<croner::Cron, croner::errors::CronError> {
+    use croner::parser::{CronParser, Seconds, Year};
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expr)
+}
+
+/// What is wrong with `expr`, which croner refused with `error`: the field
+/// count, or which field, and what that field takes. (croner's own words
+/// name neither: "Number out of bounds.")
+fn explained(expr: &str, error: &croner::errors::CronError) -> String {
+    const FIELDS: [(&str, &str); 6] = [
+        ("seconds", "0–59"),
+        ("minute", "0–59"),
+        ("hour", "0–23"),
+        ("day-of-month", "1–31"),
+        ("month", "1–12 or JAN–DEC"),
+        ("day-of-week", "0–7 or SUN–SAT, 0 and 7 both Sunday"),
+    ];
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if expr.trim_start().starts_with('@') {
+        return format!("{error} (the shortcuts are @yearly, @monthly, @weekly, @daily, @hourly)");
+    }
+    let names = match fields.len() {
+        5 => &FIELDS[1..],
+        6 => &FIELDS[..],
+        n => {
+            return format!(
+                "{n} fields; a cron expression has 5 (minute hour day-of-month month \
+                 day-of-week), or 6 with seconds first"
+            )
+        }
+    };
+    // The first field that fails alone, the others being `*`.
+    for (i, (field, (name, range))) in fields.iter().zip(names).enumerate() {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *field } else { "*" })
+            .collect();
+        if let Err(e) = parse_cron(&alone.join(" ")) {
+            return format!("the {name} field {field:?} is invalid ({range}): {e}");
+        }
+    }
+    error.to_string()
 }
 
 /// Checks a schedule's name: 1 to 64 of letters, digits, `-`, `_`, `.`, `:`
@@ -340,6 +385,21 @@ mod tests {
         ] {
             let e = Cron::parse(bad, None).expect_err(bad);
             assert!(!e.is_empty(), "{bad}");
+        }
+        // Which field, and what it takes; a count; a date that never comes.
+        for (bad, says) in [
+            ("61 * * * *", "the minute field \"61\" is invalid (0–59)"),
+            (
+                "0 3 * * MON-XYZ",
+                "the day-of-week field \"MON-XYZ\" is invalid",
+            ),
+            ("0 61 * * * *", "the minute field \"61\""),
+            ("0 0 25 * * *", "the hour field \"25\" is invalid (0–23)"),
+            ("* * *", "3 fields; a cron expression has 5"),
+            ("0 0 31 2 *", "never fires"),
+        ] {
+            let e = Cron::parse(bad, None).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
         }
         let e = Cron::parse("* * * * *", Some("Mars/Olympus")).expect_err("unknown zone");
         assert!(e.contains("Mars/Olympus"), "{e}");
