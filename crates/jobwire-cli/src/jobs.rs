@@ -326,6 +326,13 @@ pub(crate) async fn queues(args: QueuesArgs) -> Result<(), Failure> {
         None => return list_queues(&args.client, args.json).await,
     };
     let client = client(&action.client)?;
+    // A queue may be paused before any job uses it; but a name no job or
+    // worker has used is more often a typo: say so (best effort).
+    let known: Option<Vec<String>> = client
+        .queues()
+        .await
+        .ok()
+        .map(|rows| rows.into_iter().map(|q| q.name).collect());
     client
         .set_paused(&action.queue, paused)
         .await
@@ -339,6 +346,17 @@ pub(crate) async fn queues(args: QueuesArgs) -> Result<(), Failure> {
             "resumed"
         }
     );
+    if let Some(known) = known.filter(|k| !k.contains(&action.queue)) {
+        eprintln!(
+            "jobwire: note: no job or worker has used queue {:?} yet (the queues in use: {})",
+            action.queue,
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
     Ok(())
 }
 

@@ -532,9 +532,21 @@ async fn a_paused_queue_holds_its_jobs_until_resumed() -> Result<()> {
     exits_with(&as_admin(&["queues", "pause", "a b"])?, 2, "queue name")?;
     let out = as_admin(&["queues", "pause", "demo"])?;
     ensure!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("paused"),
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("paused")
+            && out.stderr.is_empty(),
         "{out:?}"
     );
+    // A name nothing uses is paused all the same, with a note: a typo?
+    let out = as_admin(&["queues", "pause", "sacn"])?;
+    let note = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success()
+            && note.contains("no job or worker has used queue \"sacn\"")
+            && note.contains("demo"),
+        "{out:?}"
+    );
+    ensure!(as_admin(&["queues", "resume", "sacn"])?.status.success());
     let out = jobwire(
         &server,
         &["submit", "demo", "-p", "steps=1", "-p", "delay_ms=1"],
