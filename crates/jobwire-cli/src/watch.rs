@@ -60,21 +60,22 @@ pub(crate) async fn follow(
         ids.iter().map(|id| (id.clone(), Tracked::new())).collect();
     let mut from = Vec::with_capacity(start.len());
     for (id, state) in start {
-        let cursor = state.map(|job| {
-            let cursor = Cursor {
+        let mut cursor = None;
+        if let Some(job) = state {
+            cursor = Some(Cursor {
                 epoch: job.epoch.clone(),
                 id: job.last_event_id,
-            };
+            });
             if let Some(t) = jobs.get_mut(&id) {
                 t.apply_state(&job);
+                note_waiting(client, &job, t, &view).await;
             }
             let known = WatchEvent::State {
                 job: Box::new(job),
                 resync: false,
             };
             view.show(&known, &jobs);
-            cursor
-        });
+        }
         from.push((id, cursor));
     }
     let mut watch = client.watch_from(from);
@@ -105,6 +106,7 @@ pub(crate) async fn follow(
             WatchEvent::State { job, .. } => {
                 if let Some(t) = jobs.get_mut(&job.id) {
                     t.apply_state(job);
+                    note_waiting(client, job, t, &view).await;
                 }
             }
             WatchEvent::Event(e) => {
@@ -158,6 +160,19 @@ pub(crate) async fn follow(
     }
 }
 
+/// A queued job may wait for a worker that does not exist (no worker
+/// serves its queue): asks the server, and says so (on the job's bar, or
+/// once on stderr), instead of showing "queued" with no end in sight.
+async fn note_waiting(client: &Client, job: &JobState, t: &mut Tracked, view: &View) {
+    if job.status != JobStatus::Queued || t.waiting.is_some() {
+        return;
+    }
+    t.waiting = client.waiting(&job.id).await.ok().flatten();
+    if let (Some(why), View::Lines) = (&t.waiting, view) {
+        eprintln!("jobwire: {} waits: {why}", job.id);
+    }
+}
+
 /// What is known of one job.
 #[derive(Debug)]
 struct Tracked {
@@ -170,6 +185,8 @@ struct Tracked {
     current: Option<String>,
     error: Option<String>,
     message: Option<String>,
+    /// Why it stays queued ("no worker serves queue …"), while it does.
+    waiting: Option<String>,
     /// When the job's current attempt started and when it finished, as the
     /// server recorded them (not when this watch began).
     started_at: Option<Timestamp>,
@@ -190,6 +207,7 @@ impl Tracked {
             current: None,
             error: None,
             message: None,
+            waiting: None,
             started_at: None,
             finished_at: None,
             watching_since: Instant::now(),
@@ -206,6 +224,9 @@ impl Tracked {
         self.current = job.current_file.clone();
         self.error = job.error.clone();
         self.message = job.message.clone();
+        if job.status != JobStatus::Queued {
+            self.waiting = None;
+        }
         self.started_at = job.started_at;
         self.finished_at = job.finished_at;
     }
@@ -220,6 +241,9 @@ impl Tracked {
             .and_then(|s| s.parse().ok())
         {
             self.status = Some(s);
+            if s != JobStatus::Queued {
+                self.waiting = None;
+            }
         }
         self.total = num("total_files").unwrap_or(self.total);
         self.processed = num("processed_files").unwrap_or(self.processed);
@@ -461,6 +485,7 @@ fn update_bar(id: &JobId, bar: Option<&mut Bar>, t: Option<&Tracked>, width: usi
     }
     let status = t.status.map_or("…".to_owned(), |s| s.to_string());
     let detail = match (&t.error, &t.current, &t.message) {
+        _ if t.waiting.is_some() => t.waiting.clone().unwrap_or_default(),
         (Some(e), _, _) => e.clone(),
         (None, Some(file), _) => file.clone(),
         (None, None, Some(m)) => m.clone(),

@@ -267,6 +267,23 @@ impl Client {
             .await
     }
 
+    /// Why a queued job is not taken, when the server knows (`GET
+    /// /api/jobs/{id}`'s `waiting`: "no worker serves queue \"x\""); `None`
+    /// once a worker serves its queue, or when it is not queued.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown job or another user's.
+    pub async fn waiting(&self, id: &JobId) -> Result<Option<String>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Waiting {
+            waiting: Option<String>,
+        }
+        let reply: Waiting = self
+            .call(Method::GET, &format!("/api/jobs/{id}"), None)
+            .await?;
+        Ok(reply.waiting)
+    }
+
     /// `GET /api/jobs`: the caller's jobs, newest first.
     ///
     /// # Errors

@@ -765,3 +765,48 @@ async fn jobs_lists_more_than_one_page() -> Result<()> {
 fn lines_of(out: &Output) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
+
+/// Watching a job no worker can take says why it stays queued (the server
+/// knows no worker serves its queue), instead of "queued" with no end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_a_job_no_worker_serves_says_so() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let server = dev(&[]).await?;
+    let out = jobwire(&server, &["submit", "demo", "--queue", "nobody"])?;
+    ensure!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobwire"))
+        .args(["watch", &id])
+        .env_clear()
+        .env("JOBWIRE_URL", server.url(""))
+        .env("JOBWIRE_TOKEN", token())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let expected = format!("jobwire: {id} waits: no worker serves queue \"nobody\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut said, mut found) = (Vec::new(), false);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line == expected => {
+                found = true;
+                break;
+            }
+            Ok(line) => said.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure!(found, "never said why: {said:?}");
+    Ok(())
+}
