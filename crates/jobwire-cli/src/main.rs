@@ -51,7 +51,7 @@ enum Command {
     /// Follow jobs live with progress bars; resumes across reconnects. Exits
     /// 0 when all completed, 1 if any failed or was cancelled.
     Watch(config::WatchArgs),
-    /// List your jobs, newest first (an admin token lists everyone's, with an OWNER column).
+    /// List your jobs, newest first (an admin token lists everyone's; an OWNER column shows when they are several users').
     Jobs(config::JobsArgs),
     /// Cancel a job.
     Cancel(config::CancelArgs),

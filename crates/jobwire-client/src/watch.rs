@@ -415,8 +415,8 @@ impl Runner {
                 self.on_state(job_id, Cursor { epoch, id }, data, resync)
                     .await
             }
-            ServerMessage::Control(Control::Resumed { job_id, id, .. }) => {
-                self.on_resumed(job_id, id).await
+            ServerMessage::Control(Control::Resumed { job_id, id, epoch }) => {
+                self.on_resumed(job_id, id, epoch).await
             }
             // The store could not be read for this subscribe (a Redis
             // outage): docs/protocol.md says subscribe again. Ending the
@@ -485,13 +485,12 @@ impl Runner {
         self.go(WatchEvent::State { job: data, resync }).await
     }
 
-    async fn on_resumed(&mut self, job_id: JobId, id: EventId) -> Step {
+    async fn on_resumed(&mut self, job_id: JobId, id: EventId, epoch: Epoch) -> Step {
         let Some(watched) = self.jobs.get(&job_id) else {
             return Step::Go;
         };
         match &watched.cursor {
-            Some(c) if c.id == id => {
-                let epoch = c.epoch.clone();
+            Some(c) if c.id == id && c.epoch == epoch => {
                 self.go(WatchEvent::Resumed { job_id, id, epoch }).await
             }
             _ => Step::End(lost(format!(

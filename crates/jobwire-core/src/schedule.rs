@@ -171,7 +171,9 @@ fn explained(expr: &str, error: &croner::errors::CronError) -> String {
     ];
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if expr.trim_start().starts_with('@') {
-        return format!("{error} (the shortcuts are @yearly, @monthly, @weekly, @daily, @hourly)");
+        return format!(
+            "{error} (the shortcuts are @yearly or @annually, @monthly, @weekly, @daily, @hourly)"
+        );
     }
     let names = match fields.len() {
         5 => &FIELDS[1..],

@@ -78,23 +78,34 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
 /// send. An array where an object belongs is said to be one, instead of
 /// "invalid length".
 fn without_type_names(text: &str) -> String {
-    const STRUCT: &str = "expected struct ";
-    let Some(at) = text.find(STRUCT) else {
+    // The last one: a string the client sent, quoted earlier in the
+    // message, may hold these words too.
+    const STRUCT: &str = ", expected struct ";
+    let Some(comma) = text.rfind(STRUCT) else {
         return text.to_owned();
     };
-    let rest = &text[at + STRUCT.len()..];
+    let at = comma + ", ".len();
+    let rest = &text[comma + STRUCT.len()..];
+    if rest.starts_with("variant ") {
+        return text.to_owned();
+    }
     let mut tail = &rest[rest.find(' ').unwrap_or(rest.len())..];
     if let Some(count) = tail.strip_prefix(" with ") {
         if let Some(end) = count.find(" elements") {
             tail = &count[end + " elements".len()..];
         }
     }
-    let mut head = &text[..at];
-    let array = head.rfind("invalid length ").map(|start| {
-        head = &text[..start];
+    // "invalid length N" right before: serde read an array as the struct.
+    const LENGTH: &str = "invalid length ";
+    let array = text[..comma].rfind(LENGTH).filter(|&start| {
+        text[start + LENGTH.len()..comma]
+            .bytes()
+            .all(|b| b.is_ascii_digit())
     });
-    let found = if array.is_some() { "an array, " } else { "" };
-    format!("{head}{found}expected an object{tail}")
+    match array {
+        Some(start) => format!("{}an array, expected an object{tail}", &text[..start]),
+        None => format!("{}expected an object{tail}", &text[..at]),
+    }
 }
 
 impl From<AuthError> for ApiError {
@@ -212,6 +223,14 @@ mod tests {
                 "backoff: invalid type: integer `5`, expected an object",
             ),
             ("missing field `kind`", "missing field `kind`"),
+            (
+                "backoff: invalid type: string \"expected struct x\", expected struct RetryBackoff",
+                "backoff: invalid type: string \"expected struct x\", expected an object",
+            ),
+            (
+                "invalid type: unit variant, expected struct variant E::V",
+                "invalid type: unit variant, expected struct variant E::V",
+            ),
         ];
         for (axum, ours) in cases {
             assert_eq!(without_type_names(axum), ours);

@@ -211,8 +211,10 @@ enum Found {
 /// directory (`*` stays within one directory, `**` spans any number).
 struct Glob {
     pattern: glob::Pattern,
-    /// The pattern's parts between slashes, for [`Glob::may_match_below`].
-    parts: Vec<glob::Pattern>,
+    /// The pattern's parts between slashes, for [`Glob::may_match_below`]
+    /// (`None`: a part that is no pattern alone, such as half of a `[/]`
+    /// class, and so may match any name).
+    parts: Vec<Option<glob::Pattern>>,
 }
 
 const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
@@ -228,9 +230,8 @@ impl Glob {
             pattern: glob::Pattern::new(text).map_err(bad)?,
             parts: text
                 .split('/')
-                .map(glob::Pattern::new)
-                .collect::<Result<_, _>>()
-                .map_err(bad)?,
+                .map(|part| glob::Pattern::new(part).ok())
+                .collect(),
         })
     }
 
@@ -242,8 +243,16 @@ impl Glob {
     /// components match the pattern's leading parts, and the pattern goes
     /// deeper (or reaches a `**`, which matches at any depth).
     fn may_match_below(&self, rel: &str) -> bool {
-        let mut dirs = rel.split('/');
+        // The scanned directory itself ("") holds everything that matches.
+        let mut dirs = rel.split('/').filter(|d| !d.is_empty());
         for part in &self.parts {
+            let Some(part) = part else {
+                // No pattern alone: any name may be part of a match.
+                if dirs.next().is_none() {
+                    return true;
+                }
+                continue;
+            };
             if part.as_str() == "**" {
                 return true;
             }
@@ -257,17 +266,12 @@ impl Glob {
     }
 
     /// Whether a failed entry is reported: a file (or a link to one) when
-    /// it matches; a directory that could not be entered when what it
-    /// holds could match. So `**/*.rs` does not count a link to a program
-    /// outside the root among its failures.
-    fn reports(glob: Option<&Glob>, rel: &str, is_dir: bool) -> bool {
-        glob.is_none_or(|g| {
-            if is_dir {
-                g.matches(rel) || g.may_match_below(rel)
-            } else {
-                g.matches(rel)
-            }
-        })
+    /// it matches; a directory that could not be entered, or an entry whose
+    /// type cannot be read (`is_dir` `None`), when it or what it could hold
+    /// matches. So `**/*.rs` does not count a link to a program outside
+    /// the root among its failures.
+    fn reports(glob: Option<&Glob>, rel: &str, is_dir: Option<bool>) -> bool {
+        glob.is_none_or(|g| g.matches(rel) || (is_dir != Some(false) && g.may_match_below(rel)))
     }
 }
 
@@ -308,7 +312,7 @@ fn find(
             // link passes: the walk reports it as the error it is.)
             if entry.path_is_symlink() && !inside(entry.path()) && entry.path().exists() {
                 let rel = relative(entry.path());
-                if Glob::reports(pattern, &rel, entry.path().is_dir()) {
+                if Glob::reports(pattern, &rel, Some(entry.path().is_dir())) {
                     outside.borrow_mut().push(rel);
                 }
                 return false;
@@ -337,7 +341,14 @@ fn find(
             Err(e) => {
                 let rel = e.path().map(relative).unwrap_or_else(|| ".".to_owned());
                 let is_link = e.path().is_some_and(|p| p.is_symlink());
-                let is_dir = e.loop_ancestor().is_some() || e.path().is_some_and(Path::is_dir);
+                // Unknown when the entry's type cannot be read (a
+                // directory that may be listed but not entered).
+                let is_dir = match e.path().map(std::fs::metadata) {
+                    _ if e.loop_ancestor().is_some() => Some(true),
+                    Some(Ok(meta)) => Some(meta.is_dir()),
+                    Some(Err(_)) if is_link => Some(false),
+                    _ => None,
+                };
                 if !Glob::reports(pattern, &rel, is_dir) {
                     continue;
                 }
@@ -488,20 +499,32 @@ mod tests {
     #[test]
     fn a_glob_reports_only_the_failures_a_match_could_be_among() -> Result<(), JobError> {
         let any_rs = Glob::new("**/*.rs")?;
-        assert!(!Glob::reports(Some(&any_rs), ".venv/bin/python", false));
-        assert!(Glob::reports(Some(&any_rs), "src/lib.rs", false));
-        assert!(Glob::reports(Some(&any_rs), "vendor/linked", true));
+        assert!(!Glob::reports(
+            Some(&any_rs),
+            ".venv/bin/python",
+            Some(false)
+        ));
+        assert!(Glob::reports(Some(&any_rs), "src/lib.rs", Some(false)));
+        assert!(Glob::reports(Some(&any_rs), "vendor/linked", Some(true)));
         let fixed = Glob::new("d0[0-4]/*.txt")?;
-        assert!(!Glob::reports(Some(&fixed), "odd", true));
-        assert!(!Glob::reports(Some(&fixed), "odd/loop", true));
-        assert!(Glob::reports(Some(&fixed), "d01", true));
-        assert!(!Glob::reports(Some(&fixed), "d01/deeper", true));
-        assert!(Glob::reports(Some(&fixed), "d01/a.txt", false));
-        assert!(!Glob::reports(Some(&fixed), "d01/a.md", false));
+        assert!(!Glob::reports(Some(&fixed), "odd", Some(true)));
+        assert!(!Glob::reports(Some(&fixed), "odd/loop", Some(true)));
+        assert!(Glob::reports(Some(&fixed), "d01", Some(true)));
+        assert!(!Glob::reports(Some(&fixed), "d01/deeper", Some(true)));
+        assert!(Glob::reports(Some(&fixed), "d01/a.txt", Some(false)));
+        assert!(!Glob::reports(Some(&fixed), "d01/a.md", Some(false)));
         let odd = Glob::new("odd/*")?;
-        assert!(Glob::reports(Some(&odd), "odd/loop", true));
-        assert!(Glob::reports(None, "anything", false));
+        assert!(Glob::reports(Some(&odd), "odd/loop", Some(true)));
+        assert!(Glob::reports(None, "anything", Some(false)));
         assert!(Glob::new("a/**b").is_err());
+        // The scanned directory itself holds every match.
+        assert!(Glob::reports(Some(&fixed), "", Some(true)));
+        // A subdirectory whose type cannot be read may hold matches.
+        assert!(Glob::reports(Some(&any_rs), "locked/sub", None));
+        assert!(!Glob::reports(Some(&fixed), "locked", None));
+        // A `/` inside a class splits no pattern part we rely on.
+        let class = Glob::new("a[/]b/*.md")?;
+        assert!(Glob::reports(Some(&class), "a", Some(true)));
         Ok(())
     }
 
