@@ -39,14 +39,8 @@ pub(crate) fn routes() -> Router<AppState> {
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
-        .route(
-            "/favicon.svg",
-            get(|| async { asset("image/svg+xml", ICON) }),
-        )
-        .route(
-            "/favicon.ico",
-            get(|| async { asset("image/svg+xml", ICON) }),
-        )
+        .route("/favicon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
         .route(
             "/jobwire.js",
             get(|| async {
@@ -60,6 +54,10 @@ pub(crate) fn routes() -> Router<AppState> {
                 response
             }),
         )
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
