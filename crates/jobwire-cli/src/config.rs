@@ -434,6 +434,13 @@ pub(crate) struct TokenArgs {
 
 /// `jobwire token`: prints a signed token.
 pub(crate) fn token(args: TokenArgs) -> Result<(), Failure> {
+    // Refused here rather than minted for the server to refuse.
+    jobwire_server::check_user(&args.sub).map_err(|why| Failure::Usage(anyhow!("--sub: {why}")))?;
+    if args.ttl < Duration::from_secs(1) {
+        return Err(Failure::Usage(anyhow!(
+            "--ttl: a token lives at least 1s (its expiry is in whole seconds)"
+        )));
+    }
     let secret = match args.jwt_secret {
         Some(secret) => secret,
         // No secret configured: sign for `jobwire dev`, whose secret is kept
@@ -469,13 +476,6 @@ pub(crate) fn token(args: TokenArgs) -> Result<(), Failure> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    // Refused here rather than minted for the server to refuse.
-    jobwire_server::check_user(&args.sub).map_err(|why| Failure::Usage(anyhow!("--sub: {why}")))?;
-    if args.ttl < Duration::from_secs(1) {
-        return Err(Failure::Usage(anyhow!(
-            "--ttl: a token lives at least 1s (its expiry is in whole seconds)"
-        )));
-    }
     let token = mint_token(&secret, &args.sub, &scopes, args.ttl).context("signing the token")?;
     println!("{token}");
     Ok(())
