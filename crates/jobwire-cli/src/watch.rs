@@ -484,13 +484,11 @@ fn update_bar(id: &JobId, bar: Option<&mut Bar>, t: Option<&Tracked>, width: usi
         bar.set_position(t.progress.round() as u64);
     }
     let status = t.status.map_or("…".to_owned(), |s| s.to_string());
-    let detail = match (&t.error, &t.current, &t.message) {
-        _ if t.waiting.is_some() => t.waiting.clone().unwrap_or_default(),
-        (Some(e), _, _) => e.clone(),
-        (None, Some(file), _) => file.clone(),
-        (None, None, Some(m)) => m.clone(),
-        _ => String::new(),
-    };
+    // The first that applies: why it waits, its error, its file, its message.
+    let detail = [&t.waiting, &t.error, &t.current, &t.message]
+        .into_iter()
+        .find_map(Option::as_deref)
+        .unwrap_or_default();
     // Files per second since the job started running here (indicatif's
     // own rate counts bar updates, which arrive in bursts).
     let rate = match t.watching_since.elapsed().as_secs_f64() {
@@ -501,7 +499,7 @@ fn update_bar(id: &JobId, bar: Option<&mut Bar>, t: Option<&Tracked>, width: usi
     };
     // Paths keep their end (the file name); `{wide_msg}` cuts the rest to
     // the terminal's width.
-    bar.set_message(format!("{rate}{status:<9} {}", keep_end(&detail, 60)));
+    bar.set_message(format!("{rate}{status:<9} {}", keep_end(detail, 60)));
     bar.set_prefix(format!("{} {}", short(id), t.kind));
 }
 
